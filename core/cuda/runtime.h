@@ -1,0 +1,32 @@
+// The CUDA runtime state seqmix uses: the current device, one stream per (device, thread) that all
+// kernels launch on, and library handles bound to it.
+#pragma once
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "core/tensor.h"
+
+namespace seqmix::cuda {
+
+void select_device(int index);       // cudaSetDevice only when it changes
+int current_device();
+cudaStream_t current_stream();        // the stream of the current device for this thread
+void set_current_stream(cudaStream_t s);  // e.g. a communication stream; nullptr restores the default
+void synchronize();                   // waits for the current stream
+cublasHandle_t cublas_handle();       // bound to current_stream()
+cublasLtHandle_t cublaslt_handle();
+void* cublas_workspace(size_t* bytes);  // a per-device workspace for cuBLASLt
+int sm_count();
+
+// Host <-> device and device <-> device copies of whole contiguous tensors of one shape and dtype.
+void copy_between_devices(const Tensor& dst, const Tensor& src);
+
+// Kernel launch geometry for n elements with `threads` per block (grid capped, grid-stride loops).
+inline unsigned blocks_for(int64_t n, int threads = 256) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  return unsigned(b > 65535 * 8 ? 65535 * 8 : b);
+}
+
+}  // namespace seqmix::cuda

@@ -1,0 +1,12 @@
+#include "core/error.h"
+
+#include <cstring>
+
+namespace seqmix::detail {
+
+[[noreturn]] void throw_error(const char* file, int line, const std::string& msg) {
+  const char* base = std::strrchr(file, '/');
+  throw Error(msg + " (at " + (base ? base + 1 : file) + ":" + std::to_string(line) + ")");
+}
+
+}  // namespace seqmix::detail

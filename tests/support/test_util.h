@@ -1,0 +1,43 @@
+// Helpers shared by the test suites.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "core/ops.h"
+
+namespace seqmix::testing {
+
+// max |a - b| / max(max |b|, tiny): one relative error for a whole tensor.
+inline double rel_error(const Tensor& a, const Tensor& b) {
+  std::vector<double> va = a.to_vector<double>(), vb = b.to_vector<double>();
+  EXPECT_EQ(va.size(), vb.size());
+  double num = 0, den = 1e-12;
+  for (size_t i = 0; i < va.size() && i < vb.size(); ++i) {
+    if (std::isnan(va[i]) || std::isnan(vb[i])) return INFINITY;
+    num = std::max(num, std::abs(va[i] - vb[i]));
+    den = std::max(den, std::abs(vb[i]));
+  }
+  return num / den;
+}
+
+inline Tensor random_f64(const Shape& shape, uint64_t seed, bool requires_grad = true) {
+  Generator g(seed);
+  Tensor t = randn(shape, g, DType::F64);
+  if (requires_grad) t.requires_grad_(true);
+  return t;
+}
+
+// Asserts that `fn` throws seqmix::Error whose message contains `needle`.
+template <typename F>
+void expect_error_contains(F fn, const std::string& needle) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an error containing '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message was: " << e.what();
+  }
+}
+
+}  // namespace seqmix::testing
