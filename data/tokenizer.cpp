@@ -542,7 +542,7 @@ class WordTokenizer final : public Tokenizer {
 std::unique_ptr<Tokenizer> make_byte_tokenizer() { return make_bpe({}, /*byte_kind=*/true); }
 
 std::unique_ptr<Tokenizer> word_tokenizer_from_counts(std::vector<std::pair<std::string, int64_t>> counts,
-                                                      int64_t min_count) {
+                                                      int64_t min_count, int64_t max_vocab) {
   SEQMIX_CHECK(min_count >= 1, "word tokenizer: min_count must be >= 1, got ", min_count);
   std::vector<std::pair<std::string, int64_t>> kept;
   for (auto& [w, c] : counts)
@@ -550,6 +550,7 @@ std::unique_ptr<Tokenizer> word_tokenizer_from_counts(std::vector<std::pair<std:
   std::sort(kept.begin(), kept.end(), [](const auto& x, const auto& y) {
     return x.second != y.second ? x.second > y.second : x.first < y.first;
   });
+  if (max_vocab > 0 && static_cast<int64_t>(kept.size()) + 1 > max_vocab) kept.resize(std::max<int64_t>(max_vocab - 1, 0));
   std::vector<std::string> vocab;
   vocab.reserve(kept.size() + 1);
   vocab.emplace_back(kUnknown);
@@ -557,7 +558,8 @@ std::unique_ptr<Tokenizer> word_tokenizer_from_counts(std::vector<std::pair<std:
   return std::make_unique<WordTokenizer>(std::move(vocab));
 }
 
-std::unique_ptr<Tokenizer> train_word_tokenizer(std::span<const std::string_view> texts, int64_t min_count) {
+std::unique_ptr<Tokenizer> train_word_tokenizer(std::span<const std::string_view> texts, int64_t min_count,
+                                                int64_t max_vocab) {
   std::unordered_map<std::string, int64_t, StrHash, std::equal_to<>> counts;
   std::vector<std::string_view> words;
   for (std::string_view t : texts) {
@@ -570,7 +572,7 @@ std::unique_ptr<Tokenizer> train_word_tokenizer(std::span<const std::string_view
     }
   }
   std::vector<std::pair<std::string, int64_t>> v(counts.begin(), counts.end());
-  return word_tokenizer_from_counts(std::move(v), min_count);
+  return word_tokenizer_from_counts(std::move(v), min_count, max_vocab);
 }
 
 // ---------------------------------------------------------------------------------------------------------

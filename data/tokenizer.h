@@ -53,10 +53,12 @@ std::unique_ptr<Tokenizer> make_byte_tokenizer();
 // Word vocabulary from whitespace-split training text: a word is kept when it occurs at least `min_count`
 // times; id 0 is <unk>, then words by decreasing count, ties in byte order. Brown's rule (words seen <= 3
 // times become <unk>) is min_count = 4.
-std::unique_ptr<Tokenizer> train_word_tokenizer(std::span<const std::string_view> texts, int64_t min_count);
-// The same from words already split (the brown reader yields words).
+// max_vocab > 0 caps the vocabulary (including <unk>) to the most frequent words.
+std::unique_ptr<Tokenizer> train_word_tokenizer(std::span<const std::string_view> texts, int64_t min_count,
+                                                int64_t max_vocab = 0);
+// The same from word counts (the brown reader yields words).
 std::unique_ptr<Tokenizer> word_tokenizer_from_counts(std::vector<std::pair<std::string, int64_t>> counts,
-                                                      int64_t min_count);
+                                                      int64_t min_count, int64_t max_vocab = 0);
 
 struct BpeTrainStats {
   int64_t pretokens = 0;        // pre-tokens in the training text
