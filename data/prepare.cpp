@@ -179,7 +179,12 @@ std::string prepare_dataset(const PrepareOptions& o) {
   std::unique_ptr<Tokenizer> tok;
   BpeTrainStats bpe_stats;
   int64_t asked_vocab = o.vocab_size;
-  switch (o.tokenizer) {
+  TokenizerKind kind = o.tokenizer;
+  if (!o.tokenizer_file.empty()) {
+    tok = load_tokenizer(o.tokenizer_file);
+    kind = tok->kind();
+    log("tokenizer: " + o.tokenizer_file);
+  } else switch (o.tokenizer) {
     case TokenizerKind::Byte:
       if (o.vocab_size != 0 && o.vocab_size != 257)
         std::fprintf(stderr, "seqmix prepare: note: the byte tokenizer has 257 ids; --vocab-size %lld ignored\n",
@@ -232,10 +237,11 @@ std::string prepare_dataset(const PrepareOptions& o) {
     m += "  \"source_detail\": " + json::quoted(raw.detail) + ",\n";
     if (!is_builtin(o.source)) m += "  \"source_fingerprint\": " + json::quoted(source_fingerprint(o.source)) + ",\n";
     m += "  \"split_rule\": " + json::quoted(raw.split_rule) + ",\n";
-    m += "  \"tokenizer\": {\"kind\": " + json::quoted(kind_name(o.tokenizer)) +
+    m += "  \"tokenizer\": {\"kind\": " + json::quoted(kind_name(kind)) +
          ", \"file\": \"tokenizer.json\", \"vocab_size\": " + std::to_string(tok->vocab_size());
-    if (o.tokenizer == TokenizerKind::Word) m += ", \"min_count\": " + std::to_string(o.min_count);
-    if (o.tokenizer == TokenizerKind::Bpe)
+    if (!o.tokenizer_file.empty()) m += ", \"from_file\": " + json::quoted(o.tokenizer_file);
+    else if (kind == TokenizerKind::Word) m += ", \"min_count\": " + std::to_string(o.min_count);
+    else if (kind == TokenizerKind::Bpe)
       m += ", \"requested_vocab_size\": " + std::to_string(asked_vocab) + ", \"merges\": " +
            std::to_string(bpe_stats.merges);
     m += ", \"eot_id\": " + std::to_string(tok->eot_id()) + ", \"unk_id\": " + std::to_string(tok->unk_id());
@@ -267,7 +273,7 @@ std::string prepare_dataset(const PrepareOptions& o) {
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::ostringstream s;
-    s << "tokenizer: " << kind_name(o.tokenizer) << ", vocab_size " << tok->vocab_size() << "\n";
+    s << "tokenizer: " << kind_name(kind) << ", vocab_size " << tok->vocab_size() << "\n";
     for (const auto& r : results)
       s << r.name << ": " << r.tokens << " tokens from " << r.bytes << " bytes"
         << (r.words ? " (" + std::to_string(r.words) + " words)" : std::string()) << ", " << r.shards.size()
@@ -285,7 +291,7 @@ std::string prepare_dataset(const PrepareOptions& o) {
 int prepare_main(const std::vector<std::string>& args) {
   const char* usage =
       "usage: seqmix prepare SOURCE --tokenizer byte|word|bpe [--vocab-size N] [--min-count N] --out DIR\n"
-      "                      [--raw-dir DIR] [--text-field NAME] [--shard-tokens N] [--force] [--no-fetch] [--quiet]\n"
+      "                      [--tokenizer-file PATH] [--raw-dir DIR] [--text-field NAME] [--shard-tokens N] [--force] [--no-fetch] [--quiet]\n"
       "  SOURCE: brown | kjv | a UTF-8 text file | a directory of files | a .jsonl file (see docs/DATA.md)\n";
   try {
     PrepareOptions o;
@@ -310,6 +316,9 @@ int prepare_main(const std::vector<std::string>& args) {
         return 0;
       } else if (a == "--tokenizer") {
         o.tokenizer = parse_tokenizer_kind(value());
+        have_tok = true;
+      } else if (a == "--tokenizer-file") {
+        o.tokenizer_file = value();
         have_tok = true;
       } else if (a == "--vocab-size") {
         o.vocab_size = integer(value());
@@ -337,7 +346,7 @@ int prepare_main(const std::vector<std::string>& args) {
       }
     }
     SEQMIX_CHECK(!o.source.empty(), "prepare: no SOURCE given\n", usage);
-    SEQMIX_CHECK(have_tok, "prepare: --tokenizer byte|word|bpe is required\n", usage);
+    SEQMIX_CHECK(have_tok, "prepare: --tokenizer byte|word|bpe (or --tokenizer-file PATH) is required\n", usage);
     SEQMIX_CHECK(!o.out.empty(), "prepare: --out DIR is required\n", usage);
     prepare_dataset(o);
     return 0;

@@ -16,6 +16,7 @@ struct PrepareOptions {
   std::string out;                           // output directory (must not exist unless force)
   std::string raw_dir;                       // where brown/kjv raw data lives (default: raw_data_dir())
   std::string text_field = "text";           // JSONL field holding the text
+  std::string tokenizer_file;                // use this tokenizer.json instead of training one (kind from file)
   uint64_t shard_tokens = uint64_t(1) << 28;  // tokens per shard at most
   bool force = false;                        // replace an existing output directory
   bool fetch = true;                         // run scripts/get_corpus.sh when brown/kjv raw data is missing
@@ -27,7 +28,9 @@ struct PrepareOptions {
 std::string prepare_dataset(const PrepareOptions& opts);
 
 // CLI: seqmix prepare SOURCE --tokenizer byte|word|bpe [--vocab-size N] [--min-count N] --out DIR
-//      [--raw-dir DIR] [--text-field NAME] [--shard-tokens N] [--force] [--no-fetch] [--quiet]
+//      [--tokenizer-file PATH] [--raw-dir DIR] [--text-field NAME] [--shard-tokens N] [--force] [--no-fetch]
+//      [--quiet]
+// (--tokenizer-file encodes with an existing tokenizer.json, e.g. another dataset's, instead of training one.)
 // `args` exclude the program and subcommand names. Returns 0 on success; prints errors to stderr and
 // returns non-zero otherwise.
 int prepare_main(const std::vector<std::string>& args);
