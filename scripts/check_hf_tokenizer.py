@@ -143,17 +143,16 @@ def main():
     # 2. The dataset's own val ids: decode and encode again with tokenizers.
     ids = split_ids(args.dataset, "val", manifest)[: args.max_tokens]
     # (word: <unk> decodes to "<unk>", which encodes to the unknown id again)
-    if True:
-        text = hf.decode(ids, skip_special_tokens=False)
-        again = hf.encode(text, add_special_tokens=False).ids
-        # A cut at max_tokens may split a token's bytes or a word; compare all but the last few ids.
-        keep = len(ids) if len(ids) < args.max_tokens else len(ids) - 16
-        if again[:keep] != ids[:keep]:
-            ok = False
-            i = first_mismatch(again, ids)
-            print(f"MISMATCH: val ids do not survive tokenizers decode+encode at {i}: {ids[i:i + 8]} -> {again[i:i + 8]}")
-        else:
-            print(f"val round trip through tokenizers: {keep} ids identical")
+    text = hf.decode(ids, skip_special_tokens=False)
+    again = hf.encode(text, add_special_tokens=False).ids
+    # A cut at max_tokens may split a token's bytes or a word; compare all but the last few ids.
+    keep = len(ids) if len(ids) < args.max_tokens else len(ids) - 16
+    if again[:keep] != ids[:keep]:
+        ok = False
+        i = first_mismatch(again, ids)
+        print(f"MISMATCH: val ids do not survive tokenizers decode+encode at {i}: {ids[i:i + 8]} -> {again[i:i + 8]}")
+    else:
+        print(f"val round trip through tokenizers: {keep} ids identical")
 
     print("OK: tokenizers gives the same ids as seqmix" if ok else "FAILED")
     return 0 if ok else 1
