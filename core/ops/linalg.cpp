@@ -46,7 +46,7 @@ Tensor mm_raw(const Tensor& a, const Tensor& b) {
     full.push_back(c);
     Tensor e = t.expand(full);
     // a batch that is pure broadcast stays stride-0; otherwise fold the batch into one dim
-    if (shape_numel(tb_shape) == 1) return e.reshape({1, r, c}).expand({nb, r, c});
+    if (shape_numel(tb_shape) == 1) return t.reshape({1, r, c}).expand({nb, r, c});
     return e.reshape({nb, r, c});
   };
   bool ta, tb;
