@@ -91,6 +91,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape.back() = outf;
   Tensor x2 = x.detach().reshape({-1, in});
+  // the GEMM (and the weight-gradient GEMM in backward) reads x2 row-major: unit stride, full rows
+  if (!(x2.stride(1) == 1 && x2.stride(0) >= std::max<int64_t>(in, 1))) x2 = x2.clone();
   bool tw;
   Tensor w2 = as_gemm_operand(weight.detach(), tw);  // the kernel computes x2 @ weight^T
   Tensor y = kernels::matmul(x2, w2, false, !tw, Tensor(), false);
