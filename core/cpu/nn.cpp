@@ -1,5 +1,6 @@
 // CPU kernels of the neural-network ops: softmax family, fused cross-entropy, norms, embedding,
 // Philox random fills and dropout. Rows are the last dim of contiguous tensors.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -109,9 +110,11 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, in
   need_contiguous(logits, "cross_entropy");
   need_contiguous(targets, "cross_entropy");
   int64_t rows = logits.size(0), v = logits.size(1);
+  // f32 statistics, except for f64 logits (gradient checks): there loss and lse stay f64
+  DType stat = logits.dtype() == DType::F64 ? DType::F64 : DType::F32;
   CrossEntropyResult res;
-  res.lse = Tensor::empty({rows}, DType::F32, logits.device());
-  float* lse = res.lse.data<float>();
+  res.lse = Tensor::empty({rows}, stat, logits.device());
+  std::vector<double> lse(size_t(rows), 0.0);
   double total = 0;
   int64_t count = 0;
   SEQMIX_DISPATCH_FLOAT(logits.dtype(), "cross_entropy", [&]<typename T>() {
@@ -123,7 +126,7 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, in
       double s = 0;
       for (int64_t i = 0; i < v; ++i) s += std::exp(load_as<double>(row[i]) - m);
       double l = m + std::log(s);
-      lse[r] = float(l);
+      lse[r] = l;
       int64_t t = index_at(targets, r);
       if (t == ignore_index) continue;
       SEQMIX_CHECK(t >= 0 && t < v, "cross_entropy: target ", t, " at row ", r, " is outside the vocabulary [0, ", v, ")");
@@ -131,8 +134,15 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, in
       count++;
     }
   });
-  res.loss = Tensor::empty({}, DType::F32, logits.device());
-  *res.loss.data<float>() = count ? float(total / double(count)) : 0.0f;
+  double loss = count ? total / double(count) : 0.0;
+  res.loss = Tensor::empty({}, stat, logits.device());
+  if (stat == DType::F64) {
+    *res.loss.data<double>() = loss;
+    std::copy(lse.begin(), lse.end(), res.lse.data<double>());
+  } else {
+    *res.loss.data<float>() = float(loss);
+    std::transform(lse.begin(), lse.end(), res.lse.data<float>(), [](double l) { return float(l); });
+  }
   res.count = Tensor::empty({}, DType::F32, logits.device());
   *res.count.data<float>() = float(count);
   return res;
@@ -142,8 +152,8 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
                               const Tensor& grad_loss, const Tensor& count) {
   int64_t rows = logits.size(0), v = logits.size(1);
   Tensor out = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
-  double scale = double(*grad_loss.contiguous().data<float>()) / std::max(1.0, double(*count.contiguous().data<float>()));
-  const float* pl = lse.data<float>();
+  double scale = grad_loss.item() / std::max(1.0, count.item());
+  std::vector<double> pl = lse.to_vector<double>();
   SEQMIX_DISPATCH_FLOAT(logits.dtype(), "cross_entropy_backward", [&]<typename T>() {
     using A = acc_t<T>;
     const T* p = static_cast<const T*>(logits.data_ptr());

@@ -68,7 +68,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
     Shape ls = logits.shape();
     Tensor lse = r.lse, count = r.count;
     record("cross_entropy", {logits}, {r.loss}, [=](const Tensors& g, const std::vector<bool>&) -> Tensors {
-      Tensor gl = g[0].to(DType::F32);
+      Tensor gl = g[0].to(lse.dtype());  // f32, or f64 for f64 logits
       return {kernels::cross_entropy_backward(l2, t1, lse, ignore_index, gl, count).view(ls)};
     });
   }
