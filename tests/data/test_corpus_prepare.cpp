@@ -268,3 +268,16 @@ TEST(Prepare, EnsureDatasetCachesAndNoticesChanges) {
             d.split_entry("train").tokens + d.split_entry("val").tokens + d.split_entry("test").tokens);
   ::unsetenv("SEQMIX_DATA_CACHE");
 }
+
+TEST(Prepare, TokenizerFileReusesAnExistingTokenizer) {
+  TempDir t;
+  write(t.path / "c.txt", sample_text(300));
+  const std::string a = (t.path / "a").string(), b = (t.path / "b").string();
+  ASSERT_EQ(prepare_main({(t.path / "c.txt").string(), "--tokenizer", "bpe", "--vocab-size", "320", "--out", a, "--quiet"}), 0);
+  ASSERT_EQ(prepare_main({(t.path / "c.txt").string(), "--tokenizer-file", a + "/tokenizer.json", "--out", b, "--quiet"}), 0);
+  const Dataset da = Dataset::open(a), db = Dataset::open(b);
+  EXPECT_EQ(db.tokenizer_kind(), "bpe");
+  EXPECT_EQ(read(fs::path(a) / "tokenizer.json"), read(fs::path(b) / "tokenizer.json"));
+  for (const char* s : {"train", "val", "test"}) EXPECT_EQ(read(fs::path(a) / (std::string(s) + "_000.bin")),
+                                                           read(fs::path(b) / (std::string(s) + "_000.bin")));
+}
