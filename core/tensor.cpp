@@ -340,6 +340,16 @@ Tensor& Tensor::copy_(const Tensor& src) {
   return *this;
 }
 
+void Tensor::set_data(const Tensor& other) {
+  SEQMIX_CHECK(other.defined(), "set_data: the new data is undefined");
+  impl_->storage = other.impl_->storage;
+  impl_->shape = other.impl_->shape;
+  impl_->strides = other.impl_->strides;
+  impl_->offset = other.impl_->offset;
+  impl_->dtype = other.impl_->dtype;
+  if (impl_->autograd) impl_->autograd->grad.reset();
+}
+
 double Tensor::item() const {
   SEQMIX_CHECK(numel() == 1, "item(): tensor of shape ", shape_str(shape()), " has ", numel(), " elements, not 1");
   Tensor c = cpu().to(DType::F64).contiguous();

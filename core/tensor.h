@@ -112,6 +112,9 @@ class Tensor {
   Tensor& fill_(double value);
   Tensor& zero_() { return fill_(0.0); }
   Tensor& copy_(const Tensor& src);  // broadcasting copy with dtype/device conversion
+  // Makes this handle (and every copy of it) refer to `other`'s data, shape and dtype, keeping its
+  // autograd identity (requires_grad, hooks, name). Used to move parameters between devices.
+  void set_data(const Tensor& other);
 
   // ---- values ----
   double item() const;  // a one-element tensor's value
