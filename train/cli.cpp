@@ -1,0 +1,163 @@
+#include "train/cli.h"
+
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "data/prepare.h"
+#include "train/generate.h"
+#include "train/trainer.h"
+
+namespace seqmix::cli {
+
+namespace {
+// Minimal flag parser: positional arguments plus --flag value / --flag=value; repeated --set allowed.
+struct Args {
+  std::vector<std::string> positional;
+  std::multimap<std::string, std::string> flags;
+  std::string get(const std::string& k, const std::string& def = "") const {
+    auto it = flags.find(k);
+    return it == flags.end() ? def : it->second;
+  }
+  std::vector<std::string> all(const std::string& k) const {
+    std::vector<std::string> out;
+    auto [a, b] = flags.equal_range(k);
+    for (auto it = a; it != b; ++it) out.push_back(it->second);
+    return out;
+  }
+};
+
+Args parse(const std::vector<std::string>& argv, const std::vector<std::string>& known, const std::string& usage) {
+  Args a;
+  for (size_t i = 0; i < argv.size(); ++i) {
+    const std::string& s = argv[i];
+    if (s == "-h" || s == "--help") {
+      std::cout << usage;
+      std::exit(0);
+    }
+    if (s.rfind("--", 0) == 0) {
+      std::string key = s.substr(2), value;
+      size_t eq = key.find('=');
+      if (eq != std::string::npos) {
+        value = key.substr(eq + 1);
+        key = key.substr(0, eq);
+      } else {
+        SEQMIX_CHECK(i + 1 < argv.size(), "option --", key, " needs a value\n", usage);
+        value = argv[++i];
+      }
+      SEQMIX_CHECK(std::find(known.begin(), known.end(), key) != known.end(), "unknown option --", key, "\n", usage);
+      a.flags.emplace(key, value);
+    } else {
+      a.positional.push_back(s);
+    }
+  }
+  return a;
+}
+
+int64_t to_int(const std::string& s, const std::string& what) {
+  try {
+    size_t pos;
+    int64_t v = std::stoll(s, &pos);
+    if (pos == s.size()) return v;
+  } catch (...) {
+  }
+  SEQMIX_FAIL("--", what, " expects an integer, got '", s, "'");
+}
+double to_double(const std::string& s, const std::string& what) {
+  try {
+    size_t pos;
+    double v = std::stod(s, &pos);
+    if (pos == s.size()) return v;
+  } catch (...) {
+  }
+  SEQMIX_FAIL("--", what, " expects a number, got '", s, "'");
+}
+}  // namespace
+
+int train_main(const std::vector<std::string>& argv) {
+  const std::string usage =
+      "usage: seqmix train CONFIG.yaml [--set key.path=value ...] [--resume auto|DIR] [--device cpu|cuda]\n";
+  Args a = parse(argv, {"set", "resume", "device"}, usage);
+  SEQMIX_CHECK(a.positional.size() == 1, "seqmix train needs exactly one config file\n", usage);
+  auto cfg = Config::load(a.positional[0], a.all("set"));
+  train::Trainer t(std::move(cfg), a.positional[0], a.get("resume"), a.get("device"));
+  return t.run();
+}
+
+int eval_main(const std::vector<std::string>& argv) {
+  const std::string usage =
+      "usage: seqmix eval RUN_OR_CHECKPOINT [--split val|test|train] [--device cpu|cuda] [--batch-size N] [--max-tokens N]\n";
+  Args a = parse(argv, {"split", "device", "batch-size", "max-tokens", "task"}, usage);
+  SEQMIX_CHECK(a.positional.size() == 1, "seqmix eval needs a run or checkpoint directory\n", usage);
+  SEQMIX_CHECK(a.get("task").empty(), "seqmix eval --task is not available in this version: synthetic-task evaluation (mqar) ",
+               "is not wired into the CLI yet");
+  train::LoadedRun r = train::load_run(a.positional[0], a.get("device"));
+  std::string split = a.get("split", "val");
+  int32_t rows = int32_t(to_int(a.get("batch-size", std::to_string(r.settings.batch_size)), "batch-size"));
+  int64_t max_tokens = to_int(a.get("max-tokens", "0"), "max-tokens");
+  train::EvalResult ev =
+      train::evaluate_split(*r.model, *r.dataset, split, r.settings.seq_len, rows, r.device, r.compute_dtype, max_tokens);
+  std::printf("%s: %s loss %.4f, perplexity %.2f over %lld tokens (checkpoint %s)\n", a.positional[0].c_str(), split.c_str(),
+              ev.loss, ev.ppl, (long long)ev.tokens, r.checkpoint_dir.c_str());
+  return 0;
+}
+
+int generate_main(const std::vector<std::string>& argv) {
+  const std::string usage =
+      "usage: seqmix generate RUN_OR_CHECKPOINT --prompt TEXT [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
+      "                       [--seed S] [--device cpu|cuda]\n";
+  Args a = parse(argv, {"prompt", "max-new-tokens", "temperature", "top-k", "top-p", "seed", "device"}, usage);
+  SEQMIX_CHECK(a.positional.size() == 1, "seqmix generate needs a run or checkpoint directory\n", usage);
+  train::LoadedRun r = train::load_run(a.positional[0], a.get("device"));
+  auto tok = r.dataset->tokenizer();
+  std::string prompt = a.get("prompt");
+  std::vector<int32_t> ids = tok->encode(prompt);
+  if (ids.empty()) ids.push_back(tok->eot_id());
+  int64_t max_new = to_int(a.get("max-new-tokens", "50"), "max-new-tokens");
+  double temperature = to_double(a.get("temperature", "1.0"), "temperature");
+  int64_t top_k = to_int(a.get("top-k", "0"), "top-k");
+  double top_p = to_double(a.get("top-p", "1.0"), "top-p");
+  uint64_t seed = uint64_t(to_int(a.get("seed", "0"), "seed"));
+  SEQMIX_CHECK(temperature >= 0, "--temperature must be >= 0");
+  SEQMIX_CHECK(top_p > 0 && top_p <= 1, "--top-p must be in (0, 1]");
+
+  ComputeDtypeGuard cg(r.compute_dtype);
+  r.model->eval();
+  train::SamplingOptions opt{max_new, temperature, top_k, top_p, seed};
+  std::vector<int32_t> out = train::generate(*r.model, ids, opt, r.device);
+  std::printf("%s%s\n", prompt.c_str(), tok->decode(out).c_str());
+  return 0;
+}
+
+int info_main(const std::vector<std::string>& argv) {
+  const std::string usage = "usage: seqmix info CONFIG.yaml [--set key.path=value ...] [--seq-len N]\n";
+  Args a = parse(argv, {"set", "seq-len"}, usage);
+  SEQMIX_CHECK(a.positional.size() == 1, "seqmix info needs a config file\n", usage);
+  auto cfg = Config::load(a.positional[0], a.all("set"));
+  train::RunSettings s = train::read_run_settings(*cfg, a.positional[0]);
+  int64_t vocab = s.vocab_size;
+  if (s.tokenizer == "byte" && vocab == 0) vocab = 257;
+  if (vocab == 0) {
+    std::string dir = s.data_path.empty() ? data::ensure_dataset(s.data_source, s.tokenizer, s.vocab_size, s.min_count) : s.data_path;
+    vocab = data::Dataset::open(dir).vocab_size();
+  }
+  ModelConfig mc = read_model_config(cfg->root().child("model"), vocab, s.seq_len, s.seed);
+  LanguageModel m(mc, cfg->root().child("model"));
+  cfg->check_unused();
+  int64_t T = a.get("seq-len").empty() ? s.seq_len : to_int(a.get("seq-len"), "seq-len");
+  double fpt = m.flops_per_token(T);
+  std::printf("config            %s\n", a.positional[0].c_str());
+  std::printf("layers            %d (", mc.n_layers);
+  for (int i = 0; i < mc.n_layers; ++i) std::printf("%s%s", i ? ", " : "", mc.mixers[i].c_str());
+  std::printf(")\n");
+  std::printf("parameters        %lld (%lld non-embedding)\n", (long long)m.num_parameters(), (long long)m.non_embedding_parameters());
+  std::printf("vocabulary        %lld\n", (long long)vocab);
+  std::printf("FLOPs per token   %.4g forward, %.4g training (3x) at context %lld\n", fpt, 3 * fpt, (long long)T);
+  std::printf("state per seq     %lld bytes at bf16 after %lld tokens (KV cache / recurrent state)\n",
+              (long long)m.state_bytes(T, 2), (long long)T);
+  return 0;
+}
+
+}  // namespace seqmix::cli
