@@ -149,7 +149,7 @@ TEST(Trainer, BadConfigErrorsNameTheKeyAndLine) {
   std::string text = config_text(data, a.string(), "  learning_rate: 0.1\n");
   expect_error_contains([&] { train::Trainer t(write_and_load(a, text), (a / "cfg.yaml").string(), "", ""); },
                         "unknown config key 'train.learning_rate' (");
-  expect_error_contains([&] { train::Trainer t(write_and_load(a, text), (a / "cfg.yaml").string(), "", ""); }, "line 23");
+  expect_error_contains([&] { train::Trainer t(write_and_load(a, text), (a / "cfg.yaml").string(), "", ""); }, "line 25");
   expect_error_contains([&] { Config::from_string("model: [unclosed", "broken.yaml"); }, "broken.yaml line");
   expect_error_contains(
       [&] {
