@@ -120,7 +120,7 @@ _Pragma("omp parallel for collapse(2) if (B * T * C * L > 1 << 20)")
     if (dk) {
       *dk = Tensor::empty(k.shape(), k.dtype(), k.device());
       Tp* o = static_cast<Tp*>(dk->data_ptr());
-_Pragma("omp parallel for if (C * L > 64)")
+_Pragma("omp parallel for if (C * L > 64 && B * T * C * L > (1 << 20))")
       for (int64_t c = 0; c < C; ++c)
         for (int64_t s = 0; s < L; ++s) {
           A acc = 0;

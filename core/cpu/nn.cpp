@@ -11,6 +11,8 @@
 namespace seqmix::cpu {
 
 namespace {
+// Below this many elements a row loop runs serially: waking threads costs more than the work.
+constexpr int64_t kParallelWork = 1 << 15;
 int64_t rows_of(const Tensor& x) { return x.dim() == 0 ? 1 : x.numel() / std::max<int64_t>(x.size(-1), 1); }
 int64_t cols_of(const Tensor& x) { return x.dim() == 0 ? 1 : x.size(-1); }
 void need_contiguous(const Tensor& t, const char* op) {
@@ -29,7 +31,7 @@ Tensor softmax(const Tensor& x) {
     using A = acc_t<T>;
     const T* p = static_cast<const T*>(x.data_ptr());
     T* o = static_cast<T*>(out.data_ptr());
-_Pragma("omp parallel for if (rows > 16)")
+_Pragma("omp parallel for if (rows * n > kParallelWork)")
     for (int64_t r = 0; r < rows; ++r) {
       const T* row = p + r * n;
       A m = -std::numeric_limits<A>::infinity();
@@ -50,7 +52,7 @@ Tensor log_softmax(const Tensor& x) {
     using A = acc_t<T>;
     const T* p = static_cast<const T*>(x.data_ptr());
     T* o = static_cast<T*>(out.data_ptr());
-_Pragma("omp parallel for if (rows > 16)")
+_Pragma("omp parallel for if (rows * n > kParallelWork)")
     for (int64_t r = 0; r < rows; ++r) {
       const T* row = p + r * n;
       A m = -std::numeric_limits<A>::infinity();
@@ -158,7 +160,7 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& targets, const
     using A = acc_t<T>;
     const T* p = static_cast<const T*>(logits.data_ptr());
     T* o = static_cast<T*>(out.data_ptr());
-_Pragma("omp parallel for if (rows > 16)")
+_Pragma("omp parallel for if (rows * v > kParallelWork)")
     for (int64_t r = 0; r < rows; ++r) {
       int64_t t = index_at(targets, r);
       for (int64_t i = 0; i < v; ++i) {
@@ -189,7 +191,7 @@ NormResult layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, 
     T* o = static_cast<T*>(r.y.data_ptr());
     float* pm = r.mean.data<float>();
     float* pr = r.rstd.data<float>();
-_Pragma("omp parallel for if (rows > 16)")
+_Pragma("omp parallel for if (rows * d > kParallelWork)")
     for (int64_t i = 0; i < rows; ++i) {
       const T* row = p + i * d;
       A mean = 0;
@@ -284,7 +286,7 @@ NormResult rmsnorm(const Tensor& x, const Tensor& weight, double eps) {
     const T* w = weight.defined() ? static_cast<const T*>(weight.data_ptr()) : nullptr;
     T* o = static_cast<T*>(r.y.data_ptr());
     float* pr = r.rstd.data<float>();
-_Pragma("omp parallel for if (rows > 16)")
+_Pragma("omp parallel for if (rows * d > kParallelWork)")
     for (int64_t i = 0; i < rows; ++i) {
       const T* row = p + i * d;
       A ss = 0;

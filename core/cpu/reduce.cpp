@@ -26,7 +26,7 @@ Tensor reduce(ReduceOp op, const Tensor& x_in, int dim, bool keepdim) {
     using A = std::conditional_t<std::is_integral_v<T>, double, acc_t<T>>;
     const T* p = static_cast<const T*>(x.data_ptr());
     T* o = static_cast<T*>(out.data_ptr());
-_Pragma("omp parallel for collapse(2) if (r.outer * r.inner > 1024)")
+_Pragma("omp parallel for collapse(2) if (r.outer * r.inner > 1024 && r.outer * r.inner * r.n > (1 << 15))")
     for (int64_t a = 0; a < r.outer; ++a) {
       for (int64_t c = 0; c < r.inner; ++c) {
         const T* base = p + a * r.n * r.inner + c;
