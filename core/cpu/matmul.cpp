@@ -20,7 +20,7 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in, bool trans_a, bool trans_b
   SEQMIX_CHECK(a.stride(-1) == 1 && b.stride(-1) == 1, "matmul kernel: operands need unit stride in their last dim");
   int64_t batch_a = a.dim() == 3 ? a.size(0) : 1, batch_b = b.dim() == 3 ? b.size(0) : 1;
   SEQMIX_CHECK(batch_a == batch_b || batch_a == 1 || batch_b == 1, "matmul: batch sizes ", batch_a, " and ", batch_b, " differ");
-  int64_t batch = std::max(batch_a, batch_b);
+  int64_t batch = (batch_a == 0 || batch_b == 0) ? 0 : std::max(batch_a, batch_b);  // an empty batch stays empty
   int64_t sa = a.dim() == 3 && batch_a > 1 ? a.stride(0) : 0, sb = b.dim() == 3 && batch_b > 1 ? b.stride(0) : 0;
   Shape out_shape = (a.dim() == 3 || b.dim() == 3) ? Shape{batch, m, n} : Shape{m, n};
   Tensor out = out_in;
