@@ -11,9 +11,9 @@ int64_t index_at(const Tensor& idx, int64_t i) {
   return idx.dtype() == DType::I64 ? idx.data<int64_t>()[i] : int64_t(idx.data<int32_t>()[i]);
 }
 int64_t checked(int64_t v, int64_t n, const char* op, int dim) {
-  if (v < 0) v += n;
-  SEQMIX_CHECK(v >= 0 && v < n, op, ": index ", v, " is out of range for dimension ", dim, " of size ", n);
-  return v;
+  int64_t i = v < 0 ? v + n : v;
+  SEQMIX_CHECK(i >= 0 && i < n, op, ": index ", v, " is out of range for dimension ", dim, " of size ", n);
+  return i;
 }
 }  // namespace
 
