@@ -157,7 +157,8 @@ std::string prepare_dataset(const PrepareOptions& o) {
   SEQMIX_CHECK(!o.source.empty(), "prepare: no SOURCE given (brown, kjv, or a path)");
   SEQMIX_CHECK(!o.out.empty(), "prepare: no output directory given (--out DIR)");
   SEQMIX_CHECK(o.shard_tokens >= 1, "prepare: --shard-tokens must be >= 1");
-  const fs::path out = o.out;
+  fs::path out = fs::path(o.out).lexically_normal();
+  if (out.filename().empty()) out = out.parent_path();  // "dir/" -> "dir"
   if (fs::exists(out)) {
     SEQMIX_CHECK(o.force, "output directory ", o.out, " already exists; choose another --out or pass --force to ",
                  "replace it");

@@ -281,3 +281,12 @@ TEST(Prepare, TokenizerFileReusesAnExistingTokenizer) {
   for (const char* s : {"train", "val", "test"}) EXPECT_EQ(read(fs::path(a) / (std::string(s) + "_000.bin")),
                                                            read(fs::path(b) / (std::string(s) + "_000.bin")));
 }
+
+TEST(Prepare, OutputWithTrailingSlash) {
+  TempDir t;
+  write(t.path / "c.txt", sample_text(50));
+  const std::string out = (t.path / "ds").string() + "/";
+  ASSERT_EQ(prepare_main({(t.path / "c.txt").string(), "--tokenizer", "byte", "--out", out, "--quiet"}), 0);
+  EXPECT_TRUE(fs::exists(t.path / "ds" / "manifest.json"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(t.path), fs::directory_iterator()), 2);  // c.txt and ds
+}
