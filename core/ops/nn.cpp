@@ -18,6 +18,18 @@ Tensor on_last_dim(const Tensor& x, int dim, F f) {
   Tensor y = f(x.transpose(dim, -1).contiguous());
   return y.transpose(dim, -1);
 }
+
+// A norm's weight or bias as its kernel reads it: [D] of the input's dtype, contiguous (undefined
+// stays undefined).
+Tensor norm_param(const char* op, const char* what, const Tensor& p, const Tensor& x) {
+  if (!p.defined()) return Tensor();
+  int64_t d = x.dim() ? x.size(-1) : 1;
+  SEQMIX_CHECK(p.dim() == 1 && p.size(0) == d, op, ": ", what, " of shape ", shape_str(p.shape()),
+               " does not match input of shape ", shape_str(x.shape()), " (expected [", d, "])");
+  SEQMIX_CHECK(p.dtype() == x.dtype(), op, ": ", what, " is ", dtype_name(p.dtype()), " but the input is ",
+               dtype_name(x.dtype()));
+  return p.detach().contiguous();
+}
 }  // namespace
 
 Tensor softmax(const Tensor& x, int dim) {
@@ -77,9 +89,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
   Tensor xc = x.detach().contiguous();
-  NormResult r = kernels::layernorm(xc, weight.defined() ? weight.detach() : Tensor(), bias.defined() ? bias.detach() : Tensor(), eps);
+  Tensor ws = norm_param("layer_norm", "weight", weight, x), bs = norm_param("layer_norm", "bias", bias, x);
+  NormResult r = kernels::layernorm(xc, ws, bs, eps);
   if (needs_grad({&x, &weight, &bias})) {
-    Tensor ws = weight.defined() ? weight.detach() : Tensor();
     Tensor mean = r.mean, rstd = r.rstd;
     record("layer_norm", {x, weight, bias}, {r.y}, [=](const Tensors& g, const std::vector<bool>& need) -> Tensors {
       NormGrads ng = kernels::layernorm_backward(g[0].contiguous(), xc, ws, mean, rstd, need[1] || need[2]);
@@ -91,9 +103,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   Tensor xc = x.detach().contiguous();
-  NormResult r = kernels::rmsnorm(xc, weight.defined() ? weight.detach() : Tensor(), eps);
+  Tensor ws = norm_param("rms_norm", "weight", weight, x);
+  NormResult r = kernels::rmsnorm(xc, ws, eps);
   if (needs_grad({&x, &weight})) {
-    Tensor ws = weight.defined() ? weight.detach() : Tensor();
     Tensor rstd = r.rstd;
     record("rms_norm", {x, weight}, {r.y}, [=](const Tensors& g, const std::vector<bool>& need) -> Tensors {
       NormGrads ng = kernels::rmsnorm_backward(g[0].contiguous(), xc, ws, rstd, need[1]);
