@@ -117,6 +117,8 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
   SEQMIX_CHECK(weight.dim() == 2, "embedding: weight must be [num_embeddings, dim], got ", shape_str(weight.shape()));
+  SEQMIX_CHECK(ids.dtype() == DType::I64 || ids.dtype() == DType::I32, "embedding: ids must be i64 or i32, got ",
+               dtype_name(ids.dtype()));
   Tensor out = kernels::embedding(weight.detach().contiguous(), ids.contiguous());
   if (needs_grad({&weight})) {
     Tensor is = ids.detach().contiguous();
@@ -155,6 +157,10 @@ Tensor cumsum(const Tensor& x, int dim, bool reverse) {
 Tensor conv1d_causal(const Tensor& x, const Tensor& w, const Tensor& bias) {
   SEQMIX_CHECK(x.dim() == 3 && w.dim() == 2 && x.size(2) == w.size(0), "conv1d_causal: x must be [B, T, C] and w [C, K]; got ",
                shape_str(x.shape()), " and ", shape_str(w.shape()));
+  SEQMIX_CHECK(w.dtype() == x.dtype(), "conv1d_causal: w is ", dtype_name(w.dtype()), " but x is ", dtype_name(x.dtype()));
+  SEQMIX_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == x.size(2) && bias.dtype() == x.dtype()),
+               "conv1d_causal: bias of shape ", shape_str(bias.shape()), " (", dtype_name(bias.dtype()),
+               ") does not match x of shape ", shape_str(x.shape()), " (", dtype_name(x.dtype()), ")");
   Tensor xc = x.detach().contiguous(), wc = w.detach().contiguous();
   Tensor y = kernels::conv1d_causal(xc, wc, bias.defined() ? bias.detach().contiguous() : Tensor());
   if (needs_grad({&x, &w, &bias})) {
@@ -171,6 +177,7 @@ Tensor conv1d_causal(const Tensor& x, const Tensor& w, const Tensor& bias) {
 Tensor fft_conv(const Tensor& x, const Tensor& k) {
   SEQMIX_CHECK(x.dim() == 3 && k.dim() == 2 && x.size(2) == k.size(0) && k.size(1) <= x.size(1),
                "fft_conv: x must be [B, T, C] and k [C, L] with L <= T; got ", shape_str(x.shape()), " and ", shape_str(k.shape()));
+  SEQMIX_CHECK(k.dtype() == x.dtype(), "fft_conv: k is ", dtype_name(k.dtype()), " but x is ", dtype_name(x.dtype()));
   Tensor xc = x.detach().contiguous(), kc = k.detach().contiguous();
   Tensor y = kernels::fft_conv(xc, kc);
   if (needs_grad({&x, &k})) {
