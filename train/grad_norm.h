@@ -1,0 +1,38 @@
+// Global gradient norm and clipping over a list of parameters (their .grad(); undefined grads are
+// skipped), on the CPU and CUDA.
+//
+// Sum of squares: f32 accumulation over fixed blocks of elements, the block partials summed in double
+// in a fixed order, so the result is deterministic for a given device. CUDA gradients (f32,
+// contiguous) go through one fused multi-tensor kernel per 128 tensors plus a one-block final sum; the
+// result is read back with a single host synchronization. NaN and inf propagate into the result, so
+// the caller can detect a bad step.
+#pragma once
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace seqmix::train {
+
+// sqrt(sum over params of sum(grad^2)).
+double grad_norm(const std::vector<Tensor>& params);
+// grad *= factor, in place, for every defined gradient.
+void scale_grads(const std::vector<Tensor>& params, double factor);
+// Computes the norm; if it is finite and above max_norm (> 0), scales the gradients by
+// max_norm / (norm + 1e-6) (torch.nn.utils.clip_grad_norm_). A non-finite norm leaves the gradients
+// untouched. Returns the norm before clipping.
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+
+namespace detail {
+// One contiguous f32 gradient on the current CUDA device.
+struct GradRef {
+  float* g;
+  int64_t n;
+};
+#ifdef SEQMIX_WITH_CUDA
+// train/grad_norm.cu, on cuda::current_stream().
+double grad_sumsq_cuda(const std::vector<GradRef>& grads);  // one host synchronization
+void scale_cuda(const std::vector<GradRef>& grads, float factor);  // asynchronous
+#endif
+}  // namespace detail
+
+}  // namespace seqmix::train
