@@ -177,7 +177,6 @@ Tensor conv1d_causal(const Tensor& x, const Tensor& w, const Tensor& bias) {
 Tensor fft_conv(const Tensor& x, const Tensor& k) {
   SEQMIX_CHECK(x.dim() == 3 && k.dim() == 2 && x.size(2) == k.size(0) && k.size(1) <= x.size(1),
                "fft_conv: x must be [B, T, C] and k [C, L] with L <= T; got ", shape_str(x.shape()), " and ", shape_str(k.shape()));
-  SEQMIX_CHECK(k.dtype() == x.dtype(), "fft_conv: k is ", dtype_name(k.dtype()), " but x is ", dtype_name(x.dtype()));
   Tensor xc = x.detach().contiguous(), kc = k.detach().contiguous();
   Tensor y = kernels::fft_conv(xc, kc);
   if (needs_grad({&x, &k})) {
