@@ -145,6 +145,7 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
 
 Tensor cumsum(const Tensor& x, int dim, bool reverse) {
   dim = x.normalize_dim(dim);
+  if (x.dim() == 0) return x.clone();  // dim 0 of a 0-d tensor: the identity (the kernel needs a real dim)
   Tensor y = kernels::cumsum(x, dim, reverse);
   if (needs_grad({&x})) {
     record("cumsum", {x}, {y}, [dim, reverse](const Tensors& g, const std::vector<bool>&) -> Tensors {

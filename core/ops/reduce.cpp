@@ -28,6 +28,7 @@ Tensor sum(const Tensor& x) {
 
 Tensor sum(const Tensor& x, int dim, bool keepdim) {
   dim = x.normalize_dim(dim);
+  if (x.dim() == 0) return x.clone();  // dim 0 of a 0-d tensor: the identity (the kernels need a real dim)
   Tensor out = kernels::reduce(ReduceOp::Sum, x, dim, keepdim);
   if (needs_grad({&x})) {
     Shape s = x.shape();
@@ -51,11 +52,13 @@ Tensor mean(const Tensor& x) { return sum(x) * (1.0 / double(std::max<int64_t>(x
 
 Tensor mean(const Tensor& x, int dim, bool keepdim) {
   dim = x.normalize_dim(dim);
+  if (x.dim() == 0) return x.clone();
   return sum(x, dim, keepdim) * (1.0 / double(x.shape()[dim]));
 }
 
 static Tensor extremum(ReduceOp op, const Tensor& x, int dim, bool keepdim) {
   dim = x.normalize_dim(dim);
+  if (x.dim() == 0) return x.clone();
   Tensor out = kernels::reduce(op, x, dim, keepdim);
   if (needs_grad({&x})) {
     // gradient goes to the first extremum: the index from argmax of x (or of -x for min)
@@ -71,10 +74,15 @@ static Tensor extremum(ReduceOp op, const Tensor& x, int dim, bool keepdim) {
 Tensor max(const Tensor& x, int dim, bool keepdim) { return extremum(ReduceOp::Max, x, dim, keepdim); }
 Tensor min(const Tensor& x, int dim, bool keepdim) { return extremum(ReduceOp::Min, x, dim, keepdim); }
 
-Tensor argmax(const Tensor& x, int dim, bool keepdim) { return kernels::argmax(x, x.normalize_dim(dim), keepdim); }
+Tensor argmax(const Tensor& x, int dim, bool keepdim) {
+  dim = x.normalize_dim(dim);
+  if (x.dim() == 0) return zeros({}, DType::I64, x.device());
+  return kernels::argmax(x, dim, keepdim);
+}
 
 Tensor logsumexp(const Tensor& x, int dim, bool keepdim) {
   dim = x.normalize_dim(dim);
+  if (x.dim() == 0) return x.clone();
   Tensor out = kernels::reduce(ReduceOp::LogSumExp, x, dim, keepdim);
   if (needs_grad({&x})) {
     Tensor xs = x.detach(), os = out.detach();
