@@ -49,7 +49,10 @@ Tensor stack(const std::vector<Tensor>& xs, int dim) {
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int dim) {
   dim = x.normalize_dim(dim);
   int64_t total = 0;
-  for (int64_t s : sizes) total += s;
+  for (int64_t s : sizes) {
+    SEQMIX_CHECK(s >= 0, "split: size ", s, " is negative");
+    total += s;
+  }
   SEQMIX_CHECK(total == x.shape()[dim], "split: sizes add up to ", total, " but dimension ", dim, " has size ", x.shape()[dim]);
   std::vector<Tensor> out;
   int64_t start = 0;
@@ -61,6 +64,7 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
 }
 
 std::vector<Tensor> chunk(const Tensor& x, int chunks, int dim) {
+  SEQMIX_CHECK(chunks > 0, "chunk: the number of chunks must be positive, got ", chunks);
   dim = x.normalize_dim(dim);
   int64_t n = x.shape()[dim];
   int64_t each = (n + chunks - 1) / chunks;
@@ -72,6 +76,8 @@ std::vector<Tensor> chunk(const Tensor& x, int chunks, int dim) {
 Tensor index_select(const Tensor& x, int dim, const Tensor& index) {
   dim = x.normalize_dim(dim);
   SEQMIX_CHECK(index.dim() == 1, "index_select: index must be 1-d, got ", shape_str(index.shape()));
+  SEQMIX_CHECK(index.dtype() == DType::I64 || index.dtype() == DType::I32, "index_select: index must be i64 or i32, got ",
+               dtype_name(index.dtype()));
   Tensor out = kernels::index_select(x.detach(), dim, index);
   if (needs_grad({&x})) {
     Shape s = x.shape();
@@ -86,6 +92,8 @@ Tensor index_select(const Tensor& x, int dim, const Tensor& index) {
 Tensor gather(const Tensor& x, int dim, const Tensor& index) {
   dim = x.normalize_dim(dim);
   SEQMIX_CHECK(index.dim() == x.dim(), "gather: index has ", index.dim(), " dims but input has ", x.dim());
+  SEQMIX_CHECK(index.dtype() == DType::I64 || index.dtype() == DType::I32, "gather: index must be i64 or i32, got ",
+               dtype_name(index.dtype()));
   Tensor out = kernels::gather(x.detach(), dim, index);
   if (needs_grad({&x})) {
     Shape s = x.shape();
