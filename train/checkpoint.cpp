@@ -326,6 +326,7 @@ std::string save_checkpoint(const std::string& run_dir, const TrainerState& st_i
   std::error_code ec;
   fs::create_directories(ckdir, ec);
   SEQMIX_CHECK(!ec, "cannot create checkpoint directory ", ckdir.string(), ": ", ec.message());
+  fsync_dir(run_dir);  // a new checkpoints/ entry is durable too
   remove_stale_leftovers(ckdir);
 
   const std::string name = "step_" + std::to_string(st.step);
@@ -462,7 +463,13 @@ std::optional<std::string> latest_valid_checkpoint(const std::string& run_dir) {
 
 std::string resolve_resume(const std::string& arg, const std::string& run_dir) {
   if (arg.empty() || arg == "none") return "";
-  if (arg == "auto") return latest_valid_checkpoint(run_dir).value_or("");
+  if (arg == "auto") {
+    if (list_checkpoints(run_dir).empty()) return "";
+    auto latest = latest_valid_checkpoint(run_dir);
+    SEQMIX_CHECK(latest.has_value(), "--resume auto: every checkpoint under ", (fs::path(run_dir) / "checkpoints").string(),
+                 " is corrupt or incomplete (see the warnings above); delete that directory to start the run afresh");
+    return *latest;
+  }
   std::error_code ec;
   const fs::path p(arg);
   const std::string accepted = "; --resume takes auto, a run directory, or a checkpoint directory (RUN/checkpoints/step_N)";

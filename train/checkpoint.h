@@ -71,7 +71,8 @@ std::vector<std::string> list_checkpoints(const std::string& run_dir);
 std::optional<std::string> latest_valid_checkpoint(const std::string& run_dir);
 
 // The checkpoint to resume from, for `--resume ARG`:
-//   "auto"                 the latest valid checkpoint of run_dir, or "" when there is none
+//   "auto"                 the latest valid checkpoint of run_dir; "" when run_dir has no checkpoint
+//                          at all; an error when it has some but none verifies (never a silent restart)
 //   "" / "none"            "" (start fresh)
 //   a run directory        its latest valid checkpoint (error if it has none)
 //   a checkpoints/ folder  its latest valid step_N

@@ -473,6 +473,14 @@ TEST(Checkpoint, ResolveResume) {
   expect_error_contains([&] { resolve_resume(other.str(), run.str()); }, "neither a run directory");
   fs::create_directories(other.path / "checkpoints");
   expect_error_contains([&] { resolve_resume(other.str(), run.str()); }, "has no valid checkpoint");
+  EXPECT_EQ(resolve_resume("auto", other.str()), "");  // no checkpoint at all: start fresh
+  // checkpoints that all fail verification: an error, never a silent fresh start
+  fs::remove(fs::path(latest) / "manifest.json");
+  fs::remove(fs::path(first) / "model.safetensors");
+  ::testing::internal::CaptureStderr();
+  expect_error_contains([&] { resolve_resume("auto", run.str()); }, "is corrupt or incomplete");
+  ::testing::internal::GetCapturedStderr();
+  expect_error_contains([&] { resolve_resume(latest, run.str()); }, "manifest.json is missing");
 }
 
 TEST(Checkpoint, BadExtraJsonIsRefusedBeforeWriting) {
