@@ -56,6 +56,12 @@ GradcheckResult gradcheck(const std::function<Tensors(const Tensors&)>& f, const
   double worst = -1;
   for (size_t w = 0; w < wrt.size(); ++w) {
     Tensor x = wrt[w];
+    if (analytic[w].shape() != x.shape()) {  // a backward bug: report it rather than read past the gradient
+      res.ok = false;
+      res.message = "input " + std::to_string(w) + " (shape " + shape_str(x.shape()) + "): the analytic gradient has shape " +
+                    shape_str(analytic[w].shape());
+      return res;
+    }
     Tensor a = analytic[w].contiguous().to(DType::F64);
     std::vector<double> av = a.to_vector<double>();
     SEQMIX_CHECK(x.is_contiguous(), "gradcheck: inputs must be contiguous");
