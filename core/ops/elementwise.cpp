@@ -107,6 +107,7 @@ Tensor pow(const Tensor& x, double p) {
   if (needs_grad({&x})) {
     Tensor xs = x.detach();
     record("pow", {x}, {y}, [xs, p](const Tensors& g, const std::vector<bool>&) -> Tensors {
+      if (p == 0.0) return {zeros_like(g[0])};  // not 0 * x^-1, which is NaN at x = 0
       return {mul(g[0], affine(kernels::pow_scalar(xs, p - 1.0), p, 0.0))};
     });
   }
