@@ -4,8 +4,11 @@
 //   of 2 MiB, so blocks of nearby sizes are interchangeable.
 // - A freed block goes to the cache of the (device, stream) it was allocated on and is handed out
 //   again only for that stream: work queued on one stream runs in order, so a block freed there can
-//   be reused there at once, with no synchronization. (A tensor used on another stream must keep
-//   its storage alive until that stream is done; seqmix does not track cross-stream uses.)
+//   be reused there at once, with no synchronization. When the freeing thread's stream is not the
+//   block's (a tensor made by one thread, e.g. a loader, and released by another), the block's stream
+//   is first made to wait for the work queued so far on the freeing stream (an event), so reuse on
+//   the block's stream cannot overtake kernels that still read it. Uses on any third stream are not
+//   tracked: keep such tensors alive until that stream is done.
 // - A cached block serves a request when it is at least as large and not much larger (at most 2x
 //   for small blocks, +25% for large ones), smallest first.
 // - On cudaMalloc failure the cache is emptied (cudaFree synchronizes the device) and the call is
@@ -25,7 +28,8 @@
 
 namespace seqmix::cuda {
 
-cudaStream_t stream_of_device(int device);  // core/cuda/runtime.cpp
+cudaStream_t stream_of_device(int device);           // core/cuda/runtime.cpp
+cudaStream_t existing_stream_of_device(int device);  // core/cuda/runtime.cpp
 
 namespace {
 
@@ -86,6 +90,8 @@ class CachingAllocator {
     auto it = in_use_.find(p);
     SEQMIX_CHECK(it != in_use_.end(), "cuda::free: pointer ", p, " was not allocated by seqmix's CUDA allocator (or was freed twice)");
     Block b = it->second;
+    cudaStream_t freeing = existing_stream_of_device(b.device);
+    if (freeing && freeing != b.stream) order_after(b, freeing);
     in_use_.erase(it);
     stats_[b.device].current_bytes -= b.size;
     caches_[Key{b.device, b.stream}].emplace(b.size, b);
@@ -118,6 +124,19 @@ class CachingAllocator {
       return std::hash<void*>()(static_cast<void*>(k.stream)) * 31u + std::hash<int>()(k.device);
     }
   };
+
+  // Makes b.stream wait for the work queued so far on `other` (both on b.device).
+  static void order_after(const Block& b, cudaStream_t other) {
+    int prev = -1;
+    SEQMIX_CUDA_CHECK(cudaGetDevice(&prev));
+    if (prev != b.device) SEQMIX_CUDA_CHECK(cudaSetDevice(b.device));
+    cudaEvent_t ev = nullptr;
+    SEQMIX_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    SEQMIX_CUDA_CHECK(cudaEventRecord(ev, other));
+    SEQMIX_CUDA_CHECK(cudaStreamWaitEvent(b.stream, ev, 0));
+    SEQMIX_CUDA_CHECK(cudaEventDestroy(ev));  // released once the wait is satisfied
+    if (prev != b.device) SEQMIX_CUDA_CHECK(cudaSetDevice(prev));
+  }
 
   static void note_alloc(AllocatorStats& st, size_t size) {
     st.current_bytes += size;

@@ -100,6 +100,14 @@ cudaStream_t stream_of_device(int device) {
   return st.streams[device];
 }
 
+// This thread's stream on `device` if it has one (current override or default), else nullptr; never
+// creates one. Used by the allocator when a block is freed on another stream than its own.
+cudaStream_t existing_stream_of_device(int device) {
+  if (device < 0 || device >= cuda_device_count()) return nullptr;
+  ThreadState& st = thread_state();
+  return st.overrides[device] ? st.overrides[device] : st.streams[device];
+}
+
 void select_device(int index) {
   check_index(index);
   int cur = -1;
