@@ -1,0 +1,36 @@
+// seqmix_bench: one entry per benchmark family; each prints JSON lines and a table.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench/bench_attention.h"
+#include "bench/bench_gemm.h"
+#include "bench/bench_kernels.h"
+#include "bench/bench_tokenizer.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  const char* usage =
+      "usage: seqmix_bench <family> [options]\n"
+      "  kernels    memory-bound kernels vs the device copy rate, op launch and autograd overhead\n"
+      "  gemm       bf16 GEMM TFLOP/s, FFT and short convolutions\n"
+      "  attention  causal attention forward/backward\n"
+      "  tokenizer  BPE training time and tokenizer throughput\n";
+  if (argc < 2) {
+    std::fputs(usage, stderr);
+    return 2;
+  }
+  std::string family = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  try {
+    if (family == "kernels") return seqmix::bench::kernels_main(args);
+    if (family == "gemm") return seqmix::bench::gemm_main(args);
+    if (family == "attention") return seqmix::bench::attention_main(args);
+    if (family == "tokenizer") return seqmix::bench::tokenizer_main(args);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "seqmix_bench %s: error: %s\n", family.c_str(), e.what());
+    return 1;
+  }
+  std::fprintf(stderr, "unknown benchmark family '%s'\n%s", family.c_str(), usage);
+  return 2;
+}

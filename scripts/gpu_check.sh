@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine: build, run the `gpu` tests, run the benchmarks beside their
+# PyTorch peers, and print a short table last. Logs go to $OUT (the device tool brings them back).
+#   scripts/gpu_check.sh [build] [tests] [bench] [extra...]     (default: build tests bench)
+# Needs the Debian packages the machine lacks in .deps/debs (see ../shared/gpu/README.md).
+set -uo pipefail
+OUT=${OUT:-/tmp/seqmix_out}
+mkdir -p "$OUT"
+stages=${*:-build tests bench}
+has() { [[ " $stages " == *" $1 "* ]]; }
+summary=()
+
+source .deps/install-debs.sh .deps/debs /opt/deps > /dev/null
+BLAS_DIR=/opt/deps/usr/lib/x86_64-linux-gnu/openblas-pthread
+export LD_LIBRARY_PATH="$BLAS_DIR:/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+export OMP_NUM_THREADS=8
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+
+if has build; then
+  t0=$(date +%s)
+  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+    -DCMAKE_LIBRARY_PATH="$BLAS_DIR" -DCMAKE_CXX_FLAGS="-I/opt/deps/usr/include/x86_64-linux-gnu/openblas-pthread" \
+    > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+  if ! cmake --build build-gpu -j 16 >> "$OUT/build.log" 2>&1; then
+    grep -E "error|Error" -A3 "$OUT/build.log" | head -80
+    exit 1
+  fi
+  summary+=("build: ok in $(( $(date +%s) - t0 )) s")
+fi
+
+if has tests; then
+  (cd build-gpu && ctest -L gpu --output-on-failure -j 4 --timeout 300) > "$OUT/tests.log" 2>&1
+  line=$(grep -E "tests passed|tests failed" "$OUT/tests.log" | tail -1)
+  summary+=("gpu tests: $line")
+  grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)\)" "$OUT/tests.log" | head -40 > "$OUT/failed.txt"
+  if [ -s "$OUT/failed.txt" ]; then
+    echo "== failed gpu tests =="; cat "$OUT/failed.txt"
+    # the first failures' details
+    grep -E "Failure|Expected|actual|Which is|error:|rel err|C\+\+ exception" "$OUT/tests.log" | head -60
+  fi
+fi
+
+if has bench; then
+  {
+    echo "== seqmix kernels"; timeout 240 ./build-gpu/seqmix_bench kernels 2>&1
+    echo "== torch kernels"; timeout 120 python3 bench/torch_kernels.py 2>&1
+    echo "== seqmix gemm"; timeout 120 ./build-gpu/seqmix_bench gemm 2>&1
+    echo "== torch gemm"; timeout 120 python3 bench/torch_gemm.py 2>&1
+    echo "== seqmix attention"; timeout 180 ./build-gpu/seqmix_bench attention 2>&1
+    echo "== torch attention"; timeout 180 python3 bench/torch_attention.py 2>&1
+  } > "$OUT/bench.log" 2>&1
+  summary+=("bench: see bench.log")
+fi
+
+for extra in $stages; do
+  case "$extra" in build|tests|bench) ;; *) bash -c "$extra" > "$OUT/extra_$(echo "$extra" | tr -c 'a-zA-Z0-9' '_' | cut -c1-30).log" 2>&1 ;; esac
+done
+
+echo
+echo "================ summary ================"
+cat "$OUT/device.txt"
+for s in "${summary[@]}"; do echo "$s"; done
+if has bench; then grep -vE '^\{' "$OUT/bench.log" | grep -E '^(==|[A-Za-z_ ]+.*(GB/s|TFLOP|ms|us))' | head -90; fi
