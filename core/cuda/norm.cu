@@ -152,6 +152,7 @@ __global__ void __launch_bounds__(1024) norm_bwd_kernel(const T* __restrict__ g,
   const int64_t gstride = int64_t(gridDim.x) * groups_per_block;
   const int nvec = D / VEC;
   const float inv_d = 1.0f / float(D);
+  const bool want_dw = part_dw != nullptr, want_db = part_db != nullptr;
 
   float wv[NV][VEC];
   float dwa[NV][VEC], dba[NV][VEC];
@@ -203,18 +204,16 @@ __global__ void __launch_bounds__(1024) norm_bwd_kernel(const T* __restrict__ g,
         for (int e = 0; e < VEC; ++e) {
           float xh = xv[j][e], gg = gv[j][e];
           o[e] = rs * (gg * wv[j][e] - m1 - xh * m2);
-          if (wgrad) {
-            dwa[j][e] += gg * xh;
-            dba[j][e] += gg;
-          }
+          if (want_dw) dwa[j][e] += gg * xh;
+          if (want_db) dba[j][e] += gg;
         }
         store_f<T, VEC>(dr + vi * VEC, o);
       }
     }
   }
   if (!wgrad) return;
-  float* pdw = part_dw + int64_t(blockIdx.x) * D;
-  float* pdb = part_db + int64_t(blockIdx.x) * D;
+  float* pdw = want_dw ? part_dw + int64_t(blockIdx.x) * D : nullptr;
+  float* pdb = want_db ? part_db + int64_t(blockIdx.x) * D : nullptr;
   if constexpr (WARP) {
     // Merge the warps of the block in warp order (deterministic), then write one partial row.
     for (int k = 0; k < groups_per_block; ++k) {
@@ -235,8 +234,8 @@ __global__ void __launch_bounds__(1024) norm_bwd_kernel(const T* __restrict__ g,
       __syncthreads();
     }
     for (int c = threadIdx.x; c < D; c += blockDim.x) {
-      pdw[c] = red_dw[c];
-      pdb[c] = red_db[c];
+      if (want_dw) pdw[c] = red_dw[c];
+      if (want_db) pdb[c] = red_db[c];
     }
   } else {
 #pragma unroll
@@ -245,8 +244,8 @@ __global__ void __launch_bounds__(1024) norm_bwd_kernel(const T* __restrict__ g,
       if (vi < nvec) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-          pdw[vi * VEC + e] = dwa[j][e];
-          pdb[vi * VEC + e] = dba[j][e];
+          if (want_dw) pdw[vi * VEC + e] = dwa[j][e];
+          if (want_db) pdb[vi * VEC + e] = dba[j][e];
         }
       }
     }
@@ -304,10 +303,12 @@ __global__ void __launch_bounds__(1024) norm_bwd_loop_kernel(const T* __restrict
                                                              float* __restrict__ part_dw, float* __restrict__ part_db,
                                                              int64_t rows, int64_t D, bool layernorm, bool wgrad) {
   __shared__ float scratch[64];
-  float* pdw = wgrad ? part_dw + int64_t(blockIdx.x) * D : nullptr;
-  float* pdb = wgrad ? part_db + int64_t(blockIdx.x) * D : nullptr;
-  if (wgrad)
-    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) pdw[c] = pdb[c] = 0.0f;
+  float* pdw = part_dw ? part_dw + int64_t(blockIdx.x) * D : nullptr;
+  float* pdb = part_db ? part_db + int64_t(blockIdx.x) * D : nullptr;
+  for (int64_t c = threadIdx.x; c < D; c += blockDim.x) {
+    if (pdw) pdw[c] = 0.0f;
+    if (pdb) pdb[c] = 0.0f;
+  }
   const float inv_d = 1.0f / float(D);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* xr = x + row * D;
@@ -327,10 +328,8 @@ __global__ void __launch_bounds__(1024) norm_bwd_loop_kernel(const T* __restrict
       float xh = (to_float(xr[i]) - mu) * rs;
       float gg = to_float(gr[i]);
       dr[i] = from_float<T>(rs * (gg * (w ? to_float(w[i]) : 1.0f) - m1 - xh * m2));
-      if (wgrad) {
-        pdw[i] += gg * xh;
-        pdb[i] += gg;
-      }
+      if (pdw) pdw[i] += gg * xh;
+      if (pdb) pdb[i] += gg;
     }
   }
 }
@@ -505,9 +504,10 @@ NormGrads norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, 
     float* pdw = nullptr;
     float* pdb = nullptr;
     if (wgrad) {
-      part = Tensor::empty({2, grid, D}, DType::F32, x.device());
-      pdw = part.data<float>();
-      pdb = pdw + grid * D;
+      part = Tensor::empty({int64_t(want_dw) + int64_t(want_db), grid, D}, DType::F32, x.device());
+      float* p = part.data<float>();
+      if (want_dw) pdw = p;
+      if (want_db) pdb = p + (want_dw ? grid * D : 0);
     }
     if (c.loop) {
       norm_bwd_loop_kernel<T><<<unsigned(grid), threads, 0, st>>>(pg, px, pw, pm, pr, pd, pdw, pdb, rows, D, layernorm, wgrad);
