@@ -30,7 +30,7 @@ _Pragma("omp parallel for collapse(2) if (r.outer * r.inner > 1024 && r.outer * 
     for (int64_t a = 0; a < r.outer; ++a) {
       for (int64_t c = 0; c < r.inner; ++c) {
         const T* base = p + a * r.n * r.inner + c;
-        A acc;
+        A acc = A(0);
         switch (op) {
           case ReduceOp::Sum:
           case ReduceOp::Mean:

@@ -72,7 +72,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   int64_t v = logits.size(-1);
   SEQMIX_CHECK(targets.numel() * v == logits.numel(), "cross_entropy: logits of shape ", shape_str(logits.shape()),
                " do not match targets of shape ", shape_str(targets.shape()));
-  SEQMIX_CHECK(is_integral(targets.dtype()), "cross_entropy: targets must be integer ids, got ", dtype_name(targets.dtype()));
+  SEQMIX_CHECK(targets.dtype() == DType::I64 || targets.dtype() == DType::I32, "cross_entropy: targets must be i64 or i32 ids, got ",
+               dtype_name(targets.dtype()));
   Tensor l2 = logits.detach().reshape({-1, v}).contiguous();
   Tensor t1 = targets.detach().reshape({-1}).contiguous();
   CrossEntropyResult r = kernels::cross_entropy(l2, t1, ignore_index);
