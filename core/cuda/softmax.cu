@@ -67,6 +67,32 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& v) {
   *reinterpret_cast<Pack<T, VEC>*>(p) = v;
 }
 
+// Loop over j = t, t + nt, ... < n, U iterations at a time: all U loads are issued before any is
+// used, so each thread keeps U 16-byte loads in flight (latency hiding without more threads).
+constexpr int kUnroll = 4;
+constexpr int kUnrollPair = 2;  // two inputs per step: fits the 64 registers of a 1024-thread block
+template <int U, typename P, typename LoadF, typename UseF>
+__device__ __forceinline__ void pipelined(int64_t t, int64_t n, int64_t nt, LoadF&& load, UseF&& use) {
+  for (int64_t j0 = t; j0 < n; j0 += U * nt) {
+    P p[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      int64_t j = j0 + u * nt;
+      if (j < n) p[u] = load(j);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      int64_t j = j0 + u * nt;
+      if (j < n) use(j, p[u]);
+    }
+  }
+}
+
+template <typename P>
+struct PackPair {
+  P a, b;
+};
+
 // Online (max, sum of exp) pairs.
 __device__ __forceinline__ void ms_merge(float& m, float& s, float m2, float s2) {
   float mn = fmaxf(m, m2);
@@ -168,7 +194,7 @@ __global__ void softmax_warp_kernel(const T* __restrict__ x, T* __restrict__ y, 
 // x and y rows have the same 16-byte alignment (the host picks VEC = 1 otherwise).
 // ---------------------------------------------------------------------------------------------
 template <typename T, int VEC, bool CACHE, int MODE>
-__global__ void softmax_block_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t V) {
+__global__ void __launch_bounds__(1024) softmax_block_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t V) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float scratch[64];
   using P = Pack<T, VEC>;
@@ -187,23 +213,24 @@ __global__ void softmax_block_kernel(const T* __restrict__ x, T* __restrict__ y,
     if (CACHE) cache_s[t] = raw;
     ms_add(m, s, to_float(raw));
   }
-  for (int64_t j = t; j < sp.nvec; j += nt) {
-    P p = load_pack<T, VEC>(xr + body + j * VEC);
-    if (CACHE) cache_v[j] = p;
-    float f[VEC];
-    float pm = kNegInf;
+  pipelined<kUnroll, P>(
+      t, sp.nvec, nt, [&](int64_t j) { return load_pack<T, VEC>(xr + body + j * VEC); },
+      [&](int64_t j, const P& p) {
+        if (CACHE) cache_v[j] = p;
+        float f[VEC];
+        float pm = kNegInf;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      f[e] = to_float(p.v[e]);
-      pm = fmaxf(pm, f[e]);
-    }
-    float ps = 0.0f;
-    if (pm > kNegInf) {
+        for (int e = 0; e < VEC; ++e) {
+          f[e] = to_float(p.v[e]);
+          pm = fmaxf(pm, f[e]);
+        }
+        float ps = 0.0f;
+        if (pm > kNegInf) {
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) ps += __expf(f[e] - pm);
-    }
-    ms_merge(m, s, pm, ps);
-  }
+          for (int e = 0; e < VEC; ++e) ps += __expf(f[e] - pm);
+        }
+        ms_merge(m, s, pm, ps);
+      });
   if (t < sp.tail) {
     T raw = xr[tail0 + t];
     if (CACHE) cache_s[sp.head + t] = raw;
@@ -220,13 +247,14 @@ __global__ void softmax_block_kernel(const T* __restrict__ x, T* __restrict__ y,
     T raw = CACHE ? cache_s[t] : xr[t];
     yr[t] = from_float<T>(f_out(to_float(raw)));
   }
-  for (int64_t j = t; j < sp.nvec; j += nt) {
-    P p = CACHE ? cache_v[j] : load_pack<T, VEC>(xr + body + j * VEC);
-    P o;
+  pipelined<kUnroll, P>(
+      t, sp.nvec, nt, [&](int64_t j) { return CACHE ? cache_v[j] : load_pack<T, VEC>(xr + body + j * VEC); },
+      [&](int64_t j, const P& p) {
+        P o;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(f_out(to_float(p.v[e])));
-    store_pack<T, VEC>(yr + body + j * VEC, o);
-  }
+        for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(f_out(to_float(p.v[e])));
+        store_pack<T, VEC>(yr + body + j * VEC, o);
+      });
   if (t < sp.tail) {
     T raw = CACHE ? cache_s[sp.head + t] : xr[tail0 + t];
     yr[tail0 + t] = from_float<T>(f_out(to_float(raw)));
@@ -276,7 +304,7 @@ __global__ void softmax_bwd_warp_kernel(const T* __restrict__ g, const T* __rest
 // g, y and dx rows share one 16-byte alignment (else VEC = 1). CACHE stages both rows in shared
 // memory: [nvec packs of g][nvec packs of y][head + tail scalars of g][head + tail of y].
 template <typename T, int VEC, bool CACHE, int MODE>
-__global__ void softmax_bwd_block_kernel(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ dx, int64_t V) {
+__global__ void __launch_bounds__(1024) softmax_bwd_block_kernel(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ dx, int64_t V) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float scratch[64];
   using P = Pack<T, VEC>;
@@ -301,16 +329,18 @@ __global__ void softmax_bwd_block_kernel(const T* __restrict__ g, const T* __res
     }
     r += bwd_term<MODE>(to_float(a), to_float(b));
   }
-  for (int64_t j = t; j < sp.nvec; j += nt) {
-    P a = load_pack<T, VEC>(gr + body + j * VEC);
-    P b = load_pack<T, VEC>(yr + body + j * VEC);
-    if (CACHE) {
-      cg[j] = a;
-      cy[j] = b;
-    }
+  using PP = PackPair<P>;
+  pipelined<kUnrollPair, PP>(
+      t, sp.nvec, nt,
+      [&](int64_t j) { return PP{load_pack<T, VEC>(gr + body + j * VEC), load_pack<T, VEC>(yr + body + j * VEC)}; },
+      [&](int64_t j, const PP& q) {
+        if (CACHE) {
+          cg[j] = q.a;
+          cy[j] = q.b;
+        }
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) r += bwd_term<MODE>(to_float(a.v[e]), to_float(b.v[e]));
-  }
+        for (int e = 0; e < VEC; ++e) r += bwd_term<MODE>(to_float(q.a.v[e]), to_float(q.b.v[e]));
+      });
   if (t < sp.tail) {
     T a = gr[tail0 + t], b = yr[tail0 + t];
     if (CACHE) {
@@ -324,14 +354,17 @@ __global__ void softmax_bwd_block_kernel(const T* __restrict__ g, const T* __res
     T a = CACHE ? sg[t] : gr[t], b = CACHE ? sy[t] : yr[t];
     dr[t] = from_float<T>(bwd_out<MODE>(to_float(a), to_float(b), r));
   }
-  for (int64_t j = t; j < sp.nvec; j += nt) {
-    P a = CACHE ? cg[j] : load_pack<T, VEC>(gr + body + j * VEC);
-    P b = CACHE ? cy[j] : load_pack<T, VEC>(yr + body + j * VEC);
-    P o;
+  pipelined<kUnrollPair, PP>(
+      t, sp.nvec, nt,
+      [&](int64_t j) {
+        return CACHE ? PP{cg[j], cy[j]} : PP{load_pack<T, VEC>(gr + body + j * VEC), load_pack<T, VEC>(yr + body + j * VEC)};
+      },
+      [&](int64_t j, const PP& q) {
+        P o;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(bwd_out<MODE>(to_float(a.v[e]), to_float(b.v[e]), r));
-    store_pack<T, VEC>(dr + body + j * VEC, o);
-  }
+        for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(bwd_out<MODE>(to_float(q.a.v[e]), to_float(q.b.v[e]), r));
+        store_pack<T, VEC>(dr + body + j * VEC, o);
+      });
   if (t < sp.tail) {
     T a = CACHE ? sg[sp.head + t] : gr[tail0 + t], b = CACHE ? sy[sp.head + t] : yr[tail0 + t];
     dr[tail0 + t] = from_float<T>(bwd_out<MODE>(to_float(a), to_float(b), r));
@@ -348,7 +381,7 @@ __device__ __forceinline__ int64_t load_index(const I* p, int64_t i) {
 
 // One block per row (blockDim a multiple of 32): single online pass for the logsumexp.
 template <typename T, typename I, int VEC>
-__global__ void ce_fwd_kernel(const T* __restrict__ logits, const I* __restrict__ targets, float* __restrict__ lse_out,
+__global__ void __launch_bounds__(1024) ce_fwd_kernel(const T* __restrict__ logits, const I* __restrict__ targets, float* __restrict__ lse_out,
                               float* __restrict__ row_loss, int64_t V, int64_t ignore_index) {
   __shared__ float scratch[64];
   using P = Pack<T, VEC>;
@@ -359,22 +392,23 @@ __global__ void ce_fwd_kernel(const T* __restrict__ logits, const I* __restrict_
   const int64_t body = sp.head, tail0 = sp.head + sp.nvec * VEC;
   float m = kNegInf, s = 0.0f;
   if (t < sp.head) ms_add(m, s, to_float(xr[t]));
-  for (int64_t j = t; j < sp.nvec; j += nt) {
-    P p = load_pack<T, VEC>(xr + body + j * VEC);
-    float f[VEC];
-    float pm = kNegInf;
+  pipelined<kUnroll, P>(
+      t, sp.nvec, nt, [&](int64_t j) { return load_pack<T, VEC>(xr + body + j * VEC); },
+      [&](int64_t, const P& p) {
+        float f[VEC];
+        float pm = kNegInf;
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      f[e] = to_float(p.v[e]);
-      pm = fmaxf(pm, f[e]);
-    }
-    float ps = 0.0f;
-    if (pm > kNegInf) {
+        for (int e = 0; e < VEC; ++e) {
+          f[e] = to_float(p.v[e]);
+          pm = fmaxf(pm, f[e]);
+        }
+        float ps = 0.0f;
+        if (pm > kNegInf) {
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) ps += __expf(f[e] - pm);
-    }
-    ms_merge(m, s, pm, ps);
-  }
+          for (int e = 0; e < VEC; ++e) ps += __expf(f[e] - pm);
+        }
+        ms_merge(m, s, pm, ps);
+      });
   if (t < sp.tail) ms_add(m, s, to_float(xr[tail0 + t]));
   block_ms(m, s, scratch);
   if (t == 0) {
@@ -446,19 +480,22 @@ __global__ void ce_bwd_kernel(const T* __restrict__ logits, const I* __restrict_
   }
   int64_t j0 = int64_t(blockIdx.y) * vec_per_chunk;
   int64_t j1 = j0 + vec_per_chunk < sp.nvec ? j0 + vec_per_chunk : sp.nvec;
-  for (int64_t j = j0 + t; j < j1; j += nt) {
-    int64_t i0 = body + j * VEC;
-    P o;
-    if (ignored) {
+  if (ignored) {
+    P z;
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(0.0f);
-    } else {
-      P p = load_pack<T, VEC>(xr + i0);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(val(to_float(p.v[e]), i0 + e));
-    }
-    store_pack<T, VEC>(dr + i0, o);
+    for (int e = 0; e < VEC; ++e) z.v[e] = from_float<T>(0.0f);
+    for (int64_t j = j0 + t; j < j1; j += nt) store_pack<T, VEC>(dr + body + j * VEC, z);
+    return;
   }
+  pipelined<kUnroll, P>(
+      j0 + t, j1, nt, [&](int64_t j) { return load_pack<T, VEC>(xr + body + j * VEC); },
+      [&](int64_t j, const P& p) {
+        int64_t i0 = body + j * VEC;
+        P o;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) o.v[e] = from_float<T>(val(to_float(p.v[e]), i0 + e));
+        store_pack<T, VEC>(dr + i0, o);
+      });
 }
 
 // ---------------------------------------------------------------------------------------------
