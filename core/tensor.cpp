@@ -72,7 +72,7 @@ template Tensor Tensor::from_vector(const std::vector<uint8_t>&, const Shape&, D
 
 int Tensor::normalize_dim(int d) const {
   int n = dim();
-  int r = d < 0 ? d + n : d;
+  int r = d < 0 ? d + std::max(n, 1) : d;
   SEQMIX_CHECK(r >= 0 && r < std::max(n, 1), "dimension ", d, " out of range for a tensor of shape ", shape_str(shape()));
   return r;
 }
@@ -115,7 +115,7 @@ static Shape infer_shape(const Shape& shape, int64_t numel) {
 // Strides for viewing (shape, strides) as new_shape without a copy, if possible.
 static bool view_strides(const Shape& shape, const Shape& strides, const Shape& new_shape, Shape& out) {
   out.assign(new_shape.size(), 0);
-  if (shape_numel(shape) == 0) {
+  if (shape_numel(shape) == 0 || shape.empty()) {
     out = contiguous_strides(new_shape);
     return true;
   }

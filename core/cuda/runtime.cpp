@@ -4,6 +4,7 @@
 // Handles and workspaces are per thread as well as per device: a handle's stream is set on each
 // fetch, so sharing one handle between threads that use different streams would race.
 #include "core/cuda/runtime.h"
+#include "core/kernels.h"
 
 #include <cstring>
 #include <mutex>
@@ -192,7 +193,17 @@ void copy_between_devices(const Tensor& dst, const Tensor& src) {
                shape_str(src.shape()), ")");
   SEQMIX_CHECK(dst.dtype() == src.dtype(), "copy between devices: dtypes differ (", dtype_name(dst.dtype()), " and ",
                dtype_name(src.dtype()), ")");
-  SEQMIX_CHECK(dst.is_contiguous() && src.is_contiguous(), "copy between devices needs contiguous tensors");
+  if (!src.is_contiguous()) {
+    copy_between_devices(dst, src.contiguous());
+    return;
+  }
+  if (!dst.is_contiguous()) {
+    // stage in a contiguous tensor on the destination device, then a strided same-device copy
+    Tensor staged = Tensor::empty(dst.shape(), dst.dtype(), dst.device());
+    copy_between_devices(staged, src);
+    kernels::copy(dst, staged);
+    return;
+  }
   size_t n = src.nbytes();
   if (n == 0) return;
   Device dd = dst.device(), sd = src.device();

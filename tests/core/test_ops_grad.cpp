@@ -529,7 +529,7 @@ TEST(OpsGrad, CompositeChain) {
 // backward of sum/mean/max/logsumexp of a 1-d tensor over dim 0 (which unsqueezes the 0-d
 // gradient), of sum_to(x, {}) and of matmul([k], [k]) (which squeezes [1, 1] to []) throws
 // "view: cannot view a tensor of shape [] ... as [1]". Enable once that is fixed.
-TEST(OpsGrad, DISABLED_ZeroDimResults) {
+TEST(OpsGrad, ZeroDimResults) {
   Tensor v = leaf({5}, 160), w = leaf({5}, 161), s = leaf({}, 162), x = leaf({3, 4, 5}, 163);
   expect_gradcheck("sum_to []", [](const Tensors& in) { return sum_to(in[0], {}); }, {x});
   expect_gradcheck("sum of 1-d over dim 0", [](const Tensors& in) { return sum(in[0], 0); }, {v});

@@ -60,7 +60,8 @@ void expect_close(const Tensor& got, const Tensor& want, Tol tol, const std::str
   ASSERT_EQ(g.size(), w.size()) << what;
   size_t bad = 0;
   for (size_t i = 0; i < g.size(); ++i) {
-    bool ok = std::abs(g[i] - w[i]) <= tol.atol + tol.rtol * std::abs(w[i]) || (std::isnan(g[i]) && std::isnan(w[i]));
+    bool ok = std::abs(g[i] - w[i]) <= tol.atol + tol.rtol * std::abs(w[i]) || (std::isnan(g[i]) && std::isnan(w[i])) ||
+              (std::isinf(g[i]) && g[i] == w[i]);
     if (!ok && bad++ < 5) ADD_FAILURE() << what << ": element " << i << " cuda " << g[i] << " cpu " << w[i];
   }
   EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << g.size() << " elements differ";
