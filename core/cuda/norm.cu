@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(1024) norm_bwd_kernel(const T* __restrict__ g,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rows longer than 1024 threads x kMaxElemsPerThread: one block per row, no register cache (x is re-read, mostly from L2).
+// Rows longer than 1024 threads x the cached elements per thread: one block per row, no register cache (x is re-read, mostly from L2).
 // ---------------------------------------------------------------------------------------------
 __device__ __forceinline__ float block_sum1(float v, float* scratch) {
   float dummy = 0.0f;
@@ -362,16 +362,19 @@ struct Config {
   int nv;       // vectors per thread (a power of two)
 };
 
-// At most 8 cached elements per thread (x and g in the backward, plus the f32 accumulators) keeps
-// every variant within 64 registers, so a 1024-thread block per row always launches.
-constexpr int kMaxElemsPerThread = 8;
+// Elements cached per thread: up to 32 in the forward (x only: more bytes in flight per thread, fewer
+// threads per row) and 8 in the backward (x, g and the f32 weight-gradient accumulators). Both stay
+// within 64 registers, so a 1024-thread block per row always launches.
+constexpr int kMaxElemsFwd = 32;
+constexpr int kMaxElemsBwd = 8;
 
-Config pick_config(int64_t D, int vec_elems, bool vec_ok) {
+Config pick_config(int64_t D, int vec_elems, bool vec_ok, int max_elems) {
   Config c;
   c.vec = vec_ok && D % vec_elems == 0;
   int ve = c.vec ? vec_elems : 1;
   int64_t nvec = D / ve;
-  int nv_max = kMaxElemsPerThread / ve;
+  // scalar rows (odd D or unaligned pointers) keep at most 8 elements: more would spill
+  int nv_max = (c.vec ? max_elems : std::min(max_elems, 8)) / ve;
   int g = 32;
   while (g < 1024 && nvec > int64_t(g) * nv_max) g *= 2;
   c.loop = nvec > int64_t(g) * nv_max;
@@ -385,17 +388,19 @@ Config pick_config(int64_t D, int vec_elems, bool vec_ok) {
 
 bool aligned_or_null(const Tensor& t) { return !t.defined() || aligned16(t.data_ptr()); }
 
-// Calls f.template operator()<VEC, NV, WARP>() for the configuration.
-template <typename T, typename F>
+// Calls f.template operator()<VEC, NV, WARP>() for the configuration (NV * VEC <= MAXE).
+template <typename T, int MAXE, typename F>
 void dispatch_config(const Config& c, F&& f) {
   constexpr int VE = 16 / sizeof(T);
   auto by_nv = [&]<int VEC, bool WARP>() {
-    constexpr int nvmax = kMaxElemsPerThread / VEC;
+    constexpr int nvmax = (VEC == 1 ? (MAXE < 8 ? MAXE : 8) : MAXE) / VEC;
     switch (c.nv) {
       case 1: return f.template operator()<VEC, 1, WARP>();
       case 2: if constexpr (nvmax >= 2) return f.template operator()<VEC, 2, WARP>(); break;
       case 4: if constexpr (nvmax >= 4) return f.template operator()<VEC, 4, WARP>(); break;
       case 8: if constexpr (nvmax >= 8) return f.template operator()<VEC, 8, WARP>(); break;
+      case 16: if constexpr (nvmax >= 16) return f.template operator()<VEC, 16, WARP>(); break;
+      case 32: if constexpr (nvmax >= 32) return f.template operator()<VEC, 32, WARP>(); break;
     }
     SEQMIX_FAIL("norm: internal error: no kernel for ", c.nv, " vectors per thread");
   };
@@ -436,7 +441,7 @@ NormResult norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
     const T* pb = bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr;
     T* py = static_cast<T*>(r.y.data_ptr());
     bool vec_ok = aligned16(px) && aligned16(py) && aligned_or_null(weight) && aligned_or_null(bias);
-    Config c = pick_config(D, 16 / sizeof(T), vec_ok);
+    Config c = pick_config(D, 16 / sizeof(T), vec_ok, kMaxElemsFwd);
     float* pm = layernorm ? r.mean.data<float>() : nullptr;
     float* pr = r.rstd.data<float>();
     if (c.loop) {
@@ -445,7 +450,7 @@ NormResult norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bia
       SEQMIX_CUDA_CHECK_LAUNCH("norm_fwd_loop_kernel");
       return;
     }
-    dispatch_config<T>(c, [&]<int VEC, int NV, bool WARP>() {
+    dispatch_config<T, kMaxElemsFwd>(c, [&]<int VEC, int NV, bool WARP>() {
       int64_t per_block = WARP ? c.threads / 32 : 1;
       int64_t grid = (rows + per_block - 1) / per_block;
       SEQMIX_CHECK(grid < (int64_t(1) << 31), op, ": too many rows");
@@ -491,7 +496,7 @@ NormGrads norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, 
     const T* pw = weight.defined() ? static_cast<const T*>(weight.data_ptr()) : nullptr;
     T* pd = static_cast<T*>(r.dx.data_ptr());
     bool vec_ok = aligned16(pg) && aligned16(px) && aligned16(pd) && aligned_or_null(weight);
-    Config c = pick_config(D, 16 / sizeof(T), vec_ok);
+    Config c = pick_config(D, 16 / sizeof(T), vec_ok, kMaxElemsBwd);
     const float* pm = layernorm ? static_cast<const float*>(mean.data_ptr()) : nullptr;
     const float* pr = static_cast<const float*>(rstd.data_ptr());
     int64_t per_block = c.loop ? 1 : c.warp ? c.threads / 32 : 1;
@@ -513,7 +518,7 @@ NormGrads norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, 
       norm_bwd_loop_kernel<T><<<unsigned(grid), threads, 0, st>>>(pg, px, pw, pm, pr, pd, pdw, pdb, rows, D, layernorm, wgrad);
       SEQMIX_CUDA_CHECK_LAUNCH("norm_bwd_loop_kernel");
     } else {
-      dispatch_config<T>(c, [&]<int VEC, int NV, bool WARP>() {
+      dispatch_config<T, kMaxElemsBwd>(c, [&]<int VEC, int NV, bool WARP>() {
         norm_bwd_kernel<T, VEC, NV, WARP><<<unsigned(grid), threads, 0, st>>>(pg, px, pw, pm, pr, pd, pdw, pdb, rows, int(D),
                                                                               layernorm, wgrad);
         SEQMIX_CUDA_CHECK_LAUNCH("norm_bwd_kernel");
