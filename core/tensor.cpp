@@ -81,6 +81,7 @@ int64_t Tensor::size(int d) const { return impl_->shape[normalize_dim(d)]; }
 int64_t Tensor::stride(int d) const { return impl_->strides[normalize_dim(d)]; }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // nothing to lay out
   int64_t expected = 1;
   for (int i = dim() - 1; i >= 0; --i) {
     if (impl_->shape[i] == 1) continue;

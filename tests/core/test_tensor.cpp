@@ -117,3 +117,10 @@ TEST(Random, DropoutKeepsExpectedFractionAndScales) {
   EXPECT_NEAR(kept / 10000.0, 0.75, 0.02);
   EXPECT_TRUE(dropout(x, 0.25, false, g).same(x));
 }
+
+TEST(Tensor, EmptyTensorsAreContiguous) {
+  Tensor t = zeros({3, 0, 5});
+  EXPECT_TRUE(t.is_contiguous());
+  EXPECT_TRUE(t.clone().is_contiguous());
+  EXPECT_EQ(t.transpose(0, 2).contiguous().numel(), 0);
+}
