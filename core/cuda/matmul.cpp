@@ -8,6 +8,9 @@
 // Precision: bf16/f16 in and out with f32 compute (CUBLAS_COMPUTE_32F), f32 with strict f32 compute
 // (CUBLAS_COMPUTE_32F, never the TF32 fast mode), f64 with f64 compute.
 //
+// When cuBLASLt's heuristic offers no algorithm for a shape (odd strides or alignments), the GEMM goes
+// through cublasGemmStridedBatchedEx with the same operands and compute type.
+//
 // Host overhead: the matmul descriptor, the three layouts and the heuristic's algorithm are cached per
 // (thread, device, shape, strides, pointer alignment, dtype) in a small thread-local map, so a repeated
 // GEMM costs one hash lookup and one cublasLtMatmul call.
@@ -46,6 +49,7 @@ struct GemmKeyHash {
 };
 
 struct GemmPlan {
+  bool fallback = false;  // cuBLASLt offered no algorithm: use cublasGemmStridedBatchedEx instead
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;  // cuBLAS's A (our B), B (our A), C = D
   cublasLtMatmulAlgo_t algo{};
@@ -121,13 +125,14 @@ GemmPlan make_plan(const GemmKey& key, DType dt, size_t workspace_bytes) {
       cublasLtMatmulAlgoGetHeuristic(cublaslt_handle(), p.op, p.la, p.lb, p.lc, p.lc, pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    // Rare (unusual strides or alignments): the classic cuBLAS API takes any leading dimension.
     cublasLtMatmulDescDestroy(p.op);
     cublasLtMatrixLayoutDestroy(p.la);
     cublasLtMatrixLayoutDestroy(p.lb);
     cublasLtMatrixLayoutDestroy(p.lc);
-    SEQMIX_FAIL("matmul: cuBLASLt found no algorithm for ", dtype_name(dt), " m=", key.m, " n=", key.n, " k=", key.k,
-                " batch=", key.batch, " trans_a=", key.trans_a, " trans_b=", key.trans_b, " lda=", key.lda, " ldb=", key.ldb,
-                " ldc=", key.ldc, " (status ", cublas_status_name(st), ")");
+    GemmPlan f;
+    f.fallback = true;
+    return f;
   }
   p.algo = result.algo;
   p.workspace = result.workspaceSize;
@@ -227,6 +232,13 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, cons
   } else {
     alpha = &one_f;
     beta = accumulate ? &one_f : &zero_f;
+  }
+  if (p.fallback) {
+    SEQMIX_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        cublas_handle(), key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m),
+        int(k), alpha, b.data_ptr(), ti.data, int(key.ldb), key.stride_b, a.data_ptr(), ti.data, int(key.lda), key.stride_a,
+        beta, out.data_ptr(), ti.data, int(key.ldc), key.stride_c, int(batch), ti.compute, CUBLAS_GEMM_DEFAULT));
+    return out;
   }
   SEQMIX_CUBLAS_CHECK(cublasLtMatmul(cublaslt_handle(), p.op, alpha, b.data_ptr(), p.la, a.data_ptr(), p.lb, beta,
                                      out.data_ptr(), p.lc, out.data_ptr(), p.lc, &p.algo, p.workspace ? ws : nullptr,
