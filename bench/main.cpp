@@ -6,6 +6,7 @@
 #include "bench/bench_attention.h"
 #include "bench/bench_gemm.h"
 #include "bench/bench_kernels.h"
+#include "bench/bench_step.h"
 #include "bench/bench_tokenizer.h"
 #include "core/error.h"
 
@@ -15,7 +16,8 @@ int main(int argc, char** argv) {
       "  kernels    memory-bound kernels vs the device copy rate, op launch and autograd overhead\n"
       "  gemm       bf16 GEMM TFLOP/s, FFT and short convolutions\n"
       "  attention  causal attention forward/backward\n"
-      "  tokenizer  BPE training time and tokenizer throughput\n";
+      "  tokenizer  BPE training time and tokenizer throughput\n"
+      "  step       full training steps of a config's model: tokens/s, MFU, peak memory\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
     return 2;
@@ -27,6 +29,7 @@ int main(int argc, char** argv) {
     if (family == "gemm") return seqmix::bench::gemm_main(args);
     if (family == "attention") return seqmix::bench::attention_main(args);
     if (family == "tokenizer") return seqmix::bench::tokenizer_main(args);
+    if (family == "step") return seqmix::bench::step_main(args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "seqmix_bench %s: error: %s\n", family.c_str(), e.what());
     return 1;

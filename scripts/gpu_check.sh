@@ -52,8 +52,23 @@ if has bench; then
   summary+=("bench: see bench.log")
 fi
 
+if has step; then
+  {
+    echo "== seqmix step"; timeout 300 ./build-gpu/seqmix_bench step --config configs/gpt2-124m.yaml --batch 16 --seq 1024 2>&1
+    echo "== torch step"; timeout 300 python3 bench/torch_gpt2.py --batch 16 --seq 1024 2>&1
+  } > "$OUT/step.log" 2>&1
+  summary+=("step: see step.log")
+fi
+
+# Brown transformer (needs data_cache/brown-word carried): trains for at most BROWN_MINUTES.
+if has brown; then
+  timeout $(( ${BROWN_MINUTES:-7} * 60 )) ./build-gpu/seqmix train configs/brown-transformer.yaml --device cuda \
+    ${BROWN_SET:-} > "$OUT/brown.log" 2>&1
+  summary+=("brown: exit $? ; $(grep -E 'perplexity' "$OUT/brown.log" | tail -3 | tr '\n' ' ')")
+fi
+
 for extra in $stages; do
-  case "$extra" in build|tests|bench) ;; *) bash -c "$extra" > "$OUT/extra_$(echo "$extra" | tr -c 'a-zA-Z0-9' '_' | cut -c1-30).log" 2>&1 ;; esac
+  case "$extra" in build|tests|bench|step|brown) ;; *) bash -c "$extra" > "$OUT/extra_$(echo "$extra" | tr -c 'a-zA-Z0-9' '_' | cut -c1-30).log" 2>&1 ;; esac
 done
 
 echo
@@ -61,3 +76,4 @@ echo "================ summary ================"
 cat "$OUT/device.txt"
 for s in "${summary[@]}"; do echo "$s"; done
 if has bench; then grep -vE '^\{' "$OUT/bench.log" | grep -E '^(==|[A-Za-z_ ]+.*(GB/s|TFLOP|ms|us))' | head -90; fi
+if has step; then grep -vE '^\{' "$OUT/step.log" | grep -E 'seqmix|torch|model step' ; fi
