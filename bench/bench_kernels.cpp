@@ -17,6 +17,7 @@
 #include "core/error.h"
 #include "core/kernels.h"
 #include "core/ops.h"
+#include "train/optimizer.h"
 #ifdef SEQMIX_WITH_CUDA
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/runtime.h"
@@ -242,6 +243,18 @@ int kernels_main(const std::vector<std::string>& args) {
           } catch (const std::exception& e) {
             emit(Row{"cross-entropy bwd V=50304", dtype_name(dt), N * V, 0, 0, 0, std::string("failed: ") + e.what()});
           }
+        }
+      }
+      if (dt == DType::F32 && want("adamw")) {
+        // one fused AdamW step over n f32 parameters: reads p, g, m, v and writes p, m, v (28 B each)
+        try {
+          Tensor p = uniform_tensor({n / 1024, 1024}, DType::F32, 20, -1, 1);
+          p.requires_grad_(true);
+          p.set_grad(uniform_tensor({n / 1024, 1024}, DType::F32, 21, -1, 1));
+          train::AdamW opt({{"w", p}}, train::AdamWConfig{});
+          measure("adamw step", dt, n, 28.0 * double(n), copy_gbps, [&] { opt.step(1e-4); });
+        } catch (const std::exception& e) {
+          emit(Row{"adamw step", dtype_name(dt), n, 0, 0, 0, std::string("failed: ") + e.what()});
         }
       }
       cuda::synchronize();

@@ -51,7 +51,17 @@ int step_main(const std::vector<std::string>& argv) {
     auto t0 = std::chrono::steady_clock::now();
     {
       ComputeDtypeGuard cg(compute);
-      Tensor l = model.loss(in.to(dev), tg.to(dev));  // the batch is uploaded each step, as in training
+      // the batch is uploaded each step, as in training (pinned staging + async copy on the GPU)
+      Tensor din = in, dtg = tg;
+#ifdef SEQMIX_WITH_CUDA
+      if (dev.is_cuda()) {
+        din = Tensor::empty(in.shape(), DType::I32, dev);
+        dtg = Tensor::empty(tg.shape(), DType::I32, dev);
+        cuda::upload_async(in.data_ptr(), in.nbytes(), din);
+        cuda::upload_async(tg.data_ptr(), tg.nbytes(), dtg);
+      }
+#endif
+      Tensor l = model.loss(din, dtg);
       l.backward();
       train::clip_grad_norm(model.parameters(), 1.0);  // one host sync, as in training
       opt.step(1e-4);

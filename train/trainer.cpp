@@ -14,6 +14,9 @@
 #include "data/prepare.h"
 #include "train/checkpoint.h"
 #include "train/grad_norm.h"
+#ifdef SEQMIX_WITH_CUDA
+#include "core/cuda/runtime.h"
+#endif
 
 namespace fs = std::filesystem;
 
@@ -47,9 +50,18 @@ std::string format_rate(double tok_per_s) {
   return os.str();
 }
 
-// Host batch rows [row0, row0 + rows) -> (inputs, targets) tensors [rows, T] on `device`.
+// Host batch rows [row0, row0 + rows) -> (inputs, targets) tensors [rows, T] on `device`. On the GPU
+// through pinned staging buffers and asynchronous copies, so the GPU does not wait for the host.
 std::pair<Tensor, Tensor> to_tensors(const data::HostBatch& b, int64_t row0, int64_t rows, Device device) {
   int64_t T = b.seq_len;
+#ifdef SEQMIX_WITH_CUDA
+  if (device.is_cuda()) {
+    Tensor in = Tensor::empty({rows, T}, DType::I32, device), tg = Tensor::empty({rows, T}, DType::I32, device);
+    cuda::upload_async(b.inputs() + row0 * T, size_t(rows * T) * 4, in);
+    cuda::upload_async(b.targets() + row0 * T, size_t(rows * T) * 4, tg);
+    return {in, tg};
+  }
+#endif
   Tensor in = Tensor::empty({rows, T}, DType::I32);
   Tensor tg = Tensor::empty({rows, T}, DType::I32);
   std::memcpy(in.data<int32_t>(), b.inputs() + row0 * T, size_t(rows * T) * 4);

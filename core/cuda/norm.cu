@@ -502,23 +502,30 @@ NormGrads norm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, 
     int64_t per_block = c.loop ? 1 : c.warp ? c.threads / 32 : 1;
     int threads = c.loop ? 1024 : c.threads;
     int64_t blocks_needed = (rows + per_block - 1) / per_block;
-    // Fewer resident blocks when weight gradients are wanted: fewer partial rows to write and sum.
-    int64_t resident = int64_t(sm_count()) * std::max(1, (wgrad ? 1024 : 2048) / threads);
-    int64_t grid = std::min(blocks_needed, resident);
+    int64_t grid = 0;
     Tensor part;
     float* pdw = nullptr;
     float* pdb = nullptr;
-    if (wgrad) {
-      part = Tensor::empty({int64_t(want_dw) + int64_t(want_db), grid, D}, DType::F32, x.device());
-      float* p = part.data<float>();
-      if (want_dw) pdw = p;
-      if (want_db) pdb = p + (want_dw ? grid * D : 0);
-    }
+    // A persistent grid of as many blocks as fit at once (the kernel's occupancy): the more rows in
+    // flight, the more bytes in flight, which is what a memory-bound kernel needs.
+    auto size_grid = [&](const void* kernel) {
+      int per_sm = 1;
+      SEQMIX_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+      grid = std::min(blocks_needed, int64_t(sm_count()) * std::max(per_sm, 1));
+      if (wgrad) {
+        part = Tensor::empty({int64_t(want_dw) + int64_t(want_db), grid, D}, DType::F32, x.device());
+        float* p = part.data<float>();
+        if (want_dw) pdw = p;
+        if (want_db) pdb = p + (want_dw ? grid * D : 0);
+      }
+    };
     if (c.loop) {
+      size_grid(reinterpret_cast<const void*>(norm_bwd_loop_kernel<T>));
       norm_bwd_loop_kernel<T><<<unsigned(grid), threads, 0, st>>>(pg, px, pw, pm, pr, pd, pdw, pdb, rows, D, layernorm, wgrad);
       SEQMIX_CUDA_CHECK_LAUNCH("norm_bwd_loop_kernel");
     } else {
       dispatch_config<T, kMaxElemsBwd>(c, [&]<int VEC, int NV, bool WARP>() {
+        size_grid(reinterpret_cast<const void*>(norm_bwd_kernel<T, VEC, NV, WARP>));
         norm_bwd_kernel<T, VEC, NV, WARP><<<unsigned(grid), threads, 0, st>>>(pg, px, pw, pm, pr, pd, pdw, pdb, rows, int(D),
                                                                               layernorm, wgrad);
         SEQMIX_CUDA_CHECK_LAUNCH("norm_bwd_kernel");

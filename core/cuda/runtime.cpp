@@ -89,8 +89,9 @@ class DeviceGuard {
 // The stream of `device` for this thread (used by the allocator and device copies). Declared in
 // core/cuda/allocator.cpp as well.
 cudaStream_t stream_of_device(int device) {
-  check_index(device);
   ThreadState& st = thread_state();
+  if (device >= 0 && size_t(device) < st.streams.size() && st.streams[device] && !st.overrides[device]) return st.streams[device];
+  check_index(device);
   if (st.overrides[device]) return st.overrides[device];
   if (!st.streams[device]) {
     DeviceGuard g(device);
@@ -109,17 +110,22 @@ cudaStream_t existing_stream_of_device(int device) {
   return st.overrides[device] ? st.overrides[device] : st.streams[device];
 }
 
+// The current device, cached per thread: every op asks, and cudaGetDevice costs a driver call.
+// Code that switches devices temporarily (DeviceGuard) restores the previous one, keeping it valid.
+thread_local int t_current_device = -1;
+
 void select_device(int index) {
+  if (index == t_current_device) return;
   check_index(index);
   int cur = -1;
   SEQMIX_CUDA_CHECK(cudaGetDevice(&cur));
   if (cur != index) SEQMIX_CUDA_CHECK(cudaSetDevice(index));
+  t_current_device = index;
 }
 
 int current_device() {
-  int cur = 0;
-  SEQMIX_CUDA_CHECK(cudaGetDevice(&cur));
-  return cur;
+  if (t_current_device < 0) SEQMIX_CUDA_CHECK(cudaGetDevice(&t_current_device));
+  return t_current_device;
 }
 
 cudaStream_t current_stream() { return stream_of_device(current_device()); }
@@ -296,4 +302,48 @@ const char* cufft_status_name(cufftResult s) {
 }
 
 }  // namespace cuda
+namespace cuda {
+
+namespace {
+// A few pinned buffers used in turn; each is reused only after its last copy finished (its event).
+struct PinnedRing {
+  struct Slot {
+    void* ptr = nullptr;
+    size_t size = 0;
+    cudaEvent_t done = nullptr;
+  };
+  std::mutex mu;
+  std::vector<Slot> slots = std::vector<Slot>(4);
+  size_t next = 0;
+};
+PinnedRing& pinned_ring() {
+  static PinnedRing* ring = new PinnedRing();  // leaked: freed by the driver at exit
+  return *ring;
+}
+}  // namespace
+
+void upload_async(const void* host, size_t bytes, const Tensor& dst) {
+  SEQMIX_CHECK(dst.is_cuda() && dst.is_contiguous() && dst.nbytes() == bytes, "upload_async: destination must be a contiguous ",
+               "CUDA tensor of ", bytes, " bytes");
+  if (bytes == 0) return;
+  select_device(dst.device().index);
+  PinnedRing& ring = pinned_ring();
+  std::lock_guard<std::mutex> lock(ring.mu);
+  PinnedRing::Slot& slot = ring.slots[ring.next];
+  ring.next = (ring.next + 1) % ring.slots.size();
+  if (slot.done) SEQMIX_CUDA_CHECK(cudaEventSynchronize(slot.done));  // its previous copy has left
+  if (slot.size < bytes) {
+    if (slot.ptr) SEQMIX_CUDA_CHECK(cudaFreeHost(slot.ptr));
+    SEQMIX_CUDA_CHECK(cudaHostAlloc(&slot.ptr, bytes, cudaHostAllocDefault));
+    slot.size = bytes;
+  }
+  if (!slot.done) SEQMIX_CUDA_CHECK(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
+  std::memcpy(slot.ptr, host, bytes);
+  cudaStream_t s = current_stream();
+  SEQMIX_CUDA_CHECK(cudaMemcpyAsync(dst.data_ptr(), slot.ptr, bytes, cudaMemcpyHostToDevice, s));
+  SEQMIX_CUDA_CHECK(cudaEventRecord(slot.done, s));
+}
+
+}  // namespace cuda
+
 }  // namespace seqmix

@@ -22,6 +22,11 @@ int sm_count();
 // Host <-> device and device <-> device copies of whole contiguous tensors of one shape and dtype.
 void copy_between_devices(const Tensor& dst, const Tensor& src);
 
+// Copies `bytes` of pageable host memory into the contiguous device tensor `dst` through a ring of
+// pinned staging buffers: the transfer is asynchronous on the current stream and `host` may be reused
+// as soon as this returns (the data loader's next batch overlaps the GPU's work on this one).
+void upload_async(const void* host, size_t bytes, const Tensor& dst);
+
 // Kernel launch geometry for n elements with `threads` per block (grid capped, grid-stride loops).
 inline unsigned blocks_for(int64_t n, int threads = 256) {
   int64_t b = (n + threads - 1) / threads;
