@@ -13,6 +13,7 @@
 
 #include "data/prepare.h"
 #include "train/checkpoint.h"
+#include "train/distributed/ddp.h"
 #include "train/grad_norm.h"
 #ifdef SEQMIX_WITH_CUDA
 #include "core/cuda/runtime.h"
@@ -23,6 +24,14 @@ namespace fs = std::filesystem;
 namespace seqmix::train {
 
 namespace {
+// Dropout streams differ between data-parallel processes (rank r xors its key into the seed; rank 0's
+// key is 0, so checkpoints hold the rank-independent seed). Ranks that are threads of one process
+// share the process-global generator: run them with dropout 0 (as the tests do).
+uint64_t rank_seed_key(const dist::Communicator* comm) {
+  if (!comm || comm->shares_process()) return 0;
+  return uint64_t(comm->rank()) * 0xD1B54A32D192ED03ull;
+}
+
 std::string json_number(double v) {
   if (!std::isfinite(v)) return "null";
   std::ostringstream os;
@@ -121,6 +130,10 @@ RunSettings read_run_settings(Config& cfg, const std::string& config_path) {
   s.max_bad_steps = tr.get<int64_t>("max_bad_steps", s.max_bad_steps);
   s.eval_batch_size = tr.get<int64_t>("eval_batch_size", s.eval_batch_size);
   s.eval_max_tokens = tr.get<int64_t>("eval_max_tokens", s.eval_max_tokens);
+  s.dist_timeout = tr.get<double>("dist_timeout", s.dist_timeout);
+  s.bucket_mb = tr.get<double>("bucket_mb", s.bucket_mb);
+  s.zero1 = tr.get<bool>("zero1", s.zero1);
+  SEQMIX_CHECK(s.dist_timeout > 0 && s.bucket_mb > 0, "train.dist_timeout and train.bucket_mb must be positive");
   SEQMIX_CHECK(s.steps > 0 && s.batch_size > 0 && s.grad_accum > 0, "train.steps, train.batch_size and train.grad_accum must be positive");
   SEQMIX_CHECK(s.precision == "auto" || s.precision == "f32" || s.precision == "bf16", "train.precision must be auto, f32 or bf16, got '",
                s.precision, "'");
@@ -153,10 +166,19 @@ EvalResult evaluate_split(LanguageModel& model, const data::Dataset& ds, const s
   return r;
 }
 
-Trainer::Trainer(std::unique_ptr<Config> cfg, const std::string& config_path, const std::string& resume, const std::string& device_override)
-    : cfg_(std::move(cfg)), config_path_(config_path) {
+Trainer::Trainer(std::unique_ptr<Config> cfg, const std::string& config_path, const std::string& resume, const std::string& device_override,
+                 dist::Communicator* comm)
+    : cfg_(std::move(cfg)), config_path_(config_path), comm_(comm) {
   s_ = read_run_settings(*cfg_, config_path);
   device_ = resolve_device(device_override.empty() ? s_.device : device_override);
+  if (comm_) {
+    world_ = comm_->world();
+    rank_ = comm_->rank();
+    comm_->set_timeout(s_.dist_timeout);
+    if (device_.is_cuda()) device_ = Device::cuda(comm_->local_rank());
+    SEQMIX_CHECK(device_.is_cuda() == comm_->device().is_cuda(), "rank ", rank_, ": the ", comm_->backend(),
+                 " communicator works on ", comm_->device().str(), " but training was asked on ", device_.str());
+  }
   bool bf16 = s_.precision == "bf16" || (s_.precision == "auto" && device_.is_cuda());
   compute_dtype_ = bf16 ? DType::BF16 : DType::F32;
   build(resume);
@@ -190,24 +212,28 @@ void Trainer::build(const std::string& resume) {
     SEQMIX_FAIL("run directory ", run_dir_, " already has checkpoints: pass --resume auto to continue it, or choose another ",
                 "name with --set run.name=NAME");
   fs::create_directories(run_dir_);
-  if (ckpt.empty()) {
+  if (ckpt.empty() && rank_ == 0) {
     std::ofstream(fs::path(run_dir_) / "metrics.jsonl", std::ios::trunc);
   }
-  {
+  if (rank_ == 0) {
     std::ofstream out(fs::path(run_dir_) / "config.yaml");
     out << resolved_yaml_;
   }
-  setup_logging();
+  if (rank_ == 0) setup_logging();
+  else if (!comm_->shares_process()) spdlog::set_level(spdlog::level::warn);
   model_->to(device_);
-  opt_ = std::make_unique<AdamW>(model_->named_parameters(), s_.adamw);
+  if (comm_) ddp_ = std::make_unique<dist::DataParallel>(*comm_, model_->named_parameters(), s_.adamw, dist::DdpOptions{s_.bucket_mb, s_.zero1});
+  else opt_ = std::make_unique<AdamW>(model_->named_parameters(), s_.adamw);
 
   int64_t global_batch = s_.batch_size * s_.grad_accum * world_;
   data::TrainLoaderConfig lc;
   lc.seq_len = s_.seq_len;
   lc.global_batch = int32_t(global_batch);
   lc.seed = s_.seed;
+  lc.rank = rank_;
+  lc.world = world_;
   loader_ = std::make_shared<data::TrainLoader>(dataset_->split("train"), lc);
-  manual_seed(s_.seed ^ 0x9E3779B97F4A7C15ull);  // dropout stream
+  manual_seed(s_.seed ^ 0x9E3779B97F4A7C15ull ^ rank_seed_key(comm_));  // dropout stream
 
   if (!ckpt.empty()) {
     LoadedCheckpoint lc2 = load_checkpoint(ckpt);
@@ -223,17 +249,23 @@ void Trainer::build(const std::string& resume) {
       autograd::NoGradGuard ng;
       p.copy_(f->second);
     }
-    opt_->load_state(lc2.optimizer, lc2.state.optimizer_steps);
+    if (ddp_) ddp_->load_state(lc2.optimizer, lc2.state.optimizer_steps);
+    else opt_->load_state(lc2.optimizer, lc2.state.optimizer_steps);
     step_ = lc2.state.step;
     tokens_seen_ = lc2.state.tokens_seen;
     elapsed_ = lc2.state.elapsed_seconds;
-    default_generator().seed = lc2.state.rng_seed;
+    default_generator().seed = lc2.state.rng_seed ^ rank_seed_key(comm_);
     default_generator().offset = lc2.state.rng_offset;
     spdlog::info("resumed from {} at step {}", ckpt, step_);
   }
   spdlog::info("run {} on {} ({}), {} parameters ({} non-embedding), vocabulary {}, {} train tokens", run_dir_, device_.str(),
                dtype_name(compute_dtype_), model_->num_parameters(), model_->non_embedding_parameters(), dataset_->vocab_size(),
                dataset_->split("train")->size());
+  if (comm_) {
+    spdlog::info("data parallel: {} ranks ({}), {} gradient buckets{}", world_, comm_->backend(), ddp_->num_buckets(),
+                 s_.zero1 ? ", ZeRO-1 optimizer state sharding" : "");
+    comm_->barrier();
+  }
 }
 
 double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad_norm_out) {
@@ -244,9 +276,19 @@ double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad
     auto [in, tg] = to_tensors(batch, micro * s_.batch_size, s_.batch_size, device_);
     Tensor loss = model_->loss(in, tg);
     Tensor scaled = s_.grad_accum > 1 ? loss * (1.0 / double(s_.grad_accum)) : loss;
+    if (ddp_) ddp_->prepare_backward(micro + 1 == s_.grad_accum);
     scaled.backward();
     Tensor l = scaled.detach();
     loss_sum = loss_sum.defined() ? add(loss_sum, l) : l;
+  }
+  if (ddp_) {  // gradients averaged over the ranks, the same norm and loss on every rank
+    ddp_->finish_backward();
+    double gn = ddp_->clip_grad_norm(s_.grad_clip);
+    double loss = ddp_->mean_over_ranks(loss_sum.item());
+    *grad_norm_out = gn;
+    if (std::isfinite(loss) && std::isfinite(gn)) ddp_->step(lr);
+    ddp_->zero_grad();
+    return loss;
   }
   std::vector<Tensor> params = model_->parameters();
   double gn = s_.grad_clip > 0 ? clip_grad_norm(params, s_.grad_clip) : grad_norm(params);
@@ -262,6 +304,7 @@ double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad
 }
 
 void Trainer::log_metrics(const std::string& json) {
+  if (rank_ != 0) return;
   std::ofstream out(fs::path(run_dir_) / "metrics.jsonl", std::ios::app);
   out << json << "\n";
 }
@@ -273,11 +316,15 @@ void Trainer::save(bool final_save) {
   st.data_seed = s_.seed;
   st.rng_seed = default_generator().seed;
   st.rng_offset = default_generator().offset;
-  st.optimizer_steps = opt_->steps();
+  st.optimizer_steps = ddp_ ? ddp_->steps() : opt_->steps();
   st.world_size = world_;
   st.elapsed_seconds = elapsed_;
-  std::string dir = save_checkpoint(run_dir_, st, model_->named_parameters(), *opt_, int(s_.keep_last));
-  spdlog::info("{}checkpoint {}", final_save ? "final " : "", dir);
+  const AdamW& opt = ddp_ ? ddp_->full_optimizer() : *opt_;  // collective: ZeRO-1 shards are gathered
+  if (rank_ == 0) {
+    std::string dir = save_checkpoint(run_dir_, st, model_->named_parameters(), opt, int(s_.keep_last));
+    spdlog::info("{}checkpoint {}", final_save ? "final " : "", dir);
+  }
+  if (comm_) comm_->barrier();  // the checkpoint is on disk before any rank goes on (or exits)
 }
 
 EvalResult Trainer::evaluate(const std::string& split, bool whole_split) {
@@ -288,7 +335,7 @@ EvalResult Trainer::evaluate(const std::string& split, bool whole_split) {
 int Trainer::run() {
   const int64_t end = s_.stop_at > 0 ? std::min(s_.stop_at, s_.steps) : s_.steps;
   const int64_t tokens_per_step = s_.batch_size * s_.grad_accum * world_ * s_.seq_len;
-  const bool tty = isatty(fileno(stdout));
+  const bool tty = rank_ == 0 && isatty(fileno(stdout));
   auto prefetch = std::make_unique<data::Prefetcher>(loader_, step_, 2);
   auto window_start = std::chrono::steady_clock::now();
   int64_t window_tokens = 0;

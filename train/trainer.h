@@ -14,6 +14,11 @@
 
 namespace seqmix::train {
 
+namespace dist {
+class Communicator;
+class DataParallel;
+}  // namespace dist
+
 struct RunSettings {
   // run:
   std::string name, out_dir = "runs";
@@ -32,6 +37,9 @@ struct RunSettings {
   int64_t eval_every = 0, ckpt_every = 0, keep_last = 2, stop_at = 0, log_every = 10, max_bad_steps = 5;
   int64_t eval_batch_size = 0;  // 0: batch_size
   int64_t eval_max_tokens = 0;  // 0: the whole split (exact); else the first N targets
+  // data parallel (train/distributed/): collective timeout in seconds, gradient bucket size, ZeRO-1
+  double dist_timeout = 600, bucket_mb = 25;
+  bool zero1 = false;
 };
 
 // Reads run:, data: and train: (model: is read by read_model_config). Defaults fill the gaps.
@@ -45,7 +53,10 @@ struct EvalResult {
 class Trainer {
  public:
   // `resume`: "" (fresh), "auto", a run directory or a checkpoint directory.
-  Trainer(std::unique_ptr<Config> cfg, const std::string& config_path, const std::string& resume, const std::string& device_override);
+  // `comm` (optional, not owned): data-parallel training over comm->world() ranks, this Trainer being
+  // rank comm->rank(); the global batch is batch_size * grad_accum * world. Only rank 0 logs and writes.
+  Trainer(std::unique_ptr<Config> cfg, const std::string& config_path, const std::string& resume, const std::string& device_override,
+          dist::Communicator* comm = nullptr);
   ~Trainer();
   // Trains until train.steps (or train.stop_at); returns 0 on success.
   int run();
@@ -72,7 +83,9 @@ class Trainer {
   std::unique_ptr<AdamW> opt_;
   int64_t step_ = 0, tokens_seen_ = 0, bad_steps_ = 0;
   double elapsed_ = 0;
-  int world_ = 1;
+  int world_ = 1, rank_ = 0;
+  dist::Communicator* comm_ = nullptr;
+  std::unique_ptr<dist::DataParallel> ddp_;  // set when comm_ is; then opt_ is null
 };
 
 // Builds a model from a run directory's config.yaml and loads a checkpoint's weights into it.

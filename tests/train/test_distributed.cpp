@@ -1,0 +1,240 @@
+// Data-parallel training on the in-process backend (threads as ranks, no GPU): collectives, bucketed
+// reduction, ZeRO-1, world-size-independent checkpoints, failure detection.
+//
+// The ranks of one process share the default (dropout) generator, so these runs use dropout 0.
+#include <gtest/gtest.h>
+
+#include <barrier>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "data/prepare.h"
+#include "support/test_util.h"
+#include "train/checkpoint.h"
+#include "train/distributed/communicator.h"
+#include "train/distributed/ddp.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace seqmix;
+using seqmix::testing::expect_error_contains;
+namespace dist = seqmix::train::dist;
+
+namespace {
+fs::path scratch(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("seqmix_test_dist_" + std::to_string(::getpid())) / name;
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+std::string tiny_dataset() {
+  static std::string dir;
+  if (!dir.empty()) return dir;
+  fs::path root = scratch("data");
+  std::ofstream out(root / "text.txt");
+  const char* lines[] = {"the cat sat on the mat. ", "a dog ran in the park. ", "the sun is warm today. "};
+  for (int i = 0; i < 300; ++i) out << lines[(i * 7) % 3] << (i % 5 == 0 ? "\n" : "");
+  out.close();
+  data::PrepareOptions opt;
+  opt.source = (root / "text.txt").string();
+  opt.tokenizer = data::TokenizerKind::Byte;
+  opt.out = (root / "prepared").string();
+  opt.quiet = true;
+  dir = data::prepare_dataset(opt);
+  return dir;
+}
+
+// batch_size and grad_accum are given per run: the global batch is batch * accum * world.
+std::string config_text(const fs::path& out_dir, int batch, int accum, bool zero1, const std::string& extra = "") {
+  return "run:\n  name: t\n  out_dir: " + out_dir.string() + "\n  seed: 5\n  device: cpu\n"
+         "data:\n  path: " + tiny_dataset() + "\n  seq_len: 16\n"
+         "model:\n  d_model: 16\n  n_layers: 2\n  mixers: [attention]\n  attention: {n_heads: 2}\n  dropout: 0.0\n"
+         "train:\n  steps: 8\n  batch_size: " + std::to_string(batch) + "\n  grad_accum: " + std::to_string(accum) +
+         "\n  lr: 1.0e-2\n  warmup: 2\n  eval_every: 0\n  eval_max_tokens: 64\n  ckpt_every: 4\n  keep_last: 3\n  log_every: 1\n"
+         "  grad_clip: 0.5\n  bucket_mb: 0.002\n  zero1: " + (zero1 ? "true" : "false") + "\n" + extra;
+}
+
+struct RunResult {
+  std::vector<double> losses, grad_norms;   // logged by rank 0
+  std::vector<std::vector<float>> params;   // rank 0's final parameters
+  int64_t state_numel = 0;                  // rank 0's optimizer state elements
+};
+
+std::vector<double> logged(const fs::path& run_dir, const std::string& key) {
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::vector<double> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find("\"lr\"") == std::string::npos) continue;
+    size_t a = line.find("\"" + key + "\": ") + key.size() + 4;
+    out.push_back(std::stod(line.substr(a, line.find(',', a) - a)));
+  }
+  return out;
+}
+
+// Trains `world` ranks (threads; world 0: the plain single-process trainer) from config text.
+RunResult train_ranks(int world, const fs::path& dir, const std::string& text, const std::string& resume = "",
+                      std::vector<std::string> sets = {}) {
+  fs::path cfg_path = dir / "cfg.yaml";
+  std::ofstream(cfg_path) << text;
+  RunResult res;
+  auto capture = [&](train::Trainer& t) {
+    for (auto& [n, p] : t.model().named_parameters()) res.params.push_back(p.to_vector<float>());
+  };
+  if (world == 0) {
+    train::Trainer t(Config::load(cfg_path.string(), sets), cfg_path.string(), resume, "");
+    EXPECT_EQ(t.run(), 0);
+    capture(t);
+  } else {
+    dist::InProcessGroup group(world, 60);
+    std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
+    std::barrier done(world);  // no Trainer is destroyed (dropping the shared logger) while another runs
+    std::vector<std::thread> threads;
+    for (int r = 0; r < world; ++r) {
+      threads.emplace_back([&, r] {
+        try {
+          train::Trainer t(Config::load(cfg_path.string(), sets), cfg_path.string(), resume, "", &group.comm(r));
+          t.run();
+          if (r == 0) capture(t);
+          done.arrive_and_wait();
+          return;
+        } catch (...) {
+          errors[size_t(r)] = std::current_exception();
+          group.comm(r).abort("exception in the test");
+        }
+        done.arrive_and_wait();
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+  }
+  res.losses = logged(dir / "t", "loss");
+  res.grad_norms = logged(dir / "t", "grad_norm");
+  return res;
+}
+
+void expect_close(const RunResult& a, const RunResult& b, double tol, const std::string& what) {
+  ASSERT_EQ(a.losses.size(), b.losses.size()) << what;
+  for (size_t i = 0; i < a.losses.size(); ++i) EXPECT_NEAR(a.losses[i], b.losses[i], tol) << what << ": loss of step " << i + 1;
+  ASSERT_EQ(a.grad_norms.size(), b.grad_norms.size()) << what;
+  for (size_t i = 0; i < a.grad_norms.size(); ++i)
+    EXPECT_NEAR(a.grad_norms[i], b.grad_norms[i], tol * 10 * a.grad_norms[i]) << what << ": gradient norm of step " << i + 1;
+  ASSERT_EQ(a.params.size(), b.params.size()) << what;
+  double worst = 0;
+  for (size_t i = 0; i < a.params.size(); ++i)
+    for (size_t j = 0; j < a.params[i].size(); ++j) worst = std::max(worst, double(std::abs(a.params[i][j] - b.params[i][j])));
+  EXPECT_LT(worst, tol) << what << ": largest parameter difference";
+}
+}  // namespace
+
+TEST(InProcessComm, CollectivesOnThreeRanks) {
+  dist::InProcessGroup g(3, 10);
+  std::vector<std::thread> ts;
+  std::vector<std::string> failures(3);
+  for (int r = 0; r < 3; ++r) {
+    ts.emplace_back([&, r] {
+      dist::Communicator& c = g.comm(r);
+      Tensor a = Tensor::from_vector<float>({float(r), 1.f, float(10 * r)}, {3});
+      c.all_reduce_sum(a);
+      if (a.to_vector<float>() != std::vector<float>{3.f, 3.f, 30.f}) failures[r] += "all_reduce ";
+      Tensor in = Tensor::from_vector<float>({1.f, 2.f, 3.f, 4.f, 5.f, 6.f}, {6}), out = Tensor::empty({2});
+      c.reduce_scatter_sum(in, out);
+      if (out.to_vector<float>() != std::vector<float>{3.f * (2 * r + 1), 3.f * (2 * r + 2)}) failures[r] += "reduce_scatter ";
+      Tensor mine = Tensor::from_vector<float>({float(r)}, {1}), all = Tensor::empty({3});
+      c.all_gather(mine, all);
+      if (all.to_vector<float>() != std::vector<float>{0.f, 1.f, 2.f}) failures[r] += "all_gather ";
+      Tensor b = Tensor::from_vector<int64_t>({int64_t(r + 7)}, {1});
+      c.broadcast(b, 2);
+      if (b.to_vector<int64_t>()[0] != 9) failures[r] += "broadcast ";
+      if (c.all_reduce_sum(0.5 * r) != 1.5) failures[r] += "scalar ";
+      c.barrier();
+    });
+  }
+  for (auto& t : ts) t.join();
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(failures[r], "") << "rank " << r;
+}
+
+TEST(InProcessComm, AMissingRankIsNamedAfterTheTimeout) {
+  dist::InProcessGroup g(3, 0.3);
+  std::thread t1([&] {
+    Tensor x = ones({4});
+    try {
+      g.comm(1).all_reduce_sum(x);
+    } catch (const Error&) {
+    }
+  });
+  Tensor x = ones({4});
+  auto t0 = std::chrono::steady_clock::now();
+  expect_error_contains([&] { g.comm(0).all_reduce_sum(x); }, "rank 2 did not join all_reduce within 0.3 s");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+  t1.join();
+}
+
+TEST(InProcessComm, AFailedRankIsNamedByThePeers) {
+  dist::InProcessGroup g(2, 30);
+  std::thread t1([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    g.comm(1).abort("out of memory");
+  });
+  Tensor x = ones({4});
+  expect_error_contains([&] { g.comm(0).all_reduce_sum(x); }, "rank 1 failed: out of memory");
+  t1.join();
+}
+
+TEST(DataParallel, TwoAndThreeRanksMatchOneRankWithAccumulation) {
+  fs::path a = scratch("one"), b = scratch("two"), c = scratch("three");
+  RunResult one = train_ranks(0, a, config_text(a, 2, 3, false));
+  RunResult two = train_ranks(2, b, config_text(b, 1, 3, false));
+  RunResult three = train_ranks(3, c, config_text(c, 2, 1, false));
+  ASSERT_EQ(one.losses.size(), 8u);
+  EXPECT_LT(one.losses.back(), one.losses.front());
+  expect_close(one, two, 2e-5, "2 ranks x accumulation 3 vs 1 rank x 3");
+  expect_close(one, three, 2e-5, "3 ranks vs 1 rank x 3");
+}
+
+TEST(DataParallel, Zero1MatchesPlainDataParallel) {
+  fs::path a = scratch("plain"), b = scratch("zero");
+  RunResult plain = train_ranks(3, a, config_text(a, 2, 1, false));
+  RunResult zero = train_ranks(3, b, config_text(b, 2, 1, true));
+  expect_close(plain, zero, 2e-5, "ZeRO-1 vs plain data parallel");
+}
+
+TEST(DataParallel, Zero1ShardsTheOptimizerState) {
+  dist::InProcessGroup g(2, 10);
+  std::vector<int64_t> numel(2), gathered(2);
+  std::vector<std::thread> ts;
+  for (int r = 0; r < 2; ++r)
+    ts.emplace_back([&, r] {
+      train::NamedTensors ps{{"w", ones({5, 7})}, {"b", ones({3})}, {"e", ones({11, 2})}};
+      for (auto& [n, p] : ps) p.requires_grad_(true);
+      dist::DataParallel dp(g.comm(r), ps, train::AdamWConfig{}, dist::DdpOptions{0.00004, true});  // ~10-float buckets
+      numel[size_t(r)] = dp.optimizer_state_numel();
+      for (auto& [n, p] : ps) p.set_grad(full(p.shape(), r + 1.0));
+      dp.finish_backward();
+      dp.step(0.1);
+      int64_t f = 0;
+      for (auto& [n, t] : dp.full_optimizer().state_tensors()) f += t.numel();
+      gathered[size_t(r)] = f;
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(numel[0] + numel[1], 35 + 3 + 22);
+  EXPECT_LT(numel[0], 35 + 3 + 22);
+  EXPECT_EQ(gathered[0], 2 * (35 + 3 + 22));
+  EXPECT_EQ(gathered[1], gathered[0]);
+}
+
+TEST(DataParallel, CheckpointFromTwoRanksResumesOnOneAndThree) {
+  fs::path full = scratch("full"), part = scratch("part"), on1 = scratch("on1"), on3 = scratch("on3");
+  RunResult ref = train_ranks(2, full, config_text(full, 3, 1, true));
+  train_ranks(2, part, config_text(part, 3, 1, true), "", {"train.stop_at=4"});
+  ASSERT_TRUE(fs::exists(part / "t" / "checkpoints" / "step_4"));
+  for (const fs::path& d : {on1, on3}) fs::copy(part / "t", d / "t", fs::copy_options::recursive);
+  RunResult one = train_ranks(0, on1, config_text(on1, 3, 2, false), "auto");
+  RunResult three = train_ranks(3, on3, config_text(on3, 2, 1, true), "auto");
+  expect_close(ref, one, 2e-5, "resumed on 1 rank");
+  expect_close(ref, three, 2e-5, "resumed on 3 ranks (ZeRO-1)");
+}

@@ -1,0 +1,51 @@
+#include "train/distributed/communicator.h"
+
+#include <cstdlib>
+#include <string>
+
+#include "core/ops.h"
+
+namespace seqmix::train::dist {
+
+double Communicator::all_reduce_sum(double v) {
+  Tensor t = Tensor::from_vector<double>({v}, {1});
+  if (!device().is_cpu()) t = t.to(device());
+  all_reduce_sum(t);
+  return t.cpu().item();
+}
+
+namespace {
+bool env_int(const char* name, int* out) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return false;
+  char* end = nullptr;
+  long x = std::strtol(v, &end, 10);
+  SEQMIX_CHECK(end && *end == '\0' && x >= 0, "environment variable ", name, "='", v, "' is not a non-negative integer");
+  *out = int(x);
+  return true;
+}
+}  // namespace
+
+DistEnv dist_env_from_environment() {
+  DistEnv e;
+  bool r = env_int("RANK", &e.rank), w = env_int("WORLD_SIZE", &e.world);
+  if (!r && !w) {
+    r = env_int("SLURM_PROCID", &e.rank);
+    w = env_int("SLURM_NTASKS", &e.world);
+    if (!env_int("SLURM_LOCALID", &e.local_rank)) e.local_rank = e.rank;
+  } else if (!env_int("LOCAL_RANK", &e.local_rank)) {
+    e.local_rank = e.rank;
+  }
+  e.from_env = r || w;
+  SEQMIX_CHECK(e.world >= 1, "WORLD_SIZE must be at least 1");
+  SEQMIX_CHECK(e.rank < e.world, "RANK ", e.rank, " is not below WORLD_SIZE ", e.world);
+  if (const char* a = std::getenv("MASTER_ADDR"); a && *a) e.master_addr = a;
+  int port = 0;
+  if (env_int("MASTER_PORT", &port)) {
+    SEQMIX_CHECK(port > 0 && port < 65536, "MASTER_PORT must be in 1..65535, got ", port);
+    e.master_port = port;
+  }
+  return e;
+}
+
+}  // namespace seqmix::train::dist

@@ -1,0 +1,317 @@
+#include "train/distributed/ddp.h"
+
+#include <cmath>
+#include <map>
+
+#include "autograd/node.h"
+#include "core/ops.h"
+#include "train/grad_norm.h"
+
+namespace seqmix::train::dist {
+
+namespace {
+// A flat [n] view of elements [begin, begin + n) of a contiguous tensor (no autograd record).
+Tensor flat_view(const Tensor& t, int64_t begin, int64_t n) { return make_view(t, {n}, {1}, t.offset() + begin); }
+Tensor shaped_view(const Tensor& t, const Shape& shape, int64_t begin) {
+  return make_view(t, shape, contiguous_strides(shape), t.offset() + begin);
+}
+}  // namespace
+
+DataParallel::DataParallel(Communicator& comm, NamedTensors params, AdamWConfig cfg, DdpOptions opt)
+    : comm_(comm), params_(std::move(params)), cfg_(cfg), opt_(opt) {
+  autograd::NoGradGuard ng;
+  const int R = comm_.world();
+  const Device dev = comm_.device();
+  SEQMIX_CHECK(opt_.bucket_mb > 0, "train.bucket_mb must be positive, got ", opt_.bucket_mb);
+  for (auto& [name, p] : params_) {
+    SEQMIX_CHECK(p.dtype() == DType::F32 && p.is_contiguous(), "data parallel: parameter '", name, "' must be contiguous f32");
+    SEQMIX_CHECK(p.device() == dev, "data parallel: parameter '", name, "' is on ", p.device().str(), " but the ",
+                 comm_.backend(), " communicator works on ", dev.str());
+  }
+  // Buckets over the parameters in reverse order.
+  const int64_t cap = std::max<int64_t>(1, int64_t(opt_.bucket_mb * 1024 * 1024 / 4));
+  bucket_of_.assign(params_.size(), -1);
+  for (int i = int(params_.size()) - 1; i >= 0; --i) {
+    int64_t n = params_[size_t(i)].second.numel();
+    if (buckets_.empty() || (buckets_.back().numel > 0 && buckets_.back().numel + n > cap)) buckets_.emplace_back();
+    Bucket& b = buckets_.back();
+    b.params.push_back(i);
+    b.offsets.push_back(b.numel);
+    b.numel += n;
+    bucket_of_[size_t(i)] = int(buckets_.size()) - 1;
+  }
+  for (Bucket& b : buckets_) {
+    b.padded = (b.numel + R - 1) / R * R;
+    if (b.padded == 0) b.padded = R;
+    b.flat = zeros({b.padded}, DType::F32, dev);
+    if (opt_.zero1) b.shard_grad = zeros({b.padded / R}, DType::F32, dev);
+  }
+  ready_.assign(params_.size(), false);
+
+  // Every rank starts from rank 0's parameters.
+  if (R > 1) {
+    for (Bucket& b : buckets_) {
+      for (size_t k = 0; k < b.params.size(); ++k) {
+        const Tensor& p = params_[size_t(b.params[k])].second;
+        flat_view(b.flat, b.offsets[k], p.numel()).copy_(flat_view(p, 0, p.numel()));
+      }
+      comm_.broadcast(b.flat, 0);
+      for (size_t k = 0; k < b.params.size(); ++k) {
+        const Tensor& p = params_[size_t(b.params[k])].second;
+        flat_view(p, 0, p.numel()).copy_(flat_view(b.flat, b.offsets[k], p.numel()));
+      }
+      b.flat.zero_();
+    }
+  }
+
+  if (opt_.zero1) {
+    NamedTensors seg_params;
+    const int r = comm_.rank();
+    for (int bi = 0; bi < int(buckets_.size()); ++bi) {
+      const Bucket& b = buckets_[size_t(bi)];
+      const int64_t c = chunk(b), lo = int64_t(r) * c, hi = lo + c;
+      for (size_t k = 0; k < b.params.size(); ++k) {
+        const auto& [name, p] = params_[size_t(b.params[k])];
+        int64_t a = std::max(lo, b.offsets[k]), e = std::min(hi, b.offsets[k] + p.numel());
+        if (e <= a) continue;
+        Segment s;
+        s.param = b.params[k];
+        s.bucket = bi;
+        s.param_begin = a - b.offsets[k];
+        s.len = e - a;
+        s.chunk_begin = a - lo;
+        Shape shape = p.dim() >= 2 ? Shape{1, s.len} : Shape{s.len};
+        s.view = shaped_view(p, shape, s.param_begin);
+        seg_params.emplace_back(name + "@" + std::to_string(s.param_begin), s.view);
+        segments_.push_back(std::move(s));
+      }
+    }
+    shard_adamw_ = std::make_unique<AdamW>(std::move(seg_params), cfg_);
+  } else {
+    adamw_ = std::make_unique<AdamW>(params_, cfg_);
+  }
+
+  hook_target_ = std::make_shared<HookTarget>();
+  hook_target_->self = this;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    std::weak_ptr<HookTarget> target = hook_target_;
+    Tensor p = params_[i].second;
+    p.register_grad_ready_hook([target, i](const Tensor& g) {
+      if (auto t = target.lock(); t && t->self) t->self->on_grad_ready(int(i), g);
+    });
+  }
+}
+
+DataParallel::~DataParallel() {
+  hook_target_->self = nullptr;
+  for (Bucket& b : buckets_) {
+    if (b.work) {
+      try {
+        b.work->wait();
+      } catch (...) {
+      }
+    }
+  }
+}
+
+int64_t DataParallel::optimizer_state_numel() const {
+  int64_t n = 0;
+  if (opt_.zero1)
+    for (const Segment& s : segments_) n += s.len;
+  else
+    for (const auto& np : params_) n += np.second.numel();
+  return n;
+}
+
+void DataParallel::prepare_backward(bool sync) {
+  sync_ = sync;
+  if (!sync) return;
+  ready_.assign(params_.size(), false);
+  for (Bucket& b : buckets_) {
+    b.pending = int(b.params.size());
+    b.launched = false;
+    b.work.reset();
+  }
+  next_launch_ = 0;
+}
+
+void DataParallel::pack_grad(int i, const Tensor& grad) {
+  autograd::NoGradGuard ng;
+  Bucket& b = buckets_[size_t(bucket_of_[size_t(i)])];
+  size_t k = 0;
+  while (b.params[k] != i) ++k;
+  const Tensor& p = params_[size_t(i)].second;
+  Tensor dst = flat_view(b.flat, b.offsets[k], p.numel());
+  if (grad.defined()) {
+    Tensor g = grad.contiguous();
+    if (g.dtype() != DType::F32) g = g.to(DType::F32);
+    dst.copy_(flat_view(g, 0, p.numel()));
+  } else {
+    dst.zero_();
+  }
+}
+
+void DataParallel::on_grad_ready(int i, const Tensor& grad) {
+  if (!sync_) return;
+  SEQMIX_CHECK(!ready_[size_t(i)], "data parallel: parameter '", params_[size_t(i)].second.name(),
+               "' received a second gradient in one backward after it was packed for reduction");
+  ready_[size_t(i)] = true;
+  pack_grad(i, grad);
+  Bucket& b = buckets_[size_t(bucket_of_[size_t(i)])];
+  if (--b.pending == 0) launch_ready();
+}
+
+void DataParallel::launch_ready() {
+  while (next_launch_ < int(buckets_.size()) && buckets_[size_t(next_launch_)].pending == 0) {
+    Bucket& b = buckets_[size_t(next_launch_++)];
+    b.launched = true;
+    b.work = opt_.zero1 ? comm_.reduce_scatter_sum_async(b.flat, b.shard_grad) : comm_.all_reduce_sum_async(b.flat);
+  }
+}
+
+void DataParallel::finish_backward() {
+  autograd::NoGradGuard ng;
+  if (!sync_) prepare_backward(true);  // backward ran without prepare_backward(true): pack everything now
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (ready_[i]) continue;
+    ready_[i] = true;
+    pack_grad(int(i), params_[i].second.grad());
+    buckets_[size_t(bucket_of_[i])].pending--;
+  }
+  launch_ready();
+  sync_ = false;
+  const double inv = 1.0 / double(comm_.world());
+  for (Bucket& b : buckets_) {
+    b.work->wait();
+    b.work.reset();
+    if (opt_.zero1) {
+      if (comm_.world() > 1) b.shard_grad.copy_(b.shard_grad * inv);
+    } else {
+      for (size_t k = 0; k < b.params.size(); ++k) {
+        Tensor p = params_[size_t(b.params[k])].second;
+        Tensor g = flat_view(b.flat, b.offsets[k], p.numel());
+        g = comm_.world() > 1 ? g * inv : g.clone();
+        p.set_grad(g.view(p.shape()));
+      }
+    }
+  }
+  if (opt_.zero1) {
+    // The full gradients are no longer needed: the owned chunks hold what the update reads.
+    for (auto& np : params_) np.second.set_grad(Tensor());
+    for (Segment& s : segments_) {
+      const Bucket& b = buckets_[size_t(s.bucket)];
+      s.view.set_grad(shaped_view(b.shard_grad, s.view.shape(), s.chunk_begin));
+    }
+  }
+}
+
+double DataParallel::clip_grad_norm(double max_norm) {
+  if (!opt_.zero1) {
+    // Every rank holds the same reduced gradients: the local norm is the global one.
+    std::vector<Tensor> ps;
+    for (auto& np : params_) ps.push_back(np.second);
+    return max_norm > 0 ? train::clip_grad_norm(ps, max_norm) : train::grad_norm(ps);
+  }
+  std::vector<Tensor> segs;
+  for (Segment& s : segments_) segs.push_back(s.view);
+  double local = segs.empty() ? 0.0 : train::grad_norm(segs);
+  double norm = std::sqrt(comm_.all_reduce_sum(local * local));
+  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) train::scale_grads(segs, max_norm / (norm + 1e-6));
+  return norm;
+}
+
+void DataParallel::step(double lr) {
+  if (!opt_.zero1) {
+    adamw_->step(lr);
+    return;
+  }
+  autograd::NoGradGuard ng;
+  shard_adamw_->step(lr);
+  // All-gather the updated chunks into every rank's parameters (the bucket buffers are free now).
+  const int r = comm_.rank();
+  std::vector<Tensor> sends(buckets_.size());
+  for (size_t bi = 0; bi < buckets_.size(); ++bi) sends[bi] = zeros({chunk(buckets_[bi])}, DType::F32, comm_.device());
+  for (Segment& s : segments_) flat_view(sends[size_t(s.bucket)], s.chunk_begin, s.len).copy_(flat_view(s.view, 0, s.len));
+  for (size_t bi = 0; bi < buckets_.size(); ++bi) buckets_[bi].work = comm_.all_gather_async(sends[bi], buckets_[bi].flat);
+  (void)r;
+  for (Bucket& b : buckets_) {
+    b.work->wait();
+    b.work.reset();
+    for (size_t k = 0; k < b.params.size(); ++k) {
+      const Tensor& p = params_[size_t(b.params[k])].second;
+      flat_view(p, 0, p.numel()).copy_(flat_view(b.flat, b.offsets[k], p.numel()));
+    }
+  }
+}
+
+void DataParallel::zero_grad() {
+  if (adamw_) adamw_->zero_grad();
+  if (shard_adamw_) shard_adamw_->zero_grad();
+  for (auto& np : params_) np.second.set_grad(Tensor());
+}
+
+int64_t DataParallel::steps() const { return adamw_ ? adamw_->steps() : shard_adamw_->steps(); }
+
+void DataParallel::load_state(const NamedTensors& full_state, int64_t steps) {
+  if (!opt_.zero1) {
+    adamw_->load_state(full_state, steps);
+    return;
+  }
+  autograd::NoGradGuard ng;
+  std::map<std::string, Tensor> by_name(full_state.begin(), full_state.end());
+  SEQMIX_CHECK(full_state.size() == 2 * params_.size(), "optimizer state has ", full_state.size(), " tensors but ",
+               2 * params_.size(), " are expected (exp_avg and exp_avg_sq of every parameter)");
+  NamedTensors shard;
+  for (const char* kind : {"exp_avg.", "exp_avg_sq."}) {
+    for (Segment& s : segments_) {
+      const auto& [name, p] = params_[size_t(s.param)];
+      auto f = by_name.find(kind + name);
+      SEQMIX_CHECK(f != by_name.end(), "optimizer state has no tensor '", kind, name, "'");
+      SEQMIX_CHECK(f->second.numel() == p.numel(), "optimizer state '", kind, name, "' has shape ", shape_str(f->second.shape()),
+                   " but the parameter has ", shape_str(p.shape()));
+      Tensor full = f->second.contiguous().to(DType::F32);
+      shard.emplace_back(kind + name + "@" + std::to_string(s.param_begin), shaped_view(full, s.view.shape(), s.param_begin));
+    }
+  }
+  // AdamW::load_state wants exp_avg/exp_avg_sq per segment in any order: names identify them.
+  shard_adamw_->load_state(shard, steps);
+}
+
+const AdamW& DataParallel::full_optimizer() {
+  if (!opt_.zero1) return *adamw_;
+  autograd::NoGradGuard ng;
+  // Gather exp_avg and exp_avg_sq chunk by chunk into full per-parameter tensors (CPU).
+  std::map<std::string, Tensor> shard_state;
+  for (auto& [n, t] : shard_adamw_->state_tensors()) shard_state[n] = t;
+  NamedTensors placeholders, full_state;
+  for (auto& [name, p] : params_) placeholders.emplace_back(name, Tensor::empty(p.shape(), DType::F32));
+  for (const char* kind : {"exp_avg.", "exp_avg_sq."}) {
+    std::vector<Tensor> gathered(buckets_.size());
+    std::vector<WorkPtr> works(buckets_.size());
+    for (size_t bi = 0; bi < buckets_.size(); ++bi) {
+      Tensor send = zeros({chunk(buckets_[bi])}, DType::F32, comm_.device());
+      for (Segment& s : segments_) {
+        if (s.bucket != int(bi)) continue;
+        const std::string& name = params_[size_t(s.param)].first;
+        const Tensor& st = shard_state.at(kind + name + "@" + std::to_string(s.param_begin));
+        flat_view(send, s.chunk_begin, s.len).copy_(flat_view(st, 0, s.len));
+      }
+      gathered[bi] = zeros({buckets_[bi].padded}, DType::F32, comm_.device());
+      works[bi] = comm_.all_gather_async(send, gathered[bi]);
+      works[bi]->wait();
+      Tensor host = gathered[bi].cpu();
+      const Bucket& b = buckets_[bi];
+      for (size_t k = 0; k < b.params.size(); ++k) {
+        const auto& [name, p] = params_[size_t(b.params[k])];
+        full_state.emplace_back(kind + name, shaped_view(host, p.shape(), b.offsets[k]).clone());
+      }
+    }
+  }
+  full_ = std::make_unique<AdamW>(placeholders, cfg_);
+  full_->load_state(full_state, shard_adamw_->steps());
+  return *full_;
+}
+
+double DataParallel::mean_over_ranks(double v) { return comm_.all_reduce_sum(v) / double(comm_.world()); }
+
+}  // namespace seqmix::train::dist

@@ -1,0 +1,112 @@
+// Data-parallel training: a bucketed gradient reducer driven by the autograd grad-ready hooks, and
+// optional ZeRO-1 (optimizer state sharded over the ranks).
+//
+// Buckets: the parameters, in reverse registration order (roughly the order backward finishes them),
+// are packed into flat f32 buckets of about `bucket_mb` MiB. During the backward of the last
+// micro-batch of a step (prepare_backward(true)) each parameter's hook copies its accumulated
+// gradient into its bucket; when a bucket is full it is launched asynchronously (all-reduce, or
+// reduce-scatter under ZeRO-1), so communication overlaps the rest of backward. Buckets launch in
+// index order only, so every rank issues the same collectives in the same order. finish_backward()
+// launches what is left (a parameter that got no gradient contributes zeros), waits, and divides by
+// the world size: the gradient of the mean loss over the global batch.
+//
+// ZeRO-1: bucket b (padded to a multiple of R elements) is split into R equal chunks; rank r owns chunk
+// r of every bucket. Gradients are reduce-scattered, rank r updates only its chunks with an AdamW over
+// views of the parameters (the "segments": each piece of a parameter inside an owned chunk, shaped
+// [1, n] for matrices so weight decay applies exactly as it would to the whole tensor), then the
+// parameters are all-gathered. The update is elementwise, so the result equals plain data parallel.
+//
+// Checkpoints stay world-size independent: full_optimizer() gathers the shards into the full state
+// (named as AdamW::state_tensors() names it), and load_state() takes a full state and keeps this
+// rank's part, for any world size.
+//
+// Divergences from a single-process AdamW: a parameter with no gradient on any rank is updated with a
+// zero gradient (its moments decay) instead of being skipped.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "train/distributed/communicator.h"
+#include "train/optimizer.h"
+
+namespace seqmix::train::dist {
+
+struct DdpOptions {
+  double bucket_mb = 25;  // train.bucket_mb
+  bool zero1 = false;     // train.zero1
+};
+
+class DataParallel {
+ public:
+  // `params` must already be on comm.device(); rank 0's values are broadcast to every rank.
+  DataParallel(Communicator& comm, NamedTensors params, AdamWConfig cfg, DdpOptions opt = {});
+  ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+
+  // Before each backward: `sync` for the last micro-batch of a step (its gradients are reduced as they
+  // become ready); the others only accumulate locally.
+  void prepare_backward(bool sync);
+  // After the last backward of a step: every gradient is reduced and averaged over the ranks.
+  void finish_backward();
+  // The global gradient norm (every rank gets the same value); clips to max_norm when > 0
+  // (as train::clip_grad_norm).
+  double clip_grad_norm(double max_norm);
+  void step(double lr);
+  void zero_grad();
+  int64_t steps() const;
+  // A full (unsharded) optimizer state, as saved by save_checkpoint.
+  void load_state(const NamedTensors& full_state, int64_t steps);
+  // Collective (every rank must call it): an AdamW holding the full state, for save_checkpoint.
+  const AdamW& full_optimizer();
+  // The mean of `v` over the ranks.
+  double mean_over_ranks(double v);
+
+  Communicator& comm() { return comm_; }
+  bool zero1() const { return opt_.zero1; }
+  int num_buckets() const { return int(buckets_.size()); }
+  // Elements of optimizer state (exp_avg) this rank holds: all parameters, or its ZeRO-1 shard.
+  int64_t optimizer_state_numel() const;
+
+ private:
+  struct Bucket {
+    std::vector<int> params;
+    std::vector<int64_t> offsets;  // of each parameter in the bucket
+    int64_t numel = 0, padded = 0;
+    Tensor flat;        // padded, gradients (and the all-gathered parameters under ZeRO-1)
+    Tensor shard_grad;  // ZeRO-1: padded / R, this rank's reduced chunk
+    int pending = 0;
+    bool launched = false;
+    WorkPtr work;
+  };
+  struct Segment {
+    int param, bucket;
+    int64_t param_begin, len, chunk_begin;  // element ranges: in the parameter, in this rank's chunk
+    Tensor view;                            // of the parameter's storage
+  };
+  struct HookTarget {
+    DataParallel* self = nullptr;
+  };
+
+  void on_grad_ready(int param, const Tensor& grad);
+  void pack_grad(int param, const Tensor& grad);
+  void launch_ready();
+  int64_t chunk(const Bucket& b) const { return b.padded / comm_.world(); }
+
+  Communicator& comm_;
+  NamedTensors params_;
+  AdamWConfig cfg_;
+  DdpOptions opt_;
+  std::vector<Bucket> buckets_;
+  std::vector<int> bucket_of_;
+  std::vector<bool> ready_;
+  int next_launch_ = 0;
+  bool sync_ = false;
+  std::shared_ptr<HookTarget> hook_target_;
+  std::unique_ptr<AdamW> adamw_;       // plain data parallel: over the whole parameters
+  std::vector<Segment> segments_;      // ZeRO-1
+  std::unique_ptr<AdamW> shard_adamw_; // ZeRO-1: over the segments
+  std::unique_ptr<AdamW> full_;        // full_optimizer()'s gathered copy (CPU)
+};
+
+}  // namespace seqmix::train::dist
