@@ -1,0 +1,849 @@
+// CUDA chunked kernel of the shared gated linear recurrence (semantics in linear_recurrence.h):
+//     S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = scale * S_t^T q_t
+//     (bonus u: o_t = scale * (S_{t-1} + diag(u) k_t v_t^T)^T q_t)
+//
+// Algorithm (the chunked form of GLA / flash-linear-attention's chunk kernels, own code). Time is cut into
+// chunks of C (64) tokens; S_n is the state entering chunk n (S_0 = initial state). Within a chunk, with
+// G_t the inclusive cumulative log-decay from the chunk start (f32, never a product of decays) and
+// Gq_t = G_t (no bonus) or G_{t-1} (bonus; G_{-1} = 0):
+//     A_ts  = scale * sum_c q_tc k_sc exp(Gq_tc - G_sc)       s < t (every exponent <= 0: no overflow)
+//     A_tt  = scale * sum_c q_tc k_tc w_c                      w = 1, or u with a bonus
+//     o_t   = sum_{s<=t} A_ts v_s + scale * (q_t * exp(Gq_t))^T S_n
+//     S_n+1 = diag(exp(G_last)) S_n + sum_s (k_s * exp(G_last - G_s)) v_s^T
+// The intra-chunk decays are exponentials of pairwise differences (per channel: inside the product; per head
+// or none: one factor per (t, s)), so no exp(-G) is ever formed and strong decays cannot overflow.
+//
+// Forward, three kernels:
+//   1. chunk_state_kernel:  U_n = sum_s (k_s exp(G_last - G_s)) v_s^T per chunk (parallel over chunks) and
+//                           G_last per chunk.
+//   2. state_scan_kernel:   S_{n+1} = exp(G_last,n) S_n + U_n, sequential over chunks, one thread per state
+//                           element; stores S_n (the state entering chunk n) over U_n and the final state.
+//   3. chunk_fwd_kernel:    A, then o (parallel over chunks).
+// Backward (the states S_n are kept from the forward, f32 [B, H, N, Dv, Dk]: O(T / C * Dk * Dv)):
+//   1. chunk_state_kernel:  dU_n = scale * sum_t (q_t exp(Gq_t)) do_t^T.
+//   2. state_scan_kernel:   dH_n = exp(G_last,n) dH_{n+1} + dU_n backwards from dH_N = d final_state;
+//                           stores dH_{n+1} (the gradient of the state leaving chunk n) and d initial_state.
+//   3. chunk_bwd_kernel:    recomputes A and dA_ts = scale do_t . v_s, then
+//        dq_tc = sum_{s<t} dA_ts k_sc e^(Gq_tc - G_sc) + dA_tt w_c k_tc + scale e^(Gq_tc) (S_n do_t)_c
+//        dk_sc = sum_{t>s} dA_ts q_tc e^(Gq_tc - G_sc) + dA_ss w_c q_sc + e^(G_last,c - G_sc) (dH_{n+1} v_s)_c
+//        dv_s  = sum_{t>=s} A_ts do_t + (k_s e^(G_last - G_s))^T dH_{n+1}
+//        du_c  = sum_t dA_tt q_tc k_tc
+//      and, for the decays, R_t = q_t dq_t - k_t dk_t and P_t = q_t dq_t^state (dq without the bonus term).
+//   4. dg: with Gamma the global cumulative log-decay, the loss depends on Gamma only through
+//      q~ = q e^(Gamma_q), k~ = k e^(-Gamma) and the final state e^(Gamma_T)(...), so
+//        dGamma_t = q dq^state (at the token whose query sees Gamma_t) - k dk^state, + sum_d dS_T * S_T at T-1,
+//      and dg_t = sum_{t' >= t} dGamma_t'. Since the bonus parts of q dq and k dk are equal, this is
+//        dg_t = sum_{t' >= t} R_t' - P_t + F,   P = 0 without a bonus (then q pairs with Gamma_t itself).
+//      dg_suffix_kernel turns per-chunk sums of R into suffix sums (plus F); dg_kernel finishes each chunk.
+//      A per-head decay sums dg over the channels.
+//
+// All products are f32 SIMT, register-tiled (linear_recurrence.cuh) with the chunk's q, k, v, do, G in
+// shared memory (f32, odd row strides) and the states read from global memory (broadcast loads). Any Dk, Dv;
+// the chunk shrinks (64 -> 32 -> 16) when the shared memory of a chunk would not fit.
+// No spdlog / fmt here.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+
+#include "autograd/function.h"
+#include "core/cuda/cuda_check.h"
+#include "core/cuda/device_utils.cuh"
+#include "core/cuda/runtime.h"
+#include "core/ops.h"
+#include "layers/mixers/common/linear_recurrence.cuh"
+#include "layers/mixers/common/linear_recurrence_cuda.h"
+
+namespace seqmix::mixers {
+
+namespace lr_cuda {
+namespace {
+
+using ::seqmix::cuda::to_float;
+using ::seqmix::cuda::from_float;
+
+constexpr int kThreads = 256;
+constexpr int TM = 4, TN = 4;
+
+struct Geo {
+  int B, T, H, Dk, Dv, C, N;
+  int gw;  // width of a G row: Dk (per-channel decay), 1 (per head), 0 (none)
+  float scale;
+  bool bonus;
+};
+
+__host__ __device__ inline int odd_ld(int d) { return d | 1; }
+
+// Shared-memory layout of one chunk (f32 elements).
+struct Smem {
+  int ldk, ldv, ldc, ldg;
+  __host__ __device__ Smem(const Geo& g) : ldk(odd_ld(g.Dk)), ldv(odd_ld(g.Dv)), ldc(odd_ld(g.C)), ldg(g.gw > 1 ? odd_ld(g.gw) : g.gw) {}
+};
+
+template <typename T>
+__device__ __forceinline__ void load_rows(float* dst, int ld, const T* src, int64_t row_stride, int L, int C, int D) {
+  for (int idx = threadIdx.x; idx < C * D; idx += blockDim.x) {
+    const int r = idx / D, c = idx - r * D;
+    dst[r * ld + c] = r < L ? to_float(src[int64_t(r) * row_stride + c]) : 0.f;
+  }
+}
+
+// Inclusive cumulative sum of the log-decays over the chunk's rows: G[t][c] (gw columns).
+__device__ __forceinline__ void load_cumsum(float* G, int ldg, const float* g, int64_t row_stride, int L, int C, int gw) {
+  for (int c = threadIdx.x; c < gw; c += blockDim.x) {
+    float acc = 0.f;
+    for (int r = 0; r < C; ++r) {
+      if (r < L) acc += g[int64_t(r) * row_stride + c];
+      G[r * ldg + c] = acc;
+    }
+  }
+}
+
+// Decay accessors over the chunk's G (MODE 0: none, 1: per head, 2: per channel).
+template <int MODE>
+struct Decay {
+  const float* G;
+  int ldg;
+  bool bonus;
+  __device__ __forceinline__ float g(int t, int c) const {
+    if constexpr (MODE == 0) return 0.f;
+    else if constexpr (MODE == 1) return G[t * ldg];
+    else return G[t * ldg + c];
+  }
+  __device__ __forceinline__ float gq(int t, int c) const {  // the cumulative decay the query of row t sees
+    if (bonus) return t == 0 ? 0.f : g(t - 1, c);
+    return g(t, c);
+  }
+};
+
+// The chunk's A (C x C, ld ldc): strictly-lower part with decays; diagonal by the caller (diag_A).
+template <int MODE>
+__device__ __forceinline__ void compute_A_lower(float* A, int ldc, const float* q, const float* k, int ldk,
+                                                const Decay<MODE>& dec, int L, int Dk, float scale) {
+  for_each_tile<TM, TN>(L, L, [&](const MicroTile<TM, TN>& t) {
+    float acc[TM][TN];
+    zero_acc(acc);
+    if constexpr (MODE == 2) {
+      float E[TM][TN];
+      zero_acc(E);
+      mm_acc_exp(
+          acc, E, t, 0, Dk, [&](int i, int kk) { return q[i * ldk + kk]; }, [&](int i, int kk) { return dec.gq(i, kk); },
+          [&](int kk, int j) { return k[j * ldk + kk]; }, [&](int kk, int j) { return dec.g(j, kk); });
+    } else {
+      mm_acc(acc, t, 0, Dk, [&](int i, int kk) { return q[i * ldk + kk]; }, [&](int kk, int j) { return k[j * ldk + kk]; });
+    }
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TN; ++c) {
+        const int i = t.i[r], j = t.j[c];
+        if (i >= L || j >= L) continue;
+        float val = 0.f;
+        if (j < i) {
+          val = scale * acc[r][c];
+          if constexpr (MODE == 1) val *= __expf(dec.gq(i, 0) - dec.g(j, 0));
+        }
+        A[i * ldc + j] = val;
+      }
+  });
+}
+
+// A_tt = scale * sum_c q_tc k_tc w_c (w = u with a bonus, else 1). Rows past L get 0.
+__device__ __forceinline__ void diag_A(float* A, int ldc, const float* q, const float* k, int ldk, const float* u,
+                                       int L, int Dk, float scale) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int t = warp; t < L; t += nw) {
+    float s = 0.f;
+    for (int c = lane; c < Dk; c += 32) s += q[t * ldk + c] * k[t * ldk + c] * (u ? u[c] : 1.f);
+    s = ::seqmix::cuda::warp_reduce_sum(s);
+    if (lane == 0) A[t * ldc + t] = scale * s;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Per-chunk state contribution: out[n] (layout [Dv][Dk]) = sum_t X_t Y_t^T with
+//    forward:  X = k * exp(G_last - G), Y = v          (and G_last per chunk)
+//    backward: X = scale * q * exp(Gq),  Y = dout
+// ---------------------------------------------------------------------------------------------
+template <typename T, int MODE, bool BWD>
+__global__ void __launch_bounds__(kThreads) chunk_state_kernel(Geo geo, const T* __restrict__ xsrc, const T* __restrict__ ysrc,
+                                                               const float* __restrict__ g, float* __restrict__ out,
+                                                               float* __restrict__ glast) {
+  extern __shared__ float smem[];
+  const Smem sm(geo);
+  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int t0 = n * geo.C, L = ::min(geo.C, geo.T - t0);
+  float* X = smem;
+  float* Y = X + geo.C * sm.ldk;
+  float* G = Y + geo.C * sm.ldv;
+  const int64_t rowk = int64_t(geo.H) * geo.Dk, rowv = int64_t(geo.H) * geo.Dv;
+  load_rows(X, sm.ldk, xsrc + (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * geo.Dk, rowk, L, geo.C, geo.Dk);
+  load_rows(Y, sm.ldv, ysrc + (int64_t(b) * geo.T + t0) * rowv + int64_t(h) * geo.Dv, rowv, L, geo.C, geo.Dv);
+  if constexpr (MODE > 0) {
+    const int64_t rowg = int64_t(geo.H) * geo.gw;
+    load_cumsum(G, sm.ldg, g + (int64_t(b) * geo.T + t0) * rowg + int64_t(h) * geo.gw, rowg, L, geo.C, geo.gw);
+  }
+  __syncthreads();
+  const Decay<MODE> dec{G, sm.ldg, geo.bonus};
+  const int64_t bhn = (int64_t(b) * geo.H + h) * geo.N + n;
+  if constexpr (!BWD && MODE > 0) {
+    for (int c = threadIdx.x; c < geo.gw; c += blockDim.x) glast[bhn * geo.gw + c] = dec.g(L - 1, c);
+  }
+  for (int idx = threadIdx.x; idx < L * geo.Dk; idx += blockDim.x) {
+    const int t = idx / geo.Dk, c = idx - t * geo.Dk;
+    float f;
+    if constexpr (BWD) f = geo.scale * (MODE > 0 ? __expf(dec.gq(t, c)) : 1.f);
+    else f = MODE > 0 ? __expf(dec.g(L - 1, c) - dec.g(t, c)) : 1.f;
+    X[t * sm.ldk + c] *= f;
+  }
+  __syncthreads();
+  float* o = out + bhn * int64_t(geo.Dv) * geo.Dk;
+  const int ldk = sm.ldk, ldv = sm.ldv, Dk = geo.Dk;
+  for_each_tile<TM, TN>(geo.Dk, geo.Dv, [&](const MicroTile<TM, TN>& t) {
+    float acc[TM][TN];
+    zero_acc(acc);
+    mm_acc(acc, t, 0, L, [&](int i, int kk) { return X[kk * ldk + i]; }, [&](int kk, int j) { return Y[kk * ldv + j]; });
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TN; ++c)
+        if (t.i[r] < Dk && t.j[c] < geo.Dv) o[int64_t(t.j[c]) * Dk + t.i[r]] = acc[r][c];
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The sequential pass over chunks, one thread per state element (c, d) of one (b, h).
+//    forward:  buf[n] = U_n -> S_n;            S_{n+1} = exp(G_last,n) S_n + U_n;  end -> edge_out (final)
+//    backward: buf[n] = dU_n -> dH_{n+1};      dH_n = exp(G_last,n) dH_{n+1} + dU_n; end -> edge_out (d init)
+//    edge_in / edge_out are [B, H, Dk, Dv] (row-major); buf is [B, H, N, Dv, Dk].
+// ---------------------------------------------------------------------------------------------
+template <bool REVERSE>
+__global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, float* __restrict__ buf, const float* __restrict__ glast,
+                                                              const float* __restrict__ edge_in, float* __restrict__ edge_out) {
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t DD = int64_t(geo.Dk) * geo.Dv;
+  if (e >= DD) return;
+  const int bh = blockIdx.y;
+  const int c = int(e % geo.Dk), d = int(e / geo.Dk);
+  const int64_t rm = int64_t(bh) * DD + int64_t(c) * geo.Dv + d;  // row-major [Dk][Dv] index
+  float* p = buf + int64_t(bh) * geo.N * DD + e;
+  const float* gl = glast ? glast + int64_t(bh) * geo.N * geo.gw + (geo.gw > 1 ? c : 0) : nullptr;
+  float s = edge_in ? edge_in[rm] : 0.f;
+  if constexpr (!REVERSE) {
+#pragma unroll 4
+    for (int n = 0; n < geo.N; ++n) {
+      const float u = p[int64_t(n) * DD];
+      p[int64_t(n) * DD] = s;
+      const float a = gl ? __expf(gl[int64_t(n) * geo.gw]) : 1.f;
+      s = fmaf(a, s, u);
+    }
+  } else {
+#pragma unroll 4
+    for (int n = geo.N - 1; n >= 0; --n) {
+      const float u = p[int64_t(n) * DD];
+      p[int64_t(n) * DD] = s;
+      const float a = gl ? __expf(gl[int64_t(n) * geo.gw]) : 1.f;
+      s = fmaf(a, s, u);
+    }
+  }
+  if (edge_out) edge_out[rm] = s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Forward output of one chunk.
+// ---------------------------------------------------------------------------------------------
+template <typename T, int MODE>
+__global__ void __launch_bounds__(kThreads) chunk_fwd_kernel(Geo geo, const T* __restrict__ qg, const T* __restrict__ kg,
+                                                             const T* __restrict__ vg, const float* __restrict__ g,
+                                                             const float* __restrict__ u, const float* __restrict__ states,
+                                                             T* __restrict__ og) {
+  extern __shared__ float smem[];
+  const Smem sm(geo);
+  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int t0 = n * geo.C, L = ::min(geo.C, geo.T - t0);
+  const int C = geo.C, Dk = geo.Dk, Dv = geo.Dv, ldk = sm.ldk, ldv = sm.ldv, ldc = sm.ldc;
+  float* q = smem;
+  float* k = q + C * ldk;
+  float* v = k + C * ldk;
+  float* A = v + C * ldv;
+  float* G = A + C * ldc;
+  const int64_t rowk = int64_t(geo.H) * Dk, rowv = int64_t(geo.H) * Dv;
+  const int64_t offk = (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * Dk;
+  const int64_t offv = (int64_t(b) * geo.T + t0) * rowv + int64_t(h) * Dv;
+  load_rows(q, ldk, qg + offk, rowk, L, C, Dk);
+  load_rows(k, ldk, kg + offk, rowk, L, C, Dk);
+  load_rows(v, ldv, vg + offv, rowv, L, C, Dv);
+  if constexpr (MODE > 0) {
+    const int64_t rowg = int64_t(geo.H) * geo.gw;
+    load_cumsum(G, sm.ldg, g + (int64_t(b) * geo.T + t0) * rowg + int64_t(h) * geo.gw, rowg, L, C, geo.gw);
+  }
+  __syncthreads();
+  const Decay<MODE> dec{G, sm.ldg, geo.bonus};
+  compute_A_lower<MODE>(A, ldc, q, k, ldk, dec, L, Dk, geo.scale);
+  diag_A(A, ldc, q, k, ldk, geo.bonus ? u + int64_t(h) * Dk : nullptr, L, Dk, geo.scale);
+  __syncthreads();
+  // q -> scale * q * exp(Gq) for the inter-chunk term
+  for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
+    const int t = idx / Dk, c = idx - t * Dk;
+    q[t * ldk + c] *= geo.scale * (MODE > 0 ? __expf(dec.gq(t, c)) : 1.f);
+  }
+  __syncthreads();
+  const float* S = states + ((int64_t(b) * geo.H + h) * geo.N + n) * int64_t(Dv) * Dk;  // [Dv][Dk]
+  T* o = og + offv;
+  for_each_tile<TM, TN>(L, Dv, [&](const MicroTile<TM, TN>& t) {
+    float acc[TM][TN];
+    zero_acc(acc);
+    mm_acc(acc, t, 0, L, [&](int i, int kk) { return A[i * ldc + kk]; }, [&](int kk, int j) { return v[kk * ldv + j]; });
+    mm_acc(acc, t, 0, Dk, [&](int i, int kk) { return q[i * ldk + kk]; }, [&](int kk, int j) { return S[int64_t(j) * Dk + kk]; });
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TN; ++c)
+        if (t.i[r] < L && t.j[c] < Dv) o[int64_t(t.i[r]) * rowv + t.j[c]] = from_float<T>(acc[r][c]);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Backward of one chunk: dq, dk, dv, and the per-chunk pieces of dg and du.
+// ---------------------------------------------------------------------------------------------
+struct BwdOut {
+  float* r;      // [B, T, H, Dk]  q dq - k dk            (decays only)
+  float* p;      // [B, T, H, Dk]  q dq^state             (decays with a bonus only)
+  float* ctot;   // [B, H, N, Dk]  sum over the chunk of r (decays only)
+  float* du;     // [B, H, N, Dk]  sum over the chunk of dA_tt q k (bonus only)
+};
+
+template <typename T, int MODE>
+__global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* __restrict__ qg, const T* __restrict__ kg,
+                                                             const T* __restrict__ vg, const T* __restrict__ dog,
+                                                             const float* __restrict__ g, const float* __restrict__ u,
+                                                             const float* __restrict__ states, const float* __restrict__ dstates,
+                                                             T* __restrict__ dqg, T* __restrict__ dkg, T* __restrict__ dvg,
+                                                             BwdOut bo) {
+  extern __shared__ float smem[];
+  const Smem sm(geo);
+  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int t0 = n * geo.C, L = ::min(geo.C, geo.T - t0);
+  const int C = geo.C, Dk = geo.Dk, Dv = geo.Dv, ldk = sm.ldk, ldv = sm.ldv, ldc = sm.ldc;
+  const float scale = geo.scale;
+  float* q = smem;
+  float* k = q + C * ldk;
+  float* v = k + C * ldk;
+  float* dO = v + C * ldv;
+  float* A = dO + C * ldv;
+  float* dA = A + C * ldc;
+  float* dAd = dA + C * ldc;  // [C] raw diagonal of dA
+  float* G = dAd + C;
+  const int64_t rowk = int64_t(geo.H) * Dk, rowv = int64_t(geo.H) * Dv;
+  const int64_t offk = (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * Dk;
+  const int64_t offv = (int64_t(b) * geo.T + t0) * rowv + int64_t(h) * Dv;
+  load_rows(q, ldk, qg + offk, rowk, L, C, Dk);
+  load_rows(k, ldk, kg + offk, rowk, L, C, Dk);
+  load_rows(v, ldv, vg + offv, rowv, L, C, Dv);
+  load_rows(dO, ldv, dog + offv, rowv, L, C, Dv);
+  if constexpr (MODE > 0) {
+    const int64_t rowg = int64_t(geo.H) * geo.gw;
+    load_cumsum(G, sm.ldg, g + (int64_t(b) * geo.T + t0) * rowg + int64_t(h) * geo.gw, rowg, L, C, geo.gw);
+  }
+  __syncthreads();
+  const Decay<MODE> dec{G, sm.ldg, geo.bonus};
+  const float* uh = geo.bonus ? u + int64_t(h) * Dk : nullptr;
+  const int64_t bhn = (int64_t(b) * geo.H + h) * geo.N + n;
+  const float* S = states + bhn * int64_t(Dv) * Dk;    // S_n,      [Dv][Dk]
+  const float* dH = dstates + bhn * int64_t(Dv) * Dk;  // dH_{n+1}, [Dv][Dk]
+
+  // A (strictly lower) and dA: dA[t][s] = scale do_t . v_s for s < t (times exp(Gq_t - G_s) unless the decay
+  // is per channel), 0 for s >= t; dAd[t] = scale do_t . v_t.
+  compute_A_lower<MODE>(A, ldc, q, k, ldk, dec, L, Dk, scale);
+  for_each_tile<TM, TN>(L, L, [&](const MicroTile<TM, TN>& t) {
+    float acc[TM][TN];
+    zero_acc(acc);
+    mm_acc(acc, t, 0, Dv, [&](int i, int kk) { return dO[i * ldv + kk]; }, [&](int kk, int j) { return v[j * ldv + kk]; });
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TN; ++c) {
+        const int i = t.i[r], j = t.j[c];
+        if (i >= L || j >= L) continue;
+        float val = 0.f;
+        if (j < i) {
+          val = scale * acc[r][c];
+          if constexpr (MODE == 1) val *= __expf(dec.gq(i, 0) - dec.g(j, 0));
+        }
+        dA[i * ldc + j] = val;
+        if (j == i) dAd[i] = scale * acc[r][c];
+      }
+  });
+  diag_A(A, ldc, q, k, ldk, uh, L, Dk, scale);
+  __syncthreads();
+
+  // dq
+  T* dq = dqg + offk;
+  T* dk = dkg + offk;
+  float* rbuf = bo.r ? bo.r + offk : nullptr;
+  float* pbuf = bo.p ? bo.p + offk : nullptr;
+  for_each_tile<TM, TN>(L, Dk, [&](const MicroTile<TM, TN>& t) {
+    float acc[TM][TN], acc2[TM][TN];
+    zero_acc(acc);
+    zero_acc(acc2);
+    if constexpr (MODE == 2) {
+      float E[TM][TN];
+#pragma unroll
+      for (int r = 0; r < TM; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; ++c) E[r][c] = dec.gq(t.ic[r], t.jc[c]);
+      mm_acc_exp(
+          acc, E, t, 0, L, [&](int i, int kk) { return dA[i * ldc + kk]; },
+          [&](int i, int kk) { return kk < i ? 0.f : -INFINITY; }, [&](int kk, int j) { return k[kk * ldk + j]; },
+          [&](int kk, int j) { return dec.g(kk, j); });
+    } else {
+      mm_acc(acc, t, 0, L, [&](int i, int kk) { return dA[i * ldc + kk]; }, [&](int kk, int j) { return k[kk * ldk + j]; });
+    }
+    mm_acc(acc2, t, 0, Dv, [&](int i, int kk) { return dO[i * ldv + kk]; }, [&](int kk, int j) { return S[int64_t(kk) * Dk + j]; });
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TN; ++c) {
+        const int i = t.i[r], j = t.j[c];
+        if (i >= L || j >= Dk) continue;
+        const float inter = scale * acc2[r][c] * (MODE > 0 ? __expf(dec.gq(i, j)) : 1.f);
+        float dst = acc[r][c] + inter;
+        float val = dst;
+        if (uh) val += dAd[i] * uh[j] * k[i * ldk + j];
+        else dst = val = dst + dAd[i] * k[i * ldk + j];
+        dq[int64_t(i) * rowk + j] = from_float<T>(val);
+        if (rbuf) rbuf[int64_t(i) * rowk + j] = q[i * ldk + j] * val;
+        if (pbuf) pbuf[int64_t(i) * rowk + j] = q[i * ldk + j] * dst;
+      }
+  });
+  __syncthreads();  // rbuf rows of this chunk are written (read-modify-write below)
+
+  // dk
+  for_each_tile<TM, TN>(L, Dk, [&](const MicroTile<TM, TN>& t) {
+    float acc[TM][TN], acc2[TM][TN];
+    zero_acc(acc);
+    zero_acc(acc2);
+    if constexpr (MODE == 2) {
+      float E[TM][TN];
+#pragma unroll
+      for (int r = 0; r < TM; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; ++c) E[r][c] = -dec.g(t.ic[r], t.jc[c]);
+      mm_acc_exp(
+          acc, E, t, 0, L, [&](int i, int kk) { return dA[kk * ldc + i]; },
+          [&](int i, int kk) { return kk > i ? 0.f : -INFINITY; }, [&](int kk, int j) { return q[kk * ldk + j]; },
+          [&](int kk, int j) { return -dec.gq(kk, j); });
+    } else {
+      mm_acc(acc, t, 0, L, [&](int i, int kk) { return dA[kk * ldc + i]; }, [&](int kk, int j) { return q[kk * ldk + j]; });
+    }
+    mm_acc(acc2, t, 0, Dv, [&](int i, int kk) { return v[i * ldv + kk]; }, [&](int kk, int j) { return dH[int64_t(kk) * Dk + j]; });
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TN; ++c) {
+        const int i = t.i[r], j = t.j[c];
+        if (i >= L || j >= Dk) continue;
+        const float carry = acc2[r][c] * (MODE > 0 ? __expf(dec.g(L - 1, j) - dec.g(i, j)) : 1.f);
+        const float val = acc[r][c] + carry + dAd[i] * (uh ? uh[j] : 1.f) * q[i * ldk + j];
+        dk[int64_t(i) * rowk + j] = from_float<T>(val);
+        if (rbuf) rbuf[int64_t(i) * rowk + j] -= k[i * ldk + j] * val;
+      }
+  });
+  // du (bonus): per-chunk sum of dA_tt q_tc k_tc (reads raw q, k before k is transformed below)
+  if (bo.du) {
+    for (int c = threadIdx.x; c < Dk; c += blockDim.x) {
+      float s = 0.f;
+      for (int t = 0; t < L; ++t) s += dAd[t] * q[t * ldk + c] * k[t * ldk + c];
+      bo.du[bhn * Dk + c] = s;
+    }
+  }
+  __syncthreads();
+  // k -> k * exp(G_last - G) for the carried term of dv; chunk sums of r for dg
+  if constexpr (MODE > 0) {
+    for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
+      const int t = idx / Dk, c = idx - t * Dk;
+      k[t * ldk + c] *= __expf(dec.g(L - 1, c) - dec.g(t, c));
+    }
+  }
+  if (bo.ctot) {
+    for (int c = threadIdx.x; c < Dk; c += blockDim.x) {
+      float s = 0.f;
+      for (int t = 0; t < L; ++t) s += rbuf[int64_t(t) * rowk + c];
+      bo.ctot[bhn * Dk + c] = s;
+    }
+  }
+  __syncthreads();
+
+  // dv
+  T* dv = dvg + offv;
+  for_each_tile<TM, TN>(L, Dv, [&](const MicroTile<TM, TN>& t) {
+    float acc[TM][TN];
+    zero_acc(acc);
+    mm_acc(acc, t, 0, L, [&](int i, int kk) { return A[kk * ldc + i]; }, [&](int kk, int j) { return dO[kk * ldv + j]; });
+    mm_acc(acc, t, 0, Dk, [&](int i, int kk) { return k[i * ldk + kk]; }, [&](int kk, int j) { return dH[int64_t(j) * Dk + kk]; });
+#pragma unroll
+    for (int r = 0; r < TM; ++r)
+#pragma unroll
+      for (int c = 0; c < TN; ++c)
+        if (t.i[r] < L && t.j[c] < Dv) dv[int64_t(t.i[r]) * rowv + t.j[c]] = from_float<T>(acc[r][c]);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. dg: suffix sums of the per-chunk totals (plus F_c = sum_d dS_T[c][d] S_T[c][d]), then each chunk.
+// ---------------------------------------------------------------------------------------------
+__global__ void dg_suffix_kernel(Geo geo, float* __restrict__ ctot, const float* __restrict__ dfinal,
+                                 const float* __restrict__ final_state) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  const int bh = blockIdx.y;
+  if (c >= geo.Dk) return;
+  float run = 0.f;
+  if (dfinal && final_state) {
+    const int64_t base = (int64_t(bh) * geo.Dk + c) * geo.Dv;
+    for (int d = 0; d < geo.Dv; ++d) run += dfinal[base + d] * final_state[base + d];
+  }
+  float* p = ctot + int64_t(bh) * geo.N * geo.Dk + c;
+  for (int n = geo.N - 1; n >= 0; --n) {
+    const float x = p[int64_t(n) * geo.Dk];
+    p[int64_t(n) * geo.Dk] = run;
+    run += x;
+  }
+}
+
+__global__ void dg_kernel(Geo geo, const float* __restrict__ r, const float* __restrict__ p, const float* __restrict__ ctot,
+                          float* __restrict__ dg) {
+  const int n = blockIdx.x, bh = blockIdx.y;
+  const int b = bh / geo.H, h = bh % geo.H;
+  const int t0 = n * geo.C, L = ::min(geo.C, geo.T - t0);
+  const int64_t rowk = int64_t(geo.H) * geo.Dk;
+  const int64_t off = (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * geo.Dk;
+  for (int c = threadIdx.x; c < geo.Dk; c += blockDim.x) {
+    float acc = ctot[(int64_t(bh) * geo.N + n) * geo.Dk + c];
+    for (int t = L - 1; t >= 0; --t) {
+      const int64_t i = off + int64_t(t) * rowk + c;
+      acc += r[i];
+      dg[i] = acc - (p ? p[i] : 0.f);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------
+size_t smem_state(const Geo& g) {
+  Smem s(g);
+  return size_t(g.C) * (s.ldk + s.ldv + (g.gw > 0 ? s.ldg : 0)) * sizeof(float);
+}
+size_t smem_fwd(const Geo& g) {
+  Smem s(g);
+  return size_t(g.C) * (2 * s.ldk + s.ldv + s.ldc + (g.gw > 0 ? s.ldg : 0)) * sizeof(float);
+}
+size_t smem_bwd(const Geo& g) {
+  Smem s(g);
+  return size_t(g.C) * (2 * s.ldk + 2 * s.ldv + 2 * s.ldc + 1 + (g.gw > 0 ? s.ldg : 0)) * sizeof(float);
+}
+
+int max_smem_optin() {
+  static int cached[64] = {};
+  int dev = ::seqmix::cuda::current_device();
+  int slot = dev & 63;
+  if (cached[slot] == 0) {
+    int v = 0;
+    SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    cached[slot] = v;
+  }
+  return cached[slot];
+}
+
+template <typename K>
+void set_smem(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+template <typename T>
+const T* cptr(const Tensor& t) {
+  return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
+}
+template <typename T>
+T* mptr(const Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+// Dispatch over the decay mode (0 none, 1 per head, 2 per channel).
+template <class F>
+void with_mode(int mode, F&& f) {
+  switch (mode) {
+    case 0: f.template operator()<0>(); break;
+    case 1: f.template operator()<1>(); break;
+    default: f.template operator()<2>(); break;
+  }
+}
+
+struct Inputs {
+  Tensor q, k, v;  // contiguous, one dtype
+  Tensor g;        // f32 contiguous [B, T, H, Dk] or [B, T, H], or undefined
+  Tensor u;        // f32 contiguous [H, Dk] or undefined
+  Tensor s0;       // f32 contiguous [B, H, Dk, Dv] or undefined
+  Geo geo;
+  int mode;
+};
+
+void forward_launch(const Inputs& in, const Tensor& states, const Tensor& glast, const Tensor& o, const Tensor& final_state) {
+  const Geo& geo = in.geo;
+  cudaStream_t st = ::seqmix::cuda::current_stream();
+  dim3 grid(unsigned(geo.N), unsigned(geo.H), unsigned(geo.B));
+  SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence", [&]<typename T>() {
+    with_mode(in.mode, [&]<int MODE>() {
+      {
+        auto kern = chunk_state_kernel<T, MODE, false>;
+        const size_t sb = smem_state(geo);
+        set_smem(kern, sb);
+        kern<<<grid, kThreads, sb, st>>>(geo, cptr<T>(in.k), cptr<T>(in.v), cptr<float>(in.g), mptr<float>(states),
+                                         mptr<float>(glast));
+        SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_kernel");
+      }
+      {
+        const int64_t DD = int64_t(geo.Dk) * geo.Dv;
+        dim3 g2(unsigned((DD + kThreads - 1) / kThreads), unsigned(geo.B * geo.H));
+        state_scan_kernel<false><<<g2, kThreads, 0, st>>>(geo, mptr<float>(states), MODE > 0 ? cptr<float>(glast) : nullptr,
+                                                          cptr<float>(in.s0), mptr<float>(final_state));
+        SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence state_scan_kernel");
+      }
+      {
+        auto kern = chunk_fwd_kernel<T, MODE>;
+        const size_t sb = smem_fwd(geo);
+        set_smem(kern, sb);
+        kern<<<grid, kThreads, sb, st>>>(geo, cptr<T>(in.q), cptr<T>(in.k), cptr<T>(in.v), cptr<float>(in.g),
+                                         cptr<float>(in.u), cptr<float>(states), mptr<T>(o));
+        SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_fwd_kernel");
+      }
+    });
+  });
+}
+
+struct Grads {
+  Tensor dq, dk, dv, dg, du, ds0;
+};
+
+Grads backward_launch(const Inputs& in, const Tensor& states, const Tensor& glast, const Tensor& final_state,
+                      const Tensor& dout, const Tensor& dfinal) {
+  const Geo& geo = in.geo;
+  const Device dev = in.v.device();
+  cudaStream_t st = ::seqmix::cuda::current_stream();
+  dim3 grid(unsigned(geo.N), unsigned(geo.H), unsigned(geo.B));
+  Grads gr;
+  gr.dq = Tensor::empty(in.q.shape(), in.q.dtype(), dev);
+  gr.dk = Tensor::empty(in.k.shape(), in.k.dtype(), dev);
+  gr.dv = Tensor::empty(in.v.shape(), in.v.dtype(), dev);
+  gr.ds0 = Tensor::empty({geo.B, geo.H, geo.Dk, geo.Dv}, DType::F32, dev);
+  Tensor dstates = Tensor::empty(states.shape(), DType::F32, dev);
+  Tensor rbuf, pbuf, ctot, dubuf, dg32;
+  if (in.mode > 0) {
+    rbuf = Tensor::empty({geo.B, geo.T, geo.H, geo.Dk}, DType::F32, dev);
+    ctot = Tensor::empty({geo.B, geo.H, geo.N, geo.Dk}, DType::F32, dev);
+    dg32 = Tensor::empty({geo.B, geo.T, geo.H, geo.Dk}, DType::F32, dev);
+    if (geo.bonus) pbuf = Tensor::empty({geo.B, geo.T, geo.H, geo.Dk}, DType::F32, dev);
+  }
+  if (geo.bonus) dubuf = Tensor::empty({geo.B, geo.H, geo.N, geo.Dk}, DType::F32, dev);
+  SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence backward", [&]<typename T>() {
+    with_mode(in.mode, [&]<int MODE>() {
+      {
+        auto kern = chunk_state_kernel<T, MODE, true>;
+        const size_t sb = smem_state(geo);
+        set_smem(kern, sb);
+        kern<<<grid, kThreads, sb, st>>>(geo, cptr<T>(in.q), cptr<T>(dout), cptr<float>(in.g), mptr<float>(dstates), nullptr);
+        SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_kernel (backward)");
+      }
+      {
+        const int64_t DD = int64_t(geo.Dk) * geo.Dv;
+        dim3 g2(unsigned((DD + kThreads - 1) / kThreads), unsigned(geo.B * geo.H));
+        state_scan_kernel<true><<<g2, kThreads, 0, st>>>(geo, mptr<float>(dstates), MODE > 0 ? cptr<float>(glast) : nullptr,
+                                                         cptr<float>(dfinal), mptr<float>(gr.ds0));
+        SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence state_scan_kernel (backward)");
+      }
+      {
+        auto kern = chunk_bwd_kernel<T, MODE>;
+        const size_t sb = smem_bwd(geo);
+        set_smem(kern, sb);
+        BwdOut bo{mptr<float>(rbuf), mptr<float>(pbuf), mptr<float>(ctot), mptr<float>(dubuf)};
+        kern<<<grid, kThreads, sb, st>>>(geo, cptr<T>(in.q), cptr<T>(in.k), cptr<T>(in.v), cptr<T>(dout), cptr<float>(in.g),
+                                         cptr<float>(in.u), cptr<float>(states), cptr<float>(dstates), mptr<T>(gr.dq),
+                                         mptr<T>(gr.dk), mptr<T>(gr.dv), bo);
+        SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_bwd_kernel");
+      }
+    });
+  });
+  if (in.mode > 0) {
+    dim3 gs(unsigned((geo.Dk + 127) / 128), unsigned(geo.B * geo.H));
+    dg_suffix_kernel<<<gs, 128, 0, st>>>(geo, mptr<float>(ctot), dfinal.defined() && final_state.defined() ? cptr<float>(dfinal) : nullptr,
+                                         cptr<float>(final_state));
+    SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence dg_suffix_kernel");
+    dim3 gd(unsigned(geo.N), unsigned(geo.B * geo.H));
+    const int th = geo.Dk >= 128 ? 128 : 32 * ((geo.Dk + 31) / 32);
+    dg_kernel<<<gd, th, 0, st>>>(geo, cptr<float>(rbuf), cptr<float>(pbuf), cptr<float>(ctot), mptr<float>(dg32));
+    SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence dg_kernel");
+    gr.dg = in.mode == 1 ? sum(dg32, -1) : dg32;
+  }
+  if (geo.bonus) gr.du = sum(dubuf, std::vector<int>{0, 2});  // [H, Dk]
+  return gr;
+}
+
+struct RecurrenceFunction : autograd::CustomFunction {
+  Geo geo{};
+  int mode = 0;
+  DType q_dtype = DType::F32, k_dtype = DType::F32, v_dtype = DType::F32, g_dtype = DType::F32, u_dtype = DType::F32;
+  bool has_final = false;
+  std::string name() const override { return "linear_recurrence_cuda"; }
+  autograd::Tensors backward(const autograd::Tensors& grads) override {
+    const autograd::Tensors& s = saved();  // q, k, v, g, u, s0, states, glast, final
+    Tensor dout = grads.size() > 0 ? grads[0] : Tensor();
+    Tensor dfinal = grads.size() > 1 ? grads[1] : Tensor();
+    if (!dout.defined() && !dfinal.defined()) return autograd::Tensors(6);
+    Inputs in;
+    in.q = s[0];
+    in.k = s[1];
+    in.v = s[2];
+    in.g = s[3];
+    in.u = s[4];
+    in.s0 = s[5];
+    in.geo = geo;
+    in.mode = mode;
+    Grads gr;
+    {
+      autograd::NoGradGuard ng;
+      if (!dout.defined()) dout = zeros(in.v.shape(), in.v.dtype(), in.v.device());
+      dout = dout.detach();
+      if (dout.dtype() != in.v.dtype()) dout = dout.to(in.v.dtype());
+      dout = dout.contiguous();
+      if (dfinal.defined()) dfinal = dfinal.detach().to(DType::F32).contiguous();
+      ::seqmix::cuda::select_device(in.v.device().index);
+      gr = backward_launch(in, s[6], s[7], s[8], dout, dfinal);
+    }
+    autograd::Tensors out(6);
+    if (needs_input_grad(0)) out[0] = gr.dq.dtype() == q_dtype ? gr.dq : gr.dq.to(q_dtype);
+    if (needs_input_grad(1)) out[1] = gr.dk.dtype() == k_dtype ? gr.dk : gr.dk.to(k_dtype);
+    if (needs_input_grad(2)) out[2] = gr.dv.dtype() == v_dtype ? gr.dv : gr.dv.to(v_dtype);
+    if (needs_input_grad(3) && gr.dg.defined()) out[3] = gr.dg.dtype() == g_dtype ? gr.dg : gr.dg.to(g_dtype);
+    if (needs_input_grad(4) && gr.du.defined()) out[4] = gr.du.dtype() == u_dtype ? gr.du : gr.du.to(u_dtype);
+    if (needs_input_grad(5)) out[5] = gr.ds0;
+    return out;
+  }
+};
+
+}  // namespace
+}  // namespace lr_cuda
+
+RecurrenceResult linear_recurrence_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& g_in,
+                                        const Tensor& bonus_in, const Tensor& s0_in, const RecurrenceOptions& opt) {
+  using namespace lr_cuda;
+  const char* what = "linear_recurrence (CUDA)";
+  SEQMIX_CHECK(q_in.defined() && k_in.defined() && v_in.defined(), what, ": q, k and v must be defined");
+  SEQMIX_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, what, ": q, k must be [B, T, H, Dk] and v [B, T, H, Dv], got ",
+               shape_str(q_in.shape()), ", ", shape_str(k_in.shape()), ", ", shape_str(v_in.shape()));
+  SEQMIX_CHECK(q_in.shape() == k_in.shape(), what, ": q ", shape_str(q_in.shape()), " and k ", shape_str(k_in.shape()),
+               " must have one shape");
+  SEQMIX_CHECK(v_in.size(0) == q_in.size(0) && v_in.size(1) == q_in.size(1) && v_in.size(2) == q_in.size(2), what, ": v ",
+               shape_str(v_in.shape()), " does not match q ", shape_str(q_in.shape()), " in [B, T, H]");
+  SEQMIX_CHECK(q_in.is_cuda() && k_in.is_cuda() && v_in.is_cuda(), what, ": q, k and v must be CUDA tensors");
+  SEQMIX_CHECK(is_floating(v_in.dtype()) && v_in.dtype() != DType::F64, what, ": v must be f32, bf16 or f16, got ",
+               dtype_name(v_in.dtype()));
+  const int64_t B = q_in.size(0), T = q_in.size(1), H = q_in.size(2), Dk = q_in.size(3), Dv = v_in.size(3);
+  int mode = 0;
+  if (g_in.defined()) {
+    if (g_in.dim() == 3) {
+      SEQMIX_CHECK(g_in.shape() == (Shape{B, T, H}), what, ": a per-head g must be [B, T, H] = ", shape_str({B, T, H}), ", got ",
+                   shape_str(g_in.shape()));
+      mode = 1;
+    } else {
+      SEQMIX_CHECK(g_in.shape() == q_in.shape(), what, ": g must be [B, T, H, Dk] = ", shape_str(q_in.shape()),
+                   " or [B, T, H], got ", shape_str(g_in.shape()));
+      mode = 2;
+    }
+  }
+  if (bonus_in.defined())
+    SEQMIX_CHECK(bonus_in.shape() == (Shape{H, Dk}), what, ": bonus must be [H, Dk] = ", shape_str({H, Dk}), ", got ",
+                 shape_str(bonus_in.shape()));
+  if (s0_in.defined())
+    SEQMIX_CHECK(s0_in.shape() == (Shape{B, H, Dk, Dv}), what, ": initial_state must be [B, H, Dk, Dv] = ",
+                 shape_str({B, H, Dk, Dv}), ", got ", shape_str(s0_in.shape()));
+  SEQMIX_CHECK(Dk > 0 && Dv > 0, what, ": head dims must be positive");
+  SEQMIX_CHECK(B * H <= 65535 && H <= 65535 && B <= 65535, what, ": B * H too large for the launch grid");
+  const Device dev = v_in.device();
+  ::seqmix::cuda::select_device(dev.index);
+
+  Inputs in;
+  RecurrenceResult res;
+  Tensor states, glast;
+  {
+    autograd::NoGradGuard ng;
+    const DType dt = v_in.dtype();
+    auto prep = [&](const Tensor& t) {
+      Tensor x = t.detach();
+      if (x.dtype() != dt) x = x.to(dt);
+      return x.contiguous();
+    };
+    in.q = prep(q_in);
+    in.k = prep(k_in);
+    in.v = prep(v_in);
+    if (g_in.defined()) in.g = g_in.detach().to(dev).to(DType::F32).contiguous();
+    if (bonus_in.defined()) in.u = bonus_in.detach().to(dev).to(DType::F32).contiguous();
+    if (s0_in.defined()) in.s0 = s0_in.detach().to(dev).to(DType::F32).contiguous();
+    in.mode = mode;
+    Geo& geo = in.geo;
+    geo.B = int(B);
+    geo.T = int(T);
+    geo.H = int(H);
+    geo.Dk = int(Dk);
+    geo.Dv = int(Dv);
+    geo.gw = mode == 2 ? int(Dk) : mode;
+    geo.scale = float(opt.scale);
+    geo.bonus = bonus_in.defined();
+    // Chunk length: opt.chunk (64), halved until a chunk's shared memory fits.
+    int C = int(std::clamp<int64_t>(opt.chunk > 0 ? opt.chunk : 64, 16, 64));
+    const size_t limit = size_t(max_smem_optin());
+    for (;;) {
+      geo.C = C;
+      if (std::max({smem_state(geo), smem_fwd(geo), smem_bwd(geo)}) <= limit || C <= 16) break;
+      C /= 2;
+    }
+    SEQMIX_CHECK(std::max({smem_state(geo), smem_fwd(geo), smem_bwd(geo)}) <= limit, what, ": head dims Dk=", Dk, " Dv=", Dv,
+                 " are too large for the CUDA kernel's shared memory");
+    geo.N = int((T + C - 1) / C);
+
+    res.o = Tensor::empty({B, T, H, Dv}, dt, dev);
+    res.final_state = Tensor::empty({B, H, Dk, Dv}, DType::F32, dev);
+    if (T == 0) {
+      if (in.s0.defined()) res.final_state.copy_(in.s0);
+      else res.final_state.zero_();
+    } else {
+      states = Tensor::empty({B, H, int64_t(geo.N), Dv, Dk}, DType::F32, dev);
+      if (mode > 0) glast = Tensor::empty({B, H, int64_t(geo.N), int64_t(geo.gw)}, DType::F32, dev);
+      forward_launch(in, states, glast, res.o, res.final_state);
+    }
+  }
+  const Tensor final_out = opt.want_final_state ? res.final_state : Tensor();
+  if (T > 0 && autograd::needs_grad({&q_in, &k_in, &v_in, &g_in, &bonus_in, &s0_in})) {
+    auto fn = std::make_shared<RecurrenceFunction>();
+    fn->geo = in.geo;
+    fn->mode = mode;
+    fn->q_dtype = q_in.dtype();
+    fn->k_dtype = k_in.dtype();
+    fn->v_dtype = v_in.dtype();
+    fn->g_dtype = g_in.defined() ? g_in.dtype() : DType::F32;
+    fn->u_dtype = bonus_in.defined() ? bonus_in.dtype() : DType::F32;
+    // The final state is kept only for dg's final-state term (d final_state . final_state).
+    fn->save_for_backward({in.q, in.k, in.v, in.g, in.u, in.s0, states, glast,
+                           opt.want_final_state && mode > 0 ? res.final_state : Tensor()});
+    autograd::CustomFunction::attach(fn, {q_in, k_in, v_in, g_in, bonus_in, s0_in},
+                                     opt.want_final_state ? autograd::Tensors{res.o, final_out} : autograd::Tensors{res.o});
+  }
+  res.final_state = final_out;
+  return res;
+}
+
+}  // namespace seqmix::mixers
