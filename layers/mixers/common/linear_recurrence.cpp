@@ -129,8 +129,8 @@ RecurrenceResult chunked_cpu(const Tensor& q_in, const Tensor& k_in, const Tenso
       s[1] = pad;
       a = cat({a, zeros(s, d.acc, dev)}, 1);
     }
-    if (a.dim() == 4) return a.view({B, N, C, H, a.size(3)}).permute({0, 3, 1, 2, 4}).contiguous();
-    return a.view({B, N, C, H}).permute({0, 3, 1, 2}).contiguous();  // per-head decay: [B, H, N, C]
+    if (a.dim() == 4) return a.reshape({B, N, C, H, a.size(3)}).permute({0, 3, 1, 2, 4}).contiguous();
+    return a.reshape({B, N, C, H}).permute({0, 3, 1, 2}).contiguous();  // per-head decay: [B, H, N, C]
   };
   Tensor qc = prep(q_in), kc = prep(k_in), vc = prep(v_in);
 
