@@ -193,6 +193,7 @@ void Trainer::setup_logging() {
   spdlog::drop("seqmix");
   auto logger = std::make_shared<spdlog::logger>("seqmix", sinks.begin(), sinks.end());
   logger->set_pattern("[%Y-%m-%d %H:%M:%S] %v");
+  logger->flush_on(spdlog::level::info);  // log.txt is complete even if the process dies
   spdlog::set_default_logger(logger);
 }
 

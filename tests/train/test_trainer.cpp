@@ -189,3 +189,17 @@ TEST(Generate, TopKAndTopPRestrictTheChoice) {
   o.top_p = 0.5;  // token 1 alone holds > 50% of the mass
   for (double u : {0.01, 0.99}) EXPECT_EQ(train::sample_from_logits(logits, o, u), 1);
 }
+
+TEST(Trainer, NonFiniteStepsAreSkippedThenTheRunStops) {
+  // weights drawn with std 1e38 include infinities: every step's loss is NaN
+  std::string data = tiny_dataset();
+  fs::path a = scratch("nan");
+  std::string text = config_text(data, a.string(), "  max_bad_steps: 3\n");
+  auto cfg = write_and_load(a, text, {"model.init_std=1e38", "train.ckpt_every=0"});
+  train::Trainer t(std::move(cfg), (a / "cfg.yaml").string(), "", "");
+  expect_error_contains([&] { t.run(); }, "3 consecutive steps had a non-finite loss");
+  std::ifstream log(a / "t" / "log.txt");
+  std::stringstream ss;
+  ss << log.rdbuf();
+  EXPECT_NE(ss.str().find("update skipped"), std::string::npos) << "each skipped step is logged";
+}
