@@ -6,7 +6,8 @@
 
 namespace seqmix::mixers {
 
-ShortConv::ShortConv(int64_t channels, int64_t kernel, Generator& gen) : channels_(channels), kernel_(kernel) {
+ShortConv::ShortConv(int64_t channels, int64_t kernel, Generator& gen, bool activation)
+    : channels_(channels), kernel_(kernel), activation_(activation) {
   SEQMIX_CHECK(kernel >= 1, "short convolution: kernel size must be >= 1, got ", kernel);
   Tensor w = empty({channels, kernel});
   double bound = 1.0 / std::sqrt(double(kernel));  // PyTorch's default for a depthwise conv (fan_in = K)
@@ -26,7 +27,7 @@ Tensor ShortConv::forward(const Tensor& x, Tensor* cache) const {
     int64_t keep = std::min<int64_t>(kernel_ - 1, xe.size(1));
     *cache = keep > 0 ? xe.narrow(1, xe.size(1) - keep, keep).detach().contiguous() : Tensor();
   }
-  return silu(y);
+  return activation_ ? silu(y) : y;
 }
 
 Tensor token_shift(const Tensor& x, Tensor* last) {

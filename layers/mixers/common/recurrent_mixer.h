@@ -20,11 +20,12 @@ struct RecurrentState : MixerState {
   int64_t pos = 0;           // tokens seen (rotary positions)
 };
 
-// Depthwise causal convolution over time (kernel K per channel) followed by SiLU, as in the short
-// convolutions of GLA/HGRN2/xLSTM. `cache` (may be null) carries the last K-1 inputs across calls.
+// Depthwise causal convolution over time (kernel K per channel), followed by SiLU unless `activation` is
+// false, as in the short convolutions of GLA/HGRN2/xLSTM. `cache` (may be null) carries the last K-1
+// inputs across calls.
 class ShortConv : public Module {
  public:
-  ShortConv(int64_t channels, int64_t kernel, Generator& gen);
+  ShortConv(int64_t channels, int64_t kernel, Generator& gen, bool activation = true);
   std::string type_name() const override { return "ShortConv(" + std::to_string(channels_) + ", k=" + std::to_string(kernel_) + ")"; }
   Tensor forward(const Tensor& x, Tensor* cache) const;  // x [B, T, C]
   Tensor weight, bias;  // [C, K], [C]
@@ -32,6 +33,7 @@ class ShortConv : public Module {
 
  private:
   int64_t channels_, kernel_;
+  bool activation_;
 };
 
 // x_{t-1} for every t (zeros, or `*last`, before the first token); updates `*last` when given.
