@@ -5,8 +5,11 @@
 #include <iostream>
 #include <map>
 #include <sstream>
+#include <unistd.h>
 
 #include "data/prepare.h"
+#include "train/distributed/communicator.h"
+#include "train/distributed/launcher.h"
 #include "train/generate.h"
 #include "train/trainer.h"
 
@@ -78,12 +81,43 @@ double to_double(const std::string& s, const std::string& what) {
 
 int train_main(const std::vector<std::string>& argv) {
   const std::string usage =
-      "usage: seqmix train CONFIG.yaml [--set key.path=value ...] [--resume auto|DIR] [--device cpu|cuda]\n";
-  Args a = parse(argv, {"set", "resume", "device"}, usage);
+      "usage: seqmix train CONFIG.yaml [--set key.path=value ...] [--resume auto|DIR] [--device cpu|cuda] [--gpus N]\n"
+      "  --gpus N   data-parallel training on N local GPUs (N processes). Under torchrun or SLURM the\n"
+      "             environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT or SLURM_*) is used.\n";
+  Args a = parse(argv, {"set", "resume", "device", "gpus"}, usage);
   SEQMIX_CHECK(a.positional.size() == 1, "seqmix train needs exactly one config file\n", usage);
+  namespace dist = train::dist;
+  dist::DistEnv env = dist::dist_env_from_environment();
+  int64_t gpus = a.get("gpus").empty() ? 0 : to_int(a.get("gpus"), "gpus");
+  SEQMIX_CHECK(gpus >= 0, "--gpus must be positive");
+  if (gpus > 1 && !env.from_env) {  // the launcher: N children run this command without --gpus
+    std::vector<std::string> child{"train"};
+    for (size_t i = 0; i < argv.size(); ++i) {
+      if (argv[i] == "--gpus") ++i;
+      else if (argv[i].rfind("--gpus=", 0) != 0) child.push_back(argv[i]);
+    }
+    return dist::launch_local(int(gpus), child);
+  }
+  SEQMIX_CHECK(gpus <= 1 || gpus == env.world, "--gpus ", gpus, " disagrees with WORLD_SIZE/SLURM_NTASKS = ", env.world);
   auto cfg = Config::load(a.positional[0], a.all("set"));
-  train::Trainer t(std::move(cfg), a.positional[0], a.get("resume"), a.get("device"));
-  return t.run();
+  std::unique_ptr<dist::Communicator> comm;
+  if (env.world > 1) {
+    double timeout = cfg->root().child("train").get<double>("dist_timeout", 600.0);
+    comm = dist::make_nccl_communicator(env, timeout);
+  }
+  try {
+    train::Trainer t(std::move(cfg), a.positional[0], a.get("resume"), a.get("device"), comm.get());
+    return t.run();
+  } catch (const std::exception& e) {
+    if (!comm) throw;
+    // Tell the other ranks (they stop naming this one), then leave without waiting for collectives
+    // that can no longer complete.
+    comm->abort(e.what());
+    std::fprintf(stderr, "\nseqmix train: rank %d: error: %s\n", env.rank, e.what());
+    std::fflush(stderr);
+    std::fflush(stdout);
+    ::_exit(1);
+  }
 }
 
 int eval_main(const std::vector<std::string>& argv) {
