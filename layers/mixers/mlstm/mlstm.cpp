@@ -1,0 +1,117 @@
+#include "layers/mixers/mlstm/mlstm.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace seqmix::mixers {
+
+Tensor mlstm_cell(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& ig, const Tensor& logf, RecurrentState* st,
+                  int64_t chunk) {
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
+  DType gdt = ig.dtype();
+
+  // the max-stabilizer m_t = max(log f_t + m_{t-1}, i~_t), m_0 = 0 (or the carried one): constant, f64 scan
+  std::vector<double> igv = ig.detach().contiguous().to_vector<double>(), lfv = logf.detach().contiguous().to_vector<double>();
+  std::vector<double> m0(static_cast<size_t>(B * H), 0.0);
+  if (st && st->m.defined()) m0 = st->m.to_vector<double>();
+  std::vector<double> mv(igv.size()), mprev(igv.size()), emin(igv.size());
+  const double cap = gdt == DType::F64 ? 700.0 : 80.0;  // exp(-m) stays finite in the compute dtype
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      double m = m0[size_t(b * H + h)];
+      for (int64_t t = 0; t < T; ++t) {
+        size_t i = size_t((b * T + t) * H + h);
+        mprev[i] = m;
+        m = std::max(lfv[i] + m, igv[i]);
+        mv[i] = m;
+        emin[i] = std::exp(std::min(-m, cap));
+      }
+      m0[size_t(b * H + h)] = m;
+    }
+  if (st) st->m = Tensor::from_vector<double>(m0, {B, H});
+  Device dev = q.device();
+  Tensor m_t = Tensor::from_vector<double>(mv, {B, T, H}).to(dev, gdt);
+  Tensor m_prev = Tensor::from_vector<double>(mprev, {B, T, H}).to(dev, gdt);
+  Tensor floor = Tensor::from_vector<double>(emin, {B, T, H, 1}).to(dev, gdt);
+
+  Tensor g = sub(add(logf, m_prev), m_t);                    // log f_t + m_{t-1} - m_t
+  Tensor kscale = exp(sub(ig, m_t)) * (1.0 / std::sqrt(double(D)));  // exp(i~_t - m_t) / sqrt(d_k)
+  Tensor kk = mul(k, cast(kscale, k.dtype()).unsqueeze(-1));
+  Tensor v1 = cat({v, ones({B, T, H, 1}, v.dtype(), dev)}, 3);  // normalizer column
+  Tensor o = run_recurrence(q, kk, v1, g, Tensor(), st, 1.0, chunk);  // [B, T, H, D + 1]
+  Tensor num = o.narrow(3, 0, D), den = o.narrow(3, D, 1);
+  return div(num, maximum(abs(den), cast(floor, den.dtype())));
+}
+
+MLSTM::MLSTM(const MixerContext& ctx, const MLSTMConfig& cfg) : d_model_(ctx.d_model), heads_(cfg.n_heads), cfg_(cfg) {
+  SEQMIX_CHECK(heads_ > 0 && d_model_ % heads_ == 0, "mlstm: d_model (", d_model_, ") is not divisible by n_heads (", heads_, ")");
+  dh_ = d_model_ / heads_;
+  const int64_t d = d_model_;
+  Generator& gen = *ctx.gen;
+  conv = register_module("conv", std::make_shared<ShortConv>(d, cfg.conv_size, gen));
+  q_proj = register_module("q_proj", std::make_shared<Linear>(d, d, false, gen, ctx.init_std));
+  k_proj = register_module("k_proj", std::make_shared<Linear>(d, d, false, gen, ctx.init_std));
+  v_proj = register_module("v_proj", std::make_shared<Linear>(d, d, false, gen, ctx.init_std));
+  z_proj = register_module("z_proj", std::make_shared<Linear>(d, d, false, gen, ctx.init_std));
+  igate = register_module("igate", std::make_shared<Linear>(3 * d, heads_, true, gen, ctx.init_std));
+  fgate = register_module("fgate", std::make_shared<Linear>(3 * d, heads_, true, gen, ctx.init_std));
+  // xLSTM: gate weights start at zero, input-gate bias ~ N(0, 0.1), forget-gate bias linspace(3, 6)
+  igate->weight.zero_();
+  fgate->weight.zero_();
+  normal_(igate->bias, gen, 0.0, 0.1);
+  std::vector<float> fb(static_cast<size_t>(heads_));
+  for (int64_t h = 0; h < heads_; ++h)
+    fb[size_t(h)] = float(cfg.fgate_bias_lo + (cfg.fgate_bias_hi - cfg.fgate_bias_lo) * (heads_ > 1 ? double(h) / double(heads_ - 1) : 0.0));
+  fgate->bias.copy_(Tensor::from_vector<float>(fb, {heads_}));
+  out_proj = register_module("out_proj", std::make_shared<Linear>(d, d, false, gen, ctx.out_std));
+  norm_weight = register_parameter("norm_weight", ones({d}));
+  skip = register_parameter("skip", ones({d}));
+}
+
+std::string MLSTM::type_name() const {
+  return "MLSTM(heads=" + std::to_string(heads_) + ", head_dim=" + std::to_string(dh_) + ", conv=" + std::to_string(cfg_.conv_size) + ")";
+}
+
+Tensor MLSTM::run(const Tensor& x, RecurrentState* st) {
+  const int64_t B = x.size(0), T = x.size(1), H = heads_, D = dh_;
+  if (st && st->conv.size() < 1) st->conv.resize(1);
+  Tensor xc = conv->forward(x, st ? &st->conv[0] : nullptr);  // SiLU(conv(x))
+  Tensor q = q_proj->forward(xc), k = k_proj->forward(xc), v = v_proj->forward(x);
+  Tensor qkv = cat({q, k, v}, 2);
+  Tensor ig = gate_precision(igate->forward(qkv));              // [B, T, H] pre-activation i~
+  Tensor logf = logsigmoid(gate_precision(fgate->forward(qkv)));  // [B, T, H]
+  Tensor h = mlstm_cell(q.view({B, T, H, D}), k.view({B, T, H, D}), v.view({B, T, H, D}), ig, logf, st, cfg_.chunk);
+  h = head_norm(h, false, cfg_.norm_eps).reshape({B, T, d_model_});
+  h = add(mul(h, cast_param(norm_weight)), mul(xc, cast_param(skip)));
+  return out_proj->forward(mul(h, silu(z_proj->forward(x))));
+}
+
+std::unique_ptr<MixerState> MLSTM::init_state(int64_t, int64_t, Device, DType) const { return std::make_unique<RecurrentState>(); }
+
+Tensor MLSTM::step(const Tensor& x, MixerState& state) { return run(x, &dynamic_cast<RecurrentState&>(state)); }
+
+int64_t MLSTM::state_bytes(int64_t, int64_t dtype_bytes) const {
+  // f32 C and n (n as the extra column), the f64 stabilizer, the conv inputs
+  return heads_ * dh_ * (dh_ + 1) * 4 + heads_ * 8 + (cfg_.conv_size - 1) * d_model_ * dtype_bytes;
+}
+
+double MLSTM::flops_per_token(int64_t) const {
+  double d = double(d_model_);
+  double proj = 2.0 * d * d * 5 + 2.0 * 3 * d * 2 * double(heads_) + 2.0 * d * double(cfg_.conv_size);
+  return proj + recurrence_flops(heads_, dh_, dh_ + 1, cfg_.chunk);
+}
+
+void register_mlstm_mixer() {
+  register_mixer("mlstm", [](const MixerContext& ctx, const ConfigNode& c) -> std::shared_ptr<Mixer> {
+    MLSTMConfig cfg;
+    cfg.n_heads = c.get<int64_t>("n_heads", cfg.n_heads);
+    cfg.conv_size = c.get<int64_t>("conv_size", cfg.conv_size);
+    cfg.norm_eps = c.get<double>("norm_eps", cfg.norm_eps);
+    cfg.fgate_bias_lo = c.get<double>("fgate_bias_lo", cfg.fgate_bias_lo);
+    cfg.fgate_bias_hi = c.get<double>("fgate_bias_hi", cfg.fgate_bias_hi);
+    cfg.chunk = c.get<int64_t>("chunk", cfg.chunk);
+    return std::make_shared<MLSTM>(ctx, cfg);
+  });
+}
+
+}  // namespace seqmix::mixers
