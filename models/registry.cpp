@@ -1,5 +1,11 @@
 // The built-in mixers. Adding a mixer: one line here calling its register function.
 #include "layers/mixers/attention/attention.h"
+#include "layers/mixers/linear_attention/linear_attention.h"
+#include "layers/mixers/retnet/retnet.h"
+#include "layers/mixers/gla/gla.h"
+#include "layers/mixers/hgrn2/hgrn2.h"
+#include "layers/mixers/rwkv6/rwkv6.h"
+#include "layers/mixers/mlstm/mlstm.h"
 #include "models/lm.h"
 
 namespace seqmix {
@@ -9,6 +15,12 @@ void register_builtin_mixers() {
   if (done) return;
   done = true;
   mixers::register_attention_mixer();
+  mixers::register_linear_attention_mixer();
+  mixers::register_retnet_mixer();
+  mixers::register_gla_mixer();
+  mixers::register_hgrn2_mixer();
+  mixers::register_rwkv6_mixer();
+  mixers::register_mlstm_mixer();
 }
 
 }  // namespace seqmix
