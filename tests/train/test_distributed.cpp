@@ -15,6 +15,7 @@
 #include "train/checkpoint.h"
 #include "train/distributed/communicator.h"
 #include "train/distributed/ddp.h"
+#include "train/distributed/rendezvous.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -237,4 +238,58 @@ TEST(DataParallel, CheckpointFromTwoRanksResumesOnOneAndThree) {
   RunResult three = train_ranks(3, on3, config_text(on3, 2, 1, true), "auto");
   expect_close(ref, one, 2e-5, "resumed on 1 rank");
   expect_close(ref, three, 2e-5, "resumed on 3 ranks (ZeRO-1)");
+}
+
+TEST(Rendezvous, SharesTheIdAndNamesADeadRank) {
+  const int port = dist::find_free_port();
+  std::vector<std::unique_ptr<dist::Rendezvous>> rv(3);
+  std::vector<std::string> got(3);
+  std::vector<std::thread> ts;
+  for (int r = 0; r < 3; ++r)
+    ts.emplace_back([&, r] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(r == 0 ? 200 : 0));  // clients retry until rank 0 listens
+      rv[size_t(r)] = std::make_unique<dist::Rendezvous>(r, 3, "127.0.0.1", port, 10);
+      got[size_t(r)] = rv[size_t(r)]->share(r == 0 ? std::string("unique-id\0bytes", 15) : "");
+    });
+  for (auto& t : ts) t.join();
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(got[size_t(r)], std::string("unique-id\0bytes", 15));
+
+  std::mutex mu;
+  std::vector<std::string> failures(3);
+  for (int r = 0; r < 3; ++r)
+    rv[size_t(r)]->start_monitor([r] { return int64_t(10 + r); }, [&, r](const std::string& m) {
+      std::lock_guard<std::mutex> lk(mu);
+      failures[size_t(r)] = m;
+    });
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  auto table = rv[1]->progress_table();  // relayed by rank 0
+  EXPECT_EQ(table[0].progress, 10);
+  EXPECT_EQ(table[2].progress, 12);
+  rv[2].reset();  // rank 2 "dies": its connection closes without a goodbye
+  for (int i = 0; i < 100; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::lock_guard<std::mutex> lk(mu);
+    if (!failures[0].empty() && !failures[1].empty()) break;
+  }
+  std::lock_guard<std::mutex> lk(mu);
+  EXPECT_NE(failures[0].find("rank 2 disconnected"), std::string::npos) << failures[0];
+  EXPECT_NE(failures[1].find("rank 2 disconnected"), std::string::npos) << failures[1];
+}
+
+TEST(Rendezvous, AGoodbyeIsNotAFailureAndAMissingRankIsNamed) {
+  const int port = dist::find_free_port();
+  std::vector<std::unique_ptr<dist::Rendezvous>> rv(2);
+  std::thread t1([&] { rv[1] = std::make_unique<dist::Rendezvous>(1, 2, "127.0.0.1", port, 10); rv[1]->share(""); });
+  rv[0] = std::make_unique<dist::Rendezvous>(0, 2, "127.0.0.1", port, 10);
+  rv[0]->share("x");
+  t1.join();
+  std::atomic<int> failures{0};
+  for (auto& r : rv) r->start_monitor([] { return int64_t(0); }, [&](const std::string&) { failures++; });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  rv[1]->goodbye();
+  rv[1].reset();
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  EXPECT_EQ(failures.load(), 0);
+  rv[0].reset();
+  expect_error_contains([&] { dist::Rendezvous r(0, 3, "127.0.0.1", dist::find_free_port(), 0.3); }, "rank(s) 1, 2 did not connect");
 }
