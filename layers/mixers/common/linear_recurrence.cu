@@ -120,19 +120,43 @@ struct Decay {
   }
 };
 
-// The chunk's A (C x C, ld ldc): strictly-lower part with decays; diagonal by the caller (diag_A).
+// Largest |G| for which a chunk's per-channel decays may be factored out of the products:
+// exp(Gq_t - G_s) = exp(Gq_t) * exp(-G_s) with both factors within [e^-60, e^60] (f32 keeps full relative
+// precision there, and sums of Dk such terms stay far below the f32 range). Chunks with stronger decays
+// take the pairwise path (an exponential per term).
+constexpr float kFactorLimit = 60.f;
+
+// 1 when every |G| of the chunk is <= kFactorLimit (every thread gets the answer; contains a sync).
+__device__ __forceinline__ int chunk_factorable(const float* G, int ldg, int C, int gw, int* flag) {
+  if (threadIdx.x == 0) *flag = 1;
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < C * gw; idx += blockDim.x) {
+    const int r = idx / gw, c = idx - r * gw;
+    if (!(fabsf(G[r * ldg + c]) <= kFactorLimit)) *flag = 0;
+  }
+  __syncthreads();
+  return *flag;
+}
+
+// The chunk's A (C x C, ld ldc): strictly-lower part with decays (entries on and above the diagonal are not
+// written here: the diagonal is diag_A's, the upper part is never read).
 template <int MODE>
 __device__ __forceinline__ void compute_A_lower(float* A, int ldc, const float* q, const float* k, int ldk,
-                                                const Decay<MODE>& dec, int L, int Dk, float scale) {
+                                                const Decay<MODE>& dec, int L, int Dk, float scale, bool factored) {
   for_each_tile<TM, TN>(L, L, [&](const MicroTile<TM, TN>& t) {
     float acc[TM][TN];
     zero_acc(acc);
     if constexpr (MODE == 2) {
-      float E[TM][TN];
-      zero_acc(E);
-      mm_acc_exp(
-          acc, E, t, 0, Dk, [&](int i, int kk) { return q[i * ldk + kk]; }, [&](int i, int kk) { return dec.gq(i, kk); },
-          [&](int kk, int j) { return k[j * ldk + kk]; }, [&](int kk, int j) { return dec.g(j, kk); });
+      if (factored) {
+        mm_acc(acc, t, 0, Dk, [&](int i, int kk) { return q[i * ldk + kk] * __expf(dec.gq(i, kk)); },
+               [&](int kk, int j) { return k[j * ldk + kk] * __expf(-dec.g(j, kk)); });
+      } else {
+        float E[TM][TN];
+        zero_acc(E);
+        mm_acc_exp(
+            acc, E, t, 0, Dk, [&](int i, int kk) { return q[i * ldk + kk]; }, [&](int i, int kk) { return dec.gq(i, kk); },
+            [&](int kk, int j) { return k[j * ldk + kk]; }, [&](int kk, int j) { return dec.g(j, kk); });
+      }
     } else {
       mm_acc(acc, t, 0, Dk, [&](int i, int kk) { return q[i * ldk + kk]; }, [&](int kk, int j) { return k[j * ldk + kk]; });
     }
@@ -141,7 +165,7 @@ __device__ __forceinline__ void compute_A_lower(float* A, int ldc, const float* 
 #pragma unroll
       for (int c = 0; c < TN; ++c) {
         const int i = t.i[r], j = t.j[c];
-        if (i >= L || j >= L) continue;
+        if (i >= L || j >= L || j == i) continue;
         float val = 0.f;
         if (j < i) {
           val = scale * acc[r][c];
@@ -152,15 +176,13 @@ __device__ __forceinline__ void compute_A_lower(float* A, int ldc, const float* 
   });
 }
 
-// A_tt = scale * sum_c q_tc k_tc w_c (w = u with a bonus, else 1). Rows past L get 0.
+// A_tt = scale * sum_c q_tc k_tc w_c (w = u with a bonus, else 1), one thread per row.
 __device__ __forceinline__ void diag_A(float* A, int ldc, const float* q, const float* k, int ldk, const float* u,
                                        int L, int Dk, float scale) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  for (int t = warp; t < L; t += nw) {
+  for (int t = threadIdx.x; t < L; t += blockDim.x) {
     float s = 0.f;
-    for (int c = lane; c < Dk; c += 32) s += q[t * ldk + c] * k[t * ldk + c] * (u ? u[c] : 1.f);
-    s = ::seqmix::cuda::warp_reduce_sum(s);
-    if (lane == 0) A[t * ldc + t] = scale * s;
+    for (int c = 0; c < Dk; ++c) s += q[t * ldk + c] * k[t * ldk + c] * (u ? u[c] : 1.f);
+    A[t * ldc + t] = scale * s;
   }
 }
 
@@ -283,7 +305,9 @@ __global__ void __launch_bounds__(kThreads) chunk_fwd_kernel(Geo geo, const T* _
   }
   __syncthreads();
   const Decay<MODE> dec{G, sm.ldg, geo.bonus};
-  compute_A_lower<MODE>(A, ldc, q, k, ldk, dec, L, Dk, geo.scale);
+  __shared__ int s_flag;
+  const bool factored = MODE == 2 && chunk_factorable(G, sm.ldg, C, geo.gw, &s_flag);
+  compute_A_lower<MODE>(A, ldc, q, k, ldk, dec, L, Dk, geo.scale, factored);
   diag_A(A, ldc, q, k, ldk, geo.bonus ? u + int64_t(h) * Dk : nullptr, L, Dk, geo.scale);
   __syncthreads();
   // q -> scale * q * exp(Gq) for the inter-chunk term
@@ -358,7 +382,9 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
 
   // A (strictly lower) and dA: dA[t][s] = scale do_t . v_s for s < t (times exp(Gq_t - G_s) unless the decay
   // is per channel), 0 for s >= t; dAd[t] = scale do_t . v_t.
-  compute_A_lower<MODE>(A, ldc, q, k, ldk, dec, L, Dk, scale);
+  __shared__ int s_flag;
+  const bool factored = MODE == 2 && chunk_factorable(G, sm.ldg, C, geo.gw, &s_flag);
+  compute_A_lower<MODE>(A, ldc, q, k, ldk, dec, L, Dk, scale, factored);
   for_each_tile<TM, TN>(L, L, [&](const MicroTile<TM, TN>& t) {
     float acc[TM][TN];
     zero_acc(acc);
@@ -390,7 +416,10 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
     float acc[TM][TN], acc2[TM][TN];
     zero_acc(acc);
     zero_acc(acc2);
-    if constexpr (MODE == 2) {
+    if (MODE == 2 && factored) {  // exp(Gq_tc) * sum_s dA_ts (k_sc exp(-G_sc)); the factor is applied below
+      mm_acc(acc, t, 0, L, [&](int i, int kk) { return dA[i * ldc + kk]; },
+             [&](int kk, int j) { return k[kk * ldk + j] * __expf(-dec.g(kk, j)); });
+    } else if constexpr (MODE == 2) {
       float E[TM][TN];
 #pragma unroll
       for (int r = 0; r < TM; ++r)
@@ -410,8 +439,8 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
       for (int c = 0; c < TN; ++c) {
         const int i = t.i[r], j = t.j[c];
         if (i >= L || j >= Dk) continue;
-        const float inter = scale * acc2[r][c] * (MODE > 0 ? __expf(dec.gq(i, j)) : 1.f);
-        float dst = acc[r][c] + inter;
+        const float eq = MODE > 0 ? __expf(dec.gq(i, j)) : 1.f;
+        float dst = (MODE == 2 && factored ? acc[r][c] * eq : acc[r][c]) + scale * acc2[r][c] * eq;
         float val = dst;
         if (uh) val += dAd[i] * uh[j] * k[i * ldk + j];
         else dst = val = dst + dAd[i] * k[i * ldk + j];
@@ -427,7 +456,10 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
     float acc[TM][TN], acc2[TM][TN];
     zero_acc(acc);
     zero_acc(acc2);
-    if constexpr (MODE == 2) {
+    if (MODE == 2 && factored) {  // exp(-G_sc) * sum_t dA_ts (q_tc exp(Gq_tc)); the factor is applied below
+      mm_acc(acc, t, 0, L, [&](int i, int kk) { return dA[kk * ldc + i]; },
+             [&](int kk, int j) { return q[kk * ldk + j] * __expf(dec.gq(kk, j)); });
+    } else if constexpr (MODE == 2) {
       float E[TM][TN];
 #pragma unroll
       for (int r = 0; r < TM; ++r)
@@ -448,7 +480,8 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
         const int i = t.i[r], j = t.j[c];
         if (i >= L || j >= Dk) continue;
         const float carry = acc2[r][c] * (MODE > 0 ? __expf(dec.g(L - 1, j) - dec.g(i, j)) : 1.f);
-        const float val = acc[r][c] + carry + dAd[i] * (uh ? uh[j] : 1.f) * q[i * ldk + j];
+        const float intra = MODE == 2 && factored ? acc[r][c] * __expf(-dec.g(i, j)) : acc[r][c];
+        const float val = intra + carry + dAd[i] * (uh ? uh[j] : 1.f) * q[i * ldk + j];
         dk[int64_t(i) * rowk + j] = from_float<T>(val);
         if (rbuf) rbuf[int64_t(i) * rowk + j] -= k[i * ldk + j] * val;
       }
@@ -531,6 +564,7 @@ __global__ void dg_kernel(Geo geo, const float* __restrict__ r, const float* __r
   }
 }
 
+#ifndef SEQMIX_LR_EMULATE  // (defined by a CPU emulation of the kernels: one thread per block, no launches)
 // ---------------------------------------------------------------------------------------------
 // Host side
 // ---------------------------------------------------------------------------------------------
@@ -735,9 +769,11 @@ struct RecurrenceFunction : autograd::CustomFunction {
   }
 };
 
+#endif  // SEQMIX_LR_EMULATE
 }  // namespace
 }  // namespace lr_cuda
 
+#ifndef SEQMIX_LR_EMULATE
 RecurrenceResult linear_recurrence_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& g_in,
                                         const Tensor& bonus_in, const Tensor& s0_in, const RecurrenceOptions& opt) {
   using namespace lr_cuda;
@@ -845,5 +881,7 @@ RecurrenceResult linear_recurrence_cuda(const Tensor& q_in, const Tensor& k_in, 
   res.final_state = final_out;
   return res;
 }
+
+#endif  // SEQMIX_LR_EMULATE
 
 }  // namespace seqmix::mixers
