@@ -135,6 +135,8 @@ RunSettings read_run_settings(Config& cfg, const std::string& config_path) {
   s.zero1 = tr.get<bool>("zero1", s.zero1);
   SEQMIX_CHECK(s.dist_timeout > 0 && s.bucket_mb > 0, "train.dist_timeout and train.bucket_mb must be positive");
   SEQMIX_CHECK(s.steps > 0 && s.batch_size > 0 && s.grad_accum > 0, "train.steps, train.batch_size and train.grad_accum must be positive");
+  validate_schedule(s.schedule);  // before anything is written: a bad schedule fails at once
+  validate_adamw_config(s.adamw);
   SEQMIX_CHECK(s.precision == "auto" || s.precision == "f32" || s.precision == "bf16", "train.precision must be auto, f32 or bf16, got '",
                s.precision, "'");
   return s;
