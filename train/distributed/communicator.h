@@ -14,8 +14,9 @@
 // seconds (train.dist_timeout), or that reports a failure through abort(), makes the others stop
 // with a seqmix::Error (or, for NCCL, a message on stderr and exit) that names it.
 //
-// Backends: InProcessGroup (threads of one process, shared memory; for tests, no GPU needed) and,
-// when built with CUDA and NCCL, make_nccl_communicator (one process per GPU).
+// Backends: InProcessGroup (threads of one process, shared memory; for tests, no GPU needed),
+// make_tcp_communicator (CPU processes over TCP: launcher tests, tiny CPU runs) and, when built with
+// CUDA and NCCL, make_nccl_communicator (one process per GPU).
 #pragma once
 #include <memory>
 #include <string>
@@ -23,6 +24,14 @@
 #include "core/tensor.h"
 
 namespace seqmix::train::dist {
+
+// A collective could not complete because another rank died, hung or failed (the message names it).
+// A process that stops because of it exits with kPeerFailureExit (launcher.h), so that the launcher
+// blames the rank that failed first, not the one that noticed.
+class PeerFailure : public Error {
+ public:
+  using Error::Error;
+};
 
 class Work {
  public:
@@ -99,6 +108,11 @@ class InProcessGroup {
   std::shared_ptr<State> state_;
   std::vector<std::unique_ptr<Communicator>> comms_;
 };
+
+// ---- TCP backend (multi-process on the CPU; train/distributed/tcp_comm.cpp) ----
+// For `--gpus N --device cpu`: tests of the launcher and tiny CPU runs. Same rendezvous as NCCL.
+struct DistEnv;
+std::unique_ptr<Communicator> make_tcp_communicator(const DistEnv& env, double timeout_seconds);
 
 // ---- NCCL backend (multi-process, one GPU per process) ----
 // True when this seqmix was built with CUDA and NCCL.

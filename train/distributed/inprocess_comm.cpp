@@ -36,7 +36,7 @@ struct InProcessGroup::State {
   // Phase barrier: returns every rank's pointer for this phase.
   std::vector<const void*> exchange(int rank, const void* p, const char* what, double timeout_s) {
     std::unique_lock<std::mutex> lk(mu);
-    if (!failure.empty()) SEQMIX_FAIL("rank ", rank, ": ", what, " abandoned: ", failure);
+    if (!failure.empty()) throw PeerFailure("rank " + std::to_string(rank) + ": " + what + " abandoned: " + failure);
     uint64_t g = generation;
     ptrs[rank] = p;
     here[rank] = true;
@@ -51,7 +51,7 @@ struct InProcessGroup::State {
     auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
     bool ok = cv.wait_until(lk, deadline, [&] { return generation != g || !failure.empty(); });
     if (generation != g) return published;
-    if (ok) SEQMIX_FAIL("rank ", rank, ": ", what, " abandoned: ", failure);
+    if (ok) throw PeerFailure("rank " + std::to_string(rank) + ": " + what + " abandoned: " + failure);
     std::ostringstream missing;
     int n = 0;
     for (int r = 0; r < world; ++r)
@@ -61,7 +61,7 @@ struct InProcessGroup::State {
         << " s (train.dist_timeout): dead or hung";
     failure = msg.str();
     cv.notify_all();
-    SEQMIX_FAIL("rank ", rank, ": ", failure);
+    throw PeerFailure("rank " + std::to_string(rank) + ": " + failure);
   }
 
   void fail(int rank, const std::string& why) {

@@ -71,7 +71,8 @@ int launch_local(int nprocs, const std::vector<std::string>& args, double grace_
       if (pids[size_t(r)] == pid) return r;
     return -1;
   };
-  int alive = nprocs, result = 0;
+  int alive = nprocs, result = 0, noticer = -1;
+  std::chrono::steady_clock::time_point noticed_until;
   bool stopping = false;
   std::chrono::steady_clock::time_point kill_at;
   auto stop_all = [&](int sig) {
@@ -87,18 +88,32 @@ int launch_local(int nprocs, const std::vector<std::string>& args, double grace_
       pids[size_t(r)] = -1;
       --alive;
       bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      bool noticed = WIFEXITED(status) && WEXITSTATUS(status) == kPeerFailureExit;
       if (!ok && !stopping) {
+        if (noticed && noticer < 0) {
+          // This rank stopped because another failed: give the culprit a moment to exit, and blame it.
+          noticer = r;
+          noticed_until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+          continue;
+        }
+        if (noticed) continue;
         stopping = true;
         result = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        if (WIFEXITED(status) && WEXITSTATUS(status) == kPeerFailureExit)
-          std::fprintf(stderr, "seqmix: rank %d stopped after another rank failed (its message above names it); stopping the others\n", r);
-        else
-          std::fprintf(stderr, "seqmix: rank %d %s; stopping the other ranks\n", r, describe(status).c_str());
+        std::fprintf(stderr, "seqmix: rank %d %s; stopping the other ranks\n", r, describe(status).c_str());
         stop_all(SIGTERM);
         kill_at = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                           std::chrono::duration<double>(grace_s));
       }
       continue;
+    }
+    if (noticer >= 0 && !stopping && (alive == 0 || std::chrono::steady_clock::now() > noticed_until)) {
+      stopping = true;
+      result = kPeerFailureExit;
+      std::fprintf(stderr, "seqmix: rank %d stopped because another rank failed (its message above names it); stopping the others\n",
+                   noticer);
+      stop_all(SIGTERM);
+      kill_at = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                        std::chrono::duration<double>(grace_s));
     }
     if (g_signal && !stopping) {
       stopping = true;
@@ -109,6 +124,10 @@ int launch_local(int nprocs, const std::vector<std::string>& args, double grace_
     }
     if (stopping && std::chrono::steady_clock::now() > kill_at) stop_all(SIGKILL);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (noticer >= 0 && !stopping) {
+    result = kPeerFailureExit;
+    std::fprintf(stderr, "seqmix: rank %d stopped because another rank failed (its message above names it)\n", noticer);
   }
   return result;
 }

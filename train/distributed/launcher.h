@@ -7,6 +7,8 @@ namespace seqmix::train::dist {
 
 // Exit status of a rank that stopped because another rank failed (it names that rank on stderr).
 inline constexpr int kPeerFailureExit = 3;
+// The least time the ranks are given to meet at start-up (seconds), whatever train.dist_timeout says.
+inline constexpr double kStartupTimeout = 300;
 
 // Re-executes /proc/self/exe with `args` (argv after the program name, e.g. {"train", "cfg.yaml"}) as
 // `nprocs` children with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1 and

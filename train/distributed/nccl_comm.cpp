@@ -21,6 +21,7 @@
 #include <nccl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -93,8 +94,8 @@ class NcclComm : public Communicator {
   NcclComm(const DistEnv& env, double timeout_s) : env_(env) {
     timeout_s_ = timeout_s;
     cuda::select_device(env.local_rank);
-    rdv_ = std::make_unique<Rendezvous>(env.rank, env.world, env.master_addr, env.master_port, timeout_s);
-    rdv_->start_monitor([this] { return issued_.load(); }, [this](const std::string& m) { die(m); });
+    // Start-up may be skewed (launchers, loading): at least kStartupTimeout to meet.
+    rdv_ = std::make_unique<Rendezvous>(env.rank, env.world, env.master_addr, env.master_port, std::max(timeout_s, kStartupTimeout));
     ncclUniqueId id{};
     std::string payload;
     if (env.rank == 0) {
@@ -104,6 +105,8 @@ class NcclComm : public Communicator {
     payload = rdv_->share(payload);
     SEQMIX_CHECK(payload.size() == sizeof id, "rendezvous: the NCCL unique id has ", payload.size(), " bytes, expected ", sizeof id);
     std::memcpy(&id, payload.data(), sizeof id);
+    // After share() (the monitor owns the connections from now on), before the init that a dead peer would block.
+    rdv_->start_monitor([this] { return issued_.load(); }, [this](const std::string& m) { die(m); });
     SEQMIX_NCCL_CHECK(ncclCommInitRank(&comm_, env.world, id, env.rank));
     SEQMIX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     watchdog_ = std::thread([this] { watch(); });

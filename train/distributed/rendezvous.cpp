@@ -43,33 +43,8 @@ bool wait_fd(int fd, short events, double timeout_s) {
   }
 }
 
-// false when the peer closed or the deadline passed.
-bool send_all(int fd, const void* data, size_t n, double timeout_s) {
-  const char* p = static_cast<const char*>(data);
-  double deadline = now_s() + timeout_s;
-  while (n > 0) {
-    if (!wait_fd(fd, POLLOUT, deadline - now_s())) return false;
-    ssize_t k = ::send(fd, p, n, MSG_NOSIGNAL);
-    if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (k <= 0) return false;
-    p += k;
-    n -= size_t(k);
-  }
-  return true;
-}
-bool recv_all(int fd, void* data, size_t n, double timeout_s) {
-  char* p = static_cast<char*>(data);
-  double deadline = now_s() + timeout_s;
-  while (n > 0) {
-    if (!wait_fd(fd, POLLIN, deadline - now_s())) return false;
-    ssize_t k = ::recv(fd, p, n, 0);
-    if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (k <= 0) return false;
-    p += k;
-    n -= size_t(k);
-  }
-  return true;
-}
+using net::recv_all;
+using net::send_all;
 
 bool send_frame(int fd, uint32_t type, int32_t rank, int64_t value, const std::string& payload, double timeout_s) {
   Header h;
@@ -103,6 +78,81 @@ std::string missing_ranks(const std::vector<int>& fds) {
 
 }  // namespace
 
+namespace net {
+bool send_all(int fd, const void* data, size_t n, double timeout_s) {
+  const char* p = static_cast<const char*>(data);
+  double deadline = now_s() + timeout_s;
+  while (n > 0) {
+    if (!wait_fd(fd, POLLOUT, deadline - now_s())) return false;
+    ssize_t k = ::send(fd, p, n, MSG_NOSIGNAL);
+    if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (k <= 0) return false;
+    p += k;
+    n -= size_t(k);
+  }
+  return true;
+}
+
+bool recv_all(int fd, void* data, size_t n, double timeout_s) {
+  char* p = static_cast<char*>(data);
+  double deadline = now_s() + timeout_s;
+  while (n > 0) {
+    if (!wait_fd(fd, POLLIN, deadline - now_s())) return false;
+    ssize_t k = ::recv(fd, p, n, 0);
+    if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (k <= 0) return false;
+    p += k;
+    n -= size_t(k);
+  }
+  return true;
+}
+
+int listen_on(int port, int backlog, int* bound) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  SEQMIX_CHECK(fd >= 0, "socket(): ", std::strerror(errno));
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_ANY);
+  a.sin_port = htons(uint16_t(port));
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    std::string err = std::strerror(errno);
+    ::close(fd);
+    SEQMIX_FAIL("cannot listen on TCP port ", port, " (", err, "): set MASTER_PORT to a free port");
+  }
+  SEQMIX_CHECK(::listen(fd, backlog) == 0, "listen(): ", std::strerror(errno));
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  if (bound) *bound = ntohs(a.sin_port);
+  return fd;
+}
+
+int connect_to(const std::string& addr, int port, double timeout_s, const std::string& what) {
+  const double deadline = now_s() + timeout_s;
+  std::string last_error = "no attempt";
+  for (;;) {
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    int g = ::getaddrinfo(addr.c_str(), std::to_string(port).c_str(), &hints, &res);
+    SEQMIX_CHECK(g == 0, what, ": cannot resolve MASTER_ADDR '", addr, "': ", gai_strerror(g));
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    bool ok = fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) == 0;
+    if (!ok) last_error = std::strerror(errno);
+    ::freeaddrinfo(res);
+    if (ok) {
+      set_nodelay(fd);
+      return fd;
+    }
+    if (fd >= 0) ::close(fd);
+    SEQMIX_CHECK(now_s() < deadline, what, ": could not reach rank 0 at ", addr, ":", port, " within ", timeout_s, " s (", last_error,
+                 "): is rank 0 running, and are MASTER_ADDR/MASTER_PORT right?");
+    ::usleep(100 * 1000);
+  }
+}
+}  // namespace net
+
 int find_free_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   SEQMIX_CHECK(fd >= 0, "socket(): ", std::strerror(errno));
@@ -123,17 +173,7 @@ Rendezvous::Rendezvous(int rank, int world, const std::string& addr, int port, d
   SEQMIX_CHECK(world >= 1 && rank >= 0 && rank < world, "rendezvous: rank ", rank, " of ", world);
   const double deadline = now_s() + timeout_s;
   if (rank == 0) {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    SEQMIX_CHECK(listen_fd_ >= 0, "rendezvous: socket(): ", std::strerror(errno));
-    int one = 1;
-    ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_ANY);
-    a.sin_port = htons(uint16_t(port));
-    SEQMIX_CHECK(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0, "rendezvous: rank 0 cannot listen on port ", port,
-                 " (", std::strerror(errno), "): set MASTER_PORT to a free port");
-    SEQMIX_CHECK(::listen(listen_fd_, world + 8) == 0, "rendezvous: listen(): ", std::strerror(errno));
+    listen_fd_ = net::listen_on(port, world + 8, nullptr);
     int joined = 1;
     while (joined < world) {
       double left = deadline - now_s();
@@ -154,28 +194,14 @@ Rendezvous::Rendezvous(int rank, int world, const std::string& addr, int port, d
       ++joined;
     }
   } else {
-    std::string last_error = "no attempt";
     for (;;) {
-      addrinfo hints{}, *res = nullptr;
-      hints.ai_family = AF_INET;
-      hints.ai_socktype = SOCK_STREAM;
-      int g = ::getaddrinfo(addr.c_str(), std::to_string(port).c_str(), &hints, &res);
-      SEQMIX_CHECK(g == 0, "rendezvous: cannot resolve MASTER_ADDR '", addr, "': ", gai_strerror(g));
-      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-      bool ok = fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) == 0;
-      if (!ok) last_error = std::strerror(errno);
-      ::freeaddrinfo(res);
-      if (ok) {
-        set_nodelay(fd);
-        if (send_frame(fd, kHello, rank, world, "", 10)) {
-          peers_[0] = fd;
-          break;
-        }
-        last_error = "the connection closed";
+      int fd = net::connect_to(addr, port, std::max(0.0, deadline - now_s()), "rendezvous: rank " + std::to_string(rank));
+      if (send_frame(fd, kHello, rank, world, "", 10)) {
+        peers_[0] = fd;
+        break;
       }
-      if (fd >= 0) ::close(fd);
-      SEQMIX_CHECK(now_s() < deadline, "rendezvous: rank ", rank, " could not reach rank 0 at ", addr, ":", port, " within ", timeout_s,
-                   " s (", last_error, "): is rank 0 running, and are MASTER_ADDR/MASTER_PORT right?");
+      ::close(fd);
+      SEQMIX_CHECK(now_s() < deadline, "rendezvous: rank ", rank, " could not say hello to rank 0 within ", timeout_s, " s");
       ::usleep(100 * 1000);
     }
   }

@@ -28,10 +28,11 @@ class Rendezvous {
   Rendezvous(const Rendezvous&) = delete;
   Rendezvous& operator=(const Rendezvous&) = delete;
 
-  // Rank 0's `payload` on every rank (the argument is ignored elsewhere).
+  // Rank 0's `payload` on every rank (the argument is ignored elsewhere). Waits up to the timeout.
   std::string share(const std::string& payload);
 
-  // Starts the heartbeat thread. on_failure runs at most once, on that thread.
+  // Starts the heartbeat thread (after share(): from then on it alone reads the connections).
+  // on_failure runs at most once, on that thread.
   void start_monitor(std::function<int64_t()> progress, std::function<void(const std::string&)> on_failure);
   // Each rank's last known progress and the seconds since it was heard from (rank 0's view, relayed).
   struct PeerStatus {
@@ -68,5 +69,15 @@ class Rendezvous {
 
 // A free TCP port on 127.0.0.1 (for `seqmix train --gpus N` without MASTER_PORT).
 int find_free_port();
+
+// Blocking socket helpers with a timeout (seconds); false when the peer closed or time ran out.
+namespace net {
+bool send_all(int fd, const void* data, size_t n, double timeout_s);
+bool recv_all(int fd, void* data, size_t n, double timeout_s);
+// A listening socket on all interfaces at `port` (0: any free port; *bound gets the port).
+int listen_on(int port, int backlog, int* bound);
+// Connects to addr:port, retrying until timeout_s; throws naming `what` on failure.
+int connect_to(const std::string& addr, int port, double timeout_s, const std::string& what);
+}  // namespace net
 
 }  // namespace seqmix::train::dist
