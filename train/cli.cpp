@@ -4,12 +4,14 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <algorithm>
 #include <sstream>
 #include <unistd.h>
 
 #include "data/prepare.h"
 #include "train/distributed/communicator.h"
 #include "train/distributed/launcher.h"
+#include "data/tasks.h"
 #include "train/generate.h"
 #include "train/trainer.h"
 
@@ -122,14 +124,82 @@ int train_main(const std::vector<std::string>& argv) {
   }
 }
 
+namespace {
+// `seqmix eval RUN --task NAME`: accuracy at the scored positions of a synthetic task, one line per
+// setting (comma-separated values of a task parameter give several settings).
+int eval_task(const Args& a, train::LoadedRun& r) {
+  std::string task = a.get("task");
+  std::map<std::string, std::string> base;
+  std::string sweep_key, sweep_values;
+  for (const char* key : {"vocab-size", "seq-len", "num-kv-pairs", "power-a", "num-tokens", "digits", "depth"}) {
+    std::string v = a.get(key);
+    if (v.empty()) continue;
+    std::string name = key;
+    std::replace(name.begin(), name.end(), '-', '_');
+    if (v.find(',') != std::string::npos) {
+      SEQMIX_CHECK(sweep_key.empty(), "only one task parameter may list several values");
+      sweep_key = name;
+      sweep_values = v;
+    } else {
+      base[name] = v;
+    }
+  }
+  std::vector<std::string> values{""};
+  if (!sweep_key.empty()) {
+    values.clear();
+    std::stringstream ss(sweep_values);
+    for (std::string v; std::getline(ss, v, ',');) values.push_back(v);
+  }
+  int64_t examples = to_int(a.get("examples", "1000"), "examples");
+  uint64_t seed = uint64_t(to_int(a.get("seed", "1234"), "seed"));
+  const int32_t batch = 32;
+  autograd::NoGradGuard ng;
+  ComputeDtypeGuard cg(r.compute_dtype);
+  r.model->eval();
+  for (const std::string& v : values) {
+    std::map<std::string, std::string> params = base;
+    if (!sweep_key.empty()) params[sweep_key] = v;
+    double correct = 0, exact = 0;
+    int64_t scored = 0, done = 0;
+    int32_t seq_len = 0;
+    while (done < examples) {
+      int32_t n = int32_t(std::min<int64_t>(batch, examples - done));
+      data::TaskBatch tb = data::make_task(task, params, n, seed, done);
+      seq_len = tb.seq_len;
+      for (int32_t id : tb.inputs)
+        SEQMIX_CHECK(id < r.model->config().vocab_size, "task token ", id, " is outside the model's vocabulary of ",
+                     r.model->config().vocab_size, ": train the model on this task's vocabulary (or pass a smaller --vocab-size)");
+      Tensor in = Tensor::from_vector(tb.inputs, {n, tb.seq_len}, r.device);
+      Tensor pred = argmax(r.model->forward(in), -1).to(DType::I32).cpu();
+      double ex = 0;
+      double acc = data::task_accuracy(tb, pred.data<int32_t>(), &ex);
+      correct += acc * double(tb.scored());
+      exact += ex * n;
+      scored += tb.scored();
+      done += n;
+    }
+    std::string setting;
+    for (auto& [k, val] : params) setting += (setting.empty() ? "" : ", ") + k + "=" + val;
+    if (!params.count("seq_len")) setting += (setting.empty() ? "" : ", ") + std::string("seq_len=") + std::to_string(seq_len);
+    std::printf("%s (%s): accuracy %.4f, exact %.4f over %lld examples (%lld scored tokens)\n", task.c_str(),
+                setting.c_str(), scored ? correct / double(scored) : 0.0,
+                exact / double(std::max<int64_t>(done, 1)), (long long)done, (long long)scored);
+  }
+  return 0;
+}
+}  // namespace
+
 int eval_main(const std::vector<std::string>& argv) {
   const std::string usage =
-      "usage: seqmix eval RUN_OR_CHECKPOINT [--split val|test|train] [--device cpu|cuda] [--batch-size N] [--max-tokens N]\n";
-  Args a = parse(argv, {"split", "device", "batch-size", "max-tokens", "task"}, usage);
+      "usage: seqmix eval RUN_OR_CHECKPOINT [--split val|test|train] [--device cpu|cuda] [--batch-size N] [--max-tokens N]\n"
+      "       seqmix eval RUN_OR_CHECKPOINT --task mqar|selective_copy|induction|passkey [--vocab-size V] [--seq-len T]\n"
+      "                   [--num-kv-pairs K[,K2,...]] [--num-tokens N] [--digits D] [--depth F] [--examples N] [--seed S]\n";
+  Args a = parse(argv, {"split", "device", "batch-size", "max-tokens", "task", "vocab-size", "seq-len", "num-kv-pairs", "power-a",
+                        "num-tokens", "digits", "depth", "examples", "seed"},
+                 usage);
   SEQMIX_CHECK(a.positional.size() == 1, "seqmix eval needs a run or checkpoint directory\n", usage);
-  SEQMIX_CHECK(a.get("task").empty(), "seqmix eval --task is not available in this version: synthetic-task evaluation (mqar) ",
-               "is not wired into the CLI yet");
   train::LoadedRun r = train::load_run(a.positional[0], a.get("device"));
+  if (!a.get("task").empty()) return eval_task(a, r);
   std::string split = a.get("split", "val");
   int32_t rows = int32_t(to_int(a.get("batch-size", std::to_string(r.settings.batch_size)), "batch-size"));
   int64_t max_tokens = to_int(a.get("max-tokens", "0"), "max-tokens");
@@ -163,7 +233,10 @@ int generate_main(const std::vector<std::string>& argv) {
   r.model->eval();
   train::SamplingOptions opt{max_new, temperature, top_k, top_p, seed};
   std::vector<int32_t> out = train::generate(*r.model, ids, opt, r.device);
-  std::printf("%s%s\n", prompt.c_str(), tok->decode(out).c_str());
+  std::string continuation = tok->decode(out);
+  // word-level text is rebuilt with spaces between words, so the continuation starts with one
+  if (tok->kind() == data::TokenizerKind::Word && !continuation.empty() && continuation[0] != ' ') continuation = " " + continuation;
+  std::printf("%s%s\n", prompt.c_str(), continuation.c_str());
   return 0;
 }
 
