@@ -293,3 +293,25 @@ TEST(Rendezvous, AGoodbyeIsNotAFailureAndAMissingRankIsNamed) {
   rv[0].reset();
   expect_error_contains([&] { dist::Rendezvous r(0, 3, "127.0.0.1", dist::find_free_port(), 0.3); }, "rank(s) 1, 2 did not connect");
 }
+
+// The launcher end to end: `seqmix train --gpus 2 --device cpu` runs two processes over the TCP
+// backend; they must log what two in-process ranks log (same summation order: identical numbers).
+TEST(Launcher, TwoCpuProcessesTrainLikeTwoInProcessRanks) {
+  fs::path exe = fs::canonical("/proc/self/exe").parent_path().parent_path() / "seqmix";
+  if (!fs::exists(exe)) GTEST_SKIP() << "no seqmix binary next to the tests (" << exe << ")";
+  fs::path a = scratch("launch_inproc"), b = scratch("launch_procs");
+  RunResult ref = train_ranks(2, a, config_text(a, 3, 1, true));
+  std::ofstream(b / "cfg.yaml") << config_text(b, 3, 1, true);
+  std::string cmd = "env -u RANK -u WORLD_SIZE -u LOCAL_RANK -u MASTER_PORT -u SLURM_PROCID -u SLURM_NTASKS OMP_NUM_THREADS=1 " +
+                    exe.string() + " train " + (b / "cfg.yaml").string() + " --gpus 2 --device cpu > " + (b / "out.txt").string() +
+                    " 2>&1";
+  int rc = std::system(cmd.c_str());
+  std::ifstream log(b / "out.txt");
+  std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  ASSERT_EQ(rc, 0) << text;
+  EXPECT_NE(text.find("data parallel: 2 ranks (tcp)"), std::string::npos) << text;
+  std::vector<double> losses = logged(b / "t", "loss");
+  ASSERT_EQ(losses.size(), 8u);
+  for (size_t i = 0; i < losses.size(); ++i) EXPECT_NEAR(losses[i], ref.losses[i], 1e-7) << "step " << i + 1;
+  EXPECT_TRUE(fs::exists(b / "t" / "checkpoints" / "step_8" / "manifest.json"));
+}
