@@ -6,6 +6,9 @@
 #include "layers/mixers/hgrn2/hgrn2.h"
 #include "layers/mixers/rwkv6/rwkv6.h"
 #include "layers/mixers/mlstm/mlstm.h"
+#include "layers/mixers/deltanet/deltanet.h"
+#include "layers/mixers/gated_deltanet/gated_deltanet.h"
+#include "layers/mixers/rwkv7/rwkv7.h"
 #include "models/lm.h"
 
 namespace seqmix {
@@ -21,6 +24,9 @@ void register_builtin_mixers() {
   mixers::register_hgrn2_mixer();
   mixers::register_rwkv6_mixer();
   mixers::register_mlstm_mixer();
+  mixers::register_deltanet_mixer();
+  mixers::register_gated_deltanet_mixer();
+  mixers::register_rwkv7_mixer();
 }
 
 }  // namespace seqmix
