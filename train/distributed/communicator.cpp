@@ -45,6 +45,9 @@ DistEnv dist_env_from_environment() {
     SEQMIX_CHECK(port > 0 && port < 65536, "MASTER_PORT must be in 1..65535, got ", port);
     e.master_port = port;
   }
+  // Under torchrun the agent's own store already listens on MASTER_PORT: meet on the next port.
+  if (const char* t = std::getenv("TORCHELASTIC_USE_AGENT_STORE"); t && std::string(t) == "True") e.master_port += 1;
+  if (int p = 0; env_int("SEQMIX_RDZV_PORT", &p)) e.master_port = p;  // explicit override
   return e;
 }
 

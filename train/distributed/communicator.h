@@ -120,7 +120,8 @@ bool nccl_available();
 
 // Rank, world and rendezvous address from the environment: RANK/WORLD_SIZE/LOCAL_RANK (torchrun,
 // `seqmix train --gpus N`) or SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; MASTER_ADDR (default
-// 127.0.0.1) and MASTER_PORT (default 29500). world = 1 when none is set.
+// 127.0.0.1) and MASTER_PORT (default 29500; MASTER_PORT + 1 under torchrun, whose agent store holds
+// MASTER_PORT; SEQMIX_RDZV_PORT overrides). world = 1 when none is set.
 struct DistEnv {
   int rank = 0, world = 1, local_rank = 0;
   std::string master_addr = "127.0.0.1";
