@@ -40,6 +40,9 @@
 //   epilogues through shared memory for 16-byte coalesced stores; (5) a dQ pass without atomics
 //   (deterministic) if atomics show up in profiles.
 //
+//   Variants (flash_attention_variants.cuh), picked at run time by SEQMIX_ATTN_FWD / SEQMIX_ATTN_BWD (read
+//   once; unset or 0: the kernels above; scripts/attn_variants.sh runs the tests and the benchmark for each).
+//
 // 2. SIMT path (f32, f64, f16, and bf16 with other head dims, D <= 256): one warp per row, exact same
 //    math with f32 (f64) accumulation; lanes hold D / 32 columns, scores are computed 32 keys at a time
 //    (one per lane) and broadcast by shuffles. Correct, not fast: meant for tests, f32 debugging and odd
@@ -52,6 +55,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/device_utils.cuh"
@@ -658,6 +662,8 @@ __global__ void __launch_bounds__(kBwdThreads, 1) flash_bwd_kernel(BwdParams p) 
   }
 }
 
+#include "layers/mixers/attention/flash_attention_variants.cuh"
+
 // dq = dq_accum * scale, converted to the output dtype (both contiguous [B, Tq, H, D]).
 template <typename T>
 __global__ void dq_convert_kernel(const float* __restrict__ acc, T* __restrict__ dq, int64_t n, float scale) {
@@ -959,6 +965,72 @@ void launch_flash_fwd(const FwdParams& p) {
   SEQMIX_CUDA_CHECK_LAUNCH("attention flash_fwd_kernel");
 }
 
+// Kernel variants (flash_attention_variants.cuh), chosen once per process by SEQMIX_ATTN_FWD /
+// SEQMIX_ATTN_BWD (unset or 0: the kernels above).
+int env_variant(const char* name) {
+  const char* s = std::getenv(name);
+  return s && *s ? std::atoi(s) : 0;
+}
+int fwd_variant() {
+  static const int v = env_variant("SEQMIX_ATTN_FWD");
+  return v;
+}
+int bwd_variant() {
+  static const int v = env_variant("SEQMIX_ATTN_BWD");
+  return v;
+}
+
+template <int D, int Bc, bool kLazy>
+void launch_flash_fwd_v(const FwdParams& p) {
+  static std::atomic<uint64_t> done{0};
+  constexpr int smem = fwd_v_smem_bytes<D, Bc>();
+  set_smem(flash_fwd_v_kernel<D, Bc, kLazy>, smem, done);
+  dim3 grid(unsigned(p.g.B * p.g.H), unsigned((p.g.Tq + kFwdBr - 1) / kFwdBr));
+  flash_fwd_v_kernel<D, Bc, kLazy><<<grid, kFwdWarps * 32, smem, ::seqmix::cuda::current_stream()>>>(p);
+  SEQMIX_CUDA_CHECK_LAUNCH("attention flash_fwd_v_kernel");
+}
+
+// 1: 64-key tiles, folded scale, warp skip; 2: 1 + lazy rescale; 3: fwd_bc<D> keys + lazy rescale;
+// 4: fwd_bc<D> keys, folded scale, warp skip. Anything else: the default kernel.
+template <int D>
+void launch_flash_fwd_variant(const FwdParams& p, int variant) {
+  switch (variant) {
+    case 1: launch_flash_fwd_v<D, 64, false>(p); return;
+    case 2: launch_flash_fwd_v<D, 64, true>(p); return;
+    case 3: launch_flash_fwd_v<D, fwd_bc<D>(), true>(p); return;
+    case 4: launch_flash_fwd_v<D, fwd_bc<D>(), false>(p); return;
+    default: launch_flash_fwd<D>(p); return;
+  }
+}
+
+template <int D, int NWR>
+void launch_flash_bwd_v(const BwdParams& p) {
+  static std::atomic<uint64_t> done{0};
+  constexpr int smem = bwd_v_smem_bytes<D, NWR>();
+  const bool first = !(done.load(std::memory_order_acquire) & (uint64_t(1) << (::seqmix::cuda::current_device() & 63)));
+  set_smem(flash_bwd_v_kernel<D, NWR>, smem, done);
+  if (first && NWR < 4)  // two CTAs per SM need the whole shared-memory carveout
+    SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_v_kernel<D, NWR>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           int(cudaSharedmemCarveoutMaxShared)));
+  dim3 grid(unsigned(p.g.B * p.g.Hkv), unsigned((p.g.Tk + 32 * NWR - 1) / (32 * NWR)));
+  flash_bwd_v_kernel<D, NWR><<<grid, 64 * NWR, smem, ::seqmix::cuda::current_stream()>>>(p);
+  SEQMIX_CUDA_CHECK_LAUNCH("attention flash_bwd_v_kernel");
+}
+
+template <int D>
+void launch_flash_bwd(const BwdParams& p);
+
+// 1: the default tiling (8 warps, 128 keys) + register lse / D, folded scale, masked-block skipping;
+// 2: the same with 4 warps and 64 keys per CTA (two CTAs per SM). Anything else: the default kernel.
+template <int D>
+void launch_flash_bwd_variant(const BwdParams& p, int variant) {
+  switch (variant) {
+    case 1: launch_flash_bwd_v<D, 4>(p); return;
+    case 2: launch_flash_bwd_v<D, 2>(p); return;
+    default: launch_flash_bwd<D>(p); return;
+  }
+}
+
 template <int D>
 void launch_flash_bwd(const BwdParams& p) {
   static std::atomic<uint64_t> done{0};
@@ -1027,8 +1099,9 @@ void cuda_forward(const Dims& d, const Tensor& q_in, const Tensor& k_in, const T
     p.so = strides_of(o);
     p.g = g;
     p.scale_log2 = float(d.scale) * kLog2e;
-    if (d.D == 64) launch_flash_fwd<64>(p);
-    else launch_flash_fwd<128>(p);
+    const int variant = d.scale > 0 ? fwd_variant() : 0;  // the variants fold a positive scale into the max
+    if (d.D == 64) launch_flash_fwd_variant<64>(p, variant);
+    else launch_flash_fwd_variant<128>(p, variant);
     return;
   }
   SEQMIX_CHECK(d.D <= kSimtMaxD, "attention (cuda): head dim ", d.D, " is not supported (at most ", kSimtMaxD,
@@ -1089,8 +1162,8 @@ void cuda_backward(const Dims& d, const Tensor& q_in, const Tensor& k_in, const 
     p.g = g;
     p.scale = float(d.scale);
     p.scale_log2 = float(d.scale) * kLog2e;
-    if (d.D == 64) launch_flash_bwd<64>(p);
-    else launch_flash_bwd<128>(p);
+    if (d.D == 64) launch_flash_bwd_variant<64>(p, bwd_variant());
+    else launch_flash_bwd_variant<128>(p, bwd_variant());
     const int64_t n = dq.numel();
     dq_convert_kernel<bf16_t><<<::seqmix::cuda::grid_for(n, 256, 8), 256, 0, stream>>>(
         cptr<float>(dq_acc), mptr<bf16_t>(dq), n, float(d.scale));

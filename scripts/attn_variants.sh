@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Attention kernel variants in one GPU call: for each (SEQMIX_ATTN_FWD, SEQMIX_ATTN_BWD) pair, run the
+# attention GPU tests and `seqmix_bench attention` at T=4096 (B=4, H=16, D=128), then print one summary
+# line per variant. The variants live in layers/mixers/attention/flash_attention_variants.cuh.
+#   scripts/attn_variants.sh BUILD_DIR [FWD:BWD ...]      (default pairs below)
+# Logs go to $OUT/attn_variants/ (OUT defaults to /tmp/seqmix_out).
+set -uo pipefail
+build=${1:?usage: scripts/attn_variants.sh BUILD_DIR [FWD:BWD ...]}
+shift
+pairs=("$@")
+if [ ${#pairs[@]} -eq 0 ]; then pairs=(0:0 1:1 2:1 3:1 4:1 2:2 0:2); fi
+OUT=${OUT:-/tmp/seqmix_out}
+logs="$OUT/attn_variants"
+mkdir -p "$logs"
+iters=${ATTN_ITERS:-30}
+bench_args=${ATTN_BENCH_ARGS:---T 4096}
+
+summary=()
+for pair in "${pairs[@]}"; do
+  fwd=${pair%%:*}
+  bwd=${pair##*:}
+  tag="fwd${fwd}_bwd${bwd}"
+  export SEQMIX_ATTN_FWD=$fwd SEQMIX_ATTN_BWD=$bwd
+  "./$build/tests/test_gpu" --gtest_filter='*Attention*' > "$logs/$tag.tests.log" 2>&1
+  trc=$?
+  passed=$(grep -E "^\[  PASSED  \] [0-9]+" "$logs/$tag.tests.log" | grep -oE "[0-9]+" | head -1)
+  failed=$(grep -E "^\[  FAILED  \] [0-9]+ test" "$logs/$tag.tests.log" | grep -oE "[0-9]+" | head -1)
+  tests="pass ${passed:-0} fail ${failed:-0} rc $trc"
+  # shellcheck disable=SC2086
+  "./$build/seqmix_bench" attention $bench_args --iters "$iters" > "$logs/$tag.bench.log" 2>&1
+  brc=$?
+  ms() { grep "\"pass\":\"$1\"" "$logs/$tag.bench.log" | grep '"T":4096' | grep -oE '"ms":[0-9.]+' | head -1 | cut -d: -f2; }
+  check=$(grep -oE '"ok":(true|false)' "$logs/$tag.bench.log" | head -1 | cut -d: -f2)
+  line=$(printf "FWD=%s BWD=%s  tests: %-22s bench check %-5s fwd %7s  bwd %7s  total %7s ms  (bench rc %d)" \
+    "$fwd" "$bwd" "$tests" "${check:-?}" "$(ms fwd)" "$(ms bwd)" "$(ms fwd+bwd)" "$brc")
+  echo "$line"
+  summary+=("$line")
+  if [ "${failed:-0}" != "0" ] || [ "$trc" != "0" ]; then
+    grep -E "^\[  FAILED  \]|rel err|Expected|Which is" "$logs/$tag.tests.log" | head -12 | sed 's/^/    /'
+  fi
+done
+unset SEQMIX_ATTN_FWD SEQMIX_ATTN_BWD
+echo
+echo "== attention variants (T=4096, B=4, H=16, D=128; logs in $logs) =="
+printf '%s\n' "${summary[@]}"
