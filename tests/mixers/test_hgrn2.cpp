@@ -47,6 +47,7 @@ TEST(HGRN2Mixer, LongSequenceStrongAndWeakDecaysStayFinite) {
   Generator g(6);
   mixers::HGRN2Config cfg;
   cfg.expand_ratio = 2;
+  cfg.n_heads = 1;  // Dk = 2, Dv = 4
   mixers::HGRN2 m(tiny_mixer_ctx(g, 4), cfg);  // layer 0: no lower bound
   // large inputs drive the forget gates to both ends: log f ~ -20 (strong) and ~ -1e-9 (near 1)
   expect_long_sequence_finite(m, 65536, 4, 30.0, 7);
