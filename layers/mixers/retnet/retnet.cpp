@@ -46,7 +46,7 @@ Tensor RetNet::run(const Tensor& x, RecurrentState* st) {
   }
   if (st) st->pos += T;
   DType gdt = x.dtype() == DType::F64 ? DType::F64 : DType::F32;
-  Tensor g = Tensor::from_vector<double>(log_decays(), {1, 1, H}).to(x.device(), gdt).expand({B, T, H});
+  Tensor g = Tensor::from_vector<double>(log_decays(), {1, 1, H}).to(x.device(), gdt).expand({B, T, H}).contiguous();
   Tensor o = run_recurrence(q, k, v, g, Tensor(), st, 1.0 / std::sqrt(double(dk_)), cfg_.chunk);  // [B, T, H, dv]
   o = head_norm(o, false, cfg_.norm_eps).reshape({B, T, H * dv_});
   o = add(mul(o, cast_param(norm_weight)), cast_param(norm_bias));
