@@ -4,8 +4,9 @@
 // and without a bonus and an initial state, head dims 64 and 128 and odd ones (Dk=5, Dv=33), B = 1 and 2,
 // bf16 and f32; strided inputs; and a 65,536-token run with strong decays (no NaN / inf).
 //
-// Tolerances (max |cuda - ref| / max |ref| over each tensor): bf16 2e-2 (inputs rounded to bf16 once and
-// the same values feed both sides; the kernel computes in f32 and rounds o, dq, dk, dv to bf16), f32 1e-4.
+// Tolerances (max |cuda - ref| / max(max |ref|, 1e-3) over each tensor): bf16 2e-2 (inputs rounded to bf16
+// once and the same values feed both sides; the kernel computes in f32 and rounds o, dq, dk, dv to bf16),
+// f32 1e-4 (5e-4 with strong decays, see tolerance()).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -56,7 +57,13 @@ Tensor random_log_decay(const Shape& s, uint64_t seed, double strength) {
 Tensor to_gpu(const Tensor& t, DType dt) { return t.to(dt).to(Device::cuda()); }
 Tensor to_cpu_f32(const Tensor& t) { return t.to(Device::cpu()).to(DType::F32); }
 
-double tolerance(DType dt) { return dt == DType::F32 ? 1e-4 : 2e-2; }
+// f32 with strong decays (strength > 1): the cumulative log-decays reach |G| ~ 170 within a chunk, whose f32
+// rounding (~1e-5 absolute) enters every exponent exp(G_t - G_s) of the chunked form, while the reference
+// multiplies per-token decays; 5e-4 there.
+double tolerance(DType dt, double strength = 1.0) {
+  if (dt != DType::F32) return 2e-2;
+  return strength > 1.0 ? 5e-4 : 1e-4;
+}
 
 // Relative error; where the reference is (near) zero everywhere, the absolute error.
 double err(const Tensor& got, const Tensor& want) {
@@ -139,7 +146,7 @@ void check_against_cpu(const LrCase& c, bool strided = false) {
   ASSERT_EQ(got.final_state.dtype(), DType::F32);
   autograd::backward({got.o, got.final_state}, {to_gpu(dout, dt), to_gpu(dfin, DType::F32)});
 
-  const double tol = tolerance(dt);
+  const double tol = tolerance(dt, c.strength);
   EXPECT_LT(err(got.o, ref.o), tol) << "o";
   EXPECT_LT(err(got.final_state, ref.final_state), tol) << "final state";
   EXPECT_LT(err(d.q.grad(), r.q.grad()), tol) << "dq";

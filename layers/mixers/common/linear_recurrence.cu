@@ -138,8 +138,19 @@ __device__ __forceinline__ int chunk_factorable(const float* G, int ldg, int C, 
   return *flag;
 }
 
+// q -> q exp(Gq), k -> k exp(-G) in place (rows < L), for a factorable chunk with per-channel decays.
+template <int MODE>
+__device__ __forceinline__ void factor_qk(float* q, float* k, int ldk, const Decay<MODE>& dec, int L, int Dk) {
+  for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
+    const int t = idx / Dk, c = idx - t * Dk;
+    q[t * ldk + c] *= __expf(dec.gq(t, c));
+    k[t * ldk + c] *= __expf(-dec.g(t, c));
+  }
+}
+
 // The chunk's A (C x C, ld ldc): strictly-lower part with decays (entries on and above the diagonal are not
-// written here: the diagonal is diag_A's, the upper part is never read).
+// written here: the diagonal is diag_A's, the upper part is never read). factored (per-channel decays only):
+// q and k hold q exp(Gq) and k exp(-G) (factor_qk), so A is a plain product.
 template <int MODE>
 __device__ __forceinline__ void compute_A_lower(float* A, int ldc, const float* q, const float* k, int ldk,
                                                 const Decay<MODE>& dec, int L, int Dk, float scale, bool factored) {
@@ -148,8 +159,7 @@ __device__ __forceinline__ void compute_A_lower(float* A, int ldc, const float* 
     zero_acc(acc);
     if constexpr (MODE == 2) {
       if (factored) {
-        mm_acc(acc, t, 0, Dk, [&](int i, int kk) { return q[i * ldk + kk] * __expf(dec.gq(i, kk)); },
-               [&](int kk, int j) { return k[j * ldk + kk] * __expf(-dec.g(j, kk)); });
+        mm_acc(acc, t, 0, Dk, [&](int i, int kk) { return q[i * ldk + kk]; }, [&](int kk, int j) { return k[j * ldk + kk]; });
       } else {
         float E[TM][TN];
         zero_acc(E);
@@ -225,16 +235,18 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Geo geo, const T*
   __syncthreads();
   float* o = out + bhn * int64_t(geo.Dv) * geo.Dk;
   const int ldk = sm.ldk, ldv = sm.ldv, Dk = geo.Dk;
-  for_each_tile<TM, TN>(geo.Dk, geo.Dv, [&](const MicroTile<TM, TN>& t) {
-    float acc[TM][TN];
+  auto state_tile = [&]<int BM, int BN>(const MicroTile<BM, BN>& t) {
+    float acc[BM][BN];
     zero_acc(acc);
     mm_acc(acc, t, 0, L, [&](int i, int kk) { return X[kk * ldk + i]; }, [&](int kk, int j) { return Y[kk * ldv + j]; });
 #pragma unroll
-    for (int r = 0; r < TM; ++r)
+    for (int r = 0; r < BM; ++r)
 #pragma unroll
-      for (int c = 0; c < TN; ++c)
+      for (int c = 0; c < BN; ++c)
         if (t.i[r] < Dk && t.j[c] < geo.Dv) o[int64_t(t.j[c]) * Dk + t.i[r]] = acc[r][c];
-  });
+  };
+  if (geo.Dk >= 128 && geo.Dv >= 64) for_each_tile<8, 8>(geo.Dk, geo.Dv, state_tile);
+  else for_each_tile<TM, TN>(geo.Dk, geo.Dv, state_tile);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -307,28 +319,35 @@ __global__ void __launch_bounds__(kThreads) chunk_fwd_kernel(Geo geo, const T* _
   const Decay<MODE> dec{G, sm.ldg, geo.bonus};
   __shared__ int s_flag;
   const bool factored = MODE == 2 && chunk_factorable(G, sm.ldg, C, geo.gw, &s_flag);
-  compute_A_lower<MODE>(A, ldc, q, k, ldk, dec, L, Dk, geo.scale, factored);
-  diag_A(A, ldc, q, k, ldk, geo.bonus ? u + int64_t(h) * Dk : nullptr, L, Dk, geo.scale);
+  diag_A(A, ldc, q, k, ldk, geo.bonus ? u + int64_t(h) * Dk : nullptr, L, Dk, geo.scale);  // raw q, k
   __syncthreads();
-  // q -> scale * q * exp(Gq) for the inter-chunk term
+  if (factored) {
+    factor_qk<MODE>(q, k, ldk, dec, L, Dk);
+    __syncthreads();
+  }
+  compute_A_lower<MODE>(A, ldc, q, k, ldk, dec, L, Dk, geo.scale, factored);
+  __syncthreads();
+  // q -> scale * q * exp(Gq) for the inter-chunk term (a factored chunk's q already holds q exp(Gq))
   for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
     const int t = idx / Dk, c = idx - t * Dk;
-    q[t * ldk + c] *= geo.scale * (MODE > 0 ? __expf(dec.gq(t, c)) : 1.f);
+    q[t * ldk + c] *= geo.scale * (MODE > 0 && !factored ? __expf(dec.gq(t, c)) : 1.f);
   }
   __syncthreads();
   const float* S = states + ((int64_t(b) * geo.H + h) * geo.N + n) * int64_t(Dv) * Dk;  // [Dv][Dk]
   T* o = og + offv;
-  for_each_tile<TM, TN>(L, Dv, [&](const MicroTile<TM, TN>& t) {
-    float acc[TM][TN];
+  auto o_tile = [&]<int BM, int BN>(const MicroTile<BM, BN>& t) {
+    float acc[BM][BN];
     zero_acc(acc);
     mm_acc(acc, t, 0, L, [&](int i, int kk) { return A[i * ldc + kk]; }, [&](int kk, int j) { return v[kk * ldv + j]; });
     mm_acc(acc, t, 0, Dk, [&](int i, int kk) { return q[i * ldk + kk]; }, [&](int kk, int j) { return S[int64_t(j) * Dk + kk]; });
 #pragma unroll
-    for (int r = 0; r < TM; ++r)
+    for (int r = 0; r < BM; ++r)
 #pragma unroll
-      for (int c = 0; c < TN; ++c)
+      for (int c = 0; c < BN; ++c)
         if (t.i[r] < L && t.j[c] < Dv) o[int64_t(t.i[r]) * rowv + t.j[c]] = from_float<T>(acc[r][c]);
-  });
+  };
+  if (Dv >= 128) for_each_tile<8, 8>(L, Dv, o_tile);
+  else for_each_tile<TM, TN>(L, Dv, o_tile);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,7 +403,6 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
   // is per channel), 0 for s >= t; dAd[t] = scale do_t . v_t.
   __shared__ int s_flag;
   const bool factored = MODE == 2 && chunk_factorable(G, sm.ldg, C, geo.gw, &s_flag);
-  compute_A_lower<MODE>(A, ldc, q, k, ldk, dec, L, Dk, scale, factored);
   for_each_tile<TM, TN>(L, L, [&](const MicroTile<TM, TN>& t) {
     float acc[TM][TN];
     zero_acc(acc);
@@ -404,27 +422,33 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
         if (j == i) dAd[i] = scale * acc[r][c];
       }
   });
-  diag_A(A, ldc, q, k, ldk, uh, L, Dk, scale);
+  diag_A(A, ldc, q, k, ldk, uh, L, Dk, scale);  // raw q, k
   __syncthreads();
+  if (factored) {  // from here on q, k hold q exp(Gq), k exp(-G); rq / rk give the raw values back
+    factor_qk<MODE>(q, k, ldk, dec, L, Dk);
+    __syncthreads();
+  }
+  compute_A_lower<MODE>(A, ldc, q, k, ldk, dec, L, Dk, scale, factored);  // read by dv only (after later syncs)
+  auto rq = [&](int t, int c) { return MODE == 2 && factored ? q[t * ldk + c] * __expf(-dec.gq(t, c)) : q[t * ldk + c]; };
+  auto rk = [&](int t, int c) { return MODE == 2 && factored ? k[t * ldk + c] * __expf(dec.g(t, c)) : k[t * ldk + c]; };
 
   // dq
   T* dq = dqg + offk;
   T* dk = dkg + offk;
   float* rbuf = bo.r ? bo.r + offk : nullptr;
   float* pbuf = bo.p ? bo.p + offk : nullptr;
-  for_each_tile<TM, TN>(L, Dk, [&](const MicroTile<TM, TN>& t) {
-    float acc[TM][TN], acc2[TM][TN];
+  auto dq_tile = [&]<int BM, int BN>(const MicroTile<BM, BN>& t) {
+    float acc[BM][BN], acc2[BM][BN];
     zero_acc(acc);
     zero_acc(acc2);
     if (MODE == 2 && factored) {  // exp(Gq_tc) * sum_s dA_ts (k_sc exp(-G_sc)); the factor is applied below
-      mm_acc(acc, t, 0, L, [&](int i, int kk) { return dA[i * ldc + kk]; },
-             [&](int kk, int j) { return k[kk * ldk + j] * __expf(-dec.g(kk, j)); });
+      mm_acc(acc, t, 0, L, [&](int i, int kk) { return dA[i * ldc + kk]; }, [&](int kk, int j) { return k[kk * ldk + j]; });
     } else if constexpr (MODE == 2) {
-      float E[TM][TN];
+      float E[BM][BN];
 #pragma unroll
-      for (int r = 0; r < TM; ++r)
+      for (int r = 0; r < BM; ++r)
 #pragma unroll
-        for (int c = 0; c < TN; ++c) E[r][c] = dec.gq(t.ic[r], t.jc[c]);
+        for (int c = 0; c < BN; ++c) E[r][c] = dec.gq(t.ic[r], t.jc[c]);
       mm_acc_exp(
           acc, E, t, 0, L, [&](int i, int kk) { return dA[i * ldc + kk]; },
           [&](int i, int kk) { return kk < i ? 0.f : -INFINITY; }, [&](int kk, int j) { return k[kk * ldk + j]; },
@@ -434,37 +458,42 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
     }
     mm_acc(acc2, t, 0, Dv, [&](int i, int kk) { return dO[i * ldv + kk]; }, [&](int kk, int j) { return S[int64_t(kk) * Dk + j]; });
 #pragma unroll
-    for (int r = 0; r < TM; ++r)
+    for (int r = 0; r < BM; ++r)
 #pragma unroll
-      for (int c = 0; c < TN; ++c) {
+      for (int c = 0; c < BN; ++c) {
         const int i = t.i[r], j = t.j[c];
         if (i >= L || j >= Dk) continue;
         const float eq = MODE > 0 ? __expf(dec.gq(i, j)) : 1.f;
         float dst = (MODE == 2 && factored ? acc[r][c] * eq : acc[r][c]) + scale * acc2[r][c] * eq;
         float val = dst;
-        if (uh) val += dAd[i] * uh[j] * k[i * ldk + j];
-        else dst = val = dst + dAd[i] * k[i * ldk + j];
+        const float kij = rk(i, j);
+        if (uh) val += dAd[i] * uh[j] * kij;
+        else dst = val = dst + dAd[i] * kij;
         dq[int64_t(i) * rowk + j] = from_float<T>(val);
-        if (rbuf) rbuf[int64_t(i) * rowk + j] = q[i * ldk + j] * val;
-        if (pbuf) pbuf[int64_t(i) * rowk + j] = q[i * ldk + j] * dst;
+        if (rbuf || pbuf) {
+          const float qij = rq(i, j);
+          if (rbuf) rbuf[int64_t(i) * rowk + j] = qij * val;
+          if (pbuf) pbuf[int64_t(i) * rowk + j] = qij * dst;
+        }
       }
-  });
+  };
+  if (Dk >= 128) for_each_tile<4, 8>(L, Dk, dq_tile);
+  else for_each_tile<TM, TN>(L, Dk, dq_tile);
   __syncthreads();  // rbuf rows of this chunk are written (read-modify-write below)
 
   // dk
-  for_each_tile<TM, TN>(L, Dk, [&](const MicroTile<TM, TN>& t) {
-    float acc[TM][TN], acc2[TM][TN];
+  auto dk_tile = [&]<int BM, int BN>(const MicroTile<BM, BN>& t) {
+    float acc[BM][BN], acc2[BM][BN];
     zero_acc(acc);
     zero_acc(acc2);
     if (MODE == 2 && factored) {  // exp(-G_sc) * sum_t dA_ts (q_tc exp(Gq_tc)); the factor is applied below
-      mm_acc(acc, t, 0, L, [&](int i, int kk) { return dA[kk * ldc + i]; },
-             [&](int kk, int j) { return q[kk * ldk + j] * __expf(dec.gq(kk, j)); });
+      mm_acc(acc, t, 0, L, [&](int i, int kk) { return dA[kk * ldc + i]; }, [&](int kk, int j) { return q[kk * ldk + j]; });
     } else if constexpr (MODE == 2) {
-      float E[TM][TN];
+      float E[BM][BN];
 #pragma unroll
-      for (int r = 0; r < TM; ++r)
+      for (int r = 0; r < BM; ++r)
 #pragma unroll
-        for (int c = 0; c < TN; ++c) E[r][c] = -dec.g(t.ic[r], t.jc[c]);
+        for (int c = 0; c < BN; ++c) E[r][c] = -dec.g(t.ic[r], t.jc[c]);
       mm_acc_exp(
           acc, E, t, 0, L, [&](int i, int kk) { return dA[kk * ldc + i]; },
           [&](int i, int kk) { return kk > i ? 0.f : -INFINITY; }, [&](int kk, int j) { return q[kk * ldk + j]; },
@@ -474,23 +503,25 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
     }
     mm_acc(acc2, t, 0, Dv, [&](int i, int kk) { return v[i * ldv + kk]; }, [&](int kk, int j) { return dH[int64_t(kk) * Dk + j]; });
 #pragma unroll
-    for (int r = 0; r < TM; ++r)
+    for (int r = 0; r < BM; ++r)
 #pragma unroll
-      for (int c = 0; c < TN; ++c) {
+      for (int c = 0; c < BN; ++c) {
         const int i = t.i[r], j = t.j[c];
         if (i >= L || j >= Dk) continue;
         const float carry = acc2[r][c] * (MODE > 0 ? __expf(dec.g(L - 1, j) - dec.g(i, j)) : 1.f);
         const float intra = MODE == 2 && factored ? acc[r][c] * __expf(-dec.g(i, j)) : acc[r][c];
-        const float val = intra + carry + dAd[i] * (uh ? uh[j] : 1.f) * q[i * ldk + j];
+        const float val = intra + carry + dAd[i] * (uh ? uh[j] : 1.f) * rq(i, j);
         dk[int64_t(i) * rowk + j] = from_float<T>(val);
-        if (rbuf) rbuf[int64_t(i) * rowk + j] -= k[i * ldk + j] * val;
+        if (rbuf) rbuf[int64_t(i) * rowk + j] -= rk(i, j) * val;
       }
-  });
+  };
+  if (Dk >= 128) for_each_tile<4, 8>(L, Dk, dk_tile);
+  else for_each_tile<TM, TN>(L, Dk, dk_tile);
   // du (bonus): per-chunk sum of dA_tt q_tc k_tc (reads raw q, k before k is transformed below)
   if (bo.du) {
     for (int c = threadIdx.x; c < Dk; c += blockDim.x) {
       float s = 0.f;
-      for (int t = 0; t < L; ++t) s += dAd[t] * q[t * ldk + c] * k[t * ldk + c];
+      for (int t = 0; t < L; ++t) s += dAd[t] * rq(t, c) * rk(t, c);
       bo.du[bhn * Dk + c] = s;
     }
   }
@@ -499,7 +530,7 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
   if constexpr (MODE > 0) {
     for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
       const int t = idx / Dk, c = idx - t * Dk;
-      k[t * ldk + c] *= __expf(dec.g(L - 1, c) - dec.g(t, c));
+      k[t * ldk + c] *= __expf(dec.g(L - 1, c) - (MODE == 2 && factored ? 0.f : dec.g(t, c)));
     }
   }
   if (bo.ctot) {
@@ -513,17 +544,19 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
 
   // dv
   T* dv = dvg + offv;
-  for_each_tile<TM, TN>(L, Dv, [&](const MicroTile<TM, TN>& t) {
-    float acc[TM][TN];
+  auto dv_tile = [&]<int BM, int BN>(const MicroTile<BM, BN>& t) {
+    float acc[BM][BN];
     zero_acc(acc);
     mm_acc(acc, t, 0, L, [&](int i, int kk) { return A[kk * ldc + i]; }, [&](int kk, int j) { return dO[kk * ldv + j]; });
     mm_acc(acc, t, 0, Dk, [&](int i, int kk) { return k[i * ldk + kk]; }, [&](int kk, int j) { return dH[int64_t(j) * Dk + kk]; });
 #pragma unroll
-    for (int r = 0; r < TM; ++r)
+    for (int r = 0; r < BM; ++r)
 #pragma unroll
-      for (int c = 0; c < TN; ++c)
+      for (int c = 0; c < BN; ++c)
         if (t.i[r] < L && t.j[c] < Dv) dv[int64_t(t.i[r]) * rowv + t.j[c]] = from_float<T>(acc[r][c]);
-  });
+  };
+  if (Dv >= 128) for_each_tile<8, 8>(L, Dv, dv_tile);
+  else for_each_tile<TM, TN>(L, Dv, dv_tile);
 }
 
 // ---------------------------------------------------------------------------------------------
