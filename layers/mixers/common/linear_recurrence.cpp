@@ -13,8 +13,10 @@
 // key channel the intra term is an elementwise product over [C, C, Dk] followed by a sum over Dk (the same
 // multiply-adds as the masked matmul q k^T, exact at any decay strength); with a decay per head (or none)
 // it is a real masked matmul. The chunk-to-chunk state passing runs in f32 (f64 for f64 inputs).
+// linear_recurrence keeps only its inputs for backward and recomputes the chunked form there.
 #include "layers/mixers/common/linear_recurrence.h"
 
+#include "autograd/checkpoint.h"
 #include "core/ops.h"
 #include "layers/mixers/common/recurrence_step.h"
 #ifdef SEQMIX_WITH_CUDA
@@ -217,7 +219,23 @@ RecurrenceResult linear_recurrence(const Tensor& q, const Tensor& k, const Tenso
     SEQMIX_FAIL("linear_recurrence: CUDA tensors in a build without CUDA");
 #endif
   }
-  return chunked_cpu(q, k, v, g, bonus, initial_state, opt);
+  // Training on the CPU: the chunked form runs without recording its intermediates (they are several times
+  // the size of the inputs: the [C, C, Dk] decay tensors); backward recomputes them (activation recompute
+  // through autograd::checkpoint), so only the inputs are kept between forward and backward.
+  bool any_grad = autograd::needs_grad({&q, &k, &v, &g, &bonus, &initial_state});
+  if (!any_grad || q.size(1) == 0) return chunked_cpu(q, k, v, g, bonus, initial_state, opt);
+  RecurrenceOptions inner = opt;
+  inner.want_final_state = true;
+  autograd::Tensors outs = autograd::checkpoint(
+      [inner](const autograd::Tensors& in) -> autograd::Tensors {
+        RecurrenceResult r = chunked_cpu(in[0], in[1], in[2], in[3], in[4], in[5], inner);
+        return {r.o, r.final_state};
+      },
+      {q, k, v, g, bonus, initial_state});
+  RecurrenceResult r;
+  r.o = outs[0];
+  if (opt.want_final_state) r.final_state = outs[1];
+  return r;
 }
 
 RecurrenceResult linear_recurrence_step(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& bonus,
