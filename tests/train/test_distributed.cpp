@@ -228,6 +228,45 @@ TEST(DataParallel, Zero1ShardsTheOptimizerState) {
   EXPECT_EQ(gathered[1], gathered[0]);
 }
 
+TEST(DataParallel, BucketsLaunchDuringBackwardAndAverageTheGradients) {
+  dist::InProcessGroup g(2, 10);
+  std::vector<int> launched(2), buckets(2);
+  std::vector<std::vector<float>> g1(2), g2(2);
+  std::vector<std::thread> ts;
+  for (int r = 0; r < 2; ++r)
+    ts.emplace_back([&, r] {
+      Generator gen(11);
+      Tensor w1 = randn({6, 6}, gen), w2 = randn({6, 3}, gen);
+      w1.requires_grad_(true);
+      w2.requires_grad_(true);
+      train::NamedTensors ps{{"w1", w1}, {"w2", w2}};
+      dist::DataParallel dp(g.comm(r), ps, train::AdamWConfig{}, dist::DdpOptions{0.00001, false});  // one bucket each
+      Tensor x = full({4, 6}, r + 1.0);
+      dp.prepare_backward(true);
+      sum(matmul(matmul(x, w1), w2)).backward();
+      launched[size_t(r)] = dp.buckets_launched();  // by the hooks, while backward ran
+      buckets[size_t(r)] = dp.num_buckets();
+      dp.finish_backward();
+      g1[size_t(r)] = w1.grad().to_vector<float>();
+      g2[size_t(r)] = w2.grad().to_vector<float>();
+    });
+  for (auto& t : ts) t.join();
+  EXPECT_EQ(buckets[0], 2);
+  EXPECT_EQ(launched[0], 2);
+  EXPECT_EQ(launched[1], 2);
+  EXPECT_EQ(g1[0], g1[1]);
+  EXPECT_EQ(g2[0], g2[1]);
+  // x = (r + 1) * ones: the mean over ranks is the gradient at x = 1.5 * ones.
+  Generator gen(11);
+  Tensor w1 = randn({6, 6}, gen), w2 = randn({6, 3}, gen);
+  w1.requires_grad_(true);
+  w2.requires_grad_(true);
+  sum(matmul(matmul(full({4, 6}, 1.5), w1), w2)).backward();
+  std::vector<float> e1 = w1.grad().to_vector<float>(), e2 = w2.grad().to_vector<float>();
+  for (size_t i = 0; i < e1.size(); ++i) EXPECT_NEAR(g1[0][i], e1[i], 1e-4);
+  for (size_t i = 0; i < e2.size(); ++i) EXPECT_NEAR(g2[0][i], e2[i], 1e-4);
+}
+
 TEST(DataParallel, CheckpointFromTwoRanksResumesOnOneAndThree) {
   fs::path full = scratch("full"), part = scratch("part"), on1 = scratch("on1"), on3 = scratch("on3");
   RunResult ref = train_ranks(2, full, config_text(full, 3, 1, true));

@@ -53,7 +53,7 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int world() const = 0;
-  // The GPU index this rank uses on its node (LOCAL_RANK); rank() when not given.
+  // The GPU index this rank uses on its node (from LOCAL_RANK); rank() when not given.
   virtual int local_rank() const { return rank(); }
   // Where the tensors of the collectives must live (cpu for the in-process backend, cuda:N for NCCL).
   virtual Device device() const = 0;

@@ -65,6 +65,9 @@ class DataParallel {
   Communicator& comm() { return comm_; }
   bool zero1() const { return opt_.zero1; }
   int num_buckets() const { return int(buckets_.size()); }
+  // Buckets launched so far in the current synchronized backward (all of them, before
+  // finish_backward, when the hooks did their job).
+  int buckets_launched() const { return next_launch_; }
   // Elements of optimizer state (exp_avg) this rank holds: all parameters, or its ZeRO-1 shard.
   int64_t optimizer_state_numel() const;
 

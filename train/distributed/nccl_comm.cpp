@@ -93,7 +93,12 @@ class NcclComm : public Communicator {
  public:
   NcclComm(const DistEnv& env, double timeout_s) : env_(env) {
     timeout_s_ = timeout_s;
-    cuda::select_device(env.local_rank);
+    // LOCAL_RANK picks the GPU; where the launcher shows each process only its own GPUs (SLURM
+    // --gpus-per-task, CUDA_VISIBLE_DEVICES per rank) the index wraps around the visible ones.
+    int visible = 0;
+    SEQMIX_CHECK(cudaGetDeviceCount(&visible) == cudaSuccess && visible > 0, "rank ", env.rank, ": no CUDA device is visible for NCCL");
+    dev_ = env.local_rank % visible;
+    cuda::select_device(dev_);
     // Start-up may be skewed (launchers, loading): at least kStartupTimeout to meet.
     rdv_ = std::make_unique<Rendezvous>(env.rank, env.world, env.master_addr, env.master_port, std::max(timeout_s, kStartupTimeout));
     ncclUniqueId id{};
@@ -122,8 +127,8 @@ class NcclComm : public Communicator {
 
   int rank() const override { return env_.rank; }
   int world() const override { return env_.world; }
-  int local_rank() const override { return env_.local_rank; }
-  Device device() const override { return Device::cuda(env_.local_rank); }
+  int local_rank() const override { return dev_; }
+  Device device() const override { return Device::cuda(dev_); }
   std::string backend() const override { return "nccl"; }
 
   WorkPtr all_reduce_sum_async(Tensor& t) override {
@@ -172,7 +177,7 @@ class NcclComm : public Communicator {
   }
   template <typename F>
   WorkPtr launch(const char* op, F&& issue) {
-    cuda::select_device(env_.local_rank);
+    cuda::select_device(dev_);
     cudaEvent_t ready, done;
     SEQMIX_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
     SEQMIX_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
@@ -193,7 +198,7 @@ class NcclComm : public Communicator {
   }
 
   void watch() {
-    cudaSetDevice(env_.local_rank);
+    cudaSetDevice(dev_);
     while (!stop_) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
       std::lock_guard<std::mutex> lk(mu_);
@@ -237,6 +242,7 @@ class NcclComm : public Communicator {
   }
 
   DistEnv env_;
+  int dev_ = 0;
   std::unique_ptr<Rendezvous> rdv_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
