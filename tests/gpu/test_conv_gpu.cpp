@@ -7,6 +7,7 @@
 //   scale, not to each output.
 // - bf16 (both): rtol 2e-2 and atol 2e-2 * max|cpu| for fft_conv (1e-2 for conv1d): identical bf16
 //   inputs, f32 math, one final rounding on each side.
+#include "support/gpu_compare.h"
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -18,23 +19,12 @@
 #include "core/ops.h"
 
 using namespace seqmix;
+using namespace seqmix::testing;
 
 namespace {
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device"
 
-Tensor rand_cpu(const Shape& shape, DType dt, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = d(rng);
-  return Tensor::from_vector<float>(v, shape).to(dt);
-}
 
-struct Tol {
-  double rtol, atol;
-};
 
 double max_abs(const Tensor& t) {
   double m = 0;
@@ -42,20 +32,6 @@ double max_abs(const Tensor& t) {
   return m;
 }
 
-void expect_close(const Tensor& got, const Tensor& want, Tol tol, const std::string& what) {
-  ASSERT_TRUE(got.defined()) << what << ": undefined result";
-  ASSERT_TRUE(got.is_cuda()) << what;
-  ASSERT_EQ(shape_str(got.shape()), shape_str(want.shape())) << what;
-  ASSERT_EQ(got.dtype(), want.dtype()) << what;
-  std::vector<double> g = got.to_vector<double>(), w = want.to_vector<double>();
-  ASSERT_EQ(g.size(), w.size()) << what;
-  size_t bad = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    bool ok = std::abs(g[i] - w[i]) <= tol.atol + tol.rtol * std::abs(w[i]);
-    if (!ok && bad++ < 5) ADD_FAILURE() << what << ": element " << i << " cuda " << g[i] << " cpu " << w[i];
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << g.size() << " elements differ";
-}
 
 Tol conv_tol(DType dt) { return dt == DType::F32 ? Tol{1e-5, 1e-5} : Tol{2e-2, 1e-2}; }
 Tol fft_tol(DType dt, const Tensor& want) {

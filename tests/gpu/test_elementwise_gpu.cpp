@@ -11,6 +11,7 @@
 // - bf16 / f16: rtol 1e-2, atol 1e-3 (both compute in f32 and round; a one-ulp difference in f32 can
 //   flip the final rounding, i.e. one bf16 ulp = 2^-8 relative).
 // - fill, copy, where, compare and integer ops: exact.
+#include "support/gpu_compare.h"
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -23,48 +24,16 @@
 #include "core/ops.h"
 
 using namespace seqmix;
+using namespace seqmix::testing;
 
 namespace {
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device"
 
-Tensor rand_cpu(const Shape& shape, DType dt, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = d(rng);
-  return Tensor::from_vector<float>(v, shape).to(dt);
-}
 
 // Small integers as floats: exact in every dtype, and with many ties (for compare / where).
-Tensor randint_cpu(const Shape& shape, DType dt, uint32_t seed, int lo, int hi) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> d(lo, hi);
-  std::vector<double> v(size_t(shape_numel(shape)));
-  for (double& x : v) x = d(rng);
-  return Tensor::from_vector<double>(v, shape).to(dt);
-}
 
-struct Tol {
-  double rtol, atol;
-};
 Tol tol_for(DType dt) { return dt == DType::F32 ? Tol{1e-5, 1e-6} : Tol{1e-2, 1e-3}; }
 
-void expect_close(const Tensor& got, const Tensor& want, Tol tol, const std::string& what) {
-  ASSERT_TRUE(got.is_cuda()) << what;
-  ASSERT_EQ(shape_str(got.shape()), shape_str(want.shape())) << what;
-  ASSERT_EQ(got.dtype(), want.dtype()) << what;
-  std::vector<double> g = got.to_vector<double>(), w = want.to_vector<double>();
-  ASSERT_EQ(g.size(), w.size()) << what;
-  size_t bad = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    bool ok = std::abs(g[i] - w[i]) <= tol.atol + tol.rtol * std::abs(w[i]) || (std::isnan(g[i]) && std::isnan(w[i])) ||
-              (std::isinf(g[i]) && g[i] == w[i]);
-    if (!ok && bad++ < 5) ADD_FAILURE() << what << ": element " << i << " cuda " << g[i] << " cpu " << w[i];
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << g.size() << " elements differ";
-}
 void expect_equal(const Tensor& got, const Tensor& want, const std::string& what) {
   expect_close(got, want, Tol{0.0, 0.0}, what);
 }

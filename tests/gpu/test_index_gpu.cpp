@@ -5,6 +5,7 @@
 // Tolerances: copies (cat, index_select, gather) are exact. index_add / scatter_add accumulate with
 // atomics (the order between duplicate indices is not fixed): f32 rtol 1e-5, atol 1e-6; bf16 rtol 2e-2,
 // atol 1e-2 (f32 sums rounded once on both sides; order differences can flip one bf16 ulp).
+#include "support/gpu_compare.h"
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -16,46 +17,15 @@
 #include "core/ops.h"
 
 using namespace seqmix;
+using namespace seqmix::testing;
 
 namespace {
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device"
 
-Tensor rand_cpu(const Shape& shape, DType dt, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = d(rng);
-  return Tensor::from_vector<float>(v, shape).to(dt);
-}
 
-Tensor ids_cpu(const Shape& shape, int64_t lo, int64_t hi, DType dt, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int64_t> d(lo, hi);
-  std::vector<int64_t> v(size_t(shape_numel(shape)));
-  for (int64_t& x : v) x = d(rng);
-  return Tensor::from_vector<int64_t>(v, shape).to(dt);
-}
 
-struct Tol {
-  double rtol, atol;
-};
 Tol add_tol(DType dt) { return dt == DType::F32 ? Tol{1e-5, 1e-6} : Tol{2e-2, 1e-2}; }
 
-void expect_close(const Tensor& got, const Tensor& want, Tol tol, const std::string& what) {
-  ASSERT_TRUE(got.is_cuda()) << what;
-  ASSERT_EQ(shape_str(got.shape()), shape_str(want.shape())) << what;
-  ASSERT_EQ(got.dtype(), want.dtype()) << what;
-  std::vector<double> g = got.to_vector<double>(), w = want.to_vector<double>();
-  ASSERT_EQ(g.size(), w.size()) << what;
-  size_t bad = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    bool ok = std::abs(g[i] - w[i]) <= tol.atol + tol.rtol * std::abs(w[i]);
-    if (!ok && bad++ < 5) ADD_FAILURE() << what << ": element " << i << " cuda " << g[i] << " cpu " << w[i];
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << g.size() << " elements differ";
-}
 void expect_equal(const Tensor& got, const Tensor& want, const std::string& what) { expect_close(got, want, Tol{0, 0}, what); }
 
 }  // namespace

@@ -8,6 +8,7 @@
 //   TF32 would be off by ~1e-3 relative and fail this, which is the point: f32 GEMMs must not use it.
 // - bf16: rtol 1e-2, atol 1e-3 * sqrt(k). Both accumulate exact bf16 products in f32 and round once;
 //   a different summation order can flip that rounding by one bf16 ulp (2^-8 relative).
+#include "support/gpu_compare.h"
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -19,41 +20,17 @@
 #include "core/ops.h"
 
 using namespace seqmix;
+using namespace seqmix::testing;
 
 namespace {
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device"
 
-Tensor rand_cpu(const Shape& shape, DType dt, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = d(rng);
-  return Tensor::from_vector<float>(v, shape).to(dt);
-}
 
-struct Tol {
-  double rtol, atol;
-};
 Tol gemm_tol(DType dt, int64_t k) {
   double s = std::sqrt(double(std::max<int64_t>(k, 1)));
   return dt == DType::BF16 ? Tol{1e-2, 1e-3 * s} : Tol{1e-5, 2e-6 * s};
 }
 
-void expect_close(const Tensor& got, const Tensor& want, Tol tol, const std::string& what) {
-  ASSERT_TRUE(got.is_cuda()) << what;
-  ASSERT_EQ(shape_str(got.shape()), shape_str(want.shape())) << what;
-  ASSERT_EQ(got.dtype(), want.dtype()) << what;
-  std::vector<double> g = got.to_vector<double>(), w = want.to_vector<double>();
-  ASSERT_EQ(g.size(), w.size()) << what;
-  size_t bad = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    bool ok = std::abs(g[i] - w[i]) <= tol.atol + tol.rtol * std::abs(w[i]);
-    if (!ok && bad++ < 5) ADD_FAILURE() << what << ": element " << i << " cuda " << g[i] << " cpu " << w[i];
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << g.size() << " elements differ";
-}
 
 const std::vector<DType> kTypes = {DType::F32, DType::BF16};
 

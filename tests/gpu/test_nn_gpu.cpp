@@ -11,6 +11,7 @@
 // - bf16: rtol 2e-2, atol 2e-3. Both sides compute in f32 from the same bf16 inputs and round once;
 //   f32 differences in the order of sums can flip the final rounding by one bf16 ulp (2^-8).
 // - embedding forward: exact (a copy); backward f32: 1e-5 relative (sums split at chunk boundaries).
+#include "support/gpu_compare.h"
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -22,50 +23,16 @@
 #include "core/ops.h"
 
 using namespace seqmix;
+using namespace seqmix::testing;
 
 namespace {
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device"
 
-Tensor rand_cpu(const Shape& shape, DType dt, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = d(rng);
-  return Tensor::from_vector<float>(v, shape).to(dt);
-}
 
-Tensor ids_cpu(const Shape& shape, int64_t lo, int64_t hi, DType dt, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int64_t> d(lo, hi);
-  std::vector<int64_t> v(size_t(shape_numel(shape)));
-  for (int64_t& x : v) x = d(rng);
-  return Tensor::from_vector<int64_t>(v, shape).to(dt);
-}
 
-struct Tol {
-  double rtol, atol;
-};
 Tol soft_tol(DType dt) { return dt == DType::F32 ? Tol{1e-4, 1e-6} : Tol{2e-2, 2e-3}; }
 Tol sum_tol(DType dt) { return dt == DType::F32 ? Tol{1e-4, 1e-5} : Tol{2e-2, 2e-3}; }
 
-void expect_close(const Tensor& got, const Tensor& want, Tol tol, const std::string& what) {
-  ASSERT_TRUE(got.defined()) << what << ": undefined result";
-  ASSERT_TRUE(want.defined()) << what << ": undefined reference";
-  ASSERT_TRUE(got.is_cuda()) << what;
-  ASSERT_EQ(shape_str(got.shape()), shape_str(want.shape())) << what;
-  ASSERT_EQ(got.dtype(), want.dtype()) << what;
-  std::vector<double> g = got.to_vector<double>(), w = want.to_vector<double>();
-  ASSERT_EQ(g.size(), w.size()) << what;
-  size_t bad = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    bool ok = std::abs(g[i] - w[i]) <= tol.atol + tol.rtol * std::abs(w[i]) || (std::isnan(g[i]) && std::isnan(w[i])) ||
-              (std::isinf(g[i]) && g[i] == w[i]);
-    if (!ok && bad++ < 5) ADD_FAILURE() << what << ": element " << i << " cuda " << g[i] << " cpu " << w[i];
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << g.size() << " elements differ";
-}
 
 const std::vector<DType> kTypes = {DType::F32, DType::BF16};
 

@@ -7,6 +7,7 @@
 // - bf16: |cuda - cpu| <= 1e-2 * |cpu| + 1e-3 * sqrt(n) + 1e-3 (the result is rounded to bf16 on both
 //   sides; a slightly different f32 sum can round to the neighbouring bf16 value).
 // - max, min, argmax, integer sums: exact.
+#include "support/gpu_compare.h"
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -19,41 +20,13 @@
 #include "core/ops.h"
 
 using namespace seqmix;
+using namespace seqmix::testing;
 
 namespace {
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device"
 
-Tensor rand_cpu(const Shape& shape, DType dt, uint32_t seed, float lo = -1.f, float hi = 1.f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = d(rng);
-  return Tensor::from_vector<float>(v, shape).to(dt);
-}
 
-Tensor randint_cpu(const Shape& shape, DType dt, uint32_t seed, int lo, int hi) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> d(lo, hi);
-  std::vector<double> v(size_t(shape_numel(shape)));
-  for (double& x : v) x = d(rng);
-  return Tensor::from_vector<double>(v, shape).to(dt);
-}
 
-void expect_close(const Tensor& got, const Tensor& want, double rtol, double atol, const std::string& what) {
-  ASSERT_TRUE(got.is_cuda()) << what;
-  ASSERT_EQ(shape_str(got.shape()), shape_str(want.shape())) << what;
-  ASSERT_EQ(got.dtype(), want.dtype()) << what;
-  std::vector<double> g = got.to_vector<double>(), w = want.to_vector<double>();
-  size_t bad = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    bool ok = std::abs(g[i] - w[i]) <= atol + rtol * std::abs(w[i]) || (std::isinf(g[i]) && g[i] == w[i]) ||
-              (std::isnan(g[i]) && std::isnan(w[i]));
-    if (!ok && bad++ < 5) ADD_FAILURE() << what << ": element " << i << " cuda " << g[i] << " cpu " << w[i];
-  }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << g.size() << " elements differ";
-}
 
 // tolerance for a sum of n elements of magnitude <= 1
 void expect_sum_close(const Tensor& got, const Tensor& want, DType dt, int64_t n, const std::string& what) {
