@@ -6,6 +6,7 @@
 #include "bench/bench_attention.h"
 #include "bench/bench_gemm.h"
 #include "bench/bench_kernels.h"
+#include "bench/bench_recurrence.h"
 #include "bench/bench_step.h"
 #include "bench/bench_tokenizer.h"
 #include "core/error.h"
@@ -17,6 +18,7 @@ int main(int argc, char** argv) {
       "  gemm       bf16 GEMM TFLOP/s, FFT and short convolutions\n"
       "  attention  causal attention forward/backward\n"
       "  tokenizer  BPE training time and tokenizer throughput\n"
+      "  recurrence chunked gated-linear-recurrence engine forward/backward\n"
       "  step       full training steps of a config's model: tokens/s, MFU, peak memory\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
@@ -30,6 +32,7 @@ int main(int argc, char** argv) {
     if (family == "attention") return seqmix::bench::attention_main(args);
     if (family == "tokenizer") return seqmix::bench::tokenizer_main(args);
     if (family == "step") return seqmix::bench::step_main(args);
+    if (family == "recurrence") return seqmix::bench::recurrence_main(args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "seqmix_bench %s: error: %s\n", family.c_str(), e.what());
     return 1;
