@@ -186,6 +186,30 @@ TEST(InProcessComm, AFailedRankIsNamedByThePeers) {
   t1.join();
 }
 
+TEST(InProcessComm, DifferentCollectivesAreCaught) {
+  dist::InProcessGroup g(2, 10);
+  std::thread t1([&] {
+    try {
+      g.comm(1).barrier();
+    } catch (const Error&) {
+    }
+  });
+  Tensor x = ones({2});
+  expect_error_contains([&] { g.comm(0).all_reduce_sum(x); }, "issued different collectives");
+  t1.join();
+}
+
+TEST(DataParallel, ATrainerStopsNamingARankThatFailed) {
+  fs::path a = scratch("failed_rank");
+  std::ofstream(a / "cfg.yaml") << config_text(a, 3, 1, false);
+  dist::InProcessGroup group(2, 60);
+  std::thread t1([&] { group.comm(1).abort("cannot open the dataset"); });  // rank 1 fails before it trains
+  expect_error_contains(
+      [&] { train::Trainer t(Config::load((a / "cfg.yaml").string()), (a / "cfg.yaml").string(), "", "", &group.comm(0)); },
+      "rank 1 failed: cannot open the dataset");
+  t1.join();
+}
+
 TEST(DataParallel, TwoAndThreeRanksMatchOneRankWithAccumulation) {
   fs::path a = scratch("one"), b = scratch("two"), c = scratch("three");
   RunResult one = train_ranks(0, a, config_text(a, 2, 3, false));

@@ -21,7 +21,7 @@
 namespace seqmix::train::dist {
 
 struct InProcessGroup::State {
-  explicit State(int w, double t) : world(w), timeout(t), ptrs(w), here(w, false), published(w) {}
+  explicit State(int w, double t) : world(w), timeout(t), ptrs(w), here(w, false), whats(w), published(w) {}
   int world;
   double timeout;
   std::mutex mu;
@@ -30,6 +30,7 @@ struct InProcessGroup::State {
   int count = 0;
   std::vector<const void*> ptrs;
   std::vector<bool> here;
+  std::vector<const char*> whats;      // the collective each rank entered (they must agree)
   std::vector<const void*> published;  // the pointers of the last completed phase
   std::string failure;                 // non-empty once a rank failed or a barrier timed out
 
@@ -40,7 +41,16 @@ struct InProcessGroup::State {
     uint64_t g = generation;
     ptrs[rank] = p;
     here[rank] = true;
+    whats[rank] = what;
     if (++count == world) {
+      for (int r = 1; r < world; ++r)
+        if (std::strcmp(whats[r], whats[0]) != 0 && failure.empty())
+          failure = "the ranks issued different collectives: rank 0 " + std::string(whats[0]) + ", rank " + std::to_string(r) + " " +
+                    whats[r];
+      if (!failure.empty()) {
+        cv.notify_all();
+        throw PeerFailure("rank " + std::to_string(rank) + ": " + failure);
+      }
       published = ptrs;
       count = 0;
       here.assign(world, false);
