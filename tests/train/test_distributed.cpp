@@ -226,6 +226,11 @@ TEST(DataParallel, Zero1MatchesPlainDataParallel) {
   RunResult plain = train_ranks(3, a, config_text(a, 2, 1, false));
   RunResult zero = train_ranks(3, b, config_text(b, 2, 1, true));
   expect_close(plain, zero, 2e-5, "ZeRO-1 vs plain data parallel");
+  fs::path c = scratch("plain_accum"), d = scratch("zero_accum");
+  RunResult plain2 = train_ranks(2, c, config_text(c, 1, 3, false));
+  RunResult zero2 = train_ranks(2, d, config_text(d, 1, 3, true));
+  expect_close(plain2, zero2, 2e-5, "ZeRO-1 vs plain data parallel, 2 ranks x accumulation 3");
+  expect_close(plain, zero2, 2e-5, "ZeRO-1 on 2 ranks x 3 vs 3 ranks");
 }
 
 TEST(DataParallel, Zero1ShardsTheOptimizerState) {
