@@ -980,25 +980,28 @@ int bwd_variant() {
   return v;
 }
 
-template <int D, int Bc, bool kLazy>
+template <int D, int Bc, bool kLazy, int kUnroll>
 void launch_flash_fwd_v(const FwdParams& p) {
   static std::atomic<uint64_t> done{0};
   constexpr int smem = fwd_v_smem_bytes<D, Bc>();
-  set_smem(flash_fwd_v_kernel<D, Bc, kLazy>, smem, done);
+  set_smem(flash_fwd_v_kernel<D, Bc, kLazy, kUnroll>, smem, done);
   dim3 grid(unsigned(p.g.B * p.g.H), unsigned((p.g.Tq + kFwdBr - 1) / kFwdBr));
-  flash_fwd_v_kernel<D, Bc, kLazy><<<grid, kFwdWarps * 32, smem, ::seqmix::cuda::current_stream()>>>(p);
+  flash_fwd_v_kernel<D, Bc, kLazy, kUnroll><<<grid, kFwdWarps * 32, smem, ::seqmix::cuda::current_stream()>>>(p);
   SEQMIX_CUDA_CHECK_LAUNCH("attention flash_fwd_v_kernel");
 }
 
-// 1: 64-key tiles, folded scale, warp skip; 2: 1 + lazy rescale; 3: fwd_bc<D> keys + lazy rescale;
-// 4: fwd_bc<D> keys, folded scale, warp skip. Anything else: the default kernel.
+// 1: 64-key tiles, folded scale, rolled QK^T k-loop at D = 128; 2: 1 + lazy rescale; 3: fwd_bc<D> keys +
+// folded scale + masked-warp skip + lazy rescale; 4: 3 without the lazy rescale; 5: 1 with the k-loop
+// unrolled (spills at D = 128). Anything else: the default kernel.
 template <int D>
 void launch_flash_fwd_variant(const FwdParams& p, int variant) {
+  constexpr int kRolled = D >= 128 ? 1 : 0;
   switch (variant) {
-    case 1: launch_flash_fwd_v<D, 64, false>(p); return;
-    case 2: launch_flash_fwd_v<D, 64, true>(p); return;
-    case 3: launch_flash_fwd_v<D, fwd_bc<D>(), true>(p); return;
-    case 4: launch_flash_fwd_v<D, fwd_bc<D>(), false>(p); return;
+    case 1: launch_flash_fwd_v<D, 64, false, kRolled>(p); return;
+    case 2: launch_flash_fwd_v<D, 64, true, kRolled>(p); return;
+    case 3: launch_flash_fwd_v<D, fwd_bc<D>(), true, 0>(p); return;
+    case 4: launch_flash_fwd_v<D, fwd_bc<D>(), false, 0>(p); return;
+    case 5: launch_flash_fwd_v<D, 64, false, 0>(p); return;
     default: launch_flash_fwd<D>(p); return;
   }
 }
@@ -1021,7 +1024,8 @@ template <int D>
 void launch_flash_bwd(const BwdParams& p);
 
 // 1: the default tiling (8 warps, 128 keys) + register lse / D, folded scale, masked-block skipping;
-// 2: the same with 4 warps and 64 keys per CTA (two CTAs per SM). Anything else: the default kernel.
+// 2: the same with 4 warps and 64 keys per CTA (two CTAs per SM); 3, 4: 1, 2 with the 16-byte pre / post
+// passes (cuda_backward). Anything else: the default kernel.
 template <int D>
 void launch_flash_bwd_variant(const BwdParams& p, int variant) {
   switch (variant) {
@@ -1139,11 +1143,28 @@ void cuda_backward(const Dims& d, const Tensor& q_in, const Tensor& k_in, const 
 
   if (flash_supported(d, q_in.dtype())) {
     Tensor q = aligned_rows(q_in), k = aligned_rows(k_in), v = aligned_rows(v_in), dout = aligned_rows(dout_in);
-    dot_do_o_kernel<bf16_t, float><<<simt_blocks(rows), kSimtWarps * 32, 0, stream>>>(
-        cptr<bf16_t>(dout), strides_of(dout), cptr<bf16_t>(o), strides_of(o), mptr<float>(dvec), g.B, g.Tq, g.H, g.D);
-    SEQMIX_CUDA_CHECK_LAUNCH("attention dot_do_o_kernel");
+    // SEQMIX_ATTN_BWD >= 3: 16-byte pre / post passes (D_i with the dq_acc zeroing fused in; dq conversion),
+    // then the main kernel of variant (variant - 2).
+    const int variant = bwd_variant();
+    const bool fast_passes = variant >= 3 && rows_aligned(o);
     Tensor dq_acc = Tensor::empty({d.B, d.Tq, d.H, d.D}, DType::F32, q_in.device());
-    SEQMIX_CUDA_CHECK(cudaMemsetAsync(dq_acc.data_ptr(), 0, dq_acc.nbytes(), stream));
+    if (fast_passes) {
+      const unsigned blocks = unsigned((rows * (d.D / 8) + 255) / 256);
+      if (d.D == 64)
+        dot_do_o_zero_kernel<64><<<blocks, 256, 0, stream>>>(cptr<bf16_t>(dout), strides_of(dout), cptr<bf16_t>(o),
+                                                            strides_of(o), mptr<float>(dvec), mptr<float>(dq_acc),
+                                                            g.B, g.Tq, g.H);
+      else
+        dot_do_o_zero_kernel<128><<<blocks, 256, 0, stream>>>(cptr<bf16_t>(dout), strides_of(dout), cptr<bf16_t>(o),
+                                                             strides_of(o), mptr<float>(dvec), mptr<float>(dq_acc),
+                                                             g.B, g.Tq, g.H);
+      SEQMIX_CUDA_CHECK_LAUNCH("attention dot_do_o_zero_kernel");
+    } else {
+      dot_do_o_kernel<bf16_t, float><<<simt_blocks(rows), kSimtWarps * 32, 0, stream>>>(
+          cptr<bf16_t>(dout), strides_of(dout), cptr<bf16_t>(o), strides_of(o), mptr<float>(dvec), g.B, g.Tq, g.H, g.D);
+      SEQMIX_CUDA_CHECK_LAUNCH("attention dot_do_o_kernel");
+      SEQMIX_CUDA_CHECK(cudaMemsetAsync(dq_acc.data_ptr(), 0, dq_acc.nbytes(), stream));
+    }
     BwdParams p{};
     p.q = cptr<bf16_t>(q);
     p.k = cptr<bf16_t>(k);
@@ -1162,11 +1183,17 @@ void cuda_backward(const Dims& d, const Tensor& q_in, const Tensor& k_in, const 
     p.g = g;
     p.scale = float(d.scale);
     p.scale_log2 = float(d.scale) * kLog2e;
-    if (d.D == 64) launch_flash_bwd_variant<64>(p, bwd_variant());
-    else launch_flash_bwd_variant<128>(p, bwd_variant());
+    const int main_variant = variant >= 3 ? variant - 2 : variant;
+    if (d.D == 64) launch_flash_bwd_variant<64>(p, main_variant);
+    else launch_flash_bwd_variant<128>(p, main_variant);
     const int64_t n = dq.numel();
-    dq_convert_kernel<bf16_t><<<::seqmix::cuda::grid_for(n, 256, 8), 256, 0, stream>>>(
-        cptr<float>(dq_acc), mptr<bf16_t>(dq), n, float(d.scale));
+    if (fast_passes) {
+      dq_convert8_kernel<<<::seqmix::cuda::grid_for(n / 8, 256, 8), 256, 0, stream>>>(
+          cptr<float>(dq_acc), mptr<bf16_t>(dq), n / 8, float(d.scale));
+    } else {
+      dq_convert_kernel<bf16_t><<<::seqmix::cuda::grid_for(n, 256, 8), 256, 0, stream>>>(
+          cptr<float>(dq_acc), mptr<bf16_t>(dq), n, float(d.scale));
+    }
     SEQMIX_CUDA_CHECK_LAUNCH("attention dq_convert_kernel");
     return;
   }

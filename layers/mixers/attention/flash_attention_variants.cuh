@@ -3,11 +3,13 @@
 // flash_attention.cu). Included by flash_attention.cu inside its anonymous namespace, after the PTX
 // wrappers, load_tile, FwdParams and BwdParams; the same fragment conventions apply.
 //
-// Forward flash_fwd_v_kernel<D, Bc, kLazy> (variants 1-3):
+// Forward flash_fwd_v_kernel<D, Bc, kLazy, kQKUnroll> (variants 1-5):
 //   * Bc keys per tile (64 at D = 128 fits 255 registers without spills now that the scale is folded in);
 //   * the scale is folded into the exponent: p = 2^(s * scale_log2 - m), one FFMA instead of FMUL + FADD,
 //     with the running max kept in the scaled log2 domain (the launcher only picks these for scale > 0);
-//   * warps whose 32 rows see no key of a tile (the diagonal / window edge) skip it entirely;
+//   * (Bc = 32 only) warps whose 32 rows see no key of a tile (the diagonal / window edge) skip it;
+//   * K / V tile loads through running pointers (load_tile_lean), and at Bc = 64 a rolled QK^T k-loop:
+//     what frees the registers for 64-key tiles at D = 128 (ptxas: 255 registers, ~4 bytes of spill);
 //   * kLazy: the running max only moves (and O / l are only rescaled) when some row of the warp exceeds
 //     it by more than kLazyThresh (log2 units); otherwise the stale max is kept, so p <= 2^kLazyThresh,
 //     harmless in f32 / bf16. O / l / lse stay exact: l and O use the same max.
@@ -23,14 +25,42 @@
 
 constexpr float kLazyThresh = 8.f;
 
+// load_tile with a running source pointer made opaque to the compiler: the per-chunk global addresses are
+// formed as the copies are issued instead of being hoisted out of the tile loop into (64-bit) registers.
+template <int D, int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile_lean(uint32_t tile, const bf16_t* g, int64_t stride, int row0, int nrows,
+                                               int tid) {
+  constexpr int kChunks = D / 8;
+  constexpr int kRowsPerIt = THREADS / kChunks;
+  static_assert(THREADS % kChunks == 0 && kRowsPerIt % 8 == 0 && ROWS % kRowsPerIt == 0, "tile split");
+  const int r0 = tid / kChunks, ch = tid % kChunks;
+  int row = row0 + r0;
+  const bf16_t* src = g + int64_t(row) * stride + ch * 8;
+  asm volatile("" : "+l"(src));
+  const int64_t step = int64_t(kRowsPerIt) * stride;
+  const uint32_t dst = tile + uint32_t((r0 * D + ((ch ^ (r0 & 7)) << 3)) * 2);  // (r & 7) == (r0 & 7) for all its
+#pragma unroll
+  for (int it = 0; it < ROWS / kRowsPerIt; ++it) {
+    const bool ok = row < nrows;
+    cp_async16(dst + uint32_t(it * kRowsPerIt * D * 2), ok ? src : g, ok);
+    src += step;
+    row += kRowsPerIt;
+  }
+}
+
 template <int D, int Bc>
 constexpr int fwd_v_smem_bytes() {
   return (kFwdBr * D + 4 * Bc * D) * int(sizeof(bf16_t));  // Q + 2 x K + 2 x V
 }
 
-template <int D, int Bc, bool kLazy>
+// kQKUnroll: unroll factor of the k-loop of S = Q K^T (0: full). At D = 128 with Bc = 64 a rolled loop is
+// what keeps the kernel within 255 registers (ptxas otherwise prefetches fragments of later k-steps and
+// spills). kSkip: the masked-warp skip (costs registers: only with Bc = 32).
+template <int D, int Bc, bool kLazy, int kQKUnroll>
 __global__ void __launch_bounds__(kFwdWarps * 32, 2) flash_fwd_v_kernel(FwdParams p) {
   constexpr int kThreads = kFwdWarps * 32;
+  constexpr bool kSkip = Bc <= 32;
+  constexpr int kUnroll = kQKUnroll > 0 ? kQKUnroll : D / 16;
   constexpr int Br = kFwdBr, MT = kFwdMT;
   static_assert(MT == 2 && Br == 128, "the warp skip below assumes 32 rows per warp");
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -93,14 +123,19 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 2) flash_fwd_v_kernel(FwdParam
     cp_async_wait_all();
     __syncthreads();  // tile n has landed, and every warp is done with tile n + 1 (buffer buf ^ 1)
     if (n - 1 >= n_lo) {
-      load_tile<D, Bc, kThreads>(sK + (buf ^ 1) * Bc * D, kg, p.sk.t, (n - 1) * Bc, g.Tk, tid);
-      load_tile<D, Bc, kThreads>(sV + (buf ^ 1) * Bc * D, vg, p.sv.t, (n - 1) * Bc, g.Tk, tid);
+      int bb = b, hh = hk;
+      asm volatile("" : "+r"(bb), "+r"(hh));  // K / V row pointers recomputed here, not held across the loop
+      load_tile_lean<D, Bc, kThreads>(smem_addr(sK + (buf ^ 1) * Bc * D), p.k + bb * p.sk.b + hh * p.sk.h, p.sk.t,
+                                      (n - 1) * Bc, g.Tk, tid);
+      load_tile_lean<D, Bc, kThreads>(smem_addr(sV + (buf ^ 1) * Bc * D), p.v + bb * p.sv.b + hh * p.sv.h, p.sv.t,
+                                      (n - 1) * Bc, g.Tk, tid);
     }
     cp_async_commit();
     const int k0 = n * Bc;
     // Warp-uniform: no row of this warp sees any key of the tile (all after the diagonal, or all before the
     // window): the tile changes nothing for this warp.
-    if (k0 > wrow0 + 16 * MT - 1 + g.off || (g.window > 0 && k0 + Bc - 1 <= wrow0 + g.off - g.window)) continue;
+    if (kSkip && (k0 > wrow0 + 16 * MT - 1 + g.off || (g.window > 0 && k0 + Bc - 1 <= wrow0 + g.off - g.window)))
+      continue;
     uint32_t oa = off_a, ob = off_b;
     asm volatile("" : "+r"(oa), "+r"(ob));  // opaque here: the XORed addresses are formed per use, not hoisted
     const uint32_t sKb = sK_a + uint32_t(buf * Bc * D * 2);
@@ -111,7 +146,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32, 2) flash_fwd_v_kernel(FwdParam
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int i = 0; i < Bc / 8; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
-#pragma unroll
+#pragma unroll kUnroll
     for (int kk = 0; kk < D / 16; ++kk) {
       uint32_t qa[MT][4];
 #pragma unroll
@@ -309,8 +344,9 @@ __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel
   auto load_q_tile = [&](int it, int buf) {
     const int h = hk * g.group + it / n_m;
     const int q0 = (m_lo + it % n_m) * Br;
-    load_tile<D, Br, kThreads>(sQ + buf * Br * D, p.q + b * p.sq.b + h * p.sq.h, p.sq.t, q0, g.Tq, tid);
-    load_tile<D, Br, kThreads>(sdO + buf * Br * D, p.dout + b * p.sdo.b + h * p.sdo.h, p.sdo.t, q0, g.Tq, tid);
+    load_tile_lean<D, Br, kThreads>(smem_addr(sQ + buf * Br * D), p.q + b * p.sq.b + h * p.sq.h, p.sq.t, q0, g.Tq, tid);
+    load_tile_lean<D, Br, kThreads>(smem_addr(sdO + buf * Br * D), p.dout + b * p.sdo.b + h * p.sdo.h, p.sdo.t, q0,
+                                    g.Tq, tid);
     const int64_t rowbase = (int64_t(b) * g.H + h) * g.Tq;
     if (tid < Br) {
       const int row = q0 + tid;
@@ -518,5 +554,62 @@ __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel
         }
       }
     }
+  }
+}
+
+// ============================================================================================
+// Backward pre / post passes for the bf16 tensor-core path (SEQMIX_ATTN_BWD >= 3)
+// ============================================================================================
+
+// D_i = rowsum(dO_i * O_i) with 16-byte loads (D / 8 threads per row), and the same rows of dq_acc zeroed
+// (replaces the separate memset). Rows are (b, i, h), h fastest.
+template <int D>
+__global__ void __launch_bounds__(256) dot_do_o_zero_kernel(const bf16_t* __restrict__ dout, Strides sdo,
+                                                             const bf16_t* __restrict__ o, Strides so,
+                                                             float* __restrict__ dvec, float* __restrict__ dq_acc,
+                                                             int B, int Tq, int H) {
+  constexpr int kTPR = D / 8;  // threads per row: 8 or 16, a power of two dividing 32
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kTPR;
+  const int part = threadIdx.x % kTPR;
+  const bool ok = row < int64_t(B) * Tq * H;
+  float s = 0.f;
+  if (ok) {
+    const int h = int(row % H);
+    const int i = int((row / H) % Tq);
+    const int b = int(row / (int64_t(H) * Tq));
+    const uint4 gv = *reinterpret_cast<const uint4*>(dout + b * sdo.b + int64_t(i) * sdo.t + h * sdo.h + part * 8);
+    const uint4 ov = *reinterpret_cast<const uint4*>(o + b * so.b + int64_t(i) * so.t + h * so.h + part * 8);
+    const uint32_t gw[4] = {gv.x, gv.y, gv.z, gv.w}, ow[4] = {ov.x, ov.y, ov.z, ov.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 gf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&gw[k]));
+      const float2 of = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&ow[k]));
+      s += gf.x * of.x + gf.y * of.y;
+    }
+    float4* z = reinterpret_cast<float4*>(dq_acc + row * D + part * 8);
+    z[0] = make_float4(0.f, 0.f, 0.f, 0.f);
+    z[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+#pragma unroll
+  for (int off = kTPR / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  if (ok && part == 0) {
+    const int h = int(row % H);
+    const int i = int((row / H) % Tq);
+    const int b = int(row / (int64_t(H) * Tq));
+    dvec[(int64_t(b) * H + h) * Tq + i] = s;
+  }
+}
+
+// dq = dq_acc * scale as bf16, 8 elements per thread (n a multiple of 8).
+__global__ void dq_convert8_kernel(const float* __restrict__ acc, bf16_t* __restrict__ dq, int64_t n8, float scale) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
+    const float4 a = reinterpret_cast<const float4*>(acc)[2 * i];
+    const float4 c = reinterpret_cast<const float4*>(acc)[2 * i + 1];
+    uint4 out;
+    out.x = pack_bf16(a.x * scale, a.y * scale);
+    out.y = pack_bf16(a.z * scale, a.w * scale);
+    out.z = pack_bf16(c.x * scale, c.y * scale);
+    out.w = pack_bf16(c.z * scale, c.w * scale);
+    reinterpret_cast<uint4*>(dq)[i] = out;
   }
 }
