@@ -202,7 +202,11 @@ void Trainer::setup_logging() {
 void Trainer::build(const std::string& resume) {
   // Data first: the vocabulary size comes from the tokenizer.
   std::string dir = s_.data_path;
-  if (dir.empty()) dir = data::ensure_dataset(s_.data_source, s_.tokenizer, s_.vocab_size, s_.min_count);
+  if (dir.empty()) {
+    if (comm_ && rank_ != 0) comm_->barrier();  // rank 0 prepares the cache first; the others then find it
+    dir = data::ensure_dataset(s_.data_source, s_.tokenizer, s_.vocab_size, s_.min_count);
+    if (comm_ && rank_ == 0) comm_->barrier();
+  }
   dataset_ = std::make_unique<data::Dataset>(data::Dataset::open(dir));
   ModelConfig mc = read_model_config(cfg_->root().child("model"), dataset_->vocab_size(), s_.seq_len, s_.seed);
   model_ = std::make_shared<LanguageModel>(mc, cfg_->root().child("model"));
