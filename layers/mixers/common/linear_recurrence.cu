@@ -140,16 +140,14 @@ struct Decay {
 // take the pairwise path (an exponential per term).
 constexpr float kFactorLimit = 60.f;
 
-// 1 when every |G| of the chunk is <= kFactorLimit (every thread gets the answer; contains a sync).
-__device__ __forceinline__ int chunk_factorable(const float* G, int ldg, int C, int gw, int* flag) {
-  if (threadIdx.x == 0) *flag = 1;
-  __syncthreads();
+// True when every |G| of the chunk is <= kFactorLimit (the same answer in every thread; a barrier).
+__device__ __forceinline__ bool chunk_factorable(const float* G, int ldg, int C, int gw) {
+  int ok = 1;
   for (int idx = threadIdx.x; idx < C * gw; idx += blockDim.x) {
     const int r = idx / gw, c = idx - r * gw;
-    if (!(fabsf(G[r * ldg + c]) <= kFactorLimit)) *flag = 0;
+    if (!(fabsf(G[r * ldg + c]) <= kFactorLimit)) ok = 0;
   }
-  __syncthreads();
-  return *flag;
+  return __syncthreads_and(ok) != 0;
 }
 
 // q -> q exp(Gq), k -> k exp(-G) in place (rows < L), for a factorable chunk with per-channel decays.
@@ -331,8 +329,7 @@ __global__ void __launch_bounds__(kThreads) chunk_fwd_kernel(Geo geo, const T* _
   }
   __syncthreads();
   const Decay<MODE> dec{G, sm.ldg, geo.bonus};
-  __shared__ int s_flag;
-  const bool factored = MODE == 2 && chunk_factorable(G, sm.ldg, C, geo.gw, &s_flag);
+  const bool factored = MODE == 2 && chunk_factorable(G, sm.ldg, C, geo.gw);
   diag_A(A, ldc, q, k, ldk, geo.bonus ? u + int64_t(h) * Dk : nullptr, L, Dk, geo.scale);  // raw q, k
   __syncthreads();
   if (factored) {
@@ -415,8 +412,7 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
 
   // A (strictly lower) and dA: dA[t][s] = scale do_t . v_s for s < t (times exp(Gq_t - G_s) unless the decay
   // is per channel), 0 for s >= t; dAd[t] = scale do_t . v_t.
-  __shared__ int s_flag;
-  const bool factored = MODE == 2 && chunk_factorable(G, sm.ldg, C, geo.gw, &s_flag);
+  const bool factored = MODE == 2 && chunk_factorable(G, sm.ldg, C, geo.gw);
   for_each_tile<TM, TN>(L, L, [&](const MicroTile<TM, TN>& t) {
     float acc[TM][TN];
     zero_acc(acc);
