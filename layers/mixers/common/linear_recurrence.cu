@@ -52,8 +52,9 @@
 //
 // Not yet: tensor cores (mma.sync bf16 for the C x C and C x D products, FLA-style), the state pass fused into
 // the chunk kernels, bf16 states. CPU emulation used during development: every kernel body compiles for the
-// host with SEQMIX_LR_EMULATE defined (one thread per block, syncs as no-ops) and matched a double-precision
-// token-by-token forward + BPTT at 1e-5 over 69 shape / decay / bonus / chunk cases.
+// host with SEQMIX_LR_EMULATE defined: with one thread per block (syncs as no-ops) it matched a double-precision
+// token-by-token forward + BPTT to 1e-5 over 69 shape / decay / bonus / chunk cases, and with 256 std::threads
+// per block (__syncthreads as a std::barrier) under ThreadSanitizer it reported no data race.
 // No spdlog / fmt here.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
