@@ -1006,31 +1006,38 @@ void launch_flash_fwd_variant(const FwdParams& p, int variant) {
   }
 }
 
-template <int D, int NWR>
+template <int D, int NWR, bool kLean = false, bool kRollS = false>
 void launch_flash_bwd_v(const BwdParams& p) {
   static std::atomic<uint64_t> done{0};
   constexpr int smem = bwd_v_smem_bytes<D, NWR>();
   const bool first = !(done.load(std::memory_order_acquire) & (uint64_t(1) << (::seqmix::cuda::current_device() & 63)));
-  set_smem(flash_bwd_v_kernel<D, NWR>, smem, done);
+  auto kernel = flash_bwd_v_kernel<D, NWR, kLean, kRollS>;
+  set_smem(kernel, smem, done);
   if (first && NWR < 4)  // two CTAs per SM need the whole shared-memory carveout
-    SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_v_kernel<D, NWR>, cudaFuncAttributePreferredSharedMemoryCarveout,
+    SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                            int(cudaSharedmemCarveoutMaxShared)));
   dim3 grid(unsigned(p.g.B * p.g.Hkv), unsigned((p.g.Tk + 32 * NWR - 1) / (32 * NWR)));
-  flash_bwd_v_kernel<D, NWR><<<grid, 64 * NWR, smem, ::seqmix::cuda::current_stream()>>>(p);
+  kernel<<<grid, 64 * NWR, smem, ::seqmix::cuda::current_stream()>>>(p);
   SEQMIX_CUDA_CHECK_LAUNCH("attention flash_bwd_v_kernel");
 }
 
 template <int D>
 void launch_flash_bwd(const BwdParams& p);
 
-// 1: the default tiling (8 warps, 128 keys) + register lse / D, folded scale, masked-block skipping;
-// 2: the same with 4 warps and 64 keys per CTA (two CTAs per SM); 3, 4: 1, 2 with the 16-byte pre / post
-// passes (cuda_backward). Anything else: the default kernel.
+// Main kernels: 1: the default tiling (8 warps, 128 keys) + register lse / D, folded scale, masked-block
+// skipping; 2: the same with 4 warps and 64 keys per CTA (two CTAs per SM); 3: 1 + lean ldmatrix
+// addresses; 4: 2 + lean addresses; 5: 3 + rolled S^T / dP^T k-loop; 6: 4 + rolled k-loop.
+// SEQMIX_ATTN_BWD = v in 1..2 runs main kernel v with the default pre / post passes; v in 3..8 runs main
+// kernel v - 2 with the 16-byte pre / post passes (cuda_backward). Anything else: the default kernel.
 template <int D>
 void launch_flash_bwd_variant(const BwdParams& p, int variant) {
   switch (variant) {
     case 1: launch_flash_bwd_v<D, 4>(p); return;
     case 2: launch_flash_bwd_v<D, 2>(p); return;
+    case 3: launch_flash_bwd_v<D, 4, true>(p); return;
+    case 4: launch_flash_bwd_v<D, 2, true>(p); return;
+    case 5: launch_flash_bwd_v<D, 4, true, true>(p); return;
+    case 6: launch_flash_bwd_v<D, 2, true, true>(p); return;
     default: launch_flash_bwd<D>(p); return;
   }
 }

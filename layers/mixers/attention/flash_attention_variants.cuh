@@ -14,7 +14,7 @@
 //     it by more than kLazyThresh (log2 units); otherwise the stale max is kept, so p <= 2^kLazyThresh,
 //     harmless in f32 / bf16. O / l / lse stay exact: l and O use the same max.
 //
-// Backward flash_bwd_v_kernel<D, NWR> (variants 1-2): the FA2 kernel of flash_attention.cu generalized to
+// Backward flash_bwd_v_kernel<D, NWR, kLean, kRollS> (variants 1-8): the FA2 kernel of flash_attention.cu generalized to
 // 2 * NWR warps and Bc = 32 * NWR keys per CTA (NWR = 4: the default tiling; NWR = 2: 4 warps, 64 keys,
 // two CTAs per SM), plus
 //   * lse (pre-scaled to log2) and D_i read once per thread per tile into registers (8 + 8 values);
@@ -297,7 +297,10 @@ constexpr int bwd_v_smem_bytes() {
 //   S^T, dP^T [Bc keys x 64 queries]: keys 32 wr + [0, 32), queries 32 wc + [0, 32)
 //   dV, dK    [Bc keys x D]:          keys 32 wr + [0, 32), columns (D/2) wc + [0, D/2)
 //   dQ        [64 queries x D]:       queries 32 wq + [0, 32), columns (D/NWR) wd + [0, D/NWR)
-template <int D, int NWR>
+// kLean: ldmatrix addresses as (per-lane base) ^ (immediate), the bases made opaque once per query tile, so
+// no register is spent per fragment address (see flash_fwd_v_kernel); kRollS: the k-loop of S^T / dP^T
+// rolled (fewer registers held for fragment prefetch).
+template <int D, int NWR, bool kLean, bool kRollS>
 __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel(BwdParams p) {
   constexpr int kThreads = 64 * NWR;
   constexpr int Bc = 32 * NWR, Br = kBwdBr;
@@ -370,6 +373,21 @@ __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel
   // This warp's key rows [kw0, kw0 + 31] in S^T / dV / dK.
   const int kw0 = k0 + wr * 32;
 
+  // Lean ldmatrix byte offsets (kLean). With rA = (lane & 7) + 8 ((lane >> 3) & 1), rB = (lane & 7) +
+  // 8 (lane >> 4), c0 = (lane >> 4) ^ (lane & 7), c1 = ((lane >> 3) & 1) ^ (lane & 7), a fragment row
+  // address is row * W * 2 + 16 (chunk ^ (row & 7)) where chunk = even constant + lane bit and row & 7 =
+  // lane & 7, hence (lane base) ^ (32 k) plus a row-block constant. Warp-dependent chunk offsets (wc, wq, wd
+  // terms) are multiples of a power of two above every immediate they are combined with, so they XOR in.
+  const uint32_t la_d = uint32_t(((lane & 7) + ((lane >> 3) & 1) * 8) * 2 * D + (((lane >> 4) ^ (lane & 7)) << 4));
+  const uint32_t lb_d = uint32_t(((lane & 7) + (lane >> 4) * 8) * 2 * D + (((((lane >> 3) & 1) ^ (lane & 7))) << 4));
+  const uint32_t la_r = uint32_t(((lane & 7) + ((lane >> 3) & 1) * 8) * 2 * Br + (((lane >> 4) ^ (lane & 7)) << 4));
+  const uint32_t lb_r = uint32_t(((lane & 7) + (lane >> 4) * 8) * 2 * Br + (((((lane >> 3) & 1) ^ (lane & 7))) << 4));
+  const uint32_t l_dvdk_b = la_d ^ uint32_t((wc * (D / 16)) << 4);        // dO / Q (.trans) in dV / dK
+  const uint32_t l_dq_a = lb_r ^ uint32_t((wq * 4) << 4);                 // dS (.trans) in dQ
+  const uint32_t l_dq_b = la_d ^ uint32_t((wd * (D / (8 * NWR))) << 4);  // K (.trans) in dQ
+  const uint32_t sK_s = smem_addr(sK), sV_s = smem_addr(sV), sQ_s = smem_addr(sQ), sdO_s = smem_addr(sdO),
+                 sP_s = smem_addr(sP), sdS_s = smem_addr(sdS);
+
   for (int it = 0; it < total; ++it) {
     const int buf = it & 1;
     const int h = hk * g.group + it / n_m;
@@ -383,6 +401,9 @@ __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel
     const bf16_t* sdOb = sdO + buf * Br * D;
     const float* sLb = sL + buf * Br;
     const float* sDvb = sDv + buf * Br;
+    uint32_t o_ad = la_d, o_bd = lb_d, o_ar = la_r, o_dvdk = l_dvdk_b, o_dqa = l_dq_a, o_dqb = l_dq_b;
+    if (kLean) asm volatile("" : "+r"(o_ad), "+r"(o_bd), "+r"(o_ar), "+r"(o_dvdk), "+r"(o_dqa), "+r"(o_dqb));
+    const uint32_t sQb_s = sQ_s + uint32_t(buf * Br * D * 2), sdOb_s = sdO_s + uint32_t(buf * Br * D * 2);
 
     // Is the key block [ka, ka + na) invisible to every query of [qa, qa + nq)? (warp-uniform)
     auto hidden = [&](int ka, int na, int qa, int nq) {
@@ -398,21 +419,33 @@ __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel
 #pragma unroll
         for (int e = 0; e < 4; ++e) st[mt][i][e] = dpt[mt][i][e] = 0.f;
     if (!hidden(kw0, 32, q0 + wc * 32, 32)) {
-#pragma unroll
+#pragma unroll(kRollS ? 1 : D / 16)
       for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t ka[2][4], va[2][4];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
-          const int a_off = swz<D>(wr * 32 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, kk * 2 + (lane >> 4));
-          ldmatrix_x4(ka[mt], smem_addr(sK + a_off));
-          ldmatrix_x4(va[mt], smem_addr(sV + a_off));
+          if (kLean) {
+            const uint32_t a = uint32_t((wr * 32 + mt * 16) * 2 * D) + (o_ad ^ uint32_t(kk * 32));
+            ldmatrix_x4(ka[mt], sK_s + a);
+            ldmatrix_x4(va[mt], sV_s + a);
+          } else {
+            const int a_off = swz<D>(wr * 32 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, kk * 2 + (lane >> 4));
+            ldmatrix_x4(ka[mt], smem_addr(sK + a_off));
+            ldmatrix_x4(va[mt], smem_addr(sV + a_off));
+          }
         }
 #pragma unroll
         for (int nn = 0; nn < 2; ++nn) {
           uint32_t qb[4], ob[4];
-          const int b_off = swz<D>(wc * 32 + nn * 16 + (lane & 7) + (lane >> 4) * 8, kk * 2 + ((lane >> 3) & 1));
-          ldmatrix_x4(qb, smem_addr(sQb + b_off));
-          ldmatrix_x4(ob, smem_addr(sdOb + b_off));
+          if (kLean) {
+            const uint32_t a = uint32_t((wc * 32 + nn * 16) * 2 * D) + (o_bd ^ uint32_t(kk * 32));
+            ldmatrix_x4(qb, sQb_s + a);
+            ldmatrix_x4(ob, sdOb_s + a);
+          } else {
+            const int b_off = swz<D>(wc * 32 + nn * 16 + (lane & 7) + (lane >> 4) * 8, kk * 2 + ((lane >> 3) & 1));
+            ldmatrix_x4(qb, smem_addr(sQb + b_off));
+            ldmatrix_x4(ob, smem_addr(sdOb + b_off));
+          }
 #pragma unroll
           for (int mt = 0; mt < 2; ++mt) {
             mma_bf16(st[mt][2 * nn], ka[mt], qb[0], qb[1]);
@@ -477,16 +510,28 @@ __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel
       uint32_t pa[2][4], sa[2][4];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
-        const int a_off = swz<Br>(wr * 32 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, t * 2 + (lane >> 4));
-        ldmatrix_x4(pa[mt], smem_addr(sP + a_off));
-        ldmatrix_x4(sa[mt], smem_addr(sdS + a_off));
+        if (kLean) {
+          const uint32_t a = uint32_t((wr * 32 + mt * 16) * 2 * Br) + (o_ar ^ uint32_t(t * 32));
+          ldmatrix_x4(pa[mt], sP_s + a);
+          ldmatrix_x4(sa[mt], sdS_s + a);
+        } else {
+          const int a_off = swz<Br>(wr * 32 + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, t * 2 + (lane >> 4));
+          ldmatrix_x4(pa[mt], smem_addr(sP + a_off));
+          ldmatrix_x4(sa[mt], smem_addr(sdS + a_off));
+        }
       }
 #pragma unroll
       for (int dd = 0; dd < kNB / 2; ++dd) {
         uint32_t ob[4], qb[4];
-        const int b_off = swz<D>(t * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, wc * (D / 16) + dd * 2 + (lane >> 4));
-        ldmatrix_x4_trans(ob, smem_addr(sdOb + b_off));
-        ldmatrix_x4_trans(qb, smem_addr(sQb + b_off));
+        if (kLean) {
+          const uint32_t a = uint32_t(t * 16 * 2 * D) + (o_dvdk ^ uint32_t(dd * 32));
+          ldmatrix_x4_trans(ob, sdOb_s + a);
+          ldmatrix_x4_trans(qb, sQb_s + a);
+        } else {
+          const int b_off = swz<D>(t * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, wc * (D / 16) + dd * 2 + (lane >> 4));
+          ldmatrix_x4_trans(ob, smem_addr(sdOb + b_off));
+          ldmatrix_x4_trans(qb, smem_addr(sQb + b_off));
+        }
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           mma_bf16(dv_acc[mt][2 * dd], pa[mt], ob[0], ob[1]);
@@ -510,13 +555,19 @@ __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel
       uint32_t da[2][4];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
-        ldmatrix_x4_trans(da[mt], smem_addr(sdS + swz<Br>(t * 16 + (lane & 7) + (lane >> 4) * 8,
-                                                          wq * 4 + mt * 2 + ((lane >> 3) & 1))));
+        if (kLean)
+          ldmatrix_x4_trans(da[mt], sdS_s + uint32_t(t * 16 * 2 * Br) + (o_dqa ^ uint32_t(mt * 32)));
+        else
+          ldmatrix_x4_trans(da[mt], smem_addr(sdS + swz<Br>(t * 16 + (lane & 7) + (lane >> 4) * 8,
+                                                            wq * 4 + mt * 2 + ((lane >> 3) & 1))));
 #pragma unroll
       for (int dd = 0; dd < kQNB / 2; ++dd) {
         uint32_t kb[4];
-        ldmatrix_x4_trans(kb, smem_addr(sK + swz<D>(t * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                                    wd * (D / (8 * NWR)) + dd * 2 + (lane >> 4))));
+        if (kLean)
+          ldmatrix_x4_trans(kb, sK_s + uint32_t(t * 16 * 2 * D) + (o_dqb ^ uint32_t(dd * 32)));
+        else
+          ldmatrix_x4_trans(kb, smem_addr(sK + swz<D>(t * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                                      wd * (D / (8 * NWR)) + dd * 2 + (lane >> 4))));
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           mma_bf16(dq[mt][2 * dd], da[mt], kb[0], kb[1]);
