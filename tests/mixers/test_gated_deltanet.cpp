@@ -98,3 +98,16 @@ model:
   }
   EXPECT_GT(lm.state_bytes(100, 2), 0);
 }
+
+TEST(GatedDeltaNetMixer, Bf16ComputeMatchesF32) {
+  // the mixed-precision path (bf16 activations, f32 gates, decays and state) against f32
+  Generator g(17);
+  mixers::DeltaNet m(gdn_ctx(g, 8), small_gdn_config());
+  autograd::NoGradGuard ng;
+  Tensor x = random_f64({2, 9, 8}, 18, false).to(DType::F32);
+  Tensor ref = m.forward(x);
+  ComputeDtypeGuard cg(DType::BF16);
+  Tensor y = m.forward(x.to(DType::BF16));
+  EXPECT_EQ(y.dtype(), DType::BF16);
+  EXPECT_LT(rel_error(y.to(DType::F32), ref), 5e-2);
+}

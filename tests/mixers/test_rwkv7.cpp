@@ -90,3 +90,20 @@ TEST(Rwkv7Mixer, RegisteredWithStateAndFlops) {
   EXPECT_EQ(m.state_bytes(5000, 4), (2 * 4 * 4 + 2 * 8) * 4);
   EXPECT_GT(m.flops_per_token(1024), 0.0);
 }
+
+TEST(Rwkv7Mixer, Bf16ComputeMatchesF32) {
+  // the mixed-precision path (bf16 activations, f32 decays and state) against f32
+  Generator g(29);
+  mixers::Rwkv7 m(rwkv7_ctx(g, 8), [] {
+    mixers::Rwkv7Config c = small_rwkv7_config();
+    c.head_size = 4;
+    return c;
+  }());
+  autograd::NoGradGuard ng;
+  Tensor x = random_f64({2, 9, 8}, 30, false).to(DType::F32);
+  Tensor ref = m.forward(x);
+  ComputeDtypeGuard cg(DType::BF16);
+  Tensor y = m.forward(x.to(DType::BF16));
+  EXPECT_EQ(y.dtype(), DType::BF16);
+  EXPECT_LT(rel_error(y.to(DType::F32), ref), 5e-2);
+}

@@ -30,6 +30,10 @@ Tensor short_conv(const Tensor& x, const Tensor& w, Tensor* cache) {
   *cache = xin.narrow(1, xin.size(1) - (K - 1), K - 1).detach().contiguous();
   return y;
 }
+
+// Gates and decays are computed in f32 (f64 in f64 runs) whatever the compute dtype (DESIGN: precision).
+DType gate_dtype(const Tensor& x) { return x.dtype() == DType::F64 ? DType::F64 : DType::F32; }
+Tensor as_dtype(const Tensor& t, DType dt) { return t.dtype() == dt ? t : cast(t, dt); }
 }  // namespace
 
 DeltaNet::DeltaNet(const MixerContext& ctx, const DeltaNetConfig& cfg)
@@ -93,11 +97,12 @@ Tensor DeltaNet::run(const Tensor& x, State* st) {
   q = silu(q).view({B, T, heads_, dk_});
   k = silu(k).view({B, T, heads_, dk_});
   v = silu(v).view({B, T, heads_, dv_});
-  Tensor beta = sigmoid(b_proj->forward(x));  // [B, T, H]
+  DType gd = gate_dtype(x);
+  Tensor beta = sigmoid(as_dtype(b_proj->forward(x), gd));  // [B, T, H]
   Tensor g;
   if (cfg_.gated) {
-    Tensor A = exp(cast_param(A_log));
-    g = neg(mul(A, softplus(add(a_proj->forward(x), cast_param(dt_bias)))));
+    Tensor A = exp(as_dtype(A_log, gd));
+    g = neg(mul(A, softplus(add(as_dtype(a_proj->forward(x), gd), as_dtype(dt_bias, gd)))));
   }
   DeltaOptions opt;
   opt.scale = 1.0 / std::sqrt(double(dk_));

@@ -91,8 +91,11 @@ Tensor Rwkv7::run(const Tensor& x, State* st) {
   auto mix = [&](const Tensor& mu) { return add(x, mul(xx, cast_param(mu))); };
   Tensor xr = mix(mu_r), xw = mix(mu_w), xk = mix(mu_k), xv = mix(mu_v), xa = mix(mu_a), xg = mix(mu_g);
   Tensor r = receptance->forward(xr), k = key->forward(xk), v = value->forward(xv);
-  Tensor wr = add(cast_param(w0), matmul(tanh(matmul(xw, cast_param(w1))), cast_param(w2)));
-  Tensor lw = neg(exp(affine(neg(softplus(neg(wr))), 1.0, -0.5)));  // log decay in (-e^{-1/2}, 0)
+  // the log decay in f32 (f64 in f64 runs) whatever the compute dtype: in (-e^{-1/2}, 0)
+  DType gd = x.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  auto as_gd = [gd](const Tensor& t) { return t.dtype() == gd ? t : cast(t, gd); };
+  Tensor wr = add(as_gd(w0), as_gd(matmul(tanh(matmul(xw, cast_param(w1))), cast_param(w2))));
+  Tensor lw = neg(exp(affine(neg(softplus(neg(wr))), 1.0, -0.5)));
   Tensor iclr = sigmoid(add(cast_param(a0), matmul(matmul(xa, cast_param(a1)), cast_param(a2))));
   Tensor g = matmul(sigmoid(matmul(xg, cast_param(g1))), cast_param(g2));
   Tensor kk = mixers::l2_normalize(mul(k, cast_param(k_k)).view({B, T, H, N}), 1e-12);
