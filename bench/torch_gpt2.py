@@ -3,7 +3,9 @@ tanh-GELU MLP, tied embeddings, no linear biases, causal SDPA attention), bf16 a
 weights, fused AdamW, global-norm clipping. Times eager and torch.compile; prints tokens/s, MFU, peak memory.
 
     python3 bench/torch_gpt2.py [--batch 16] [--seq 1024] [--steps 20] [--no-compile]
+    torchrun --nproc_per_node 2 bench/torch_gpt2.py --no-compile     # DistributedDataParallel, per-GPU batch
 """
+import os
 import argparse
 import json
 import math
@@ -59,9 +61,18 @@ def flops_per_token(vocab, seq, d=768, layers=12):
 
 def run(compile_model, args):
     torch.manual_seed(0)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl")
     model = GPT(args.vocab, args.seq).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    step_model = torch.compile(model) if compile_model else model
+    step_model = model
+    if world > 1:
+        step_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
+    if compile_model:
+        step_model = torch.compile(step_model)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1))
     x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
     torch.cuda.reset_peak_memory_stats()
@@ -80,10 +91,10 @@ def run(compile_model, args):
             times.append(time.perf_counter() - t0)
     times.sort()
     med = times[len(times) // 2]
-    tokens = args.batch * args.seq
-    flops = 3 * flops_per_token(args.vocab, args.seq) * tokens
+    tokens = args.batch * args.seq * world  # all ranks
+    flops = 3 * flops_per_token(args.vocab, args.seq) * tokens / world  # per GPU, for MFU
     return {
-        "impl": "torch.compile" if compile_model else "torch eager",
+        "impl": ("torch.compile" if compile_model else "torch eager") + (f" DDP x{world}" if world > 1 else ""),
         "params": sum(p.numel() for p in model.parameters()),
         "ms_per_step": med * 1e3,
         "tok_per_s": tokens / med,
@@ -108,6 +119,8 @@ def main():
     results = [run(False, args)]
     if not args.no_compile:
         results.append(run(True, args))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     for r in results:
         print(json.dumps(r))
     print(f"{'model step':28s} {'ms/step':>10s} {'tok/s':>12s} {'TFLOP/s':>10s} {'MFU':>8s} {'peak GiB':>12s}")
