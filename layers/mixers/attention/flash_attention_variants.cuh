@@ -632,10 +632,9 @@ __global__ void __launch_bounds__(256) dot_do_o_zero_kernel(const bf16_t* __rest
     const uint4 ov = *reinterpret_cast<const uint4*>(o + b * so.b + int64_t(i) * so.t + h * so.h + part * 8);
     const uint32_t gw[4] = {gv.x, gv.y, gv.z, gv.w}, ow[4] = {ov.x, ov.y, ov.z, ov.w};
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float2 gf = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&gw[k]));
-      const float2 of = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&ow[k]));
-      s += gf.x * of.x + gf.y * of.y;
+    for (int k = 0; k < 4; ++k) {  // bf16 -> f32 is exact as a 16-bit shift (low half = lower column)
+      s += __uint_as_float(gw[k] << 16) * __uint_as_float(ow[k] << 16) +
+           __uint_as_float(gw[k] & 0xffff0000u) * __uint_as_float(ow[k] & 0xffff0000u);
     }
     float4* z = reinterpret_cast<float4*>(dq_acc + row * D + part * 8);
     z[0] = make_float4(0.f, 0.f, 0.f, 0.f);
