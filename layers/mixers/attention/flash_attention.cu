@@ -980,19 +980,21 @@ int bwd_variant() {
   return v;
 }
 
-template <int D, int Bc, bool kLazy, int kUnroll>
+template <int D, int Bc, bool kLazy, int kUnroll, int MT = 2>
 void launch_flash_fwd_v(const FwdParams& p) {
   static std::atomic<uint64_t> done{0};
   constexpr int smem = fwd_v_smem_bytes<D, Bc>();
-  set_smem(flash_fwd_v_kernel<D, Bc, kLazy, kUnroll>, smem, done);
+  set_smem(flash_fwd_v_kernel<D, Bc, kLazy, kUnroll, MT>, smem, done);
   dim3 grid(unsigned(p.g.B * p.g.H), unsigned((p.g.Tq + kFwdBr - 1) / kFwdBr));
-  flash_fwd_v_kernel<D, Bc, kLazy, kUnroll><<<grid, kFwdWarps * 32, smem, ::seqmix::cuda::current_stream()>>>(p);
+  flash_fwd_v_kernel<D, Bc, kLazy, kUnroll, MT><<<grid, 128 / MT * 2, smem, ::seqmix::cuda::current_stream()>>>(p);
   SEQMIX_CUDA_CHECK_LAUNCH("attention flash_fwd_v_kernel");
 }
 
 // 1: 64-key tiles, folded scale, rolled QK^T k-loop at D = 128; 2: 1 + lazy rescale; 3: fwd_bc<D> keys +
 // folded scale + masked-warp skip + lazy rescale; 4: 3 without the lazy rescale; 5: 1 with the k-loop
-// unrolled (spills at D = 128). Anything else: the default kernel.
+// unrolled (spills at D = 128); 6: 8 warps of 16 rows (two CTAs of 256 threads per SM, <= 128 registers),
+// fwd_bc<D> keys, lazy rescale; 7: 6 with 64-key tiles and the rolled k-loop at D = 128. Anything else:
+// the default kernel.
 template <int D>
 void launch_flash_fwd_variant(const FwdParams& p, int variant) {
   constexpr int kRolled = D >= 128 ? 1 : 0;
@@ -1002,6 +1004,8 @@ void launch_flash_fwd_variant(const FwdParams& p, int variant) {
     case 3: launch_flash_fwd_v<D, fwd_bc<D>(), true, 0>(p); return;
     case 4: launch_flash_fwd_v<D, fwd_bc<D>(), false, 0>(p); return;
     case 5: launch_flash_fwd_v<D, 64, false, 0>(p); return;
+    case 6: launch_flash_fwd_v<D, fwd_bc<D>(), true, 0, 1>(p); return;
+    case 7: launch_flash_fwd_v<D, 64, true, kRolled, 1>(p); return;
     default: launch_flash_fwd<D>(p); return;
   }
 }

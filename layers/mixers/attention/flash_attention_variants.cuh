@@ -56,13 +56,16 @@ constexpr int fwd_v_smem_bytes() {
 // kQKUnroll: unroll factor of the k-loop of S = Q K^T (0: full). At D = 128 with Bc = 64 a rolled loop is
 // what keeps the kernel within 255 registers (ptxas otherwise prefetches fragments of later k-steps and
 // spills). kSkip: the masked-warp skip (costs registers: only with Bc = 32).
-template <int D, int Bc, bool kLazy, int kQKUnroll>
-__global__ void __launch_bounds__(kFwdWarps * 32, 2) flash_fwd_v_kernel(FwdParams p) {
-  constexpr int kThreads = kFwdWarps * 32;
+// MT: 16-row m-tiles per warp; 128 / (16 MT) warps per 128-query CTA (MT = 1: 8 warps of 16 rows, at most
+// 128 registers for two CTAs per SM, so 16 warps per SM hide latency; K / V fragments then feed one mma
+// each instead of two).
+template <int D, int Bc, bool kLazy, int kQKUnroll, int MT = 2>
+__global__ void __launch_bounds__(128 / MT * 2, 2) flash_fwd_v_kernel(FwdParams p) {
+  constexpr int kThreads = 128 / MT * 2;  // 8 / MT warps
   constexpr bool kSkip = Bc <= 32;
   constexpr int kUnroll = kQKUnroll > 0 ? kQKUnroll : D / 16;
-  constexpr int Br = kFwdBr, MT = kFwdMT;
-  static_assert(MT == 2 && Br == 128, "the warp skip below assumes 32 rows per warp");
+  constexpr int Br = kFwdBr;
+  static_assert(Br == 16 * MT * (kThreads / 32), "128 queries per CTA");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16_t* sQ = reinterpret_cast<bf16_t*>(smem_raw);
   bf16_t* sK = sQ + Br * D;      // [2][Bc * D]
