@@ -984,7 +984,12 @@ template <int D, int Bc, bool kLazy, int kUnroll, int MT = 2>
 void launch_flash_fwd_v(const FwdParams& p) {
   static std::atomic<uint64_t> done{0};
   constexpr int smem = fwd_v_smem_bytes<D, Bc>();
-  set_smem(flash_fwd_v_kernel<D, Bc, kLazy, kUnroll, MT>, smem, done);
+  auto kernel = flash_fwd_v_kernel<D, Bc, kLazy, kUnroll, MT>;
+  const bool first = !(done.load(std::memory_order_acquire) & (uint64_t(1) << (::seqmix::cuda::current_device() & 63)));
+  set_smem(kernel, smem, done);
+  if (first)  // two CTAs per SM: ask for the whole shared-memory carveout (a hint; the default may pick less)
+    SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                           int(cudaSharedmemCarveoutMaxShared)));
   dim3 grid(unsigned(p.g.B * p.g.H), unsigned((p.g.Tq + kFwdBr - 1) / kFwdBr));
   flash_fwd_v_kernel<D, Bc, kLazy, kUnroll, MT><<<grid, 128 / MT * 2, smem, ::seqmix::cuda::current_stream()>>>(p);
   SEQMIX_CUDA_CHECK_LAUNCH("attention flash_fwd_v_kernel");
