@@ -998,8 +998,8 @@ void launch_flash_fwd_v(const FwdParams& p) {
 // 1: 64-key tiles, folded scale, rolled QK^T k-loop at D = 128; 2: 1 + lazy rescale; 3: fwd_bc<D> keys +
 // folded scale + masked-warp skip + lazy rescale; 4: 3 without the lazy rescale; 5: 1 with the k-loop
 // unrolled (spills at D = 128); 6: 8 warps of 16 rows (two CTAs of 256 threads per SM, <= 128 registers),
-// fwd_bc<D> keys, lazy rescale; 7: 6 with 64-key tiles and the rolled k-loop at D = 128. Anything else:
-// the default kernel.
+// fwd_bc<D> keys, lazy rescale; 7: 6 with 64-key tiles and the rolled k-loop at D = 128; 8: 2 with the
+// k-loop unrolled by 2 (ptxas: 16 bytes of spill at D = 128). Anything else: the default kernel.
 template <int D>
 void launch_flash_fwd_variant(const FwdParams& p, int variant) {
   constexpr int kRolled = D >= 128 ? 1 : 0;
@@ -1011,6 +1011,7 @@ void launch_flash_fwd_variant(const FwdParams& p, int variant) {
     case 5: launch_flash_fwd_v<D, 64, false, 0>(p); return;
     case 6: launch_flash_fwd_v<D, fwd_bc<D>(), true, 0, 1>(p); return;
     case 7: launch_flash_fwd_v<D, 64, true, kRolled, 1>(p); return;
+    case 8: launch_flash_fwd_v<D, 64, true, D >= 128 ? 2 : 0>(p); return;
     default: launch_flash_fwd<D>(p); return;
   }
 }
@@ -1037,7 +1038,8 @@ void launch_flash_bwd(const BwdParams& p);
 // skipping; 2: the same with 4 warps and 64 keys per CTA (two CTAs per SM); 3: 1 + lean ldmatrix
 // addresses; 4: 2 + lean addresses; 5: 3 + rolled S^T / dP^T k-loop; 6: 4 + rolled k-loop.
 // SEQMIX_ATTN_BWD = v in 1..2 runs main kernel v with the default pre / post passes; v in 3..8 runs main
-// kernel v - 2 with the 16-byte pre / post passes (cuda_backward). Anything else: the default kernel.
+// kernel v - 2 with the 16-byte pre / post passes (cuda_backward); 9: the default main kernel with the
+// 16-byte passes. Anything else: the default kernel.
 template <int D>
 void launch_flash_bwd_variant(const BwdParams& p, int variant) {
   switch (variant) {
