@@ -312,7 +312,7 @@ Tensor Tensor::to(Device dev) const {
   }
   return out;
 #else
-  SEQMIX_FAIL("cannot move a tensor to ", dev.str(), ": this seqmix was built without CUDA");
+  SEQMIX_FAIL("cannot move a tensor to ", dev.str(), ": this seqmix was built without CUDA; use --device cpu");
 #endif
 }
 
