@@ -402,7 +402,6 @@ int Trainer::run() {
         window_tokens = 0;
       }
     }
-    (void)dt;
     if (s_.ckpt_every > 0 && step_ % s_.ckpt_every == 0 && step_ < end) save(false);
   }
   if (tty) std::printf("\n");
