@@ -11,7 +11,7 @@ shift
 pairs=("$@")
 # Forward and backward are timed separately by the benchmark, so one pair per index covers both sides;
 # the best fwd+bwd is the best fwd plus the best bwd.
-if [ ${#pairs[@]} -eq 0 ]; then pairs=(0:0 1:1 2:2 3:3 4:4 5:5 6:6 7:7 8:8 0:9); fi
+if [ ${#pairs[@]} -eq 0 ]; then pairs=(0:0 1:1 2:2 3:3 4:4 5:5 6:6 7:7 8:8 0:9 0:10); fi
 OUT=${OUT:-/tmp/seqmix_out}
 logs="$OUT/attn_variants"
 mkdir -p "$logs"

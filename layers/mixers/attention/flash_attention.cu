@@ -1016,12 +1016,12 @@ void launch_flash_fwd_variant(const FwdParams& p, int variant) {
   }
 }
 
-template <int D, int NWR, bool kLean = false, bool kRollS = false>
+template <int D, int NWR, bool kLean = false, bool kRollS = false, bool kStepSkip = true>
 void launch_flash_bwd_v(const BwdParams& p) {
   static std::atomic<uint64_t> done{0};
   constexpr int smem = bwd_v_smem_bytes<D, NWR>();
   const bool first = !(done.load(std::memory_order_acquire) & (uint64_t(1) << (::seqmix::cuda::current_device() & 63)));
-  auto kernel = flash_bwd_v_kernel<D, NWR, kLean, kRollS>;
+  auto kernel = flash_bwd_v_kernel<D, NWR, kLean, kRollS, kStepSkip>;
   set_smem(kernel, smem, done);
   if (first && NWR < 4)  // two CTAs per SM need the whole shared-memory carveout
     SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -1039,7 +1039,8 @@ void launch_flash_bwd(const BwdParams& p);
 // addresses; 4: 2 + lean addresses; 5: 3 + rolled S^T / dP^T k-loop; 6: 4 + rolled k-loop.
 // SEQMIX_ATTN_BWD = v in 1..2 runs main kernel v with the default pre / post passes; v in 3..8 runs main
 // kernel v - 2 with the 16-byte pre / post passes (cuda_backward); 9: the default main kernel with the
-// 16-byte passes. Anything else: the default kernel.
+// 16-byte passes; 10: main kernel 3 without the per-k-step skips (main 8), with the 16-byte passes.
+// Anything else: the default kernel.
 template <int D>
 void launch_flash_bwd_variant(const BwdParams& p, int variant) {
   switch (variant) {
@@ -1049,6 +1050,7 @@ void launch_flash_bwd_variant(const BwdParams& p, int variant) {
     case 4: launch_flash_bwd_v<D, 2, true>(p); return;
     case 5: launch_flash_bwd_v<D, 4, true, true>(p); return;
     case 6: launch_flash_bwd_v<D, 2, true, true>(p); return;
+    case 8: launch_flash_bwd_v<D, 4, true, false, false>(p); return;
     default: launch_flash_bwd<D>(p); return;
   }
 }

@@ -303,7 +303,9 @@ constexpr int bwd_v_smem_bytes() {
 // kLean: ldmatrix addresses as (per-lane base) ^ (immediate), the bases made opaque once per query tile, so
 // no register is spent per fragment address (see flash_fwd_v_kernel); kRollS: the k-loop of S^T / dP^T
 // rolled (fewer registers held for fragment prefetch).
-template <int D, int NWR, bool kLean, bool kRollS>
+// kStepSkip: the per-k-step skips in dV / dK and dQ (branches inside unrolled mma loops; off: only the
+// whole-warp S^T / dP^T skip remains).
+template <int D, int NWR, bool kLean, bool kRollS, bool kStepSkip = true>
 __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel(BwdParams p) {
   constexpr int kThreads = 64 * NWR;
   constexpr int Bc = 32 * NWR, Br = kBwdBr;
@@ -509,7 +511,7 @@ __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel
     // blocks that see none of the warp's keys are all zero in P^T and dS^T.
 #pragma unroll
     for (int t = 0; t < Br / 16; ++t) {
-      if (hidden(kw0, 32, q0 + t * 16, 16)) continue;
+      if (kStepSkip && hidden(kw0, 32, q0 + t * 16, 16)) continue;
       uint32_t pa[2][4], sa[2][4];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
@@ -554,7 +556,7 @@ __global__ void __launch_bounds__(64 * NWR, NWR == 4 ? 1 : 2) flash_bwd_v_kernel
       for (int i = 0; i < kQNB; ++i) dq[mt][i][0] = dq[mt][i][1] = dq[mt][i][2] = dq[mt][i][3] = 0.f;
 #pragma unroll
     for (int t = 0; t < Bc / 16; ++t) {
-      if (hidden(k0 + t * 16, 16, q0 + wq * 32, 32)) continue;
+      if (kStepSkip && hidden(k0 + t * 16, 16, q0 + wq * 32, 32)) continue;
       uint32_t da[2][4];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
