@@ -1,6 +1,7 @@
 // GEMM and convolution kernel benchmark: see bench_gemm.h. Every timing is the median of --iters
 // runs, each bracketed by its own pair of CUDA events on the current stream, after --warmup runs.
 // Inputs are random (normal, std 1 for the GEMMs) so the tensor cores see realistic bit patterns.
+#include "bench/bench_util.h"
 #include "bench/bench_gemm.h"
 
 #include <algorithm>
@@ -65,28 +66,6 @@ void print_table(const std::vector<Row>& rows) {
     if (e_ != cudaSuccess) throw std::runtime_error(std::string(#call) + ": " + cudaGetErrorString(e_)); \
   } while (0)
 
-// Median milliseconds of f() over `iters` runs after `warmup` runs.
-double median_ms(const std::function<void()>& f, int warmup, int iters) {
-  cudaStream_t st = cuda::current_stream();
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<cudaEvent_t> ev(size_t(2 * iters));
-  for (cudaEvent_t& e : ev) BENCH_CUDA_CHECK(cudaEventCreate(&e));
-  for (int i = 0; i < iters; ++i) {
-    BENCH_CUDA_CHECK(cudaEventRecord(ev[size_t(2 * i)], st));
-    f();
-    BENCH_CUDA_CHECK(cudaEventRecord(ev[size_t(2 * i + 1)], st));
-  }
-  BENCH_CUDA_CHECK(cudaStreamSynchronize(st));
-  std::vector<double> ms(static_cast<size_t>(iters));
-  for (int i = 0; i < iters; ++i) {
-    float t = 0;
-    BENCH_CUDA_CHECK(cudaEventElapsedTime(&t, ev[size_t(2 * i)], ev[size_t(2 * i + 1)]));
-    ms[size_t(i)] = t;
-  }
-  for (cudaEvent_t& e : ev) cudaEventDestroy(e);
-  std::sort(ms.begin(), ms.end());
-  return iters % 2 ? ms[size_t(iters / 2)] : 0.5 * (ms[size_t(iters / 2 - 1)] + ms[size_t(iters / 2)]);
-}
 #endif
 
 }  // namespace

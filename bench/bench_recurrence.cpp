@@ -2,6 +2,7 @@
 // each bracketed by its own pair of CUDA events on the current stream, after --warmup runs. Inputs are
 // random bf16 (q scaled by 1/sqrt(Dk)), log-decays log(sigmoid(x + 2)) in f32 as the mixers make them.
 // Outputs and gradients are allocated by each call (as in training), through the caching allocator.
+#include "bench/bench_util.h"
 #include "bench/bench_recurrence.h"
 
 #include <algorithm>
@@ -61,27 +62,6 @@ double bwd_flops(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv) {
     if (e_ != cudaSuccess) throw std::runtime_error(std::string(#call) + ": " + cudaGetErrorString(e_)); \
   } while (0)
 
-double median_ms(const std::function<void()>& f, int warmup, int iters) {
-  cudaStream_t st = cuda::current_stream();
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<cudaEvent_t> ev(size_t(2 * iters));
-  for (cudaEvent_t& e : ev) BENCH_CUDA_CHECK(cudaEventCreate(&e));
-  for (int i = 0; i < iters; ++i) {
-    BENCH_CUDA_CHECK(cudaEventRecord(ev[size_t(2 * i)], st));
-    f();
-    BENCH_CUDA_CHECK(cudaEventRecord(ev[size_t(2 * i + 1)], st));
-  }
-  BENCH_CUDA_CHECK(cudaStreamSynchronize(st));
-  std::vector<double> ms(static_cast<size_t>(iters));
-  for (int i = 0; i < iters; ++i) {
-    float t = 0;
-    BENCH_CUDA_CHECK(cudaEventElapsedTime(&t, ev[size_t(2 * i)], ev[size_t(2 * i + 1)]));
-    ms[size_t(i)] = t;
-  }
-  for (cudaEvent_t& e : ev) cudaEventDestroy(e);
-  std::sort(ms.begin(), ms.end());
-  return iters % 2 ? ms[size_t(iters / 2)] : 0.5 * (ms[size_t(iters / 2 - 1)] + ms[size_t(iters / 2)]);
-}
 
 struct Problem {
   Tensor q, k, v, g, dout, dfinal;  // on the device; g undefined for linear attention
