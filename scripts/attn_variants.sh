@@ -2,7 +2,7 @@
 # Attention kernel variants in one GPU call: for each (SEQMIX_ATTN_FWD, SEQMIX_ATTN_BWD) pair, run the
 # attention GPU tests and `seqmix_bench attention` at T=4096 (B=4, H=16, D=128), then print one summary
 # line per variant. The variants live in layers/mixers/attention/flash_attention_variants.cuh.
-#   scripts/attn_variants.sh BUILD_DIR [FWD:BWD ...]      (default pairs below)
+#   scripts/attn_variants.sh BUILD_DIR [FWD:BWD ...]      (default pairs below; run from the repo root)
 # Logs go to $OUT/attn_variants/ (OUT defaults to /tmp/seqmix_out). ATTN_TESTS=0 skips the tests;
 # ATTN_ITERS (default 30) and ATTN_BENCH_ARGS (default "--T 4096") tune the benchmark.
 set -uo pipefail
@@ -14,6 +14,12 @@ pairs=("$@")
 if [ ${#pairs[@]} -eq 0 ]; then pairs=(0:0 1:1 2:2 3:3 4:4 5:5 6:6 7:7 8:8 0:9 0:10); fi
 OUT=${OUT:-/tmp/seqmix_out}
 logs="$OUT/attn_variants"
+# The libraries the programs need on the GPU machine (as scripts/gpu_check.sh does); harmless if present.
+if [ -f .deps/install-debs.sh ] && [ -d .deps/debs ]; then
+  source .deps/install-debs.sh .deps/debs /opt/deps > /dev/null
+  export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu/openblas-pthread:${LD_LIBRARY_PATH:-}"
+fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 mkdir -p "$logs"
 iters=${ATTN_ITERS:-30}
 bench_args=${ATTN_BENCH_ARGS:---T 4096}
@@ -51,3 +57,11 @@ unset SEQMIX_ATTN_FWD SEQMIX_ATTN_BWD
 echo
 echo "== attention variants (T=4096, B=4, H=16, D=128; logs in $logs) =="
 printf '%s\n' "${summary[@]}"
+cat <<'LEGEND'
+FWD: 0 default (32-key tiles) | 1 64-key, folded scale, rolled QK k-loop | 2 = 1 + lazy rescale |
+     3 32-key + folded scale + masked-warp skip + lazy | 4 = 3 without lazy | 5 = 1 unrolled (spills) |
+     6 8 warps x 16 rows, 32-key, lazy | 7 = 6 with 64-key tiles | 8 = 2 with the k-loop unrolled by 2
+BWD: 0 default | 1 reg lse/D + folded scale + masked skips | 2 = 1 with 4 warps / 64 keys (2 CTAs/SM) |
+     3, 4 = 1, 2 + 16-byte pre/post passes | 5, 6 = 3, 4 + lean ldmatrix addresses | 7, 8 = 5, 6 + rolled
+     S/dP k-loop | 9 default main kernel + 16-byte passes | 10 = 5 without per-k-step skips
+LEGEND
