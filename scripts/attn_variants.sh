@@ -11,7 +11,7 @@ shift
 pairs=("$@")
 # Forward and backward are timed separately by the benchmark, so one pair per index covers both sides;
 # the best fwd+bwd is the best fwd plus the best bwd.
-if [ ${#pairs[@]} -eq 0 ]; then pairs=(0:0 1:1 2:2 3:3 4:4 5:5 6:6 7:7 8:8 0:9 0:10); fi
+if [ ${#pairs[@]} -eq 0 ]; then pairs=(0:0 1:1 2:2 3:3 4:4 5:5 6:6 7:7 8:8 9:9 10:10); fi
 OUT=${OUT:-/tmp/seqmix_out}
 logs="$OUT/attn_variants"
 # The libraries the programs need on the GPU machine (as scripts/gpu_check.sh does); harmless if present.
@@ -60,7 +60,8 @@ printf '%s\n' "${summary[@]}"
 cat <<'LEGEND'
 FWD: 0 default (32-key tiles) | 1 64-key, folded scale, rolled QK k-loop | 2 = 1 + lazy rescale |
      3 32-key + folded scale + masked-warp skip + lazy | 4 = 3 without lazy | 5 = 1 unrolled (spills) |
-     6 8 warps x 16 rows, 32-key, lazy | 7 = 6 with 64-key tiles | 8 = 2 with the k-loop unrolled by 2
+     6 8 warps x 16 rows, 32-key, lazy | 7 = 6 with 64-key tiles | 8 = 2 with the k-loop unrolled by 2 |
+     9, 10 = 2, 8 with the O epilogue through shared memory (16-byte stores)
 BWD: 0 default | 1 reg lse/D + folded scale + masked skips | 2 = 1 with 4 warps / 64 keys (2 CTAs/SM) |
      3, 4 = 1, 2 + 16-byte pre/post passes | 5, 6 = 3, 4 + lean ldmatrix addresses | 7, 8 = 5, 6 + rolled
      S/dP k-loop | 9 default main kernel + 16-byte passes | 10 = 5 without per-k-step skips

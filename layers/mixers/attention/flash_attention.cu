@@ -980,18 +980,18 @@ int bwd_variant() {
   return v;
 }
 
-template <int D, int Bc, bool kLazy, int kUnroll, int MT = 2>
+template <int D, int Bc, bool kLazy, int kUnroll, int MT = 2, bool kSmemEpi = false>
 void launch_flash_fwd_v(const FwdParams& p) {
   static std::atomic<uint64_t> done{0};
   constexpr int smem = fwd_v_smem_bytes<D, Bc>();
-  auto kernel = flash_fwd_v_kernel<D, Bc, kLazy, kUnroll, MT>;
+  auto kernel = flash_fwd_v_kernel<D, Bc, kLazy, kUnroll, MT, kSmemEpi>;
   const bool first = !(done.load(std::memory_order_acquire) & (uint64_t(1) << (::seqmix::cuda::current_device() & 63)));
   set_smem(kernel, smem, done);
   if (first)  // two CTAs per SM: ask for the whole shared-memory carveout (a hint; the default may pick less)
     SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                            int(cudaSharedmemCarveoutMaxShared)));
   dim3 grid(unsigned(p.g.B * p.g.H), unsigned((p.g.Tq + kFwdBr - 1) / kFwdBr));
-  flash_fwd_v_kernel<D, Bc, kLazy, kUnroll, MT><<<grid, 128 / MT * 2, smem, ::seqmix::cuda::current_stream()>>>(p);
+  kernel<<<grid, 128 / MT * 2, smem, ::seqmix::cuda::current_stream()>>>(p);
   SEQMIX_CUDA_CHECK_LAUNCH("attention flash_fwd_v_kernel");
 }
 
@@ -999,7 +999,8 @@ void launch_flash_fwd_v(const FwdParams& p) {
 // folded scale + masked-warp skip + lazy rescale; 4: 3 without the lazy rescale; 5: 1 with the k-loop
 // unrolled (spills at D = 128); 6: 8 warps of 16 rows (two CTAs of 256 threads per SM, <= 128 registers),
 // fwd_bc<D> keys, lazy rescale; 7: 6 with 64-key tiles and the rolled k-loop at D = 128; 8: 2 with the
-// k-loop unrolled by 2 (ptxas: 16 bytes of spill at D = 128). Anything else: the default kernel.
+// k-loop unrolled by 2 (ptxas: 16 bytes of spill at D = 128); 9: 2 with the O epilogue through shared
+// memory (16-byte stores); 10: 8 with it. Anything else: the default kernel.
 template <int D>
 void launch_flash_fwd_variant(const FwdParams& p, int variant) {
   constexpr int kRolled = D >= 128 ? 1 : 0;
@@ -1012,6 +1013,8 @@ void launch_flash_fwd_variant(const FwdParams& p, int variant) {
     case 6: launch_flash_fwd_v<D, fwd_bc<D>(), true, 0, 1>(p); return;
     case 7: launch_flash_fwd_v<D, 64, true, kRolled, 1>(p); return;
     case 8: launch_flash_fwd_v<D, 64, true, D >= 128 ? 2 : 0>(p); return;
+    case 9: launch_flash_fwd_v<D, 64, true, kRolled, 2, true>(p); return;
+    case 10: launch_flash_fwd_v<D, 64, true, D >= 128 ? 2 : 0, 2, true>(p); return;
     default: launch_flash_fwd<D>(p); return;
   }
 }

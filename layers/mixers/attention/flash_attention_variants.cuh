@@ -59,7 +59,9 @@ constexpr int fwd_v_smem_bytes() {
 // MT: 16-row m-tiles per warp; 128 / (16 MT) warps per 128-query CTA (MT = 1: 8 warps of 16 rows, at most
 // 128 registers for two CTAs per SM, so 16 warps per SM hide latency; K / V fragments then feed one mma
 // each instead of two).
-template <int D, int Bc, bool kLazy, int kQKUnroll, int MT = 2>
+// kSmemEpi: O goes out through this warp's own rows of sQ (only this warp ever reads them) as 16-byte
+// row-contiguous stores instead of 4-byte scattered ones.
+template <int D, int Bc, bool kLazy, int kQKUnroll, int MT = 2, bool kSmemEpi = false>
 __global__ void __launch_bounds__(128 / MT * 2, 2) flash_fwd_v_kernel(FwdParams p) {
   constexpr int kThreads = 128 / MT * 2;  // 8 / MT warps
   constexpr bool kSkip = Bc <= 32;
@@ -264,6 +266,39 @@ __global__ void __launch_bounds__(128 / MT * 2, 2) flash_fwd_v_kernel(FwdParams 
   }
 
   // Epilogue: O / l and lse (natural log). A row that saw no key: O = 0, lse = +inf.
+  if constexpr (kSmemEpi) {
+    bf16_t* sO = sQ + warp * 16 * MT * D;  // this warp's rows (local row lr = 16 mt + (lane >> 2) + 8 r)
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float l = l_run[mt][r];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const int lr = mt * 16 + (lane >> 2) + r * 8;
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i)
+          *reinterpret_cast<uint32_t*>(sO + swz<D>(lr, i) + (lane & 3) * 2) =
+              pack_bf16(o_acc[mt][i][2 * r] * inv, o_acc[mt][i][2 * r + 1] * inv);
+        const int row = wrow0 + lr;
+        if (row < g.Tq && (lane & 3) == 0)
+          p.lse[(int64_t(b) * g.H + h) * g.Tq + row] = l > 0.f ? (m_run[mt][r] + log2f(l)) * kLn2 : INFINITY;
+      }
+    }
+    __syncwarp();
+    constexpr int kChunks = D / 8;
+#pragma unroll
+    for (int it = 0; it < 16 * MT * kChunks / 32; ++it) {
+      const int c = it * 32 + lane;
+      const int lr = c / kChunks, ch = c % kChunks;
+      const int row = wrow0 + lr;
+      if (row < g.Tq)
+        *reinterpret_cast<uint4*>(p.o + b * p.so.b + int64_t(row) * p.so.t + h * p.so.h + ch * 8) =
+            *reinterpret_cast<const uint4*>(sO + swz<D>(lr, ch));
+    }
+    return;
+  }
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
