@@ -171,7 +171,7 @@ void print_table(const Config& c, const std::vector<Row>& rows) {
   const char* bv = std::getenv("SEQMIX_ATTN_BWD");
   std::printf("\nattention (causal%s), H=%lld hkv=%lld D=%lld bf16, impl=seqmix, SEQMIX_ATTN_FWD=%s SEQMIX_ATTN_BWD=%s\n",
               c.window > 0 ? (", window " + std::to_string(c.window)).c_str() : "", (long long)c.H, (long long)c.Hkv,
-              (long long)c.D, fv ? fv : "0", bv ? bv : "0");
+              (long long)c.D, fv ? fv : "default", bv ? bv : "default");
   std::printf("%6s %6s %10s %9s %10s %9s %10s %9s\n", "B", "T", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s", "f+b ms",
               "TFLOP/s");
   for (const Row& r : rows)
