@@ -3,6 +3,7 @@
 // normal bf16 (std 1, so the logits q.k / sqrt(D) have std 1). Outputs are allocated by each call (as in
 // training), through the caching allocator.
 #include "bench/bench_attention.h"
+#include "bench/bench_util.h"
 
 #include <algorithm>
 #include <cmath>
@@ -64,33 +65,7 @@ double forward_flops(int64_t B, int64_t T, int64_t H, int64_t D, int64_t window)
   return 4.0 * double(B) * double(H) * double(D) * pairs;
 }
 
-#define BENCH_CUDA_CHECK(call)                                                                          \
-  do {                                                                                                  \
-    cudaError_t e_ = (call);                                                                            \
-    if (e_ != cudaSuccess) throw std::runtime_error(std::string(#call) + ": " + cudaGetErrorString(e_)); \
-  } while (0)
 
-double median_ms(const std::function<void()>& f, int warmup, int iters) {
-  cudaStream_t st = cuda::current_stream();
-  for (int i = 0; i < warmup; ++i) f();
-  std::vector<cudaEvent_t> ev(size_t(2 * iters));
-  for (cudaEvent_t& e : ev) BENCH_CUDA_CHECK(cudaEventCreate(&e));
-  for (int i = 0; i < iters; ++i) {
-    BENCH_CUDA_CHECK(cudaEventRecord(ev[size_t(2 * i)], st));
-    f();
-    BENCH_CUDA_CHECK(cudaEventRecord(ev[size_t(2 * i + 1)], st));
-  }
-  BENCH_CUDA_CHECK(cudaStreamSynchronize(st));
-  std::vector<double> ms(static_cast<size_t>(iters));
-  for (int i = 0; i < iters; ++i) {
-    float t = 0;
-    BENCH_CUDA_CHECK(cudaEventElapsedTime(&t, ev[size_t(2 * i)], ev[size_t(2 * i + 1)]));
-    ms[size_t(i)] = t;
-  }
-  for (cudaEvent_t& e : ev) cudaEventDestroy(e);
-  std::sort(ms.begin(), ms.end());
-  return iters % 2 ? ms[size_t(iters / 2)] : 0.5 * (ms[size_t(iters / 2 - 1)] + ms[size_t(iters / 2)]);
-}
 
 // max |a - b| / max |b| (b the reference), on the host in double.
 double rel_err(const Tensor& a, const Tensor& b) {
