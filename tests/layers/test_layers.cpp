@@ -5,26 +5,17 @@
 #include "layers/layers.h"
 #include "layers/mixers/attention/attention.h"
 #include "models/lm.h"
+#include "support/module_testing.h"
 #include "support/test_util.h"
 
 using namespace seqmix;
 using autograd::gradcheck;
 using autograd::Tensors;
 using seqmix::testing::random_f64;
+using seqmix::testing::params_to_f64;
 using seqmix::testing::rel_error;
 
 namespace {
-// Turns a module's parameters into f64 leaves and returns them (for gradcheck to perturb).
-Tensors params_to_f64(Module& m) {
-  Tensors out;
-  for (auto& [name, p] : m.named_parameters()) {
-    Tensor t = p;
-    t.set_data(p.detach().to(DType::F64));
-    out.push_back(t);
-  }
-  return out;
-}
-
 void expect_gradcheck(const std::function<Tensor(const Tensors&)>& f, Tensors inputs, Module& m) {
   ComputeDtypeGuard cg(DType::F64);
   Tensors params = params_to_f64(m);

@@ -8,31 +8,16 @@
 
 #include "autograd/gradcheck.h"
 #include "layers/mixers/mixer.h"
+#include "support/module_testing.h"
 #include "support/test_util.h"
 
 namespace seqmix::testing {
-
-inline MixerContext tiny_mixer_ctx(Generator& g, int64_t d, int layer = 0, int n_layers = 1) {
-  MixerContext ctx;
-  ctx.d_model = d;
-  ctx.gen = &g;
-  ctx.max_seq_len = 64;
-  ctx.out_std = 0.3;
-  ctx.init_std = 0.3;
-  ctx.layer_index = layer;
-  ctx.n_layers = n_layers;
-  return ctx;
-}
 
 // f64 gradient check of the mixer's forward over its input and every parameter.
 inline void expect_mixer_gradcheck(Mixer& m, int64_t B, int64_t T, int64_t d, uint64_t seed) {
   ComputeDtypeGuard cg(DType::F64);
   autograd::Tensors inputs{random_f64({B, T, d}, seed)};
-  for (auto& [name, p] : m.named_parameters()) {
-    Tensor t = p;
-    t.set_data(p.detach().to(DType::F64));
-    inputs.push_back(t);
-  }
+  for (const Tensor& p : params_to_f64(m)) inputs.push_back(p);
   autograd::GradcheckOptions opt;
   opt.atol = 1e-6;
   opt.rtol = 1e-4;

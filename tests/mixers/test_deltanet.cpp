@@ -5,6 +5,7 @@
 #include "autograd/gradcheck.h"
 #include "layers/mixers/deltanet/deltanet.h"
 #include "models/lm.h"
+#include "support/module_testing.h"
 #include "support/test_util.h"
 
 using namespace seqmix;
@@ -13,26 +14,6 @@ using seqmix::testing::random_f64;
 using seqmix::testing::rel_error;
 
 namespace {
-MixerContext deltanet_ctx(Generator& g, int64_t d) {
-  MixerContext ctx;
-  ctx.d_model = d;
-  ctx.gen = &g;
-  ctx.max_seq_len = 64;
-  ctx.init_std = 0.3;
-  ctx.out_std = 0.3;
-  return ctx;
-}
-
-Tensors deltanet_params_to_f64(Module& m) {
-  Tensors out;
-  for (auto& [name, p] : m.named_parameters()) {
-    Tensor t = p;
-    t.set_data(p.detach().to(DType::F64));
-    out.push_back(t);
-  }
-  return out;
-}
-
 mixers::DeltaNetConfig small_deltanet_config() {
   mixers::DeltaNetConfig cfg;
   cfg.n_heads = 2;
@@ -48,10 +29,10 @@ TEST(DeltaNetMixer, Gradcheck) {
   for (int64_t conv : {0, 4}) {
     mixers::DeltaNetConfig cfg = small_deltanet_config();
     cfg.conv_size = conv;
-    mixers::DeltaNet m(deltanet_ctx(g, 6), cfg);
+    mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 6), cfg);
     ComputeDtypeGuard cg(DType::F64);
     Tensors inputs = {random_f64({2, 7, 6}, 4)};
-    Tensors params = deltanet_params_to_f64(m);
+    Tensors params = seqmix::testing::params_to_f64(m);
     inputs.insert(inputs.end(), params.begin(), params.end());
     autograd::GradcheckResult r = autograd::gradcheck([&](const Tensors& in) { return m.forward(in[0]); }, inputs);
     EXPECT_TRUE(r.ok) << m.type_name() << ": " << r.message;
@@ -60,7 +41,7 @@ TEST(DeltaNetMixer, Gradcheck) {
 
 TEST(DeltaNetMixer, StepByStepEqualsFullForward) {
   Generator g(5);
-  mixers::DeltaNet m(deltanet_ctx(g, 8), small_deltanet_config());
+  mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 8), small_deltanet_config());
   autograd::NoGradGuard ng;
   Tensor x = random_f64({2, 13, 8}, 6, false).to(DType::F32);
   Tensor full = m.forward(x);
@@ -78,7 +59,7 @@ TEST(DeltaNetMixer, RegisteredWithStateAndFlops) {
   register_builtin_mixers();
   ASSERT_TRUE(mixer_registered("deltanet"));
   Generator g(7);
-  mixers::DeltaNet m(deltanet_ctx(g, 8), small_deltanet_config());
+  mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 8), small_deltanet_config());
   // state: H Dk Dv + conv caches (K - 1) H (2 Dk + Dv), independent of the length
   EXPECT_EQ(m.state_bytes(1000, 4), (2 * 3 * 5 + 3 * 2 * (2 * 3 + 5)) * 4);
   EXPECT_EQ(m.state_bytes(10, 2), m.state_bytes(100000, 2));

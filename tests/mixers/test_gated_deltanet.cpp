@@ -5,6 +5,7 @@
 #include "autograd/gradcheck.h"
 #include "layers/mixers/gated_deltanet/gated_deltanet.h"
 #include "models/lm.h"
+#include "support/module_testing.h"
 #include "support/test_util.h"
 
 using namespace seqmix;
@@ -13,26 +14,6 @@ using seqmix::testing::random_f64;
 using seqmix::testing::rel_error;
 
 namespace {
-MixerContext gdn_ctx(Generator& g, int64_t d) {
-  MixerContext ctx;
-  ctx.d_model = d;
-  ctx.gen = &g;
-  ctx.max_seq_len = 64;
-  ctx.init_std = 0.3;
-  ctx.out_std = 0.3;
-  return ctx;
-}
-
-Tensors gdn_params_to_f64(Module& m) {
-  Tensors out;
-  for (auto& [name, p] : m.named_parameters()) {
-    Tensor t = p;
-    t.set_data(p.detach().to(DType::F64));
-    out.push_back(t);
-  }
-  return out;
-}
-
 mixers::DeltaNetConfig small_gdn_config() {
   mixers::DeltaNetConfig cfg = mixers::gated_deltanet_defaults();
   cfg.n_heads = 2;
@@ -45,11 +26,11 @@ mixers::DeltaNetConfig small_gdn_config() {
 
 TEST(GatedDeltaNetMixer, Gradcheck) {
   Generator g(13);
-  mixers::DeltaNet m(gdn_ctx(g, 6), small_gdn_config());
+  mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 6), small_gdn_config());
   ASSERT_TRUE(m.A_log.defined() && m.g_proj);
   ComputeDtypeGuard cg(DType::F64);
   Tensors inputs = {random_f64({2, 7, 6}, 14)};
-  Tensors params = gdn_params_to_f64(m);
+  Tensors params = seqmix::testing::params_to_f64(m);
   inputs.insert(inputs.end(), params.begin(), params.end());
   autograd::GradcheckResult r = autograd::gradcheck([&](const Tensors& in) { return m.forward(in[0]); }, inputs);
   EXPECT_TRUE(r.ok) << m.type_name() << ": " << r.message;
@@ -57,7 +38,7 @@ TEST(GatedDeltaNetMixer, Gradcheck) {
 
 TEST(GatedDeltaNetMixer, StepByStepEqualsFullForward) {
   Generator g(15);
-  mixers::DeltaNet m(gdn_ctx(g, 8), small_gdn_config());
+  mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 8), small_gdn_config());
   autograd::NoGradGuard ng;
   Tensor x = random_f64({2, 13, 8}, 16, false).to(DType::F32);
   Tensor full = m.forward(x);
@@ -102,7 +83,7 @@ model:
 TEST(GatedDeltaNetMixer, Bf16ComputeMatchesF32) {
   // the mixed-precision path (bf16 activations, f32 gates, decays and state) against f32
   Generator g(17);
-  mixers::DeltaNet m(gdn_ctx(g, 8), small_gdn_config());
+  mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 8), small_gdn_config());
   autograd::NoGradGuard ng;
   Tensor x = random_f64({2, 9, 8}, 18, false).to(DType::F32);
   Tensor ref = m.forward(x);

@@ -5,6 +5,7 @@
 #include "autograd/gradcheck.h"
 #include "layers/mixers/rwkv7/rwkv7.h"
 #include "models/lm.h"
+#include "support/module_testing.h"
 #include "support/test_util.h"
 
 using namespace seqmix;
@@ -13,28 +14,6 @@ using seqmix::testing::random_f64;
 using seqmix::testing::rel_error;
 
 namespace {
-MixerContext rwkv7_ctx(Generator& g, int64_t d) {
-  MixerContext ctx;
-  ctx.d_model = d;
-  ctx.gen = &g;
-  ctx.max_seq_len = 64;
-  ctx.init_std = 0.3;
-  ctx.out_std = 0.3;
-  ctx.n_layers = 2;
-  ctx.layer_index = 1;
-  return ctx;
-}
-
-Tensors rwkv7_params_to_f64(Module& m) {
-  Tensors out;
-  for (auto& [name, p] : m.named_parameters()) {
-    Tensor t = p;
-    t.set_data(p.detach().to(DType::F64));
-    out.push_back(t);
-  }
-  return out;
-}
-
 mixers::Rwkv7Config small_rwkv7_config() {
   mixers::Rwkv7Config cfg;
   cfg.head_size = 3;
@@ -49,11 +28,11 @@ mixers::Rwkv7Config small_rwkv7_config() {
 
 TEST(Rwkv7Mixer, Gradcheck) {
   Generator g(23);
-  mixers::Rwkv7 m(rwkv7_ctx(g, 6), small_rwkv7_config());
+  mixers::Rwkv7 m(seqmix::testing::tiny_mixer_ctx(g, 6), small_rwkv7_config());
   EXPECT_FALSE(m.uses_mlp());
   ComputeDtypeGuard cg(DType::F64);
   Tensors inputs = {random_f64({2, 7, 6}, 24)};
-  Tensors params = rwkv7_params_to_f64(m);
+  Tensors params = seqmix::testing::params_to_f64(m);
   inputs.insert(inputs.end(), params.begin(), params.end());
   autograd::GradcheckResult r = autograd::gradcheck([&](const Tensors& in) { return m.forward(in[0]); }, inputs);
   EXPECT_TRUE(r.ok) << m.type_name() << ": " << r.message;
@@ -61,7 +40,7 @@ TEST(Rwkv7Mixer, Gradcheck) {
 
 TEST(Rwkv7Mixer, StepByStepEqualsFullForward) {
   Generator g(25);
-  mixers::Rwkv7 m(rwkv7_ctx(g, 8), [] {
+  mixers::Rwkv7 m(seqmix::testing::tiny_mixer_ctx(g, 8), [] {
     mixers::Rwkv7Config c = small_rwkv7_config();
     c.head_size = 4;
     return c;
@@ -82,7 +61,7 @@ TEST(Rwkv7Mixer, RegisteredWithStateAndFlops) {
   register_builtin_mixers();
   ASSERT_TRUE(mixer_registered("rwkv7"));
   Generator g(27);
-  mixers::Rwkv7 m(rwkv7_ctx(g, 8), [] {
+  mixers::Rwkv7 m(seqmix::testing::tiny_mixer_ctx(g, 8), [] {
     mixers::Rwkv7Config c = small_rwkv7_config();
     c.head_size = 4;
     return c;
@@ -94,7 +73,7 @@ TEST(Rwkv7Mixer, RegisteredWithStateAndFlops) {
 TEST(Rwkv7Mixer, Bf16ComputeMatchesF32) {
   // the mixed-precision path (bf16 activations, f32 decays and state) against f32
   Generator g(29);
-  mixers::Rwkv7 m(rwkv7_ctx(g, 8), [] {
+  mixers::Rwkv7 m(seqmix::testing::tiny_mixer_ctx(g, 8), [] {
     mixers::Rwkv7Config c = small_rwkv7_config();
     c.head_size = 4;
     return c;
