@@ -7,6 +7,7 @@
 
 #include "data/prepare.h"
 #include "support/test_util.h"
+#include "support/train_testing.h"
 #include "train/generate.h"
 #include "train/optimizer.h"
 #include "train/trainer.h"
@@ -16,28 +17,10 @@ using namespace seqmix;
 using seqmix::testing::expect_error_contains;
 
 namespace {
-fs::path scratch(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("seqmix_test_trainer_" + std::to_string(::getpid())) / name;
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
+fs::path scratch(const std::string& name) { return seqmix::testing::scratch_dir("seqmix_test_trainer", name); }
 
-// A small byte-level dataset: repetitive text a model can learn quickly.
 std::string tiny_dataset() {
-  static std::string dir;
-  if (!dir.empty()) return dir;
-  fs::path root = scratch("data");
-  std::ofstream out(root / "text.txt");
-  const char* lines[] = {"the cat sat on the mat. ", "a dog ran in the park. ", "the sun is warm today. "};
-  for (int i = 0; i < 600; ++i) out << lines[(i * 7) % 3] << (i % 5 == 0 ? "\n" : "");
-  out.close();
-  data::PrepareOptions opt;
-  opt.source = (root / "text.txt").string();
-  opt.tokenizer = data::TokenizerKind::Byte;
-  opt.out = (root / "prepared").string();
-  opt.quiet = true;
-  dir = data::prepare_dataset(opt);
+  static const std::string dir = seqmix::testing::make_tiny_byte_dataset(scratch("data"), 600);
   return dir;
 }
 
