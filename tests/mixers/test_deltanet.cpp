@@ -5,6 +5,7 @@
 #include "autograd/gradcheck.h"
 #include "layers/mixers/deltanet/deltanet.h"
 #include "models/lm.h"
+#include "mixers/recurrent_mixer_testing.h"
 #include "support/module_testing.h"
 #include "support/test_util.h"
 
@@ -30,29 +31,15 @@ TEST(DeltaNetMixer, Gradcheck) {
     mixers::DeltaNetConfig cfg = small_deltanet_config();
     cfg.conv_size = conv;
     mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 6), cfg);
-    ComputeDtypeGuard cg(DType::F64);
-    Tensors inputs = {random_f64({2, 7, 6}, 4)};
-    Tensors params = seqmix::testing::params_to_f64(m);
-    inputs.insert(inputs.end(), params.begin(), params.end());
-    autograd::GradcheckResult r = autograd::gradcheck([&](const Tensors& in) { return m.forward(in[0]); }, inputs);
-    EXPECT_TRUE(r.ok) << m.type_name() << ": " << r.message;
+    seqmix::testing::expect_mixer_gradcheck(m, 2, 7, 6, 4);
   }
 }
 
 TEST(DeltaNetMixer, StepByStepEqualsFullForward) {
   Generator g(5);
   mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 8), small_deltanet_config());
-  autograd::NoGradGuard ng;
-  Tensor x = random_f64({2, 13, 8}, 6, false).to(DType::F32);
-  Tensor full = m.forward(x);
-  auto st = m.init_state(2, 13, Device::cpu(), DType::F32);
   // a prompt of 5 tokens (chunked path: 5 >= chunk 4), then one token at a time
-  Tensor first = m.step(x.narrow(1, 0, 5), *st);
-  EXPECT_LT(rel_error(first, full.narrow(1, 0, 5)), 1e-5);
-  for (int64_t t = 5; t < 13; ++t) {
-    Tensor y = m.step(x.narrow(1, t, 1), *st);
-    EXPECT_LT(rel_error(y, full.narrow(1, t, 1)), 1e-5) << "position " << t;
-  }
+  seqmix::testing::expect_steps_equal_forward(m, 2, 13, 8, 5, 6, 1e-5);
 }
 
 TEST(DeltaNetMixer, RegisteredWithStateAndFlops) {

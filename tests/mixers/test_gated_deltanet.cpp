@@ -5,6 +5,7 @@
 #include "autograd/gradcheck.h"
 #include "layers/mixers/gated_deltanet/gated_deltanet.h"
 #include "models/lm.h"
+#include "mixers/recurrent_mixer_testing.h"
 #include "support/module_testing.h"
 #include "support/test_util.h"
 
@@ -28,27 +29,14 @@ TEST(GatedDeltaNetMixer, Gradcheck) {
   Generator g(13);
   mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 6), small_gdn_config());
   ASSERT_TRUE(m.A_log.defined() && m.g_proj);
-  ComputeDtypeGuard cg(DType::F64);
-  Tensors inputs = {random_f64({2, 7, 6}, 14)};
-  Tensors params = seqmix::testing::params_to_f64(m);
-  inputs.insert(inputs.end(), params.begin(), params.end());
-  autograd::GradcheckResult r = autograd::gradcheck([&](const Tensors& in) { return m.forward(in[0]); }, inputs);
-  EXPECT_TRUE(r.ok) << m.type_name() << ": " << r.message;
+  seqmix::testing::expect_mixer_gradcheck(m, 2, 7, 6, 14);
 }
 
 TEST(GatedDeltaNetMixer, StepByStepEqualsFullForward) {
   Generator g(15);
   mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 8), small_gdn_config());
-  autograd::NoGradGuard ng;
-  Tensor x = random_f64({2, 13, 8}, 16, false).to(DType::F32);
-  Tensor full = m.forward(x);
-  auto st = m.init_state(2, 13, Device::cpu(), DType::F32);
-  Tensor first = m.step(x.narrow(1, 0, 6), *st);  // chunked prompt (6 >= chunk 4)
-  EXPECT_LT(rel_error(first, full.narrow(1, 0, 6)), 1e-5);
-  for (int64_t t = 6; t < 13; ++t) {
-    Tensor y = m.step(x.narrow(1, t, 1), *st);
-    EXPECT_LT(rel_error(y, full.narrow(1, t, 1)), 1e-5) << "position " << t;
-  }
+  // chunked prompt (6 >= chunk 4)
+  seqmix::testing::expect_steps_equal_forward(m, 2, 13, 8, 6, 16, 1e-5);
 }
 
 TEST(GatedDeltaNetMixer, RegisteredInAHybridModel) {

@@ -5,6 +5,7 @@
 #include "autograd/gradcheck.h"
 #include "layers/mixers/rwkv7/rwkv7.h"
 #include "models/lm.h"
+#include "mixers/recurrent_mixer_testing.h"
 #include "support/module_testing.h"
 #include "support/test_util.h"
 
@@ -30,12 +31,7 @@ TEST(Rwkv7Mixer, Gradcheck) {
   Generator g(23);
   mixers::Rwkv7 m(seqmix::testing::tiny_mixer_ctx(g, 6), small_rwkv7_config());
   EXPECT_FALSE(m.uses_mlp());
-  ComputeDtypeGuard cg(DType::F64);
-  Tensors inputs = {random_f64({2, 7, 6}, 24)};
-  Tensors params = seqmix::testing::params_to_f64(m);
-  inputs.insert(inputs.end(), params.begin(), params.end());
-  autograd::GradcheckResult r = autograd::gradcheck([&](const Tensors& in) { return m.forward(in[0]); }, inputs);
-  EXPECT_TRUE(r.ok) << m.type_name() << ": " << r.message;
+  seqmix::testing::expect_mixer_gradcheck(m, 2, 7, 6, 24);
 }
 
 TEST(Rwkv7Mixer, StepByStepEqualsFullForward) {
@@ -45,16 +41,8 @@ TEST(Rwkv7Mixer, StepByStepEqualsFullForward) {
     c.head_size = 4;
     return c;
   }());
-  autograd::NoGradGuard ng;
-  Tensor x = random_f64({2, 13, 8}, 26, false).to(DType::F32);
-  Tensor full = m.forward(x);
-  auto st = m.init_state(2, 13, Device::cpu(), DType::F32);
-  Tensor first = m.step(x.narrow(1, 0, 5), *st);  // chunked prompt (5 >= chunk 4)
-  EXPECT_LT(rel_error(first, full.narrow(1, 0, 5)), 1e-5);
-  for (int64_t t = 5; t < 13; ++t) {
-    Tensor y = m.step(x.narrow(1, t, 1), *st);
-    EXPECT_LT(rel_error(y, full.narrow(1, t, 1)), 1e-5) << "position " << t;
-  }
+  // chunked prompt (5 >= chunk 4)
+  seqmix::testing::expect_steps_equal_forward(m, 2, 13, 8, 5, 26, 1e-5);
 }
 
 TEST(Rwkv7Mixer, RegisteredWithStateAndFlops) {
