@@ -102,6 +102,12 @@ RunResult train_ranks(int world, const fs::path& dir, const std::string& text, c
   return res;
 }
 
+// Runs whose gradient sums happen in the same order (ZeRO-1 vs plain on one world size) agree to a few
+// ulps. Across world sizes the sums are reassociated and Adam amplifies the last-bit differences: up to
+// 5.9e-6 seen on the dev machine, more on other CPUs (OpenBLAS picks its kernels per CPU). A real fault
+// (a wrong average, a missed bucket, a stale shard) moves parameters by about lr = 1e-2.
+constexpr double kSameOrderTol = 2e-5, kReorderedTol = 2e-4;
+
 void expect_close(const RunResult& a, const RunResult& b, double tol, const std::string& what) {
   ASSERT_EQ(a.losses.size(), b.losses.size()) << what;
   for (size_t i = 0; i < a.losses.size(); ++i) EXPECT_NEAR(a.losses[i], b.losses[i], tol) << what << ": loss of step " << i + 1;
@@ -201,20 +207,34 @@ TEST(DataParallel, TwoAndThreeRanksMatchOneRankWithAccumulation) {
   RunResult three = train_ranks(3, c, config_text(c, 2, 1, false));
   ASSERT_EQ(one.losses.size(), 8u);
   EXPECT_LT(one.losses.back(), one.losses.front());
-  expect_close(one, two, 2e-5, "2 ranks x accumulation 3 vs 1 rank x 3");
-  expect_close(one, three, 2e-5, "3 ranks vs 1 rank x 3");
+  expect_close(one, two, kReorderedTol, "2 ranks x accumulation 3 vs 1 rank x 3");
+  expect_close(one, three, kReorderedTol, "3 ranks vs 1 rank x 3");
 }
 
 TEST(DataParallel, Zero1MatchesPlainDataParallel) {
   fs::path a = scratch("plain"), b = scratch("zero");
   RunResult plain = train_ranks(3, a, config_text(a, 2, 1, false));
   RunResult zero = train_ranks(3, b, config_text(b, 2, 1, true));
-  expect_close(plain, zero, 2e-5, "ZeRO-1 vs plain data parallel");
+  expect_close(plain, zero, kSameOrderTol, "ZeRO-1 vs plain data parallel");
   fs::path c = scratch("plain_accum"), d = scratch("zero_accum");
   RunResult plain2 = train_ranks(2, c, config_text(c, 1, 3, false));
   RunResult zero2 = train_ranks(2, d, config_text(d, 1, 3, true));
-  expect_close(plain2, zero2, 2e-5, "ZeRO-1 vs plain data parallel, 2 ranks x accumulation 3");
-  expect_close(plain, zero2, 2e-5, "ZeRO-1 on 2 ranks x 3 vs 3 ranks");
+  expect_close(plain2, zero2, kSameOrderTol, "ZeRO-1 vs plain data parallel, 2 ranks x accumulation 3");
+  expect_close(plain, zero2, kReorderedTol, "ZeRO-1 on 2 ranks x 3 vs 3 ranks");
+}
+
+// ZeRO-1 sums the squared gradient norm over shard segments, plain data parallel over whole tensors, so
+// with clipping the last bits of the clip factor differ (and grow over a long run). Without clipping the
+// losses and parameters are bitwise identical: the sharded update itself changes nothing.
+TEST(DataParallel, Zero1WithoutClippingIsBitwiseIdentical) {
+  fs::path a = scratch("plain_noclip"), b = scratch("zero_noclip");
+  RunResult plain = train_ranks(3, a, config_text(a, 2, 1, false), "", {"train.grad_clip=0"});
+  RunResult zero = train_ranks(3, b, config_text(b, 2, 1, true), "", {"train.grad_clip=0"});
+  ASSERT_EQ(plain.losses.size(), 8u);
+  EXPECT_EQ(plain.losses, zero.losses);
+  EXPECT_EQ(plain.params, zero.params);
+  for (size_t i = 0; i < plain.grad_norms.size(); ++i)  // reported only: summed in another order
+    EXPECT_NEAR(plain.grad_norms[i], zero.grad_norms[i], 1e-6 * plain.grad_norms[i]);
 }
 
 TEST(DataParallel, Zero1ShardsTheOptimizerState) {
@@ -288,8 +308,8 @@ TEST(DataParallel, CheckpointFromTwoRanksResumesOnOneAndThree) {
   for (const fs::path& d : {on1, on3}) fs::copy(part / "t", d / "t", fs::copy_options::recursive);
   RunResult one = train_ranks(0, on1, config_text(on1, 3, 2, false), "auto");
   RunResult three = train_ranks(3, on3, config_text(on3, 2, 1, true), "auto");
-  expect_close(ref, one, 2e-5, "resumed on 1 rank");
-  expect_close(ref, three, 2e-5, "resumed on 3 ranks (ZeRO-1)");
+  expect_close(ref, one, kReorderedTol, "resumed on 1 rank");
+  expect_close(ref, three, kReorderedTol, "resumed on 3 ranks (ZeRO-1)");
 }
 
 TEST(Rendezvous, SharesTheIdAndNamesADeadRank) {
