@@ -15,6 +15,7 @@
 #include "train/checkpoint.h"
 #include "train/distributed/ddp.h"
 #include "train/grad_norm.h"
+#include "train/step_profile.h"
 #ifdef SEQMIX_WITH_CUDA
 #include "core/cuda/runtime.h"
 #endif
@@ -278,6 +279,8 @@ void Trainer::build(const std::string& resume) {
 double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad_norm_out) {
   ComputeDtypeGuard cg(compute_dtype_);
   model_->train();
+  static thread_local StepProfiler prof(device_.is_cuda());  // diagnostics only (SEQMIX_STEP_PROFILE)
+  prof.start();
   Tensor loss_sum;
   for (int64_t micro = 0; micro < s_.grad_accum; ++micro) {
     auto [in, tg] = to_tensors(batch, micro * s_.batch_size, s_.batch_size, device_);
@@ -288,25 +291,33 @@ double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad
     Tensor l = scaled.detach();
     loss_sum = loss_sum.defined() ? add(loss_sum, l) : l;
   }
+  prof.mark(StepProfiler::kForwardBackward);
   if (ddp_) {  // gradients averaged over the ranks, the same norm and loss on every rank
     ddp_->finish_backward();
+    prof.mark(StepProfiler::kReduceWait);
     double gn = ddp_->clip_grad_norm(s_.grad_clip);
     double loss = ddp_->mean_over_ranks(loss_sum.item());
     *grad_norm_out = gn;
+    prof.mark(StepProfiler::kNormLoss);
     if (std::isfinite(loss) && std::isfinite(gn)) ddp_->step(lr);
     ddp_->zero_grad();
+    prof.mark(StepProfiler::kOptimizer);
+    prof.end_step();
     return loss;
   }
   std::vector<Tensor> params = model_->parameters();
   double gn = s_.grad_clip > 0 ? clip_grad_norm(params, s_.grad_clip) : grad_norm(params);
   double loss = loss_sum.item();
   *grad_norm_out = gn;
+  prof.mark(StepProfiler::kNormLoss);
   if (!std::isfinite(loss) || !std::isfinite(gn)) {
     opt_->zero_grad();
     return loss;
   }
   opt_->step(lr);
   opt_->zero_grad();
+  prof.mark(StepProfiler::kOptimizer);
+  prof.end_step();
   return loss;
 }
 

@@ -15,6 +15,34 @@ double Communicator::all_reduce_sum(double v) {
 }
 
 namespace {
+// Completes a sum, then divides the result by the world size in place (once).
+class MeanWork : public Work {
+ public:
+  MeanWork(WorkPtr sum, Tensor t, int world) : sum_(std::move(sum)), t_(std::move(t)), world_(world) {}
+  void wait() override {
+    sum_->wait();
+    if (scaled_ || world_ == 1) return;
+    t_.copy_(t_ * (1.0 / double(world_)));
+    scaled_ = true;
+  }
+
+ private:
+  WorkPtr sum_;
+  Tensor t_;
+  int world_;
+  bool scaled_ = false;
+};
+}  // namespace
+
+WorkPtr Communicator::all_reduce_mean_async(Tensor& t) {
+  return std::make_shared<MeanWork>(all_reduce_sum_async(t), t, world());
+}
+
+WorkPtr Communicator::reduce_scatter_mean_async(const Tensor& in, Tensor& out) {
+  return std::make_shared<MeanWork>(reduce_scatter_sum_async(in, out), out, world());
+}
+
+namespace {
 bool env_int(const char* name, int* out) {
   const char* v = std::getenv(name);
   if (!v || !*v) return false;

@@ -66,6 +66,10 @@ class Communicator {
   virtual WorkPtr all_reduce_sum_async(Tensor& t) = 0;
   // in: world() * n elements; out: n elements = sum over ranks of chunk rank() of in.
   virtual WorkPtr reduce_scatter_sum_async(const Tensor& in, Tensor& out) = 0;
+  // The same, divided by world(): the mean over ranks. The default sums, then scales in place when the
+  // work is waited for; NCCL averages inside the collective (ncclAvg: no extra pass over the data).
+  virtual WorkPtr all_reduce_mean_async(Tensor& t);
+  virtual WorkPtr reduce_scatter_mean_async(const Tensor& in, Tensor& out);
   // in: n elements; out: world() * n elements, chunk r from rank r.
   virtual WorkPtr all_gather_async(const Tensor& in, Tensor& out) = 0;
   // t = root's t on every rank.

@@ -165,7 +165,7 @@ void DataParallel::launch_ready() {
   while (next_launch_ < int(buckets_.size()) && buckets_[size_t(next_launch_)].pending == 0) {
     Bucket& b = buckets_[size_t(next_launch_++)];
     b.launched = true;
-    b.work = opt_.zero1 ? comm_.reduce_scatter_sum_async(b.flat, b.shard_grad) : comm_.all_reduce_sum_async(b.flat);
+    b.work = opt_.zero1 ? comm_.reduce_scatter_mean_async(b.flat, b.shard_grad) : comm_.all_reduce_mean_async(b.flat);
   }
 }
 
@@ -180,18 +180,15 @@ void DataParallel::finish_backward() {
   }
   launch_ready();
   sync_ = false;
-  const double inv = 1.0 / double(comm_.world());
   for (Bucket& b : buckets_) {
-    b.work->wait();
+    b.work->wait();  // the collective averaged over the ranks
     b.work.reset();
-    if (opt_.zero1) {
-      if (comm_.world() > 1) b.shard_grad.copy_(b.shard_grad * inv);
-    } else {
+    if (!opt_.zero1) {
+      // The gradients are views of the reduced bucket (no copy); zero_grad() drops them before the
+      // next backward writes the bucket again.
       for (size_t k = 0; k < b.params.size(); ++k) {
         Tensor p = params_[size_t(b.params[k])].second;
-        Tensor g = flat_view(b.flat, b.offsets[k], p.numel());
-        g = comm_.world() > 1 ? g * inv : g.clone();
-        p.set_grad(g.view(p.shape()));
+        p.set_grad(shaped_view(b.flat, p.shape(), b.offsets[k]));
       }
     }
   }

@@ -7,8 +7,9 @@
 // gradient into its bucket; when a bucket is full it is launched asynchronously (all-reduce, or
 // reduce-scatter under ZeRO-1), so communication overlaps the rest of backward. Buckets launch in
 // index order only, so every rank issues the same collectives in the same order. finish_backward()
-// launches what is left (a parameter that got no gradient contributes zeros), waits, and divides by
-// the world size: the gradient of the mean loss over the global batch.
+// launches what is left (a parameter that got no gradient contributes zeros) and waits; the collectives
+// average (ncclAvg on the GPU), and the parameters' gradients become views of the reduced buckets:
+// the gradient of the mean loss over the global batch, with no copy.
 //
 // ZeRO-1: bucket b (padded to a multiple of R elements) is split into R equal chunks; rank r owns chunk
 // r of every bucket. Gradients are reduce-scattered, rank r updates only its chunks with an AdamW over

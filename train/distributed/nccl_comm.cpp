@@ -137,6 +137,21 @@ class NcclComm : public Communicator {
       SEQMIX_NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), size_t(t.numel()), nccl_dtype(t.dtype()), ncclSum, comm_, s));
     });
   }
+  WorkPtr all_reduce_mean_async(Tensor& t) override {
+    check(t, "all_reduce");
+    return launch("all_reduce", [&](cudaStream_t s) {
+      SEQMIX_NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), size_t(t.numel()), nccl_dtype(t.dtype()), ncclAvg, comm_, s));
+    });
+  }
+  WorkPtr reduce_scatter_mean_async(const Tensor& in, Tensor& out) override {
+    check(in, "reduce_scatter");
+    check(out, "reduce_scatter");
+    SEQMIX_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * world(), "reduce_scatter: input of ", in.numel(),
+                 " elements for an output of ", out.numel(), " on ", world(), " ranks");
+    return launch("reduce_scatter", [&](cudaStream_t s) {
+      SEQMIX_NCCL_CHECK(ncclReduceScatter(in.data_ptr(), out.data_ptr(), size_t(out.numel()), nccl_dtype(in.dtype()), ncclAvg, comm_, s));
+    });
+  }
   WorkPtr reduce_scatter_sum_async(const Tensor& in, Tensor& out) override {
     check(in, "reduce_scatter");
     check(out, "reduce_scatter");
