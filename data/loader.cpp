@@ -142,7 +142,7 @@ HostBatch TrainLoader::batch(int64_t step) const {
 }
 
 // ---- Prefetcher ----
-Prefetcher::Prefetcher(std::shared_ptr<const TrainLoader> loader, int64_t start_step, int depth)
+Prefetcher::Prefetcher(std::shared_ptr<const BatchSource> loader, int64_t start_step, int depth)
     : loader_(std::move(loader)), next_step_(start_step), depth_(static_cast<size_t>(std::max(1, depth))) {
   thread_ = std::thread([this] { run(); });
 }

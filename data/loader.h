@@ -58,6 +58,17 @@ struct HostBatch {
   size_t bytes() const { return buffer.size() * sizeof(int32_t); }
 };
 
+// Where training batches come from: the token-shard TrainLoader, or a synthetic task
+// (data/task_source.h). fill() is a pure function of the step, so a Prefetcher can run it ahead on its
+// own thread and a resumed run gets the same batches.
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  // This rank's rows of the global batch of `step`.
+  virtual void fill(int64_t step, HostBatch& out) const = 0;
+  virtual int32_t rows_per_rank() const = 0;
+};
+
 struct TrainLoaderConfig {
   int32_t seq_len = 0;
   int32_t global_batch = 0;  // sequences per optimizer step over all ranks
@@ -80,17 +91,17 @@ class IndexPermutation {
   uint64_t half_mask_ = 0;
 };
 
-class TrainLoader {
+class TrainLoader : public BatchSource {
  public:
   TrainLoader(std::shared_ptr<const TokenSplit> split, TrainLoaderConfig cfg);
   const TrainLoaderConfig& config() const { return cfg_; }
   uint64_t windows_per_epoch() const { return windows_; }
-  int32_t rows_per_rank() const { return cfg_.global_batch / cfg_.world; }
+  int32_t rows_per_rank() const override { return cfg_.global_batch / cfg_.world; }
   // Start token of the window used by global sample g (= step * global_batch + row).
   uint64_t window_start(uint64_t global_sample) const;
   int64_t epoch_of_step(int64_t step) const;
   // This rank's rows of `step`.
-  void fill(int64_t step, HostBatch& out) const;
+  void fill(int64_t step, HostBatch& out) const override;
   HostBatch batch(int64_t step) const;
 
  private:
@@ -102,7 +113,7 @@ class TrainLoader {
 // Produces the batches of steps start, start+1, ... on a background thread, `depth` ahead.
 class Prefetcher {
  public:
-  Prefetcher(std::shared_ptr<const TrainLoader> loader, int64_t start_step, int depth = 2);
+  Prefetcher(std::shared_ptr<const BatchSource> loader, int64_t start_step, int depth = 2);
   ~Prefetcher();
   Prefetcher(const Prefetcher&) = delete;
   Prefetcher& operator=(const Prefetcher&) = delete;
@@ -111,7 +122,7 @@ class Prefetcher {
 
  private:
   void run();
-  std::shared_ptr<const TrainLoader> loader_;
+  std::shared_ptr<const BatchSource> loader_;
   int64_t next_step_;
   size_t depth_;
   std::mutex mu_;
