@@ -130,6 +130,14 @@ namespace {
 int eval_task(const Args& a, train::LoadedRun& r) {
   std::string task = a.get("task");
   std::map<std::string, std::string> base;
+  if (r.task && r.task->config().name == task) {  // a run trained on this task: its settings are the defaults
+    const data::TaskDataConfig& t = r.task->config();
+    base["vocab_size"] = std::to_string(t.vocab_size);
+    base["seq_len"] = std::to_string(t.seq_len);
+    if (task == "mqar") base["num_kv_pairs"] = std::to_string(t.num_kv_pairs);
+    if (task == "selective_copy") base["num_tokens"] = std::to_string(t.num_tokens);
+    if (task == "passkey") base["digits"] = std::to_string(t.digits);
+  }
   std::string sweep_key, sweep_values;
   for (const char* key : {"vocab-size", "seq-len", "num-kv-pairs", "power-a", "num-tokens", "digits", "depth"}) {
     std::string v = a.get(key);
@@ -203,6 +211,14 @@ int eval_main(const std::vector<std::string>& argv) {
   std::string split = a.get("split", "val");
   int32_t rows = int32_t(to_int(a.get("batch-size", std::to_string(r.settings.batch_size)), "batch-size"));
   int64_t max_tokens = to_int(a.get("max-tokens", "0"), "max-tokens");
+  if (r.task) {  // a run trained on a synthetic task: its held-out examples
+    SEQMIX_CHECK(split == "val" || split == "test", "a run trained on a task has the held-out splits val and test, not '", split, "'");
+    train::EvalResult ev = train::evaluate_task(*r.model, *r.task, split, rows, r.device, r.compute_dtype, max_tokens);
+    std::printf("%s: %s loss %.4f, accuracy %.4f, exact %.4f over %lld examples (%lld scored tokens; checkpoint %s)\n",
+                a.positional[0].c_str(), split.c_str(), ev.loss, ev.accuracy, ev.exact, (long long)ev.examples,
+                (long long)ev.tokens, r.checkpoint_dir.c_str());
+    return 0;
+  }
   train::EvalResult ev =
       train::evaluate_split(*r.model, *r.dataset, split, r.settings.seq_len, rows, r.device, r.compute_dtype, max_tokens);
   std::printf("%s: %s loss %.4f, perplexity %.2f over %lld tokens (checkpoint %s)\n", a.positional[0].c_str(), split.c_str(),
@@ -217,6 +233,8 @@ int generate_main(const std::vector<std::string>& argv) {
   Args a = parse(argv, {"prompt", "max-new-tokens", "temperature", "top-k", "top-p", "seed", "device"}, usage);
   SEQMIX_CHECK(a.positional.size() == 1, "seqmix generate needs a run or checkpoint directory\n", usage);
   train::LoadedRun r = train::load_run(a.positional[0], a.get("device"));
+  SEQMIX_CHECK(r.dataset, a.positional[0], " was trained on a synthetic task (data.source: ", r.settings.data_source,
+               ") and has no tokenizer to generate text with; score it with `seqmix eval ", a.positional[0], "`");
   auto tok = r.dataset->tokenizer();
   std::string prompt = a.get("prompt");
   std::vector<int32_t> ids = tok->encode(prompt);
@@ -246,8 +264,8 @@ int info_main(const std::vector<std::string>& argv) {
   SEQMIX_CHECK(a.positional.size() == 1, "seqmix info needs a config file\n", usage);
   auto cfg = Config::load(a.positional[0], a.all("set"));
   train::RunSettings s = train::read_run_settings(*cfg, a.positional[0]);
-  int64_t vocab = s.vocab_size;
-  if (s.tokenizer == "byte" && vocab == 0) vocab = 257;
+  int64_t vocab = s.is_task() ? s.task.vocab_size : s.vocab_size;
+  if (!s.is_task() && s.tokenizer == "byte" && vocab == 0) vocab = 257;
   if (vocab == 0) {
     std::string dir = s.data_path.empty() ? data::ensure_dataset(s.data_source, s.tokenizer, s.vocab_size, s.min_count) : s.data_path;
     vocab = data::Dataset::open(dir).vocab_size();

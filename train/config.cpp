@@ -74,7 +74,8 @@ std::string Config::where(const std::string& full_path) const {
   if (overridden_.count(full_path)) return "--set";
   // find the key's mark by walking the tree
   std::vector<std::string> parts = split_path(full_path);
-  YAML::Node cur = YAML::Clone(root_);
+  YAML::Node cur;
+  cur.reset(root_);  // the parsed nodes themselves: a clone would lose their line marks
   YAML::Mark mark;
   bool found = false;
   for (size_t i = 0; i < parts.size(); ++i) {

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -89,6 +90,45 @@ Device resolve_device(const std::string& name) {
   return d;
 }
 
+namespace {
+// data.source: task:NAME with its settings in data.task (docs/DATA.md). Only the keys of the chosen task are
+// read; a key of another task, or a tokenizer key, is an error that says so.
+void read_task_settings(const ConfigNode& data, RunSettings& s) {
+  data::TaskDataConfig& t = s.task;
+  t.name = s.data_source.substr(5);
+  t.seq_len = s.seq_len;
+  t.seed = s.seed;
+  for (const char* key : {"path", "tokenizer", "vocab_size", "min_count"})
+    SEQMIX_CHECK(!data.has(key) || (std::string(key) == "path" && s.data_path.empty()), "data.", key, " (", data.where(key),
+                 ") does not apply to a synthetic task source (data.source: ", s.data_source,
+                 "): the examples are generated, and the vocabulary is data.task.vocab_size");
+  const int32_t default_vocab = data::task_default_vocab(t.name);  // checks the name
+  ConfigNode tn = data.child("task");
+  std::vector<std::string> keys{"vocab_size", "train_examples", "eval_examples"};
+  if (t.name == "mqar") keys.insert(keys.end(), {"num_kv_pairs", "power_a"});
+  if (t.name == "selective_copy") keys.insert(keys.end(), {"num_tokens"});
+  if (t.name == "passkey") keys.insert(keys.end(), {"digits", "depth"});
+  std::string list;
+  for (const auto& k : keys) list += (list.empty() ? "" : ", ") + k;
+  for (const char* key : {"num_kv_pairs", "power_a", "num_tokens", "digits", "depth"})
+    SEQMIX_CHECK(!tn.has(key) || std::find(keys.begin(), keys.end(), key) != keys.end(), "data.task.", key, " (", tn.where(key),
+                 ") is not a setting of task ", t.name, "; data.task for ", t.name, " takes: ", list);
+  t.vocab_size = tn.get<int32_t>("vocab_size", default_vocab);
+  if (t.name == "mqar") {
+    t.num_kv_pairs = tn.get<int32_t>("num_kv_pairs", t.num_kv_pairs);
+    t.power_a = tn.get<double>("power_a", t.power_a);
+  } else if (t.name == "selective_copy") {
+    t.num_tokens = tn.get<int32_t>("num_tokens", t.num_tokens);
+  } else if (t.name == "passkey") {
+    t.digits = tn.get<int32_t>("digits", t.digits);
+    t.depth = tn.get<double>("depth", t.depth);
+  }
+  t.train_examples = tn.get<int64_t>("train_examples", t.train_examples);
+  t.eval_examples = tn.get<int64_t>("eval_examples", t.eval_examples);
+  data::TaskSource check(t);  // every range check now, before anything is written
+}
+}  // namespace
+
 RunSettings read_run_settings(Config& cfg, const std::string& config_path) {
   RunSettings s;
   ConfigNode root = cfg.root();
@@ -101,12 +141,20 @@ RunSettings read_run_settings(Config& cfg, const std::string& config_path) {
   s.data_path = data.get<std::string>("path", "");
   s.data_source = data.get<std::string>("source", "");
   SEQMIX_CHECK(!s.data_path.empty() || !s.data_source.empty(), "the config needs data.path (a prepared dataset directory) or ",
-               "data.source (brown, kjv or a text path) in ", cfg.source_name());
-  s.tokenizer = data.get<std::string>("tokenizer", s.tokenizer);
-  s.vocab_size = data.get<int64_t>("vocab_size", s.vocab_size);
-  s.min_count = data.get<int64_t>("min_count", s.min_count);
-  s.seq_len = data.get<int32_t>("seq_len", s.seq_len);
-  SEQMIX_CHECK(s.seq_len > 0, "data.seq_len must be positive");
+               "data.source (brown, kjv, a text path or task:NAME) in ", cfg.source_name());
+  if (s.is_task()) {
+    s.seq_len = data.get<int32_t>("seq_len", s.seq_len);
+    SEQMIX_CHECK(s.seq_len > 0, "data.seq_len must be positive");
+    read_task_settings(data, s);
+  } else {
+    SEQMIX_CHECK(!data.has("task"), "data.task (", data.where("task"), ") is read only with a synthetic task source ",
+                 "(data.source: task:NAME, NAME one of ", data::task_source_names(), "); data.source here is '", s.data_source, "'");
+    s.tokenizer = data.get<std::string>("tokenizer", s.tokenizer);
+    s.vocab_size = data.get<int64_t>("vocab_size", s.vocab_size);
+    s.min_count = data.get<int64_t>("min_count", s.min_count);
+    s.seq_len = data.get<int32_t>("seq_len", s.seq_len);
+    SEQMIX_CHECK(s.seq_len > 0, "data.seq_len must be positive");
+  }
 
   s.steps = tr.get<int64_t>("steps", s.steps);
   s.batch_size = tr.get<int64_t>("batch_size", s.batch_size);
@@ -169,6 +217,43 @@ EvalResult evaluate_split(LanguageModel& model, const data::Dataset& ds, const s
   return r;
 }
 
+EvalResult evaluate_task(LanguageModel& model, const data::TaskSource& task, const std::string& split, int32_t batch_rows,
+                         Device device, DType compute, int64_t max_tokens) {
+  SEQMIX_CHECK(batch_rows >= 1, "evaluation batch size must be >= 1");
+  autograd::NoGradGuard ng;
+  ComputeDtypeGuard cg(compute);
+  bool was_training = model.is_training();
+  model.eval();
+  const int64_t n = task.split_examples(split);
+  double total = 0, right = 0, exact = 0;
+  int64_t count = 0, done = 0;
+  while (done < n) {
+    const int32_t rows = int32_t(std::min<int64_t>(batch_rows, n - done));
+    data::TaskBatch b = task.examples(split, done, rows);
+    Tensor in = Tensor::from_vector(b.inputs, {rows, b.seq_len}, device);
+    Tensor tg = Tensor::from_vector(b.targets, {rows, b.seq_len}, device);
+    Tensor logits = model.forward(in);
+    const int64_t scored = b.scored();
+    total += cross_entropy(logits, tg, data::kIgnoreIndex).item() * double(scored);
+    Tensor pred = argmax(logits, -1).to(DType::I32).cpu();
+    double ex = 0;
+    right += data::task_accuracy(b, pred.data<int32_t>(), &ex) * double(scored);
+    exact += ex * rows;
+    count += scored;
+    done += rows;
+    if (max_tokens > 0 && count >= max_tokens) break;
+  }
+  model.train(was_training);
+  EvalResult r;
+  r.tokens = count;
+  r.examples = done;
+  r.loss = count ? total / double(count) : 0.0;
+  r.ppl = std::exp(r.loss);
+  r.accuracy = count ? right / double(count) : 0.0;
+  r.exact = done ? exact / double(done) : 0.0;
+  return r;
+}
+
 Trainer::Trainer(std::unique_ptr<Config> cfg, const std::string& config_path, const std::string& resume, const std::string& device_override,
                  dist::Communicator* comm)
     : cfg_(std::move(cfg)), config_path_(config_path), comm_(comm) {
@@ -201,15 +286,22 @@ void Trainer::setup_logging() {
 }
 
 void Trainer::build(const std::string& resume) {
-  // Data first: the vocabulary size comes from the tokenizer.
-  std::string dir = s_.data_path;
-  if (dir.empty()) {
-    if (comm_ && rank_ != 0) comm_->barrier();  // rank 0 prepares the cache first; the others then find it
-    dir = data::ensure_dataset(s_.data_source, s_.tokenizer, s_.vocab_size, s_.min_count);
-    if (comm_ && rank_ == 0) comm_->barrier();
+  // Data first: the vocabulary size comes from the tokenizer (or the synthetic task).
+  int64_t vocab = 0;
+  if (s_.is_task()) {
+    task_ = std::make_shared<data::TaskSource>(s_.task);
+    vocab = task_->vocab_size();
+  } else {
+    std::string dir = s_.data_path;
+    if (dir.empty()) {
+      if (comm_ && rank_ != 0) comm_->barrier();  // rank 0 prepares the cache first; the others then find it
+      dir = data::ensure_dataset(s_.data_source, s_.tokenizer, s_.vocab_size, s_.min_count);
+      if (comm_ && rank_ == 0) comm_->barrier();
+    }
+    dataset_ = std::make_unique<data::Dataset>(data::Dataset::open(dir));
+    vocab = dataset_->vocab_size();
   }
-  dataset_ = std::make_unique<data::Dataset>(data::Dataset::open(dir));
-  ModelConfig mc = read_model_config(cfg_->root().child("model"), dataset_->vocab_size(), s_.seq_len, s_.seed);
+  ModelConfig mc = read_model_config(cfg_->root().child("model"), vocab, s_.seq_len, s_.seed);
   model_ = std::make_shared<LanguageModel>(mc, cfg_->root().child("model"));
   cfg_->check_unused();
   resolved_yaml_ = cfg_->resolved_yaml();
@@ -240,7 +332,8 @@ void Trainer::build(const std::string& resume) {
   lc.seed = s_.seed;
   lc.rank = rank_;
   lc.world = world_;
-  loader_ = std::make_shared<data::TrainLoader>(dataset_->split("train"), lc);
+  if (task_) loader_ = std::make_shared<data::TaskTrainLoader>(task_, lc);
+  else loader_ = std::make_shared<data::TrainLoader>(dataset_->split("train"), lc);
   manual_seed(s_.seed ^ 0x9E3779B97F4A7C15ull ^ rank_seed_key(comm_));  // dropout stream
 
   if (!ckpt.empty()) {
@@ -266,9 +359,10 @@ void Trainer::build(const std::string& resume) {
     default_generator().offset = lc2.state.rng_offset;
     spdlog::info("resumed from {} at step {}", ckpt, step_);
   }
-  spdlog::info("run {} on {} ({}), {} parameters ({} non-embedding), vocabulary {}, {} train tokens", run_dir_, device_.str(),
-               dtype_name(compute_dtype_), model_->num_parameters(), model_->non_embedding_parameters(), dataset_->vocab_size(),
-               dataset_->split("train")->size());
+  std::string data_desc = task_ ? "task " + task_->describe()
+                                : std::to_string(dataset_->split("train")->size()) + " train tokens";
+  spdlog::info("run {} on {} ({}), {} parameters ({} non-embedding), vocabulary {}, {}", run_dir_, device_.str(),
+               dtype_name(compute_dtype_), model_->num_parameters(), model_->non_embedding_parameters(), vocab, data_desc);
   if (comm_) {
     spdlog::info("data parallel: {} ranks ({}), {} gradient buckets{}", world_, comm_->backend(), ddp_->num_buckets(),
                  s_.zero1 ? ", ZeRO-1 optimizer state sharding" : "");
@@ -347,6 +441,7 @@ void Trainer::save(bool final_save) {
 
 EvalResult Trainer::evaluate(const std::string& split, bool whole_split) {
   int32_t rows = int32_t(s_.eval_batch_size > 0 ? s_.eval_batch_size : s_.batch_size);
+  if (task_) return evaluate_task(*model_, *task_, split, rows, device_, compute_dtype_, whole_split ? 0 : s_.eval_max_tokens);
   return evaluate_split(*model_, *dataset_, split, s_.seq_len, rows, device_, compute_dtype_, whole_split ? 0 : s_.eval_max_tokens);
 }
 
@@ -404,7 +499,9 @@ int Trainer::run() {
           if (tty) std::printf("\n");
           EvalResult ev = evaluate("val");
           metrics += ", \"val_loss\": " + json_number(ev.loss) + ", \"val_ppl\": " + json_number(ev.ppl);
-          spdlog::info("step {}: val loss {:.4f}, val perplexity {:.2f} ({} tokens)", step_, ev.loss, ev.ppl, ev.tokens);
+          if (task_) metrics += ", \"val_acc\": " + json_number(ev.accuracy) + ", \"val_exact\": " + json_number(ev.exact);
+          spdlog::info("step {}: val loss {:.4f}, val perplexity {:.2f} ({} tokens){}", step_, ev.loss, ev.ppl, ev.tokens,
+                       task_ ? fmt::format(", val accuracy {:.4f} ({} examples)", ev.accuracy, ev.examples) : "");
         } else if (!tty) {
           spdlog::info("{}", line.str());
         }
@@ -424,12 +521,20 @@ int Trainer::run() {
   }
   EvalResult val = evaluate("val", true);
   EvalResult test = evaluate("test", true);
+  std::string accs;
+  if (task_)
+    accs = ", \"val_acc\": " + json_number(val.accuracy) + ", \"val_exact\": " + json_number(val.exact) + ", \"test_acc\": " +
+           json_number(test.accuracy) + ", \"test_exact\": " + json_number(test.exact);
   log_metrics("{\"step\": " + std::to_string(step_) + ", \"tokens\": " + std::to_string(tokens_seen_) + ", \"loss\": " +
               json_number(last_loss) + ", \"val_loss\": " + json_number(val.loss) + ", \"val_ppl\": " + json_number(val.ppl) +
-              ", \"test_loss\": " + json_number(test.loss) + ", \"test_ppl\": " + json_number(test.ppl) + "}");
+              ", \"test_loss\": " + json_number(test.loss) + ", \"test_ppl\": " + json_number(test.ppl) + accs + "}");
   spdlog::info("done: {} steps, {:.1f} s training, last train loss {:.4f}", step_, elapsed_, last_loss);
   spdlog::info("validation perplexity {:.2f} (loss {:.4f}, {} tokens)", val.ppl, val.loss, val.tokens);
   spdlog::info("test perplexity {:.2f} (loss {:.4f}, {} tokens)", test.ppl, test.loss, test.tokens);
+  if (task_) {
+    spdlog::info("validation accuracy {:.4f} (exact {:.4f}, {} examples)", val.accuracy, val.exact, val.examples);
+    spdlog::info("test accuracy {:.4f} (exact {:.4f}, {} examples)", test.accuracy, test.exact, test.examples);
+  }
   return 0;
 }
 
@@ -452,10 +557,17 @@ LoadedRun load_run(const std::string& arg, const std::string& device_override) {
   r.settings = read_run_settings(*r.cfg, cfg_path);
   r.device = resolve_device(device_override.empty() ? r.settings.device : device_override);
   r.compute_dtype = (r.settings.precision == "bf16" || (r.settings.precision == "auto" && r.device.is_cuda())) ? DType::BF16 : DType::F32;
-  std::string dir = r.settings.data_path;
-  if (dir.empty()) dir = data::ensure_dataset(r.settings.data_source, r.settings.tokenizer, r.settings.vocab_size, r.settings.min_count);
-  r.dataset = std::make_unique<data::Dataset>(data::Dataset::open(dir));
-  ModelConfig mc = read_model_config(r.cfg->root().child("model"), r.dataset->vocab_size(), r.settings.seq_len, r.settings.seed);
+  int64_t vocab = 0;
+  if (r.settings.is_task()) {
+    r.task = std::make_shared<data::TaskSource>(r.settings.task);
+    vocab = r.task->vocab_size();
+  } else {
+    std::string dir = r.settings.data_path;
+    if (dir.empty()) dir = data::ensure_dataset(r.settings.data_source, r.settings.tokenizer, r.settings.vocab_size, r.settings.min_count);
+    r.dataset = std::make_unique<data::Dataset>(data::Dataset::open(dir));
+    vocab = r.dataset->vocab_size();
+  }
+  ModelConfig mc = read_model_config(r.cfg->root().child("model"), vocab, r.settings.seq_len, r.settings.seed);
   r.model = std::make_shared<LanguageModel>(mc, r.cfg->root().child("model"));
   LoadedCheckpoint lc = load_checkpoint(ckpt);
   std::map<std::string, Tensor> by_name(lc.model.begin(), lc.model.end());

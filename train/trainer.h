@@ -1,12 +1,14 @@
 // The trainer: reads a config, prepares data, builds the model, trains with AdamW (bf16 mixed
 // precision on the GPU), evaluates exact perplexity, checkpoints and resumes exactly.
 #pragma once
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "data/dataset.h"
 #include "data/loader.h"
+#include "data/task_source.h"
 #include "models/lm.h"
 #include "train/config.h"
 #include "train/optimizer.h"
@@ -28,6 +30,8 @@ struct RunSettings {
   std::string data_path, data_source, tokenizer = "word";
   int64_t vocab_size = 0, min_count = 4;
   int32_t seq_len = 128;
+  data::TaskDataConfig task;  // data.source: task:NAME (data.task: its settings)
+  bool is_task() const { return data::is_task_source(data_source); }
   // train:
   int64_t steps = 1000, batch_size = 16, grad_accum = 1;
   ScheduleConfig schedule;
@@ -47,7 +51,11 @@ RunSettings read_run_settings(Config& cfg, const std::string& config_path);
 
 struct EvalResult {
   double loss = 0, ppl = 0;
-  int64_t tokens = 0;
+  int64_t tokens = 0;  // scored targets
+  // Synthetic task sources only (NaN otherwise): accuracy at the scored positions (argmax), the fraction
+  // of examples with every scored position right, and the number of examples.
+  double accuracy = NAN, exact = NAN;
+  int64_t examples = 0;
 };
 
 class Trainer {
@@ -60,7 +68,8 @@ class Trainer {
   ~Trainer();
   // Trains until train.steps (or train.stop_at); returns 0 on success.
   int run();
-  // Exact perplexity over the whole split, or over its first train.eval_max_tokens targets.
+  // Exact perplexity over the whole split, or over its first train.eval_max_tokens targets; on a task
+  // source over the split's held-out examples, with the task accuracy.
   EvalResult evaluate(const std::string& split, bool whole_split = false);
   const std::string& run_dir() const { return run_dir_; }
   LanguageModel& model() { return *model_; }
@@ -77,8 +86,9 @@ class Trainer {
   std::string config_path_, run_dir_, resolved_yaml_;
   Device device_;
   DType compute_dtype_ = DType::F32;
-  std::unique_ptr<data::Dataset> dataset_;
-  std::shared_ptr<data::TrainLoader> loader_;
+  std::unique_ptr<data::Dataset> dataset_;     // token data (null on a task source)
+  std::shared_ptr<data::TaskSource> task_;     // synthetic task data (null on token data)
+  std::shared_ptr<data::BatchSource> loader_;
   std::shared_ptr<LanguageModel> model_;
   std::unique_ptr<AdamW> opt_;
   int64_t step_ = 0, tokens_seen_ = 0, bad_steps_ = 0;
@@ -92,7 +102,8 @@ class Trainer {
 struct LoadedRun {
   std::unique_ptr<Config> cfg;
   RunSettings settings;
-  std::unique_ptr<data::Dataset> dataset;
+  std::unique_ptr<data::Dataset> dataset;  // null for a run trained on a synthetic task
+  std::shared_ptr<data::TaskSource> task;  // set for such a run
   std::shared_ptr<LanguageModel> model;
   std::string checkpoint_dir;
   Device device;
@@ -101,6 +112,10 @@ struct LoadedRun {
 LoadedRun load_run(const std::string& run_or_checkpoint, const std::string& device_override);
 EvalResult evaluate_split(LanguageModel& model, const data::Dataset& ds, const std::string& split, int32_t seq_len,
                           int32_t batch_rows, Device device, DType compute, int64_t max_tokens = 0);
+// Loss and accuracy over the first examples of a task split (all of them when max_tokens is 0, else until
+// max_tokens targets are scored).
+EvalResult evaluate_task(LanguageModel& model, const data::TaskSource& task, const std::string& split, int32_t batch_rows,
+                         Device device, DType compute, int64_t max_tokens = 0);
 Device resolve_device(const std::string& name);
 
 }  // namespace seqmix::train
