@@ -44,6 +44,7 @@ struct RunSettings {
   // data parallel (train/distributed/): collective timeout in seconds, gradient bucket size, ZeRO-1
   double dist_timeout = 600, bucket_mb = 25;
   bool zero1 = false;
+  int64_t comm_sm_margin = 0;  // SMs the GEMMs of a reducing backward leave to NCCL (0: all)
 };
 
 // Reads run:, data: and train: (model: is read by read_model_config). Defaults fill the gaps.

@@ -33,7 +33,7 @@ struct GemmKey {
   int64_t lda, ldb, ldc;
   int64_t stride_a, stride_b, stride_c;
   int align_a, align_b, align_c;
-  int pad_;  // explicit, zeroed: the key has no padding bytes, so hashing and comparing bytes is exact
+  int sm_target;  // CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, 0: every SM (the key has no padding bytes)
   bool operator==(const GemmKey& o) const { return std::memcmp(this, &o, sizeof(GemmKey)) == 0; }
 };
 
@@ -101,6 +101,10 @@ GemmPlan make_plan(const GemmKey& key, DType dt, size_t workspace_bytes) {
   cublasOperation_t opb = key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   SEQMIX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
   SEQMIX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+  if (key.sm_target > 0) {
+    int32_t target = key.sm_target;
+    SEQMIX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &target, sizeof(target)));
+  }
   // Stored (pre-op) column-major shapes: our B is [k, n] (or [n, k] when transposed) row-major.
   int64_t b_rows = key.trans_b ? key.k : key.n, b_cols = key.trans_b ? key.n : key.k;
   int64_t a_rows = key.trans_a ? key.m : key.k, a_cols = key.trans_a ? key.k : key.m;
@@ -217,6 +221,7 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, cons
   key.align_a = alignment_of(a.data_ptr());
   key.align_b = alignment_of(b.data_ptr());
   key.align_c = alignment_of(out.data_ptr());
+  if (int margin = gemm_sm_margin(); margin > 0) key.sm_target = std::max(1, sm_count() - margin);
 
   size_t ws_bytes = 0;
   void* ws = cublas_workspace(&ws_bytes);

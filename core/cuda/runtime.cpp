@@ -179,6 +179,17 @@ void* cublas_workspace(size_t* bytes) {
   return st.workspaces[dev];
 }
 
+namespace {
+thread_local int g_gemm_sm_margin = 0;
+}
+
+void set_gemm_sm_margin(int sms) {
+  SEQMIX_CHECK(sms >= 0, "GEMM SM margin must be >= 0, got ", sms);
+  g_gemm_sm_margin = sms;
+}
+
+int gemm_sm_margin() { return g_gemm_sm_margin; }
+
 int sm_count() {
   int dev = current_device();
   check_index(dev);

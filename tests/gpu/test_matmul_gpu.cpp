@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cuda/runtime.h"
 #include "core/kernels.h"
 #include "core/ops.h"
 
@@ -201,4 +202,23 @@ TEST(CudaMatmul, OpsMatmulAndLinearWithGradients) {
   lg.backward(gy.cuda());
   expect_close(xg.grad(), xc.grad(), gemm_tol(DType::F32, 10), "linear dx");
   expect_close(wg.grad(), wc.grad(), gemm_tol(DType::F32, 28), "linear dw");
+}
+
+// With an SM margin (what data parallelism sets while NCCL reduces buckets beside backward) cuBLASLt
+// plans for fewer SMs: same results within the tolerances, and the margin is per thread and resets.
+TEST(CudaMatmul, SmMarginKeepsResults) {
+  SKIP_WITHOUT_CUDA();
+  const int64_t m = 1000, k = 768, n = 2304;
+  for (DType dt : kTypes) {
+    Tensor a = rand_cpu({m, k}, dt, 3), b = rand_cpu({k, n}, dt, 4);
+    Tensor want = cpu::matmul(a, b, false, false, Tensor(), false);
+    for (int margin : {0, 16, 100}) {
+      cuda::set_gemm_sm_margin(margin);
+      Tensor got = cuda::matmul(a.cuda(), b.cuda(), false, false, Tensor(), false);
+      EXPECT_EQ(cuda::gemm_sm_margin(), margin);
+      expect_close(got, want, gemm_tol(dt, k), std::string(dtype_name(dt)) + " margin " + std::to_string(margin));
+    }
+    cuda::set_gemm_sm_margin(0);
+  }
+  EXPECT_THROW(cuda::set_gemm_sm_margin(-1), seqmix::Error);
 }

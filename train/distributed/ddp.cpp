@@ -7,6 +7,10 @@
 #include "core/ops.h"
 #include "train/grad_norm.h"
 
+#ifdef SEQMIX_WITH_CUDA
+#include "core/cuda/runtime.h"
+#endif
+
 namespace seqmix::train::dist {
 
 namespace {
@@ -123,9 +127,22 @@ int64_t DataParallel::optimizer_state_numel() const {
   return n;
 }
 
+namespace {
+// The GEMM SM margin of this thread (CUDA only): set while a synchronized backward runs beside NCCL.
+void set_gemm_margin(const Communicator& comm, int sms) {
+#ifdef SEQMIX_WITH_CUDA
+  if (comm.device().is_cuda()) cuda::set_gemm_sm_margin(sms);
+#else
+  (void)comm;
+  (void)sms;
+#endif
+}
+}  // namespace
+
 void DataParallel::prepare_backward(bool sync) {
   sync_ = sync;
   if (!sync) return;
+  if (opt_.gemm_sm_margin > 0) set_gemm_margin(comm_, opt_.gemm_sm_margin);
   ready_.assign(params_.size(), false);
   for (Bucket& b : buckets_) {
     b.pending = int(b.params.size());
@@ -180,6 +197,7 @@ void DataParallel::finish_backward() {
   }
   launch_ready();
   sync_ = false;
+  if (opt_.gemm_sm_margin > 0) set_gemm_margin(comm_, 0);
   for (Bucket& b : buckets_) {
     b.work->wait();  // the collective averaged over the ranks
     b.work.reset();

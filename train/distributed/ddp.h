@@ -35,6 +35,7 @@ namespace seqmix::train::dist {
 struct DdpOptions {
   double bucket_mb = 25;  // train.bucket_mb
   bool zero1 = false;     // train.zero1
+  int gemm_sm_margin = 0; // train.comm_sm_margin: SMs the GEMMs leave free while buckets are reduced
 };
 
 class DataParallel {
