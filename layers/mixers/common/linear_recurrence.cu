@@ -63,6 +63,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 
 #include "autograd/function.h"
@@ -72,6 +73,7 @@
 #include "core/ops.h"
 #include "layers/mixers/common/linear_recurrence.cuh"
 #include "layers/mixers/common/linear_recurrence_cuda.h"
+#include "layers/mixers/common/linear_recurrence_tc.cuh"
 
 namespace seqmix::mixers {
 
@@ -671,13 +673,41 @@ struct Inputs {
   int mode;
 };
 
+// The tensor-core chunk kernels (linear_recurrence_tc.cu) take bf16 / f16 inputs with Dk, Dv multiples of 16
+// (<= 128) and C a multiple of 16, when their shared memory fits and the pointers suit their vector accesses;
+// SEQMIX_LR_TC=0 keeps the FFMA kernels. f32 always takes the FFMA kernels.
+lr_tc::TcGeo tc_geo(const Geo& g) { return {g.B, g.T, g.H, g.Dk, g.Dv, g.C, g.N, g.gw, g.scale, g.bonus}; }
+
+bool tc_aligned(std::initializer_list<const Tensor*> ts, uintptr_t a) {
+  for (const Tensor* t : ts)
+    if (t->defined() && reinterpret_cast<uintptr_t>(t->data_ptr()) % a != 0) return false;
+  return true;
+}
+
+bool use_tc(const Inputs& in) {
+  if (in.v.dtype() != DType::BF16 && in.v.dtype() != DType::F16) return false;
+  if (!lr_tc::env_enabled()) return false;
+  const lr_tc::TcGeo g = tc_geo(in.geo);
+  if (!lr_tc::shape_ok(g)) return false;
+  const size_t limit = size_t(max_smem_optin()) - 1024;
+  if (std::max({lr_tc::smem_state(g), lr_tc::smem_fwd(g), lr_tc::smem_bwd(g)}) > limit) return false;
+  return tc_aligned({&in.q, &in.k, &in.v}, 16);
+}
+
+lr_tc::Elem tc_elem(const Inputs& in) { return in.v.dtype() == DType::BF16 ? lr_tc::Elem::BF16 : lr_tc::Elem::F16; }
+
+
 void forward_launch(const Inputs& in, const Tensor& states, const Tensor& glast, const Tensor& o, const Tensor& final_state) {
   const Geo& geo = in.geo;
   cudaStream_t st = ::seqmix::cuda::current_stream();
   dim3 grid(unsigned(geo.N), unsigned(geo.H), unsigned(geo.B));
+  const bool tc = use_tc(in) && tc_aligned({&states, &o}, 32);
   SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence", [&]<typename T>() {
     with_mode(in.mode, [&]<int MODE>() {
-      {
+      if (tc) {
+        lr_tc::chunk_state(tc_elem(in), MODE, false, tc_geo(geo), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
+                           mptr<float>(states), mptr<float>(glast), st);
+      } else {
         auto kern = chunk_state_kernel<T, MODE, false>;
         const size_t sb = smem_state(geo);
         set_smem(kern, sb);
@@ -692,7 +722,10 @@ void forward_launch(const Inputs& in, const Tensor& states, const Tensor& glast,
                                                           cptr<float>(in.s0), mptr<float>(final_state));
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence state_scan_kernel");
       }
-      {
+      if (tc) {
+        lr_tc::chunk_fwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
+                         cptr<float>(in.u), cptr<float>(states), o.data_ptr(), st);
+      } else {
         auto kern = chunk_fwd_kernel<T, MODE>;
         const size_t sb = smem_fwd(geo);
         set_smem(kern, sb);
@@ -728,9 +761,14 @@ Grads backward_launch(const Inputs& in, const Tensor& states, const Tensor& glas
     if (geo.bonus) pbuf = Tensor::empty({geo.B, geo.T, geo.H, geo.Dk}, DType::F32, dev);
   }
   if (geo.bonus) dubuf = Tensor::empty({geo.B, geo.H, geo.N, geo.Dk}, DType::F32, dev);
+  const bool tc = use_tc(in) && tc_aligned({&dout, &gr.dq, &gr.dk, &gr.dv, &rbuf, &pbuf}, 16) &&
+                  tc_aligned({&states, &dstates}, 32);
   SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence backward", [&]<typename T>() {
     with_mode(in.mode, [&]<int MODE>() {
-      {
+      if (tc) {
+        lr_tc::chunk_state(tc_elem(in), MODE, true, tc_geo(geo), in.q.data_ptr(), dout.data_ptr(), cptr<float>(in.g),
+                           mptr<float>(dstates), nullptr, st);
+      } else {
         auto kern = chunk_state_kernel<T, MODE, true>;
         const size_t sb = smem_state(geo);
         set_smem(kern, sb);
@@ -744,7 +782,12 @@ Grads backward_launch(const Inputs& in, const Tensor& states, const Tensor& glas
                                                          cptr<float>(dfinal), mptr<float>(gr.ds0));
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence state_scan_kernel (backward)");
       }
-      {
+      if (tc) {
+        lr_tc::chunk_bwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(), dout.data_ptr(),
+                         cptr<float>(in.g), cptr<float>(in.u), cptr<float>(states), cptr<float>(dstates), gr.dq.data_ptr(),
+                         gr.dk.data_ptr(), gr.dv.data_ptr(),
+                         lr_tc::TcBwdOut{mptr<float>(rbuf), mptr<float>(pbuf), mptr<float>(ctot), mptr<float>(dubuf)}, st);
+      } else {
         auto kern = chunk_bwd_kernel<T, MODE>;
         const size_t sb = smem_bwd(geo);
         set_smem(kern, sb);

@@ -1,0 +1,814 @@
+// Tensor-core chunk kernels of the CUDA linear recurrence (interface in linear_recurrence_tc.cuh; the
+// algorithm, notation and buffers are those of linear_recurrence.cu's header comment).
+//
+// What changes against the FFMA kernels: every product that has a 16 x 16 x 16 tiling runs as WMMA
+// m16n16k16 (bf16 operands, f32 accumulation): U = sum_s k^_s v_s^T, A = Q K^T, dA = dO V^T, O = A V + Q~ S,
+// dq = dA K + dO S, dk = dA^T Q + V dH, dv = A^T dO + K~ dH^T. Operands live in shared memory as bf16 with
+// row strides padded by 8 elements (16 bytes: the 8 rows of an ldmatrix phase fall on distinct banks);
+// f16 inputs are converted to bf16 too (the factored per-channel operands q e^Gq, k e^-G reach e^60, far
+// beyond f16's range). The f32 states S_n / dH_{n+1} are converted to bf16 when a chunk loads them.
+// A warp owns whole 16 x 16 output tiles (tile = warp, warp + nwarps, ...); its accumulators go through a
+// per-warp 16 x 20 f32 scratch where the lanes apply masks, decays, scale and the elementwise terms (8
+// consecutive columns per lane: 16-byte stores) before writing bf16 operands or the outputs.
+// Decays: per head / none: one factor per (t, s) applied to A / dA in that epilogue. Per channel: a chunk
+// with every |G| <= kFactorLimit uses the factored operands (as the FFMA kernels do, here rounded to bf16);
+// any other chunk computes A and the intra-chunk parts of dq, dk pairwise on CUDA cores (one exp per term;
+// slow but never overflows, and only strongly decaying chunks take it). The choice is uniform per CTA.
+// Elementwise terms that need the raw q, k (dA_tt's diagonal terms, r = q dq - k dk, du) read them from
+// global memory, exact in the input type.
+//
+// Shared memory at C = 64, Dk = Dv = 128 (per-channel decay; per head / none is smaller):
+//   chunk_state_tc  66.3 KB (X, Y bf16, G f32)                                  256 threads, 3 CTAs / SM
+//   chunk_fwd_tc   102.5 KB (q, v, A bf16; k + G overlaid by S bf16 later)      256 threads, 2 CTAs / SM
+//   chunk_bwd_tc   192.8 KB (q, k, v, dO, A, dA bf16, G f32, S then dH bf16)    512 threads, 1 CTA / SM
+// Precision: bf16 operands (8-bit mantissa) with f32 accumulation; at bf16 inputs the products of raw
+// inputs are exact, the derived operands (A, dA, factored q / k, states) carry one bf16 rounding each.
+//
+// CPU emulation: with SEQMIX_LR_EMULATE defined every kernel body compiles for the host (the harness
+// tests/mixers/lr_tc_emulate.cpp supplies nvcuda::wmma on whole 16 x 16 tiles, one thread per block).
+// No spdlog / fmt here.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
+#include "layers/mixers/common/linear_recurrence_tc.cuh"
+
+#ifndef SEQMIX_LR_EMULATE
+#include <mma.h>
+
+#include "core/cuda/cuda_check.h"
+#define LR_TC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#else
+#define LR_TC_SMEM(name) unsigned char* name = ::seqmix::mixers::lr_tc::emu_smem()
+#endif
+
+namespace seqmix::mixers::lr_tc {
+
+#ifdef SEQMIX_LR_EMULATE
+unsigned char* emu_smem();  // the harness's shared-memory buffer of the current block
+#endif
+
+namespace {
+
+namespace wm = nvcuda::wmma;
+using bf16 = __nv_bfloat16;
+
+constexpr int kStateThreads = 256;
+constexpr int kFwdThreads = 256;
+constexpr int kBwdThreads = 512;
+constexpr int kScrLd = 20;               // f32 scratch row stride (a multiple of 4, as WMMA wants)
+constexpr int kScrTile = 16 * kScrLd;    // floats per scratch tile
+constexpr float kFactorLimit = 60.f;     // as in linear_recurrence.cu
+
+__host__ __device__ inline size_t align128(size_t x) { return (x + 127) & ~size_t(127); }
+
+struct Ld {
+  int ldk, ldv, ldc, ldg;
+  __host__ __device__ explicit Ld(const TcGeo& g)
+      : ldk(g.Dk + 8), ldv(g.Dv + 8), ldc(g.C + 8), ldg(g.gw > 1 ? (g.gw | 1) : g.gw) {}
+};
+
+// Shared-memory layouts (byte offsets, 128-byte aligned), shared by the host (sizes) and the kernels.
+struct StateLay {
+  size_t X, Y, G, total;
+  __host__ __device__ explicit StateLay(const TcGeo& g) {
+    const Ld l(g);
+    size_t o = 0;
+    X = o; o = align128(o + size_t(g.C) * l.ldk * 2);
+    Y = o; o = align128(o + size_t(g.C) * l.ldv * 2);
+    G = o; o = align128(o + size_t(g.C) * l.ldg * 4);
+    total = o;
+  }
+};
+
+// k and G are dead once A and Q~ are formed; S (the chunk's state, bf16) then takes their place.
+struct FwdLay {
+  size_t q, v, A, diag, scr, k, G, S, total;
+  __host__ __device__ explicit FwdLay(const TcGeo& g) {
+    const Ld l(g);
+    size_t o = 0;
+    q = o; o = align128(o + size_t(g.C) * l.ldk * 2);
+    v = o; o = align128(o + size_t(g.C) * l.ldv * 2);
+    A = o; o = align128(o + size_t(g.C) * l.ldc * 2);
+    diag = o; o = align128(o + size_t(g.C) * 4);
+    scr = o; o = align128(o + size_t(kFwdThreads / 32) * kScrTile * 4);
+    k = S = o;
+    G = align128(o + size_t(g.C) * l.ldk * 2);
+    const size_t kg = G + align128(size_t(g.C) * l.ldg * 4), s = align128(o + size_t(g.Dv) * l.ldk * 2);
+    total = kg > s ? kg : s;
+  }
+};
+
+// SH holds S_n (bf16) for dq, then dH_{n+1} for dk and dv.
+struct BwdLay {
+  size_t q, k, v, dO, A, dA, diagA, dAd, G, SH, scr, total;
+  __host__ __device__ explicit BwdLay(const TcGeo& g) {
+    const Ld l(g);
+    size_t o = 0;
+    q = o; o = align128(o + size_t(g.C) * l.ldk * 2);
+    k = o; o = align128(o + size_t(g.C) * l.ldk * 2);
+    v = o; o = align128(o + size_t(g.C) * l.ldv * 2);
+    dO = o; o = align128(o + size_t(g.C) * l.ldv * 2);
+    A = o; o = align128(o + size_t(g.C) * l.ldc * 2);
+    dA = o; o = align128(o + size_t(g.C) * l.ldc * 2);
+    diagA = o; o = align128(o + size_t(g.C) * 4);
+    dAd = o; o = align128(o + size_t(g.C) * 4);
+    G = o; o = align128(o + size_t(g.C) * l.ldg * 4);
+    SH = o; o = align128(o + size_t(g.Dv) * l.ldk * 2);
+    scr = o; o = align128(o + size_t(kBwdThreads / 32) * 2 * kScrTile * 4);
+    total = o;
+  }
+};
+
+template <typename T>
+__host__ __device__ __forceinline__ float tof(T x) {
+  if constexpr (std::is_same_v<T, bf16>) return __bfloat162float(x);
+  else if constexpr (std::is_same_v<T, __half>) return __half2float(x);
+  else return float(x);
+}
+template <typename T>
+__host__ __device__ __forceinline__ T fromf(float x) {
+  if constexpr (std::is_same_v<T, bf16>) return __float2bfloat16_rn(x);
+  else return __float2half_rn(x);
+}
+
+// Warp geometry; with one thread per block (the CPU emulation) that thread is warp 0 of 1 and lane 0 of 1.
+struct Lanes {
+  int warp, nwarps, lane, nlanes;
+};
+__device__ __forceinline__ Lanes lanes() {
+  const int nt = int(blockDim.x), tid = int(threadIdx.x);
+  return {tid >> 5, nt >= 32 ? nt >> 5 : 1, tid & 31, nt >= 32 ? 32 : nt};
+}
+
+// f(r, c0): the 32 pieces of a 16 x 16 tile, row r and columns c0 .. c0 + 7, one per lane.
+template <class F>
+__device__ __forceinline__ void for_pieces(const Lanes& w, F&& f) {
+  for (int p = w.lane; p < 32; p += w.nlanes) f(p >> 1, (p & 1) << 3);
+}
+
+// 8 consecutive elements (16 bytes for 16-bit types) through a uint4.
+template <typename T>
+__device__ __forceinline__ void load8(float (&out)[8], const T* src) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+  T e[8];
+  memcpy(e, &raw, sizeof(raw));
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = tof(e[i]);
+}
+template <typename T>
+__device__ __forceinline__ void store8(T* dst, const float (&v)[8]) {
+  T e[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) e[i] = fromf<T>(v[i]);
+  uint4 raw;
+  memcpy(&raw, e, sizeof(raw));
+  *reinterpret_cast<uint4*>(dst) = raw;
+}
+__device__ __forceinline__ void load8f(float (&out)[8], const float* src) {
+  const float4 a = reinterpret_cast<const float4*>(src)[0], b = reinterpret_cast<const float4*>(src)[1];
+  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
+  out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+}
+__device__ __forceinline__ void store8f(float* dst, const float (&v)[8]) {
+  reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+__device__ __forceinline__ float bf(const bf16 x) { return __bfloat162float(x); }
+
+// C rows of D elements (rows >= L zero) from global rows of the input type into bf16 rows of stride ld.
+template <typename T>
+__device__ __forceinline__ void load_rows(bf16* dst, int ld, const T* src, int64_t row_stride, int L, int C, int D) {
+  const int nv = D >> 3;
+  for (int idx = threadIdx.x; idx < C * nv; idx += blockDim.x) {
+    const int r = idx / nv, c = (idx - r * nv) << 3;
+    float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (r < L) {
+      if constexpr (std::is_same_v<T, bf16>) {  // a plain copy
+        *reinterpret_cast<uint4*>(dst + r * ld + c) = *reinterpret_cast<const uint4*>(src + int64_t(r) * row_stride + c);
+        continue;
+      } else {
+        load8(x, src + int64_t(r) * row_stride + c);
+      }
+    }
+    store8(dst + r * ld + c, x);
+  }
+}
+
+// A [Dv][Dk] f32 state from global memory into bf16 rows of stride ld.
+__device__ __forceinline__ void load_state(bf16* dst, int ld, const float* src, int Dv, int Dk) {
+  const int nv = Dk >> 3;
+  for (int idx = threadIdx.x; idx < Dv * nv; idx += blockDim.x) {
+    const int r = idx / nv, c = (idx - r * nv) << 3;
+    float x[8];
+    load8f(x, src + int64_t(r) * Dk + c);
+    store8(dst + r * ld + c, x);
+  }
+}
+
+// Inclusive cumulative log-decays over the chunk's rows (as linear_recurrence.cu's load_cumsum).
+__device__ __forceinline__ void load_cumsum(float* G, int ldg, const float* g, int64_t row_stride, int L, int C, int gw) {
+  for (int c = threadIdx.x; c < gw; c += blockDim.x) {
+    float acc = 0.f;
+    for (int r = 0; r < C; ++r) {
+      if (r < L) acc += g[int64_t(r) * row_stride + c];
+      G[r * ldg + c] = acc;
+    }
+  }
+}
+
+template <int MODE>
+struct Decay {
+  const float* G;
+  int ldg;
+  bool bonus;
+  __device__ __forceinline__ float g(int t, int c) const {
+    if constexpr (MODE == 0) return 0.f;
+    else if constexpr (MODE == 1) return G[t * ldg];
+    else return G[t * ldg + c];
+  }
+  __device__ __forceinline__ float gq(int t, int c) const {
+    if (bonus) return t == 0 ? 0.f : g(t - 1, c);
+    return g(t, c);
+  }
+};
+
+__device__ __forceinline__ bool chunk_factorable(const float* G, int ldg, int C, int gw) {
+  int ok = 1;
+  for (int idx = threadIdx.x; idx < C * gw; idx += blockDim.x) {
+    const int r = idx / gw, c = idx - r * gw;
+    if (!(fabsf(G[r * ldg + c]) <= kFactorLimit)) ok = 0;
+  }
+  return __syncthreads_and(ok) != 0;
+}
+
+// q -> q exp(Gq), k -> k exp(-G) in place (rows < L; per-channel decays of a factorable chunk).
+template <int MODE>
+__device__ __forceinline__ void factor_qk(bf16* q, bf16* k, int ldk, const Decay<MODE>& dec, int L, int Dk) {
+  for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
+    const int t = idx / Dk, c = idx - t * Dk;
+    q[t * ldk + c] = __float2bfloat16_rn(bf(q[t * ldk + c]) * __expf(dec.gq(t, c)));
+    k[t * ldk + c] = __float2bfloat16_rn(bf(k[t * ldk + c]) * __expf(-dec.g(t, c)));
+  }
+}
+
+// diag[t] = scale * sum_c q_tc k_tc w_c (raw q, k; w = u or 1), 0 for rows >= L.
+__device__ __forceinline__ void diag_qk(float* diag, const bf16* q, const bf16* k, int ldk, const float* u, int L, int C, int Dk,
+                                        float scale) {
+  for (int t = threadIdx.x; t < C; t += blockDim.x) {
+    float s = 0.f;
+    if (t < L)
+      for (int c = 0; c < Dk; ++c) s += bf(q[t * ldk + c]) * bf(k[t * ldk + c]) * (u ? u[c] : 1.f);
+    diag[t] = scale * s;
+  }
+}
+
+using FragC = wm::fragment<wm::accumulator, 16, 16, 16, float>;
+
+// acc += a (16 x 16, layout LA) * b (16 x 16, layout LB), bf16 operands in shared memory.
+template <class LA, class LB>
+__device__ __forceinline__ void mma16(FragC& acc, const bf16* a, int lda, const bf16* b, int ldb) {
+  wm::fragment<wm::matrix_a, 16, 16, 16, bf16, LA> fa;
+  wm::fragment<wm::matrix_b, 16, 16, 16, bf16, LB> fb;
+  wm::load_matrix_sync(fa, a, unsigned(lda));
+  wm::load_matrix_sync(fb, b, unsigned(ldb));
+  wm::mma_sync(acc, fa, fb, acc);
+}
+
+// Lower-triangular tile index -> (ti, si) with si <= ti.
+__device__ __forceinline__ void lower_tile(int tile, int& ti, int& si) {
+  ti = 0;
+  while ((ti + 1) * (ti + 2) / 2 <= tile) ++ti;
+  si = tile - ti * (ti + 1) / 2;
+}
+
+// The chunk's A (C x C bf16, ld ldc): scale * decayed Q K^T below the diagonal, diag on it, 0 above it and
+// outside [0, L)^2 (tiles wholly above the diagonal are left unwritten: never read). q, k hold the factored
+// operands for a factored chunk; a per-channel chunk that is not factorable is done pairwise.
+template <int MODE>
+__device__ __forceinline__ void build_A(bf16* A, int ldc, const bf16* q, const bf16* k, int ldk, const Decay<MODE>& dec,
+                                        const float* diag, int L, int C, int Dk, float scale, bool factored, float* sc,
+                                        const Lanes& w) {
+  if (MODE == 2 && !factored) {
+    for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x) {
+      const int t = idx / C, s = idx - t * C;
+      float val = 0.f;
+      if (t < L && s < L) {
+        if (s < t) {
+          float acc = 0.f;
+          for (int c = 0; c < Dk; ++c) acc += bf(q[t * ldk + c]) * bf(k[s * ldk + c]) * __expf(dec.gq(t, c) - dec.g(s, c));
+          val = scale * acc;
+        } else if (s == t) {
+          val = diag[t];
+        }
+      }
+      A[t * ldc + s] = __float2bfloat16_rn(val);
+    }
+    return;
+  }
+  const int nt = C >> 4;
+  for (int tile = w.warp; tile < nt * (nt + 1) / 2; tile += w.nwarps) {
+    int ti, si;
+    lower_tile(tile, ti, si);
+    FragC acc;
+    wm::fill_fragment(acc, 0.f);
+    if (ti * 16 < L)
+      for (int c0 = 0; c0 < Dk; c0 += 16) mma16<wm::row_major, wm::col_major>(acc, q + ti * 16 * ldk + c0, ldk, k + si * 16 * ldk + c0, ldk);
+    wm::store_matrix_sync(sc, acc, kScrLd, wm::mem_row_major);
+    __syncwarp();
+    for_pieces(w, [&](int r, int c0) {
+      const int t = ti * 16 + r;
+      float o[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int s = si * 16 + c0 + i;
+        float val = 0.f;
+        if (t < L && s < L) {
+          if (s < t) {
+            val = scale * sc[r * kScrLd + c0 + i];
+            if constexpr (MODE == 1) val *= __expf(dec.gq(t, 0) - dec.g(s, 0));
+          } else if (s == t) {
+            val = diag[t];
+          }
+        }
+        o[i] = val;
+      }
+      store8(A + t * ldc + si * 16 + c0, o);
+    });
+    __syncwarp();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. out[n] ([Dv][Dk] f32) = sum_t Y_t X_t^T  (forward X = k exp(G_last - G), Y = v; backward
+//    X = scale q exp(Gq), Y = dout), and G_last per chunk (forward).
+// ---------------------------------------------------------------------------------------------
+template <typename T, int MODE, bool BWD>
+__global__ void __launch_bounds__(kStateThreads) chunk_state_tc(TcGeo geo, const T* __restrict__ xsrc, const T* __restrict__ ysrc,
+                                                                const float* __restrict__ g, float* __restrict__ out,
+                                                                float* __restrict__ glast) {
+  LR_TC_SMEM(smem);
+  const Ld ld(geo);
+  const StateLay sl(geo);
+  bf16* X = reinterpret_cast<bf16*>(smem + sl.X);
+  bf16* Y = reinterpret_cast<bf16*>(smem + sl.Y);
+  float* G = reinterpret_cast<float*>(smem + sl.G);
+  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int t0 = n * geo.C, L = geo.T - t0 < geo.C ? geo.T - t0 : geo.C;
+  const int Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv;
+  const int64_t rowk = int64_t(geo.H) * Dk, rowv = int64_t(geo.H) * Dv;
+  load_rows(X, ldk, xsrc + (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * Dk, rowk, L, geo.C, Dk);
+  load_rows(Y, ldv, ysrc + (int64_t(b) * geo.T + t0) * rowv + int64_t(h) * Dv, rowv, L, geo.C, Dv);
+  if constexpr (MODE > 0) {
+    const int64_t rowg = int64_t(geo.H) * geo.gw;
+    load_cumsum(G, ld.ldg, g + (int64_t(b) * geo.T + t0) * rowg + int64_t(h) * geo.gw, rowg, L, geo.C, geo.gw);
+  }
+  __syncthreads();
+  const Decay<MODE> dec{G, ld.ldg, geo.bonus};
+  const int64_t bhn = (int64_t(b) * geo.H + h) * geo.N + n;
+  if constexpr (!BWD && MODE > 0) {
+    for (int c = threadIdx.x; c < geo.gw; c += blockDim.x) glast[bhn * geo.gw + c] = dec.g(L - 1, c);
+  }
+  if (BWD || MODE > 0) {
+    for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
+      const int t = idx / Dk, c = idx - t * Dk;
+      float f;
+      if constexpr (BWD) f = geo.scale * (MODE > 0 ? __expf(dec.gq(t, c)) : 1.f);
+      else f = __expf(dec.g(L - 1, c) - dec.g(t, c));
+      X[t * ldk + c] = __float2bfloat16_rn(bf(X[t * ldk + c]) * f);
+    }
+  }
+  __syncthreads();
+  const Lanes w = lanes();
+  const int ni = Dk >> 4, nj = Dv >> 4, kt = (L + 15) >> 4;
+  float* o = out + bhn * int64_t(Dv) * Dk;
+  for (int tile = w.warp; tile < ni * nj; tile += w.nwarps) {
+    const int jt = tile / ni, it = tile - jt * ni;
+    FragC acc;
+    wm::fill_fragment(acc, 0.f);
+    for (int s = 0; s < kt; ++s)
+      mma16<wm::col_major, wm::row_major>(acc, Y + s * 16 * ldv + jt * 16, ldv, X + s * 16 * ldk + it * 16, ldk);
+    wm::store_matrix_sync(o + int64_t(jt) * 16 * Dk + it * 16, acc, unsigned(Dk), wm::mem_row_major);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Forward output of one chunk: o = A V + Q~ S_n^T.
+// ---------------------------------------------------------------------------------------------
+template <typename T, int MODE>
+__global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* __restrict__ qg, const T* __restrict__ kg,
+                                                            const T* __restrict__ vg, const float* __restrict__ g,
+                                                            const float* __restrict__ u, const float* __restrict__ states,
+                                                            T* __restrict__ og) {
+  LR_TC_SMEM(smem);
+  const Ld ld(geo);
+  const FwdLay fl(geo);
+  bf16* q = reinterpret_cast<bf16*>(smem + fl.q);
+  bf16* k = reinterpret_cast<bf16*>(smem + fl.k);
+  bf16* v = reinterpret_cast<bf16*>(smem + fl.v);
+  bf16* A = reinterpret_cast<bf16*>(smem + fl.A);
+  bf16* S = reinterpret_cast<bf16*>(smem + fl.S);
+  float* diag = reinterpret_cast<float*>(smem + fl.diag);
+  float* G = reinterpret_cast<float*>(smem + fl.G);
+  const Lanes w = lanes();
+  float* sc = reinterpret_cast<float*>(smem + fl.scr) + w.warp * kScrTile;
+  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int t0 = n * geo.C, L = geo.T - t0 < geo.C ? geo.T - t0 : geo.C;
+  const int C = geo.C, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv, ldc = ld.ldc;
+  const int64_t rowk = int64_t(geo.H) * Dk, rowv = int64_t(geo.H) * Dv;
+  const int64_t offk = (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * Dk;
+  const int64_t offv = (int64_t(b) * geo.T + t0) * rowv + int64_t(h) * Dv;
+  load_rows(q, ldk, qg + offk, rowk, L, C, Dk);
+  load_rows(k, ldk, kg + offk, rowk, L, C, Dk);
+  load_rows(v, ldv, vg + offv, rowv, L, C, Dv);
+  if constexpr (MODE > 0) {
+    const int64_t rowg = int64_t(geo.H) * geo.gw;
+    load_cumsum(G, ld.ldg, g + (int64_t(b) * geo.T + t0) * rowg + int64_t(h) * geo.gw, rowg, L, C, geo.gw);
+  }
+  __syncthreads();
+  const Decay<MODE> dec{G, ld.ldg, geo.bonus};
+  const bool factored = MODE == 2 && chunk_factorable(G, ld.ldg, C, geo.gw);
+  diag_qk(diag, q, k, ldk, geo.bonus ? u + int64_t(h) * Dk : nullptr, L, C, Dk, geo.scale);  // raw q, k
+  __syncthreads();
+  if (factored) {
+    factor_qk<MODE>(q, k, ldk, dec, L, Dk);
+    __syncthreads();
+  }
+  build_A<MODE>(A, ldc, q, k, ldk, dec, diag, L, C, Dk, geo.scale, factored, sc, w);
+  __syncthreads();
+  // q -> scale * q * exp(Gq) for the inter-chunk term (a factored chunk's q already holds q exp(Gq))
+  for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
+    const int t = idx / Dk, c = idx - t * Dk;
+    q[t * ldk + c] = __float2bfloat16_rn(bf(q[t * ldk + c]) * geo.scale * (MODE > 0 && !factored ? __expf(dec.gq(t, c)) : 1.f));
+  }
+  __syncthreads();  // k and G are dead from here: S overwrites them
+  const int64_t bhn = (int64_t(b) * geo.H + h) * geo.N + n;
+  load_state(S, ldk, states + bhn * int64_t(Dv) * Dk, Dv, Dk);
+  __syncthreads();
+  T* o = og + offv;
+  const int nrt = (L + 15) >> 4, nj = Dv >> 4;
+  for (int tile = w.warp; tile < nrt * nj; tile += w.nwarps) {
+    const int ti = tile / nj, dj = tile - ti * nj;
+    FragC acc;
+    wm::fill_fragment(acc, 0.f);
+    for (int si = 0; si <= ti; ++si)
+      mma16<wm::row_major, wm::row_major>(acc, A + ti * 16 * ldc + si * 16, ldc, v + si * 16 * ldv + dj * 16, ldv);
+    for (int c0 = 0; c0 < Dk; c0 += 16)
+      mma16<wm::row_major, wm::col_major>(acc, q + ti * 16 * ldk + c0, ldk, S + dj * 16 * ldk + c0, ldk);
+    wm::store_matrix_sync(sc, acc, kScrLd, wm::mem_row_major);
+    __syncwarp();
+    for_pieces(w, [&](int r, int c0) {
+      const int t = ti * 16 + r;
+      if (t >= L) return;
+      float x[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) x[i] = sc[r * kScrLd + c0 + i];
+      store8(o + int64_t(t) * rowv + dj * 16 + c0, x);
+    });
+    __syncwarp();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Backward of one chunk: dq, dk, dv, and the per-chunk pieces of dg and du (as chunk_bwd_kernel).
+// ---------------------------------------------------------------------------------------------
+template <typename T, int MODE>
+__global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* __restrict__ qg, const T* __restrict__ kg,
+                                                            const T* __restrict__ vg, const T* __restrict__ dog,
+                                                            const float* __restrict__ g, const float* __restrict__ u,
+                                                            const float* __restrict__ states, const float* __restrict__ dstates,
+                                                            T* __restrict__ dqg, T* __restrict__ dkg, T* __restrict__ dvg,
+                                                            TcBwdOut bo) {
+  LR_TC_SMEM(smem);
+  const Ld ld(geo);
+  const BwdLay bl(geo);
+  bf16* q = reinterpret_cast<bf16*>(smem + bl.q);
+  bf16* k = reinterpret_cast<bf16*>(smem + bl.k);
+  bf16* v = reinterpret_cast<bf16*>(smem + bl.v);
+  bf16* dO = reinterpret_cast<bf16*>(smem + bl.dO);
+  bf16* A = reinterpret_cast<bf16*>(smem + bl.A);
+  bf16* dA = reinterpret_cast<bf16*>(smem + bl.dA);
+  bf16* SH = reinterpret_cast<bf16*>(smem + bl.SH);
+  float* diagA = reinterpret_cast<float*>(smem + bl.diagA);
+  float* dAd = reinterpret_cast<float*>(smem + bl.dAd);
+  float* G = reinterpret_cast<float*>(smem + bl.G);
+  const Lanes w = lanes();
+  float* sc = reinterpret_cast<float*>(smem + bl.scr) + w.warp * 2 * kScrTile;
+  float* sc2 = sc + kScrTile;
+  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int t0 = n * geo.C, L = geo.T - t0 < geo.C ? geo.T - t0 : geo.C;
+  const int C = geo.C, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv, ldc = ld.ldc;
+  const float scale = geo.scale;
+  const int64_t rowk = int64_t(geo.H) * Dk, rowv = int64_t(geo.H) * Dv;
+  const int64_t offk = (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * Dk;
+  const int64_t offv = (int64_t(b) * geo.T + t0) * rowv + int64_t(h) * Dv;
+  load_rows(q, ldk, qg + offk, rowk, L, C, Dk);
+  load_rows(k, ldk, kg + offk, rowk, L, C, Dk);
+  load_rows(v, ldv, vg + offv, rowv, L, C, Dv);
+  load_rows(dO, ldv, dog + offv, rowv, L, C, Dv);
+  if constexpr (MODE > 0) {
+    const int64_t rowg = int64_t(geo.H) * geo.gw;
+    load_cumsum(G, ld.ldg, g + (int64_t(b) * geo.T + t0) * rowg + int64_t(h) * geo.gw, rowg, L, C, geo.gw);
+  }
+  __syncthreads();
+  const Decay<MODE> dec{G, ld.ldg, geo.bonus};
+  const float* uh = geo.bonus ? u + int64_t(h) * Dk : nullptr;
+  const int64_t bhn = (int64_t(b) * geo.H + h) * geo.N + n;
+  const bool factored = MODE == 2 && chunk_factorable(G, ld.ldg, C, geo.gw);
+  const bool mma_intra = !(MODE == 2 && !factored);  // intra-chunk dq / dk parts as products
+  const int nt = C >> 4, nrt = (L + 15) >> 4;
+
+  // dA (bf16): scale do_t . v_s for s < t (times exp(Gq_t - G_s) for a per-head decay), 0 elsewhere;
+  // dAd[t] = scale do_t . v_t.
+  for (int tile = w.warp; tile < nt * (nt + 1) / 2; tile += w.nwarps) {
+    int ti, si;
+    lower_tile(tile, ti, si);
+    FragC acc;
+    wm::fill_fragment(acc, 0.f);
+    if (ti * 16 < L)
+      for (int d0 = 0; d0 < Dv; d0 += 16)
+        mma16<wm::row_major, wm::col_major>(acc, dO + ti * 16 * ldv + d0, ldv, v + si * 16 * ldv + d0, ldv);
+    wm::store_matrix_sync(sc, acc, kScrLd, wm::mem_row_major);
+    __syncwarp();
+    for_pieces(w, [&](int r, int c0) {
+      const int t = ti * 16 + r;
+      float o[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int s = si * 16 + c0 + i;
+        const float a = sc[r * kScrLd + c0 + i];
+        float val = 0.f;
+        if (t < L && s < t) {
+          val = scale * a;
+          if constexpr (MODE == 1) val *= __expf(dec.gq(t, 0) - dec.g(s, 0));
+        }
+        if (s == t) dAd[t] = t < L ? scale * a : 0.f;
+        o[i] = val;
+      }
+      store8(dA + t * ldc + si * 16 + c0, o);
+    });
+    __syncwarp();
+  }
+  diag_qk(diagA, q, k, ldk, uh, L, C, Dk, scale);  // raw q, k
+  __syncthreads();
+  if (factored) {  // from here on q, k hold q exp(Gq), k exp(-G)
+    factor_qk<MODE>(q, k, ldk, dec, L, Dk);
+    __syncthreads();
+  }
+  build_A<MODE>(A, ldc, q, k, ldk, dec, diagA, L, C, Dk, scale, factored, sc, w);  // read by dv only
+  load_state(SH, ldk, states + bhn * int64_t(Dv) * Dk, Dv, Dk);                    // S_n
+  __syncthreads();
+
+  const T* qraw = qg + offk;
+  const T* kraw = kg + offk;
+  float* rbuf = bo.r ? bo.r + offk : nullptr;
+  float* pbuf = bo.p ? bo.p + offk : nullptr;
+  const int nc = Dk >> 4;
+
+  // dq = [dA K] + scale e^Gq (dO S) + dA_tt w k_t
+  T* dq = dqg + offk;
+  for (int tile = w.warp; tile < nrt * nc; tile += w.nwarps) {
+    const int ti = tile / nc, cj = tile - ti * nc;
+    FragC a1, a2;
+    wm::fill_fragment(a1, 0.f);
+    wm::fill_fragment(a2, 0.f);
+    if (mma_intra)
+      for (int si = 0; si <= ti; ++si)
+        mma16<wm::row_major, wm::row_major>(a1, dA + ti * 16 * ldc + si * 16, ldc, k + si * 16 * ldk + cj * 16, ldk);
+    for (int d0 = 0; d0 < Dv; d0 += 16)
+      mma16<wm::row_major, wm::row_major>(a2, dO + ti * 16 * ldv + d0, ldv, SH + d0 * ldk + cj * 16, ldk);
+    wm::store_matrix_sync(sc, a1, kScrLd, wm::mem_row_major);
+    wm::store_matrix_sync(sc2, a2, kScrLd, wm::mem_row_major);
+    __syncwarp();
+    for_pieces(w, [&](int r, int c0) {
+      const int t = ti * 16 + r;
+      if (t >= L) return;
+      const int64_t gi = int64_t(t) * rowk + cj * 16 + c0;
+      float qr[8], kr[8], val[8], rv[8], pv[8];
+      load8(qr, qraw + gi);
+      load8(kr, kraw + gi);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int c = cj * 16 + c0 + i;
+        const float eq = MODE > 0 ? __expf(dec.gq(t, c)) : 1.f;
+        float intra;
+        if (MODE == 2 && factored) {
+          intra = sc[r * kScrLd + c0 + i] * eq;
+        } else if (MODE == 2) {  // pairwise: sum_{s<t} dA_ts k_sc exp(Gq_tc - G_sc)
+          intra = 0.f;
+          for (int s = 0; s < t; ++s) intra += bf(dA[t * ldc + s]) * bf(k[s * ldk + c]) * __expf(dec.gq(t, c) - dec.g(s, c));
+        } else {
+          intra = sc[r * kScrLd + c0 + i];
+        }
+        float dst = intra + scale * sc2[r * kScrLd + c0 + i] * eq;
+        float x;
+        if (uh) x = dst + dAd[t] * uh[c] * kr[i];
+        else dst = x = dst + dAd[t] * kr[i];
+        val[i] = x;
+        rv[i] = qr[i] * x;
+        pv[i] = qr[i] * dst;
+      }
+      store8(dq + gi, val);
+      if (rbuf) store8f(rbuf + gi, rv);
+      if (pbuf) store8f(pbuf + gi, pv);
+    });
+    __syncwarp();
+  }
+  __syncthreads();  // rbuf rows are written (read-modify-write below); SH is free
+  load_state(SH, ldk, dstates + bhn * int64_t(Dv) * Dk, Dv, Dk);  // dH_{n+1}
+  __syncthreads();
+
+  // dk = [dA^T Q] + e^(G_last - G) (V dH) + dA_ss w q_s
+  T* dk = dkg + offk;
+  for (int tile = w.warp; tile < nrt * nc; tile += w.nwarps) {
+    const int si = tile / nc, cj = tile - si * nc;
+    FragC a1, a2;
+    wm::fill_fragment(a1, 0.f);
+    wm::fill_fragment(a2, 0.f);
+    if (mma_intra)
+      for (int ti = si; ti < nrt; ++ti)
+        mma16<wm::col_major, wm::row_major>(a1, dA + ti * 16 * ldc + si * 16, ldc, q + ti * 16 * ldk + cj * 16, ldk);
+    for (int d0 = 0; d0 < Dv; d0 += 16)
+      mma16<wm::row_major, wm::row_major>(a2, v + si * 16 * ldv + d0, ldv, SH + d0 * ldk + cj * 16, ldk);
+    wm::store_matrix_sync(sc, a1, kScrLd, wm::mem_row_major);
+    wm::store_matrix_sync(sc2, a2, kScrLd, wm::mem_row_major);
+    __syncwarp();
+    for_pieces(w, [&](int r, int c0) {
+      const int s = si * 16 + r;
+      if (s >= L) return;
+      const int64_t gi = int64_t(s) * rowk + cj * 16 + c0;
+      float qr[8], kr[8], val[8], rv[8];
+      load8(qr, qraw + gi);
+      load8(kr, kraw + gi);
+      if (rbuf) load8f(rv, rbuf + gi);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int c = cj * 16 + c0 + i;
+        const float carry = sc2[r * kScrLd + c0 + i] * (MODE > 0 ? __expf(dec.g(L - 1, c) - dec.g(s, c)) : 1.f);
+        float intra;
+        if (MODE == 2 && factored) {
+          intra = sc[r * kScrLd + c0 + i] * __expf(-dec.g(s, c));
+        } else if (MODE == 2) {  // pairwise: sum_{t>s} dA_ts q_tc exp(Gq_tc - G_sc)
+          intra = 0.f;
+          for (int t = s + 1; t < L; ++t) intra += bf(dA[t * ldc + s]) * bf(q[t * ldk + c]) * __expf(dec.gq(t, c) - dec.g(s, c));
+        } else {
+          intra = sc[r * kScrLd + c0 + i];
+        }
+        const float x = intra + carry + dAd[s] * (uh ? uh[c] : 1.f) * qr[i];
+        val[i] = x;
+        if (rbuf) rv[i] -= kr[i] * x;
+      }
+      store8(dk + gi, val);
+      if (rbuf) store8f(rbuf + gi, rv);
+    });
+    __syncwarp();
+  }
+  // du (bonus): per-chunk sum of dA_tt q_tc k_tc (raw values from global memory)
+  if (bo.du) {
+    for (int c = threadIdx.x; c < Dk; c += blockDim.x) {
+      float s = 0.f;
+      for (int t = 0; t < L; ++t) s += dAd[t] * tof(qraw[int64_t(t) * rowk + c]) * tof(kraw[int64_t(t) * rowk + c]);
+      bo.du[bhn * Dk + c] = s;
+    }
+  }
+  __syncthreads();
+  // k -> k exp(G_last - G) for the carried term of dv; chunk sums of r for dg
+  if constexpr (MODE > 0) {
+    for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
+      const int t = idx / Dk, c = idx - t * Dk;
+      k[t * ldk + c] = __float2bfloat16_rn(bf(k[t * ldk + c]) * __expf(dec.g(L - 1, c) - (MODE == 2 && factored ? 0.f : dec.g(t, c))));
+    }
+  }
+  if (bo.ctot) {
+    for (int c = threadIdx.x; c < Dk; c += blockDim.x) {
+      float s = 0.f;
+      for (int t = 0; t < L; ++t) s += rbuf[int64_t(t) * rowk + c];
+      bo.ctot[bhn * Dk + c] = s;
+    }
+  }
+  __syncthreads();
+
+  // dv = A^T dO + K~ dH^T
+  T* dv = dvg + offv;
+  const int nj = Dv >> 4;
+  for (int tile = w.warp; tile < nrt * nj; tile += w.nwarps) {
+    const int si = tile / nj, dj = tile - si * nj;
+    FragC acc;
+    wm::fill_fragment(acc, 0.f);
+    for (int ti = si; ti < nrt; ++ti)
+      mma16<wm::col_major, wm::row_major>(acc, A + ti * 16 * ldc + si * 16, ldc, dO + ti * 16 * ldv + dj * 16, ldv);
+    for (int c0 = 0; c0 < Dk; c0 += 16)
+      mma16<wm::row_major, wm::col_major>(acc, k + si * 16 * ldk + c0, ldk, SH + dj * 16 * ldk + c0, ldk);
+    wm::store_matrix_sync(sc, acc, kScrLd, wm::mem_row_major);
+    __syncwarp();
+    for_pieces(w, [&](int r, int c0) {
+      const int s = si * 16 + r;
+      if (s >= L) return;
+      float x[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) x[i] = sc[r * kScrLd + c0 + i];
+      store8(dv + int64_t(s) * rowv + dj * 16 + c0, x);
+    });
+    __syncwarp();
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------
+bool env_enabled() {
+  const char* e = std::getenv("SEQMIX_LR_TC");
+  return !(e && e[0] == '0' && e[1] == '\0');
+}
+
+bool shape_ok(const TcGeo& g) {
+  auto ok16 = [](int d, int hi) { return d >= 16 && d <= hi && d % 16 == 0; };
+  return ok16(g.Dk, 128) && ok16(g.Dv, 128) && ok16(g.C, 64);
+}
+
+size_t smem_state(const TcGeo& g) { return StateLay(g).total; }
+size_t smem_fwd(const TcGeo& g) { return FwdLay(g).total; }
+size_t smem_bwd(const TcGeo& g) { return BwdLay(g).total; }
+
+#ifndef SEQMIX_LR_EMULATE
+namespace {
+
+template <typename K>
+void set_smem(K kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+template <class F>
+void with_type(Elem e, F&& f) {
+  if (e == Elem::BF16) f.template operator()<bf16>();
+  else f.template operator()<__half>();
+}
+template <class F>
+void with_mode(int mode, F&& f) {
+  switch (mode) {
+    case 0: f.template operator()<0>(); break;
+    case 1: f.template operator()<1>(); break;
+    default: f.template operator()<2>(); break;
+  }
+}
+
+}  // namespace
+
+void chunk_state(Elem e, int mode, bool bwd, const TcGeo& g, const void* x, const void* y, const float* gdec, float* out,
+                 float* glast, cudaStream_t st) {
+  const dim3 grid(unsigned(g.N), unsigned(g.H), unsigned(g.B));
+  const size_t sb = smem_state(g);
+  with_type(e, [&]<typename T>() {
+    with_mode(mode, [&]<int MODE>() {
+      auto kern = bwd ? chunk_state_tc<T, MODE, true> : chunk_state_tc<T, MODE, false>;
+      set_smem(kern, sb);
+      kern<<<grid, kStateThreads, sb, st>>>(g, static_cast<const T*>(x), static_cast<const T*>(y), gdec, out, glast);
+      SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_tc");
+    });
+  });
+}
+
+void chunk_fwd(Elem e, int mode, const TcGeo& g, const void* q, const void* k, const void* v, const float* gdec,
+               const float* u, const float* states, void* o, cudaStream_t st) {
+  const dim3 grid(unsigned(g.N), unsigned(g.H), unsigned(g.B));
+  const size_t sb = smem_fwd(g);
+  with_type(e, [&]<typename T>() {
+    with_mode(mode, [&]<int MODE>() {
+      auto kern = chunk_fwd_tc<T, MODE>;
+      set_smem(kern, sb);
+      kern<<<grid, kFwdThreads, sb, st>>>(g, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), gdec,
+                                          u, states, static_cast<T*>(o));
+      SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_fwd_tc");
+    });
+  });
+}
+
+void chunk_bwd(Elem e, int mode, const TcGeo& g, const void* q, const void* k, const void* v, const void* dout,
+               const float* gdec, const float* u, const float* states, const float* dstates, void* dq, void* dk, void* dv,
+               TcBwdOut bo, cudaStream_t st) {
+  const dim3 grid(unsigned(g.N), unsigned(g.H), unsigned(g.B));
+  const size_t sb = smem_bwd(g);
+  with_type(e, [&]<typename T>() {
+    with_mode(mode, [&]<int MODE>() {
+      auto kern = chunk_bwd_tc<T, MODE>;
+      set_smem(kern, sb);
+      kern<<<grid, kBwdThreads, sb, st>>>(g, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
+                                          static_cast<const T*>(dout), gdec, u, states, dstates, static_cast<T*>(dq),
+                                          static_cast<T*>(dk), static_cast<T*>(dv), bo);
+      SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_bwd_tc");
+    });
+  });
+}
+#endif  // SEQMIX_LR_EMULATE
+
+}  // namespace seqmix::mixers::lr_tc

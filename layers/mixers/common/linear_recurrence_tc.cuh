@@ -1,0 +1,49 @@
+// Tensor-core (WMMA bf16 x bf16 -> f32) versions of the three chunk kernels of the CUDA linear recurrence
+// (linear_recurrence.cu: chunk_state_kernel, chunk_fwd_kernel, chunk_bwd_kernel). Same grid, same inputs,
+// outputs and buffers as those kernels, so linear_recurrence.cu swaps them in for eligible inputs and keeps
+// its state scans and dg kernels. The algorithm is the one described in linear_recurrence.cu's header; see
+// linear_recurrence_tc.cu for what changes (operand precision, shared memory, occupancy).
+// Include only from .cu files; no spdlog / fmt here.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace seqmix::mixers::lr_tc {
+
+// Mirrors linear_recurrence.cu's Geo (gw: Dk per-channel decay, 1 per head, 0 none).
+struct TcGeo {
+  int B, T, H, Dk, Dv, C, N;
+  int gw;
+  float scale;
+  bool bonus;
+};
+
+enum class Elem { BF16, F16 };
+
+struct TcBwdOut {
+  float* r;     // [B, T, H, Dk]  q dq - k dk            (decays only)
+  float* p;     // [B, T, H, Dk]  q dq^state             (decays with a bonus only)
+  float* ctot;  // [B, H, N, Dk]  chunk sums of r        (decays only)
+  float* du;    // [B, H, N, Dk]  chunk sums of dA_tt q k (bonus only)
+};
+
+// False when the environment sets SEQMIX_LR_TC=0 (read on every call, so a benchmark can time both paths).
+bool env_enabled();
+// Dk, Dv multiples of 16 in [16, 128]; C a multiple of 16 in [16, 64].
+bool shape_ok(const TcGeo& g);
+size_t smem_state(const TcGeo& g);
+size_t smem_fwd(const TcGeo& g);
+size_t smem_bwd(const TcGeo& g);
+
+// Pointers as in linear_recurrence.cu's kernels; x, y, q, k, v, dout, o, dq, dk, dv are of the element type
+// (16-byte aligned), out / states / dstates are f32 (32-byte aligned).
+void chunk_state(Elem e, int mode, bool bwd, const TcGeo& g, const void* x, const void* y, const float* gdec, float* out,
+                 float* glast, cudaStream_t st);
+void chunk_fwd(Elem e, int mode, const TcGeo& g, const void* q, const void* k, const void* v, const float* gdec,
+               const float* u, const float* states, void* o, cudaStream_t st);
+void chunk_bwd(Elem e, int mode, const TcGeo& g, const void* q, const void* k, const void* v, const void* dout,
+               const float* gdec, const float* u, const float* states, const float* dstates, void* dq, void* dk, void* dv,
+               TcBwdOut bo, cudaStream_t st);
+
+}  // namespace seqmix::mixers::lr_tc

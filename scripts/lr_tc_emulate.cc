@@ -1,0 +1,405 @@
+// CPU emulation of the tensor-core chunk kernels of the linear recurrence (layers/mixers/common/
+// linear_recurrence_tc.cu), built by hand (scripts/lr_tc_emulate.sh; not part of the CMake build).
+// Every kernel body is compiled for the host with SEQMIX_LR_EMULATE: one thread per block (syncs are
+// no-ops, the one "warp" walks every tile and the one "lane" every piece), nvcuda::wmma replaced by whole
+// 16 x 16 tiles in f32 (bf16 operands are exact in f32; only the summation order differs from the GPU).
+// The state scans and dg kernels are linear_recurrence.cu's own (compiled the same way). The forward and
+// backward (o, final state, dq, dk, dv, dg, du, d initial state) are compared with a double-precision
+// token-by-token forward and BPTT on the same (bf16- or f16-rounded) inputs.
+// Shared memory is filled with NaN before each block and the outputs before each run, so a read of an
+// unwritten operand or an output left unwritten shows as NaN; WMMA pointers / strides are checked for
+// the hardware's alignment rules; AddressSanitizer (the script's default) catches out-of-bounds accesses.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+// ---- CUDA built-ins for one thread per block ----
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+#undef __global__
+#define __global__
+#undef __shared__
+#define __shared__
+uint3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+inline void __syncthreads() {}
+inline int __syncthreads_and(int x) { return x; }
+inline void __syncwarp(unsigned = 0xffffffffu) {}
+inline float __expf(float x) { return std::exp(x); }
+using std::max;
+using std::min;
+
+// ---- nvcuda::wmma on whole tiles ----
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  float x[16][16];
+};
+template <class F>
+void fill_fragment(F& f, float v) {
+  for (auto& r : f.x)
+    for (float& e : r) e = v;
+}
+inline void check_ptr(const void* p, unsigned ldm, size_t elem) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || (ldm * elem) % 16 != 0) {
+    std::fprintf(stderr, "wmma alignment violated: ptr %p ldm %u\n", p, ldm);
+    std::abort();
+  }
+}
+template <class Use, class Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f, const __nv_bfloat16* p, unsigned ldm) {
+  check_ptr(p, ldm, 2);
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c)
+      f.x[r][c] = __bfloat162float(std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
+}
+template <class LA, class LB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA>& a,
+              const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+  fragment<accumulator, 16, 16, 16, float> t;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float s = c.x[i][j];
+      for (int k = 0; k < 16; ++k) s += a.x[i][k] * b.x[k][j];
+      t.x[i][j] = s;
+    }
+  d = t;
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
+  check_ptr(p, ldm, 4);
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r][c];
+}
+}  // namespace nvcuda::wmma
+
+#define SEQMIX_LR_EMULATE 1
+#include "layers/mixers/common/linear_recurrence.cu"
+#include "layers/mixers/common/linear_recurrence_tc.cu"
+
+namespace seqmix::mixers::lr_tc {
+static unsigned char* g_smem = nullptr;
+unsigned char* emu_smem() { return g_smem; }
+}  // namespace seqmix::mixers::lr_tc
+
+using namespace seqmix::mixers;
+using bf16 = __nv_bfloat16;
+
+template <class F>
+void with_mode(int mode, F&& f) {
+  if (mode == 0) f.template operator()<0>();
+  else if (mode == 1) f.template operator()<1>();
+  else f.template operator()<2>();
+}
+
+// 32-byte aligned, NaN-filled buffers.
+template <typename T>
+struct Buf {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Buf(size_t n_ = 0) : n(n_) {
+    if (n) {
+      p = static_cast<T*>(std::aligned_alloc(256, ((n * sizeof(T) + 255) / 256) * 256));
+      std::memset(static_cast<void*>(p), 0xff, n * sizeof(T));
+    }
+  }
+  ~Buf() { std::free(p); }
+  Buf(Buf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; o.n = 0; }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+};
+
+template <class K>
+void launch(dim3 grid, int threads, size_t smem, K&& kernel) {
+  std::vector<unsigned char> keep;
+  unsigned char* sm = nullptr;
+  if (smem) sm = new unsigned char[smem + 128];
+  unsigned char* aligned = sm ? reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(sm) + 127) & ~uintptr_t(127)) : nullptr;
+  gridDim = grid;
+  blockDim = dim3(unsigned(threads), 1, 1);
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = make_uint3(x, y, z);
+        if (aligned) std::memset(aligned, 0xff, smem);  // NaN: unwritten operands show
+        lr_tc::g_smem = aligned;
+        for (unsigned t = 0; t < unsigned(threads); ++t) {
+          threadIdx = make_uint3(t, 0, 0);
+          kernel();
+        }
+      }
+  delete[] sm;
+}
+
+struct Case {
+  int B, T, H, Dk, Dv, C, mode;
+  bool bonus, s0, f16;
+  double strength;  // decay strength: 1 = as the mixers make them (factorable chunks), 20 = strong (pairwise chunks)
+  double scale;
+};
+
+struct Errs {
+  double e[8];
+};
+
+static double rel(const std::vector<double>& got, const std::vector<double>& ref) {
+  double num = 0, den = 1e-3;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    num = std::max(num, std::abs(got[i] - ref[i]));
+    den = std::max(den, std::abs(ref[i]));
+  }
+  return num / den;
+}
+
+template <typename T>
+Errs run_case(const Case& cs, uint32_t seed) {
+  const int B = cs.B, T_ = cs.T, H = cs.H, Dk = cs.Dk, Dv = cs.Dv, C = cs.C, mode = cs.mode;
+  const int N = (T_ + C - 1) / C, gw = mode == 2 ? Dk : mode;
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  auto rnd = [&](double s) {
+    const float x = float(nd(rng) * s);
+    if constexpr (std::is_same_v<T, bf16>) return double(__bfloat162float(__float2bfloat16_rn(x)));
+    else return double(__half2float(__float2half_rn(x)));
+  };
+  const size_t nk = size_t(B) * T_ * H * Dk, nv = size_t(B) * T_ * H * Dv;
+  std::vector<double> q(nk), k(nk), v(nv), dout(nv), g(size_t(B) * T_ * H * std::max(gw, 1)), u(size_t(H) * Dk),
+      s0(size_t(B) * H * Dk * Dv), dfin(size_t(B) * H * Dk * Dv);
+  for (auto& x : q) x = rnd(1.0 / std::sqrt(double(Dk)));
+  for (auto& x : k) x = rnd(1.0);
+  for (auto& x : v) x = rnd(1.0);
+  for (auto& x : dout) x = rnd(1.0);
+  for (auto& x : g) x = double(float(cs.strength * -std::log1p(std::exp(-(nd(rng) + 2.0)))));  // strength * logsigmoid(x + 2)
+  for (auto& x : u) x = double(float(nd(rng) * 0.5));
+  for (auto& x : s0) x = cs.s0 ? double(float(nd(rng))) : 0.0;
+  for (auto& x : dfin) x = double(float(nd(rng)));
+  const double scale = cs.scale;
+  auto ik = [&](int b, int t, int h, int c) { return ((size_t(b) * T_ + t) * H + h) * Dk + c; };
+  auto iv = [&](int b, int t, int h, int d) { return ((size_t(b) * T_ + t) * H + h) * Dv + d; };
+  auto gg = [&](int b, int t, int h, int c) {
+    if (mode == 0) return 0.0;
+    if (mode == 1) return g[(size_t(b) * T_ + t) * H + h];
+    return g[ik(b, t, h, c)];
+  };
+
+  // ---- double reference: token-by-token forward and BPTT ----
+  std::vector<double> o_ref(nv), fin_ref(size_t(B) * H * Dk * Dv), dq_ref(nk), dk_ref(nk), dv_ref(nv), dg_ref(g.size(), 0.0),
+      du_ref(u.size(), 0.0), ds0_ref(s0.size());
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const size_t DD = size_t(Dk) * Dv;
+      std::vector<double> Sall(size_t(T_ + 1) * DD);  // Sall[t] = S_{t-1} (state before token t)
+      for (size_t e = 0; e < DD; ++e) Sall[e] = s0[(size_t(b) * H + h) * DD + e];
+      for (int t = 0; t < T_; ++t) {
+        const double* Sp = &Sall[size_t(t) * DD];
+        double* Sn = &Sall[size_t(t + 1) * DD];
+        for (int c = 0; c < Dk; ++c)
+          for (int d = 0; d < Dv; ++d) Sn[c * Dv + d] = std::exp(gg(b, t, h, c)) * Sp[c * Dv + d] + k[ik(b, t, h, c)] * v[iv(b, t, h, d)];
+        double wq = 0;
+        for (int c = 0; c < Dk; ++c) wq += u[h * Dk + c] * k[ik(b, t, h, c)] * q[ik(b, t, h, c)];
+        for (int d = 0; d < Dv; ++d) {
+          double s = 0;
+          const double* Sx = cs.bonus ? Sp : Sn;
+          for (int c = 0; c < Dk; ++c) s += Sx[c * Dv + d] * q[ik(b, t, h, c)];
+          if (cs.bonus) s += wq * v[iv(b, t, h, d)];
+          o_ref[iv(b, t, h, d)] = scale * s;
+        }
+      }
+      for (size_t e = 0; e < DD; ++e) fin_ref[(size_t(b) * H + h) * DD + e] = Sall[size_t(T_) * DD + e];
+      std::vector<double> dS(DD);
+      for (size_t e = 0; e < DD; ++e) dS[e] = dfin[(size_t(b) * H + h) * DD + e];
+      for (int t = T_ - 1; t >= 0; --t) {
+        const double* Sp = &Sall[size_t(t) * DD];
+        const double* Sn = &Sall[size_t(t + 1) * DD];
+        double vdo = 0;
+        for (int d = 0; d < Dv; ++d) vdo += v[iv(b, t, h, d)] * dout[iv(b, t, h, d)];
+        if (!cs.bonus) {
+          for (int c = 0; c < Dk; ++c) {
+            double s = 0;
+            for (int d = 0; d < Dv; ++d) {
+              dS[c * Dv + d] += scale * q[ik(b, t, h, c)] * dout[iv(b, t, h, d)];
+              s += Sn[c * Dv + d] * dout[iv(b, t, h, d)];
+            }
+            dq_ref[ik(b, t, h, c)] = scale * s;
+          }
+        }
+        for (int c = 0; c < Dk; ++c) {
+          double s = 0, sg = 0;
+          for (int d = 0; d < Dv; ++d) {
+            s += dS[c * Dv + d] * v[iv(b, t, h, d)];
+            sg += dS[c * Dv + d] * Sp[c * Dv + d];
+          }
+          dk_ref[ik(b, t, h, c)] = s;
+          const double a = std::exp(gg(b, t, h, c));
+          if (mode == 1) dg_ref[(size_t(b) * T_ + t) * H + h] += a * sg;
+          if (mode == 2) dg_ref[ik(b, t, h, c)] = a * sg;
+        }
+        for (int d = 0; d < Dv; ++d) {
+          double s = 0;
+          for (int c = 0; c < Dk; ++c) s += dS[c * Dv + d] * k[ik(b, t, h, c)];
+          dv_ref[iv(b, t, h, d)] = s;
+        }
+        for (int c = 0; c < Dk; ++c)
+          for (int d = 0; d < Dv; ++d) dS[c * Dv + d] *= std::exp(gg(b, t, h, c));
+        if (cs.bonus) {
+          double wq = 0;
+          for (int c = 0; c < Dk; ++c) wq += u[h * Dk + c] * k[ik(b, t, h, c)] * q[ik(b, t, h, c)];
+          for (int c = 0; c < Dk; ++c) {
+            double s = 0;
+            for (int d = 0; d < Dv; ++d) {
+              s += Sp[c * Dv + d] * dout[iv(b, t, h, d)];
+              dS[c * Dv + d] += scale * q[ik(b, t, h, c)] * dout[iv(b, t, h, d)];
+            }
+            dq_ref[ik(b, t, h, c)] = scale * (s + u[h * Dk + c] * k[ik(b, t, h, c)] * vdo);
+            dk_ref[ik(b, t, h, c)] += scale * u[h * Dk + c] * q[ik(b, t, h, c)] * vdo;
+            du_ref[h * Dk + c] += scale * q[ik(b, t, h, c)] * k[ik(b, t, h, c)] * vdo;
+          }
+          for (int d = 0; d < Dv; ++d) dv_ref[iv(b, t, h, d)] += scale * wq * dout[iv(b, t, h, d)];
+        }
+      }
+      for (size_t e = 0; e < DD; ++e) ds0_ref[(size_t(b) * H + h) * DD + e] = dS[e];
+    }
+
+  // ---- the kernels ----
+  auto toT = [](const std::vector<double>& x) {
+    Buf<T> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b.p[i] = lr_tc::fromf<T>(float(x[i]));
+    return b;
+  };
+  auto tof32 = [](const std::vector<double>& x) {
+    Buf<float> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b.p[i] = float(x[i]);
+    return b;
+  };
+  Buf<T> qd = toT(q), kd = toT(k), vd = toT(v), dod = toT(dout);
+  Buf<float> gd = tof32(g), ud = tof32(u), s0d = tof32(s0), dfd = tof32(dfin);
+  lr_cuda::Geo geo{B, T_, H, Dk, Dv, C, N, gw, float(scale), cs.bonus};
+  const lr_tc::TcGeo tg{B, T_, H, Dk, Dv, C, N, gw, float(scale), cs.bonus};
+  const size_t DD = size_t(Dk) * Dv;
+  Buf<float> states(size_t(B) * H * N * DD), dstates(size_t(B) * H * N * DD), glast(size_t(B) * H * N * std::max(gw, 1));
+  Buf<float> fin(size_t(B) * H * DD), ds0(size_t(B) * H * DD);
+  Buf<T> o(nv), dq(nk), dk(nk), dv(nv);
+  Buf<float> rbuf(nk), pbuf(nk), ctot(size_t(B) * H * N * Dk), dubuf(size_t(B) * H * N * Dk), dg32(nk);
+  const dim3 grid(N, H, B);
+  const float* gp = mode > 0 ? gd.p : nullptr;
+  with_mode(mode, [&]<int MODE>() {
+    launch(grid, 1, lr_tc::smem_state(tg), [&] {
+      lr_tc::chunk_state_tc<T, MODE, false>(tg, kd.p, vd.p, gp, states.p, glast.p);
+    });
+    const int64_t DDi = int64_t(DD);
+    launch(dim3(unsigned((DDi + 255) / 256), B * H), 256, 0, [&] {
+      lr_cuda::state_scan_kernel<false>(geo, states.p, MODE > 0 ? glast.p : nullptr, cs.s0 ? s0d.p : nullptr, fin.p);
+    });
+    launch(grid, 1, lr_tc::smem_fwd(tg), [&] {
+      lr_tc::chunk_fwd_tc<T, MODE>(tg, qd.p, kd.p, vd.p, gp, ud.p, states.p, o.p);
+    });
+    launch(grid, 1, lr_tc::smem_state(tg), [&] {
+      lr_tc::chunk_state_tc<T, MODE, true>(tg, qd.p, dod.p, gp, dstates.p, nullptr);
+    });
+    launch(dim3(unsigned((DDi + 255) / 256), B * H), 256, 0, [&] {
+      lr_cuda::state_scan_kernel<true>(geo, dstates.p, MODE > 0 ? glast.p : nullptr, dfd.p, ds0.p);
+    });
+    lr_tc::TcBwdOut bo{MODE > 0 ? rbuf.p : nullptr, MODE > 0 && cs.bonus ? pbuf.p : nullptr, MODE > 0 ? ctot.p : nullptr,
+                       cs.bonus ? dubuf.p : nullptr};
+    launch(grid, 1, lr_tc::smem_bwd(tg), [&] {
+      lr_tc::chunk_bwd_tc<T, MODE>(tg, qd.p, kd.p, vd.p, dod.p, gp, ud.p, states.p, dstates.p, dq.p, dk.p, dv.p, bo);
+    });
+    if (MODE > 0) {
+      launch(dim3(unsigned((Dk + 127) / 128), B * H), 128, 0, [&] { lr_cuda::dg_suffix_kernel(geo, ctot.p, dfd.p, fin.p); });
+      launch(dim3(N, B * H), Dk >= 128 ? 128 : 32 * ((Dk + 31) / 32), 0,
+             [&] { lr_cuda::dg_kernel(geo, rbuf.p, cs.bonus ? pbuf.p : nullptr, ctot.p, dg32.p); });
+    }
+  });
+  auto vecT = [](const Buf<T>& b) {
+    std::vector<double> x(b.n);
+    for (size_t i = 0; i < b.n; ++i) x[i] = lr_tc::tof(b.p[i]);
+    return x;
+  };
+  auto vecF = [](const Buf<float>& b) { return std::vector<double>(b.p, b.p + b.n); };
+  Errs er{};
+  er.e[0] = rel(vecT(o), o_ref);
+  er.e[1] = rel(vecF(fin), fin_ref);
+  er.e[2] = rel(vecT(dq), dq_ref);
+  er.e[3] = rel(vecT(dk), dk_ref);
+  er.e[4] = rel(vecT(dv), dv_ref);
+  if (mode > 0) {
+    std::vector<double> dgv(g.size(), 0.0);
+    for (size_t i = 0; i < nk; ++i) dgv[mode == 2 ? i : i / Dk] += dg32.p[i];
+    er.e[5] = rel(dgv, dg_ref);
+  }
+  if (cs.bonus) {
+    std::vector<double> duv(u.size(), 0.0);
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < H; ++h)
+        for (int n = 0; n < N; ++n)
+          for (int c = 0; c < Dk; ++c) duv[size_t(h) * Dk + c] += dubuf.p[((size_t(b) * H + h) * N + n) * Dk + c];
+    er.e[6] = rel(duv, du_ref);
+  }
+  er.e[7] = rel(vecF(ds0), ds0_ref);
+  return er;
+}
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  std::vector<Case> cases;
+  const int Ts[] = {1, 63, 65, 200};
+  for (int T : Ts)
+    for (int mode = 0; mode < 3; ++mode)
+      for (int bonus = 0; bonus < 2; ++bonus)
+        for (int s0 = 0; s0 < 2; ++s0) cases.push_back({1, T, 2, 32, 48, 64, mode, bool(bonus), bool(s0), false, 1.0, 0.5});
+  // strong per-channel / per-head decays (non-factorable chunks: the pairwise path), other chunk sizes and dims
+  for (int T : {65, 200})
+    for (int bonus = 0; bonus < 2; ++bonus) {
+      cases.push_back({1, T, 2, 32, 32, 64, 2, bool(bonus), true, false, 20.0, 0.3});
+      cases.push_back({1, T, 1, 32, 32, 64, 1, bool(bonus), true, false, 20.0, 0.3});
+    }
+  cases.push_back({2, 100, 2, 16, 16, 32, 2, false, true, false, 1.0, 0.25});
+  cases.push_back({1, 100, 2, 48, 32, 16, 1, true, false, false, 1.0, 0.25});
+  cases.push_back({1, 100, 1, 64, 64, 48, 2, true, true, false, 1.0, 0.125});
+  cases.push_back({1, 130, 1, 128, 128, 64, 2, false, true, false, 1.0, 0.0884});
+  cases.push_back({1, 130, 1, 128, 128, 64, 0, false, false, false, 1.0, 0.0884});
+  // f16 inputs (operands converted to bf16)
+  cases.push_back({1, 200, 2, 32, 32, 64, 2, true, true, true, 1.0, 0.5});
+  cases.push_back({1, 65, 2, 32, 32, 64, 1, false, true, true, 1.0, 0.5});
+  if (quick) cases.resize(6);
+  const char* names[8] = {"o", "final", "dq", "dk", "dv", "dg", "du", "ds0"};
+  int fails = 0;
+  double worst[8] = {};
+  uint32_t seed = 1;
+  for (const Case& cs : cases) {
+    const Errs er = cs.f16 ? run_case<__half>(cs, seed++) : run_case<bf16>(cs, seed++);
+    bool ok = true;
+    for (int i = 0; i < 8; ++i) {
+      ok = ok && er.e[i] < 2e-2;
+      worst[i] = std::max(worst[i], er.e[i]);
+    }
+    fails += !ok;
+    std::printf("%s B=%d T=%3d H=%d Dk=%3d Dv=%3d C=%2d mode=%d bonus=%d s0=%d %s strength=%4.1f |", ok ? "ok  " : "FAIL", cs.B, cs.T,
+                cs.H, cs.Dk, cs.Dv, cs.C, cs.mode, int(cs.bonus), int(cs.s0), cs.f16 ? "f16 " : "bf16", cs.strength);
+    for (int i = 0; i < 8; ++i) std::printf(" %s %.1e", names[i], er.e[i]);
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  std::printf("%zu cases, %d failed; worst:", cases.size(), fails);
+  for (int i = 0; i < 8; ++i) std::printf(" %s %.1e", names[i], worst[i]);
+  std::printf("\n");
+  return fails ? 1 : 0;
+}
