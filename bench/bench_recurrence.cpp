@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <sstream>
 #include <stdexcept>
@@ -35,6 +36,7 @@ struct Config {
   std::vector<std::string> kinds = {"gla", "retnet", "linear_attention"};
   int iters = 20, warmup = 3;
   bool check = true, long_run = true;
+  bool compare_ffma = false;  // also time the FFMA chunk kernels (SEQMIX_LR_TC=0) after the default dispatch
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -143,17 +145,18 @@ bool check_small(const Config& c, const std::string& kind, Generator& gen) {
 }
 
 struct Row {
-  std::string kind;
+  std::string kind, impl;
   int64_t B = 0, T = 0;
   double ms[2] = {0, 0};      // fwd, fwd+bwd
   double tflops[2] = {0, 0};
 };
 
-Row measure(const Config& c, const std::string& kind, int64_t B, int64_t T, Generator& gen) {
+Row measure(const Config& c, const std::string& kind, int64_t B, int64_t T, Generator& gen, const char* impl = "seqmix") {
   const Device dev = Device::cuda(0);
   Problem p = make_problem(kind, B, T, c.H, c.D, gen, dev);
   Row r;
   r.kind = kind;
+  r.impl = impl;
   r.B = B;
   r.T = T;
   r.ms[0] = median_ms([&] { run_forward(p, c.D); }, c.warmup, c.iters);
@@ -163,9 +166,9 @@ Row measure(const Config& c, const std::string& kind, int64_t B, int64_t T, Gene
   r.tflops[1] = fb / (r.ms[1] * 1e-3) / 1e12;
   const char* pass[2] = {"fwd", "fwd+bwd"};
   for (int i = 0; i < 2; ++i)
-    std::printf("{\"bench\":\"recurrence\",\"impl\":\"seqmix\",\"kind\":\"%s\",\"pass\":\"%s\",\"B\":%lld,\"T\":%lld,"
+    std::printf("{\"bench\":\"recurrence\",\"impl\":\"%s\",\"kind\":\"%s\",\"pass\":\"%s\",\"B\":%lld,\"T\":%lld,"
                 "\"H\":%lld,\"Dk\":%lld,\"Dv\":%lld,\"dtype\":\"bf16\",\"ms\":%.4f,\"tflops\":%.2f,\"ns_per_token\":%.3f}\n",
-                kind.c_str(), pass[i], (long long)B, (long long)T, (long long)c.H, (long long)c.D, (long long)c.D, r.ms[i],
+                impl, kind.c_str(), pass[i], (long long)B, (long long)T, (long long)c.H, (long long)c.D, (long long)c.D, r.ms[i],
                 r.tflops[i], r.ms[i] * 1e6 / double(B * T));
   std::fflush(stdout);
   return r;
@@ -193,6 +196,7 @@ int recurrence_main(const std::vector<std::string>& args) {
       else if (a == "--warmup") c.warmup = std::stoi(value());
       else if (a == "--no-check") c.check = false;
       else if (a == "--no-long") c.long_run = false;
+      else if (a == "--compare-ffma") c.compare_ffma = true;
       else throw std::invalid_argument("unknown argument " + a);
     }
     if (c.B <= 0 || c.T <= 0 || c.H <= 0 || c.D <= 0 || c.long_T <= 0)
@@ -203,7 +207,7 @@ int recurrence_main(const std::vector<std::string>& args) {
   } catch (const std::exception& e) {
     std::fprintf(stderr,
                  "bench recurrence: %s\nusage: seqmix bench recurrence [--B 4] [--T 4096] [--H 16] [--D 128] [--long 65536] "
-                 "[--kinds gla,retnet,linear_attention] [--iters N] [--warmup N] [--no-check] [--no-long]\n",
+                 "[--kinds gla,retnet,linear_attention] [--iters N] [--warmup N] [--no-check] [--no-long] [--compare-ffma]\n",
                  e.what());
     return 1;
   }
@@ -229,12 +233,21 @@ int recurrence_main(const std::vector<std::string>& args) {
     }
     std::vector<Row> rows;
     for (const std::string& kind : c.kinds) rows.push_back(measure(c, kind, c.B, c.T, gen));
-    std::printf("\ngated linear recurrence, chunked CUDA kernel, H=%lld Dk=Dv=%lld bf16 (f32 state), impl=seqmix\n",
+    if (c.compare_ffma) {  // the same problems on the FFMA chunk kernels (the dispatch reads SEQMIX_LR_TC per call)
+      const char* prev = std::getenv("SEQMIX_LR_TC");
+      const std::string saved = prev ? prev : "";
+      setenv("SEQMIX_LR_TC", "0", 1);
+      for (const std::string& kind : c.kinds) rows.push_back(measure(c, kind, c.B, c.T, gen, "seqmix-ffma"));
+      if (prev) setenv("SEQMIX_LR_TC", saved.c_str(), 1);
+      else unsetenv("SEQMIX_LR_TC");
+    }
+    std::printf("\ngated linear recurrence, chunked CUDA kernel, H=%lld Dk=Dv=%lld bf16 (f32 state); impl seqmix = default "
+                "dispatch (tensor cores unless SEQMIX_LR_TC=0), seqmix-ffma = FFMA kernels\n",
                 (long long)c.H, (long long)c.D);
-    std::printf("%-17s %4s %7s %10s %9s %12s %9s\n", "kind", "B", "T", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
+    std::printf("%-17s %-12s %4s %7s %10s %9s %12s %9s\n", "kind", "impl", "B", "T", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
     for (const Row& r : rows)
-      std::printf("%-17s %4lld %7lld %10.3f %9.2f %12.3f %9.2f\n", r.kind.c_str(), (long long)r.B, (long long)r.T, r.ms[0],
-                  r.tflops[0], r.ms[1], r.tflops[1]);
+      std::printf("%-17s %-12s %4lld %7lld %10.3f %9.2f %12.3f %9.2f\n", r.kind.c_str(), r.impl.c_str(), (long long)r.B,
+                  (long long)r.T, r.ms[0], r.tflops[0], r.ms[1], r.tflops[1]);
     std::printf("targets (fwd+bwd, flash-linear-attention on an H100): gla <= 4.21 ms, retnet <= 2.21 ms, "
                 "linear_attention <= 1.84 ms\n");
     if (c.long_run) {

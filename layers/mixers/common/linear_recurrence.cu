@@ -675,7 +675,9 @@ struct Inputs {
 
 // The tensor-core chunk kernels (linear_recurrence_tc.cu) take bf16 / f16 inputs with Dk, Dv multiples of 16
 // (<= 128) and C a multiple of 16, when their shared memory fits and the pointers suit their vector accesses;
-// SEQMIX_LR_TC=0 keeps the FFMA kernels. f32 always takes the FFMA kernels.
+// SEQMIX_LR_TC=0 keeps the FFMA kernels. f32 always takes the FFMA kernels. Sequences shorter than one chunk
+// stay on FFMA too: a grid of B * H CTAs gains nothing from tensor cores, and there (T = 1 without an initial
+// state) dg is exactly 0 while its bf16-operand value keeps ~1e-2 of noise from q dq - k dk + dS_T . S_T.
 lr_tc::TcGeo tc_geo(const Geo& g) { return {g.B, g.T, g.H, g.Dk, g.Dv, g.C, g.N, g.gw, g.scale, g.bonus}; }
 
 bool tc_aligned(std::initializer_list<const Tensor*> ts, uintptr_t a) {
@@ -688,7 +690,7 @@ bool use_tc(const Inputs& in) {
   if (in.v.dtype() != DType::BF16 && in.v.dtype() != DType::F16) return false;
   if (!lr_tc::env_enabled()) return false;
   const lr_tc::TcGeo g = tc_geo(in.geo);
-  if (!lr_tc::shape_ok(g)) return false;
+  if (!lr_tc::shape_ok(g) || g.T < g.C) return false;
   const size_t limit = size_t(max_smem_optin()) - 1024;
   if (std::max({lr_tc::smem_state(g), lr_tc::smem_fwd(g), lr_tc::smem_bwd(g)}) > limit) return false;
   return tc_aligned({&in.q, &in.k, &in.v}, 16);
