@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# MQAR in the Zoology setting (2 layers, d_model 128, vocab 8192, seq 256): trains configs/mqar/<mixer>.yaml
+# for 16, 32 and 64 key-value pairs and prints one markdown table of held-out test accuracy (%):
+# rows mixers, columns KV pairs. Each run's accuracy is its final eval on the task's test split (examples
+# held out by index, docs/DATA.md), read from the run's metrics.jsonl (test_acc); the same number comes from
+#   BUILD_DIR/seqmix eval RUN_DIR --split test
+#   scripts/mqar_sweep.sh BUILD_DIR [MIXER ...]        (default: attention gla deltanet gated_deltanet rwkv7)
+# Environment (all optional):
+#   MQAR_STEPS=N          training steps per run (default 300: 15 runs fit about 5 minutes of an H100)
+#   MQAR_STEPS_<MIXER>=N  per-mixer override, e.g. MQAR_STEPS_rwkv7=150
+#   MQAR_KV="16 32 64"    KV-pair settings (columns)
+#   MQAR_BATCH=64         sequences per step
+#   MQAR_EVAL=1000        held-out examples per split (val and test)
+#   MQAR_DEVICE=cuda|cpu  default cuda when nvidia-smi sees a GPU, else cpu
+#   MQAR_SET="--set k=v"  more `seqmix train` arguments
+#   MQAR_TIMEOUT=120      seconds per run before it is stopped
+# Logs and run directories go to $OUT/mqar_sweep (OUT defaults to /tmp/seqmix_out).
+set -uo pipefail
+build=${1:?usage: scripts/mqar_sweep.sh BUILD_DIR [MIXER ...]}
+shift
+mixers=("$@")
+[ ${#mixers[@]} -gt 0 ] || mixers=(attention gla deltanet gated_deltanet rwkv7)
+[ -x "$build/seqmix" ] || { echo "no seqmix binary in $build: build it first (cmake --build $build --target seqmix)" >&2; exit 1; }
+for m in "${mixers[@]}"; do
+  [ -f "configs/mqar/$m.yaml" ] || { echo "no configs/mqar/$m.yaml (run from the repository root)" >&2; exit 1; }
+done
+# The libraries the program needs on the lent GPU machine (as scripts/gpu_check.sh does); harmless if present.
+if [ -f .deps/install-debs.sh ] && [ -d .deps/debs ]; then
+  source .deps/install-debs.sh .deps/debs /opt/deps > /dev/null
+  export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu/openblas-pthread:${LD_LIBRARY_PATH:-}"
+fi
+if [ -z "${MQAR_DEVICE:-}" ]; then
+  if nvidia-smi -L > /dev/null 2>&1; then MQAR_DEVICE=cuda; else MQAR_DEVICE=cpu; fi
+fi
+read -r -a kvs <<< "${MQAR_KV:-16 32 64}"
+batch=${MQAR_BATCH:-64}
+eval_examples=${MQAR_EVAL:-1000}
+out=${OUT:-/tmp/seqmix_out}/mqar_sweep
+mkdir -p "$out"
+declare -A acc
+t_all=$(date +%s.%N)
+printf "%-16s %5s %6s %10s %10s %8s\n" mixer kv steps train_loss test_acc wall_s
+for m in "${mixers[@]}"; do
+  steps_var="MQAR_STEPS_$m"
+  steps=${!steps_var:-${MQAR_STEPS:-300}}
+  warmup=$(( steps / 10 ))
+  for k in "${kvs[@]}"; do
+    name="$m-kv$k"
+    rm -rf "${out:?}/$name"
+    t0=$(date +%s.%N)
+    # shellcheck disable=SC2086
+    timeout "${MQAR_TIMEOUT:-120}" "$build/seqmix" train "configs/mqar/$m.yaml" --device "$MQAR_DEVICE" \
+      --set run.out_dir="$out" --set run.name="$name" --set data.task.num_kv_pairs="$k" \
+      --set data.task.eval_examples="$eval_examples" --set train.steps="$steps" --set train.warmup="$warmup" \
+      --set train.batch_size="$batch" --set train.eval_every=0 --set train.ckpt_every=0 --set train.log_every=50 \
+      ${MQAR_SET:-} > "$out/$name.log" 2>&1
+    rc=$?
+    wall=$(echo "$(date +%s.%N) - $t0" | bc)
+    last=$(tail -1 "$out/$name/metrics.jsonl" 2>/dev/null)
+    test_acc=$(grep -oE '"test_acc": [0-9.eE+-]+' <<< "$last" | awk '{print $2}')
+    loss=$(grep -oE '"loss": [0-9.eE+-]+' <<< "$last" | awk '{printf "%.4f", $2}')
+    if [ $rc -eq 0 ] && [ -n "$test_acc" ]; then
+      acc[$m,$k]=$(awk -v a="$test_acc" 'BEGIN{printf "%.1f", 100 * a}')
+    else
+      acc[$m,$k]="fail"
+      echo "  $name: exit $rc: $(grep -m1 -iE 'error|what' "$out/$name.log" | cut -c1-160)"
+    fi
+    printf "%-16s %5s %6s %10s %10s %8.1f\n" "$m" "$k" "$steps" "${loss:-?}" "${acc[$m,$k]}" "$wall"
+  done
+done
+total=$(echo "$(date +%s.%N) - $t_all" | bc)
+echo
+echo "MQAR test accuracy (%), Zoology setting: 2 layers, d_model 128, vocab 8192, seq 256; $MQAR_DEVICE, batch $batch," \
+  "${MQAR_STEPS:-300} steps (unless overridden per mixer), $eval_examples held-out test examples; ${total%.*} s in all"
+echo
+header="| mixer |"
+rule="|---|"
+for k in "${kvs[@]}"; do header+=" $k KV |"; rule+="---|"; done
+echo "$header"
+echo "$rule"
+for m in "${mixers[@]}"; do
+  row="| $m |"
+  for k in "${kvs[@]}"; do row+=" ${acc[$m,$k]} |"; done
+  echo "$row"
+done
