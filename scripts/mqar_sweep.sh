@@ -6,7 +6,8 @@
 #   BUILD_DIR/seqmix eval RUN_DIR --split test
 #   scripts/mqar_sweep.sh BUILD_DIR [MIXER ...]        (default: attention gla deltanet gated_deltanet rwkv7)
 # Environment (all optional):
-#   MQAR_STEPS=N          training steps per run (default 300: 15 runs fit about 5 minutes of an H100)
+#   MQAR_STEPS=N          training steps per run (default 400, sized for about 5 minutes of an H100 for
+#                         all 15 runs; the per-run wall times and tok/s printed let you resize it)
 #   MQAR_STEPS_<MIXER>=N  per-mixer override, e.g. MQAR_STEPS_rwkv7=150
 #   MQAR_KV="16 32 64"    KV-pair settings (columns)
 #   MQAR_BATCH=64         sequences per step
@@ -39,10 +40,10 @@ out=${OUT:-/tmp/seqmix_out}/mqar_sweep
 mkdir -p "$out"
 declare -A acc
 t_all=$(date +%s.%N)
-printf "%-16s %5s %6s %10s %10s %8s\n" mixer kv steps train_loss test_acc wall_s
+printf "%-16s %5s %6s %10s %9s %10s %8s\n" mixer kv steps train_loss "test_acc%" train_tok/s wall_s
 for m in "${mixers[@]}"; do
   steps_var="MQAR_STEPS_$m"
-  steps=${!steps_var:-${MQAR_STEPS:-300}}
+  steps=${!steps_var:-${MQAR_STEPS:-400}}
   warmup=$(( steps / 10 ))
   for k in "${kvs[@]}"; do
     name="$m-kv$k"
@@ -65,13 +66,14 @@ for m in "${mixers[@]}"; do
       acc[$m,$k]="fail"
       echo "  $name: exit $rc: $(grep -m1 -iE 'error|what' "$out/$name.log" | cut -c1-160)"
     fi
-    printf "%-16s %5s %6s %10s %10s %8.1f\n" "$m" "$k" "$steps" "${loss:-?}" "${acc[$m,$k]}" "$wall"
+    tps=$(grep -oE '[0-9.]+[KM]? tok/s' "$out/$name.log" | tail -1 | cut -d' ' -f1)
+    printf "%-16s %5s %6s %10s %9s %10s %8.1f\n" "$m" "$k" "$steps" "${loss:-?}" "${acc[$m,$k]}" "${tps:-?}" "$wall"
   done
 done
 total=$(echo "$(date +%s.%N) - $t_all" | bc)
 echo
 echo "MQAR test accuracy (%), Zoology setting: 2 layers, d_model 128, vocab 8192, seq 256; $MQAR_DEVICE, batch $batch," \
-  "${MQAR_STEPS:-300} steps (unless overridden per mixer), $eval_examples held-out test examples; ${total%.*} s in all"
+  "${MQAR_STEPS:-400} steps (unless overridden per mixer), $eval_examples held-out test examples${MQAR_SET:+, with $MQAR_SET}; ${total%.*} s in all"
 echo
 header="| mixer |"
 rule="|---|"
