@@ -32,11 +32,48 @@
 #define __global__
 #undef __shared__
 #define __shared__
+// LR_EMU_THREADS=0: one thread per block (the tc kernels' loops then cover every tile / piece / element).
+// LR_EMU_THREADS=1: the real block size, one std::thread per CUDA thread, __syncthreads / __syncwarp as
+// std::barriers: a missing barrier shows as wrong results (a __syncthreads removed from chunk_fwd_tc gave
+// o errors of 0.35 here), a divergent one hangs. ThreadSanitizer (THREADS=1 in the script) did not report
+// that seeded race, so it is no race detector here.
+#ifndef LR_EMU_THREADS
+#define LR_EMU_THREADS 0
+#endif
+#if LR_EMU_THREADS
+#include <atomic>
+#include <barrier>
+#include <memory>
+#include <thread>
+thread_local uint3 threadIdx;
+uint3 blockIdx;
+dim3 blockDim, gridDim;
+std::unique_ptr<std::barrier<>> g_block_bar;
+std::vector<std::unique_ptr<std::barrier<>>> g_warp_bar;
+std::atomic<int> g_and{1};
+inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+inline int __syncthreads_and(int x) {
+  if (!x) g_and.store(0);
+  g_block_bar->arrive_and_wait();
+  const int r = g_and.load();
+  g_block_bar->arrive_and_wait();
+  if (threadIdx.x == 0) g_and.store(1);
+  g_block_bar->arrive_and_wait();
+  return r;
+}
+inline void __syncwarp(unsigned = 0xffffffffu) { g_warp_bar[threadIdx.x / 32]->arrive_and_wait(); }
+// WMMA: lane 0 of each warp does the whole tile (the other lanes' fragments are never read: a fragment
+// leaves only through store_matrix_sync); one reader per warp also keeps ThreadSanitizer's 4 shadow slots
+// per word from filling with redundant lane reads.
+inline bool emu_lane0() { return threadIdx.x % 32 == 0; }
+#else
 uint3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
 inline void __syncthreads() {}
 inline int __syncthreads_and(int x) { return x; }
 inline void __syncwarp(unsigned = 0xffffffffu) {}
+inline bool emu_lane0() { return true; }
+#endif
 inline float __expf(float x) { return std::exp(x); }
 using std::max;
 using std::min;
@@ -67,6 +104,7 @@ inline void check_ptr(const void* p, unsigned ldm, size_t elem) {
 template <class Use, class Layout>
 void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f, const __nv_bfloat16* p, unsigned ldm) {
   check_ptr(p, ldm, 2);
+  if (!emu_lane0()) return;
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c)
       f.x[r][c] = __bfloat162float(std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
@@ -74,6 +112,7 @@ void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f, const
 template <class LA, class LB>
 void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA>& a,
               const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+  if (!emu_lane0()) return;
   fragment<accumulator, 16, 16, 16, float> t;
   for (int i = 0; i < 16; ++i)
     for (int j = 0; j < 16; ++j) {
@@ -85,6 +124,7 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix
 }
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
   check_ptr(p, ldm, 4);
+  if (!emu_lane0()) return;
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r][c];
 }
@@ -140,10 +180,23 @@ void launch(dim3 grid, int threads, size_t smem, K&& kernel) {
         blockIdx = make_uint3(x, y, z);
         if (aligned) std::memset(aligned, 0xff, smem);  // NaN: unwritten operands show
         lr_tc::g_smem = aligned;
+#if LR_EMU_THREADS
+        g_block_bar = std::make_unique<std::barrier<>>(threads);
+        g_warp_bar.clear();
+        for (int wi = 0; wi < (threads + 31) / 32; ++wi) g_warp_bar.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * wi)));
+        std::vector<std::thread> pool;
+        for (unsigned t = 0; t < unsigned(threads); ++t)
+          pool.emplace_back([&, t] {
+            threadIdx = make_uint3(t, 0, 0);
+            kernel();
+          });
+        for (auto& th : pool) th.join();
+#else
         for (unsigned t = 0; t < unsigned(threads); ++t) {
           threadIdx = make_uint3(t, 0, 0);
           kernel();
         }
+#endif
       }
   delete[] sm;
 }
@@ -299,19 +352,21 @@ Errs run_case(const Case& cs, uint32_t seed) {
   Buf<T> o(nv), dq(nk), dk(nk), dv(nv);
   Buf<float> rbuf(nk), pbuf(nk), ctot(size_t(B) * H * N * Dk), dubuf(size_t(B) * H * N * Dk), dg32(nk);
   const dim3 grid(N, H, B);
+  const int ts = LR_EMU_THREADS ? lr_tc::kStateThreads : 1, tf = LR_EMU_THREADS ? lr_tc::kFwdThreads : 1,
+            tb = LR_EMU_THREADS ? lr_tc::kBwdThreads : 1;
   const float* gp = mode > 0 ? gd.p : nullptr;
   with_mode(mode, [&]<int MODE>() {
-    launch(grid, 1, lr_tc::smem_state(tg), [&] {
+    launch(grid, ts, lr_tc::smem_state(tg), [&] {
       lr_tc::chunk_state_tc<T, MODE, false>(tg, kd.p, vd.p, gp, states.p, glast.p);
     });
     const int64_t DDi = int64_t(DD);
     launch(dim3(unsigned((DDi + 255) / 256), B * H), 256, 0, [&] {
       lr_cuda::state_scan_kernel<false>(geo, states.p, MODE > 0 ? glast.p : nullptr, cs.s0 ? s0d.p : nullptr, fin.p);
     });
-    launch(grid, 1, lr_tc::smem_fwd(tg), [&] {
+    launch(grid, tf, lr_tc::smem_fwd(tg), [&] {
       lr_tc::chunk_fwd_tc<T, MODE>(tg, qd.p, kd.p, vd.p, gp, ud.p, states.p, o.p);
     });
-    launch(grid, 1, lr_tc::smem_state(tg), [&] {
+    launch(grid, ts, lr_tc::smem_state(tg), [&] {
       lr_tc::chunk_state_tc<T, MODE, true>(tg, qd.p, dod.p, gp, dstates.p, nullptr);
     });
     launch(dim3(unsigned((DDi + 255) / 256), B * H), 256, 0, [&] {
@@ -319,7 +374,7 @@ Errs run_case(const Case& cs, uint32_t seed) {
     });
     lr_tc::TcBwdOut bo{MODE > 0 ? rbuf.p : nullptr, MODE > 0 && cs.bonus ? pbuf.p : nullptr, MODE > 0 ? ctot.p : nullptr,
                        cs.bonus ? dubuf.p : nullptr};
-    launch(grid, 1, lr_tc::smem_bwd(tg), [&] {
+    launch(grid, tb, lr_tc::smem_bwd(tg), [&] {
       lr_tc::chunk_bwd_tc<T, MODE>(tg, qd.p, kd.p, vd.p, dod.p, gp, ud.p, states.p, dstates.p, dq.p, dk.p, dv.p, bo);
     });
     if (MODE > 0) {
@@ -392,6 +447,13 @@ int main(int argc, char** argv) {
                       {1, 257, 2, 64, 64, 64, 0, false, true, false, 1, 0.75},  {2, 200, 2, 64, 64, 64, 0, true, false, false, 1, 0.75},
                       {1, 257, 2, 64, 64, 64, 2, false, true, false, 20, 0.75}, {1, 200, 2, 64, 64, 64, 1, true, false, false, 20, 0.75},
                       {2, 130, 2, 64, 64, 64, 0, false, false, false, 1, 0.75}};
+    for (const Case& c : g) cases.push_back(c);
+  }
+  if (argc > 1 && std::string(argv[1]) == "--threads-cases") {  // small and few: every block runs 256-512 threads
+    cases.clear();
+    const Case g[] = {{1, 80, 1, 32, 48, 64, 2, true, true, false, 1, 0.5},  {1, 80, 1, 32, 32, 64, 2, false, true, false, 20, 0.5},
+                      {1, 80, 1, 32, 32, 64, 1, true, false, false, 1, 0.5}, {1, 70, 1, 128, 128, 64, 0, false, true, false, 1, 0.1},
+                      {1, 70, 1, 128, 128, 64, 2, true, false, false, 1, 0.1}, {1, 50, 1, 32, 32, 32, 2, false, true, true, 1, 0.5}};
     for (const Case& c : g) cases.push_back(c);
   }
   if (quick) cases.resize(6);

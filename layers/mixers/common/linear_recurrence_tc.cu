@@ -25,7 +25,8 @@
 // inputs are exact, the derived operands (A, dA, factored q / k, states) carry one bf16 rounding each.
 //
 // CPU emulation: with SEQMIX_LR_EMULATE defined every kernel body compiles for the host (the harness
-// tests/mixers/lr_tc_emulate.cpp supplies nvcuda::wmma on whole 16 x 16 tiles, one thread per block).
+// scripts/lr_tc_emulate.cc supplies nvcuda::wmma on whole 16 x 16 tiles; one thread per block, or the real
+// block size with one std::thread per CUDA thread and barriers for the syncs).
 // No spdlog / fmt here.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
