@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <map>
 #include <algorithm>
@@ -107,6 +108,10 @@ int train_main(const std::vector<std::string>& argv) {
     double timeout = cfg->root().child("train").get<double>("dist_timeout", 600.0);
     std::string dev = a.get("device").empty() ? cfg->root().child("run").get<std::string>("device", "auto") : a.get("device");
     bool on_cpu = dev == "cpu" || (dev == "auto" && !cuda_available());  // CPU processes talk over TCP
+    // The GEMMs leave train.comm_sm_margin SMs to NCCL; NCCL's ring kernels take one SM per channel, so
+    // unless the user chose otherwise NCCL gets that many channels.
+    int64_t margin = cfg->root().child("train").get<int64_t>("comm_sm_margin", 0);
+    if (margin > 0 && !std::getenv("NCCL_MAX_NCHANNELS")) setenv("NCCL_MAX_NCHANNELS", std::to_string(margin).c_str(), 1);
     comm = on_cpu ? dist::make_tcp_communicator(env, timeout) : dist::make_nccl_communicator(env, timeout);
   }
   try {
