@@ -1,0 +1,296 @@
+// CPU emulation of the fused chunked delta-rule kernels (layers/mixers/common/delta_rule_cuda.cuh), built by
+// scripts/delta_emulate.sh (not part of the CMake build). Every kernel body and the launch sequences compile
+// for the host with DELTA_EMULATE: one thread per block (barriers are no-ops; the kernels' loops then cover
+// every tile and element), nvcuda::wmma replaced by whole 16 x 16 tiles in f32 (bf16 operands are exact in
+// f32; only the summation order differs from the GPU). Forward output, final state and every gradient (q, k,
+// v, beta, g, initial state) are compared with seqmix::mixers::delta_rule_reference run in f64 on the same
+// (rounded) inputs (scripts/delta_emulate_ref.cpp, autograd through the token-by-token form).
+// Shared memory is filled with NaN before each block and every output / scratch buffer before each run, so a
+// read of something unwritten or an output left unwritten shows as NaN; WMMA pointers and strides are checked
+// against the hardware's alignment rules; AddressSanitizer (the script's default) catches out-of-bounds.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+// ---- CUDA built-ins for one thread per block ----
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+#undef __global__
+#define __global__
+#undef __shared__
+#define __shared__
+uint3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+inline void __syncthreads() {}
+inline void __syncwarp(unsigned = 0xffffffffu) {}
+
+// ---- nvcuda::wmma on whole tiles (f32 arithmetic on bf16 operands) ----
+namespace nvcuda::wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  float x[16][16];
+};
+template <class F>
+void fill_fragment(F& f, float v) {
+  for (auto& r : f.x)
+    for (float& e : r) e = v;
+}
+inline void check_ptr(const void* p, unsigned ldm, size_t elem) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || (ldm * elem) % 16 != 0) {
+    std::fprintf(stderr, "wmma alignment violated: ptr %p ldm %u\n", p, ldm);
+    std::abort();
+  }
+}
+template <class Use, class Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f, const __nv_bfloat16* p, unsigned ldm) {
+  static_assert(std::is_same_v<Layout, row_major> || std::is_same_v<Layout, col_major>);
+  check_ptr(p, ldm, 2);
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c)
+      f.x[r][c] = __bfloat162float(std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
+}
+template <class LA, class LB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA>& a,
+              const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+  fragment<accumulator, 16, 16, 16, float> t;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) {
+      float s = c.x[i][j];
+      for (int k = 0; k < 16; ++k) s += a.x[i][k] * b.x[k][j];
+      t.x[i][j] = s;
+    }
+  d = t;
+}
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
+  check_ptr(p, ldm, 4);
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r][c];
+}
+}  // namespace nvcuda::wmma
+
+#define DELTA_EMULATE 1
+#include "layers/mixers/common/delta_rule_cuda.cuh"
+
+namespace delta_emu {
+struct RefIO {
+  int B, T, H, Dk, Dv;
+  double scale;
+  std::vector<double> q, k, v, beta, g, s0, dout, dfinal;
+  std::vector<double> o, fin, dq, dk, dv, dbeta, dg, ds0;
+};
+void reference(RefIO& r);
+}  // namespace delta_emu
+
+namespace seqmix::mixers::delta_cuda {
+static unsigned char* g_smem = nullptr;
+unsigned char* emu_smem() { return g_smem; }
+void emu_launch(dim3 grid, int, size_t smem, const std::function<void()>& body) {
+  std::vector<unsigned char> buf(smem + 128);
+  unsigned char* aligned = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(buf.data()) + 127) & ~uintptr_t(127));
+  gridDim = grid;
+  blockDim = dim3(1, 1, 1);
+  threadIdx = make_uint3(0, 0, 0);
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = make_uint3(x, y, z);
+        std::memset(aligned, 0xff, smem);  // NaN
+        g_smem = aligned;
+        body();
+      }
+}
+}  // namespace seqmix::mixers::delta_cuda
+
+using namespace seqmix::mixers::delta_cuda;
+
+template <typename T>
+struct Buf {  // NaN-filled host buffer
+  std::vector<T> v;
+  explicit Buf(size_t n = 0) : v(n) {
+    if (n) std::memset(static_cast<void*>(v.data()), 0xff, n * sizeof(T));
+  }
+  T* p() { return v.empty() ? nullptr : v.data(); }
+};
+
+struct Case {
+  int B, T, H, D;
+  bool gated, s0;
+  int prec;        // 0: IN f32, OP f32;  1: IN bf16, OP bf16;  2: IN f16, OP bf16;  3: IN f32, OP bf16
+  int extreme = 0; // 0 normal; 1: beta near 0 and decays near 1; 2: beta near 1 and decays near 0
+};
+
+const char* prec_name(int p) {
+  static const char* n[] = {"f32/f32", "bf16/bf16", "f16/bf16", "f32/bf16"};
+  return n[p];
+}
+
+template <class IN>
+double round_to(double x) {
+  return double(tof(fromf<IN>(float(x))));
+}
+
+double max_rel(const std::vector<double>& got, const std::vector<double>& want, bool* bad) {
+  if (got.size() != want.size()) {
+    *bad = true;
+    return INFINITY;
+  }
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) {
+      *bad = true;
+      return INFINITY;
+    }
+    num = std::max(num, std::abs(got[i] - want[i]));
+    den = std::max(den, std::abs(want[i]));
+  }
+  return num / std::max(den, 1e-3);
+}
+
+template <class IN, class OP>
+bool run_case(const Case& cs, double tol, double* worst) {
+  const int B = cs.B, T = cs.T, H = cs.H, Dk = cs.D, Dv = cs.D, C = 64;
+  const int N = (T + C - 1) / C;
+  std::mt19937_64 rng(1234 + cs.T * 7 + cs.B * 131 + cs.D * 17 + cs.gated * 3 + cs.s0 * 5 + cs.prec * 11 + cs.extreme * 13);
+  std::normal_distribution<double> nd;
+  delta_emu::RefIO r;
+  r.B = B; r.T = T; r.H = H; r.Dk = Dk; r.Dv = Dv;
+  r.scale = 1.0 / std::sqrt(double(Dk));
+  auto fill = [&](std::vector<double>& x, size_t n, double mul, bool round) {
+    x.resize(n);
+    for (double& e : x) e = round ? round_to<IN>(nd(rng) * mul) : nd(rng) * mul;
+  };
+  fill(r.q, size_t(B) * T * H * Dk, 1.0, true);
+  fill(r.k, size_t(B) * T * H * Dk, 1.0, true);
+  fill(r.v, size_t(B) * T * H * Dv, 1.0, true);
+  fill(r.dout, size_t(B) * T * H * Dv, 1.0, true);
+  fill(r.dfinal, size_t(B) * H * Dk * Dv, 1.0, false);
+  r.beta.resize(size_t(B) * T * H);
+  for (double& b : r.beta) {
+    const double x = nd(rng);
+    b = double(float(cs.extreme == 1 ? 1e-4 / (1 + std::exp(-x)) : cs.extreme == 2 ? 1.0 - 1e-4 / (1 + std::exp(-x)) : 1 / (1 + std::exp(-x))));
+  }
+  if (cs.gated) {
+    r.g.resize(size_t(B) * T * H);
+    for (double& g : r.g) {
+      const double x = nd(rng);
+      const double ls = -std::log1p(std::exp(-(x + 2)));  // logsigmoid(x + 2)
+      g = double(float(cs.extreme == 1 ? ls * 1e-4 : cs.extreme == 2 ? ls * 30 - 3 : ls));
+    }
+  }
+  if (cs.s0) fill(r.s0, size_t(B) * H * Dk * Dv, 1.0, false);
+  delta_emu::reference(r);
+
+  // kernel inputs
+  auto conv = [](const std::vector<double>& x) {
+    std::vector<IN> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = fromf<IN>(float(x[i]));
+    return y;
+  };
+  auto convf = [](const std::vector<double>& x) {
+    std::vector<float> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = float(x[i]);
+    return y;
+  };
+  std::vector<IN> q = conv(r.q), k = conv(r.k), v = conv(r.v), dout = conv(r.dout);
+  std::vector<float> beta = convf(r.beta), g = convf(r.g), s0 = convf(r.s0), dfinal = convf(r.dfinal);
+  Geo geo{B, T, H, Dk, Dv, C, N, Dv % 32 == 0 ? 32 : 16, float(r.scale), 1e-6f, cs.gated};
+  const size_t Tp = size_t(N) * C, BH = size_t(B) * H;
+  Buf<OP> W(BH * Tp * Dk), Kd(BH * Tp * Dk), Qg(BH * Tp * Dk);
+  Buf<float> U(BH * Tp * Dv), states(BH * N * Dk * Dv), gC(BH * N), fin(BH * Dk * Dv), dU(BH * Tp * Dv), dH(BH * N * Dk * Dv),
+      dqh(BH * Tp * Dk), dkh(BH * Tp * Dk), dGp(BH * Tp), dbeta(size_t(B) * T * H), dg(size_t(B) * T * H), ds0(BH * Dk * Dv);
+  Buf<IN> o(size_t(B) * T * H * Dv), dq(size_t(B) * T * H * Dk), dk(size_t(B) * T * H * Dk), dv(size_t(B) * T * H * Dv);
+  Ptrs<IN, OP> p{};
+  p.q = q.data(); p.k = k.data(); p.v = v.data(); p.dout = dout.data();
+  p.beta = beta.data(); p.g = cs.gated ? g.data() : nullptr; p.s0 = cs.s0 ? s0.data() : nullptr; p.dfinal = dfinal.data();
+  p.W = W.p(); p.Kd = Kd.p(); p.Qg = Qg.p(); p.U = U.p(); p.states = states.p(); p.gC = gC.p(); p.final_s = fin.p();
+  p.dU = dU.p(); p.dH = dH.p(); p.dqh = dqh.p(); p.dkh = dkh.p(); p.dGp = dGp.p();
+  p.o = o.p(); p.dq = dq.p(); p.dk = dk.p(); p.dv = dv.p(); p.dbeta = dbeta.p(); p.dg = dg.p(); p.ds0 = ds0.p();
+  forward<IN, OP>(geo, p, nullptr);
+  backward<IN, OP>(geo, p, nullptr);
+
+  auto back = [](const auto& x) {
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = double(tof(x[i]));
+    return y;
+  };
+  bool bad = false;
+  struct Cmp {
+    const char* name;
+    double e;
+  };
+  std::vector<Cmp> errs = {{"o", max_rel(back(o.v), r.o, &bad)},         {"final", max_rel(back(fin.v), r.fin, &bad)},
+                           {"dq", max_rel(back(dq.v), r.dq, &bad)},       {"dk", max_rel(back(dk.v), r.dk, &bad)},
+                           {"dv", max_rel(back(dv.v), r.dv, &bad)},       {"dbeta", max_rel(back(dbeta.v), r.dbeta, &bad)}};
+  if (cs.gated) errs.push_back({"dg", max_rel(back(dg.v), r.dg, &bad)});
+  if (cs.s0) errs.push_back({"ds0", max_rel(back(ds0.v), r.ds0, &bad)});
+  double mx = 0;
+  for (auto& e : errs) mx = std::max(mx, e.e);
+  const bool ok = !bad && mx <= tol;
+  std::printf("%s B=%d T=%d H=%d D=%d gated=%d s0=%d %s extreme=%d  max %.2e [", ok ? "ok  " : "FAIL", B, T, H, cs.D, cs.gated,
+              cs.s0, prec_name(cs.prec), cs.extreme, mx);
+  for (auto& e : errs) std::printf(" %s %.1e", e.name, e.e);
+  std::printf(" ]\n");
+  std::fflush(stdout);
+  *worst = std::max(*worst, mx);
+  return ok;
+}
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "--all";
+  std::vector<Case> cases;
+  std::vector<int> Ts = {1, 63, 64, 65, 200}, Ds = {16, 64};
+  if (mode == "--quick") {
+    Ts = {1, 65};
+    Ds = {16};
+  }
+  if (mode == "--d128") Ds = {128};
+  std::vector<int> precs = {0, 1};
+  if (mode == "--prec") precs = {0, 1, 2, 3};
+  for (int prec : precs)
+    for (int D : Ds)
+      for (int T : Ts)
+        for (int B : {1, 2})
+          for (int gated : {0, 1})
+            for (int s0 : {0, 1}) cases.push_back({B, T, 2, D, bool(gated), bool(s0), prec});
+  if (mode == "--all" || mode == "--extreme")
+    for (int prec : {0, 1})
+      for (int ex : {1, 2}) cases.push_back({1, 200, 2, 16, true, true, prec, ex});
+  int fails = 0;
+  double worst[4] = {0, 0, 0, 0};
+  const auto t0 = std::chrono::steady_clock::now();
+  for (const Case& c : cases) {
+    bool ok = true;
+    // tolerances: f32 operands 1e-4 relative to the largest reference value; bf16 operands 3e-2 (one bf16
+    // rounding per derived operand: T, W, U, U', states, dA, ...; f32 accumulation)
+    switch (c.prec) {
+      case 0: ok = run_case<float, float>(c, 1e-4, &worst[0]); break;
+      case 1: ok = run_case<__nv_bfloat16, __nv_bfloat16>(c, 3e-2, &worst[1]); break;
+      case 2: ok = run_case<__half, __nv_bfloat16>(c, 3e-2, &worst[2]); break;
+      default: ok = run_case<float, __nv_bfloat16>(c, 3e-2, &worst[3]); break;
+    }
+    fails += !ok;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("%zu cases, %d failed, %.1f s; worst max-rel error: f32/f32 %.2e, bf16/bf16 %.2e, f16/bf16 %.2e, f32/bf16 %.2e\n",
+              cases.size(), fails, secs, worst[0], worst[1], worst[2], worst[3]);
+  return fails ? 1 : 0;
+}
