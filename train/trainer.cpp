@@ -183,6 +183,9 @@ RunSettings read_run_settings(Config& cfg, const std::string& config_path) {
   s.bucket_mb = tr.get<double>("bucket_mb", s.bucket_mb);
   s.zero1 = tr.get<bool>("zero1", s.zero1);
   s.comm_sm_margin = tr.get<int64_t>("comm_sm_margin", s.comm_sm_margin);
+  s.reduce_dtype = tr.get<std::string>("reduce_dtype", s.reduce_dtype);
+  SEQMIX_CHECK(s.reduce_dtype == "f32" || s.reduce_dtype == "bf16", "train.reduce_dtype must be f32 or bf16, got '", s.reduce_dtype,
+               "'");
   SEQMIX_CHECK(s.comm_sm_margin >= 0 && s.comm_sm_margin < 1024, "train.comm_sm_margin must be in [0, 1024), got ", s.comm_sm_margin);
   SEQMIX_CHECK(s.dist_timeout > 0 && s.bucket_mb > 0, "train.dist_timeout and train.bucket_mb must be positive");
   SEQMIX_CHECK(s.steps > 0 && s.batch_size > 0 && s.grad_accum > 0, "train.steps, train.batch_size and train.grad_accum must be positive");
@@ -324,7 +327,7 @@ void Trainer::build(const std::string& resume) {
   if (rank_ == 0) setup_logging();
   else if (!comm_->shares_process()) spdlog::set_level(spdlog::level::warn);
   model_->to(device_);
-  if (comm_) ddp_ = std::make_unique<dist::DataParallel>(*comm_, model_->named_parameters(), s_.adamw, dist::DdpOptions{s_.bucket_mb, s_.zero1, int(s_.comm_sm_margin)});
+  if (comm_) ddp_ = std::make_unique<dist::DataParallel>(*comm_, model_->named_parameters(), s_.adamw, dist::DdpOptions{s_.bucket_mb, s_.zero1, int(s_.comm_sm_margin), s_.reduce_dtype == "bf16" ? DType::BF16 : DType::F32});
   else opt_ = std::make_unique<AdamW>(model_->named_parameters(), s_.adamw);
 
   int64_t global_batch = s_.batch_size * s_.grad_accum * world_;

@@ -45,6 +45,7 @@ struct RunSettings {
   double dist_timeout = 600, bucket_mb = 25;
   bool zero1 = false;
   int64_t comm_sm_margin = 0;  // SMs the GEMMs of a reducing backward leave to NCCL (0: all)
+  std::string reduce_dtype = "f32";  // dtype of the gradient reduction: f32 or bf16
 };
 
 // Reads run:, data: and train: (model: is read by read_model_config). Defaults fill the gaps.

@@ -390,3 +390,50 @@ TEST(Launcher, TwoCpuProcessesTrainLikeTwoInProcessRanks) {
   for (size_t i = 0; i < losses.size(); ++i) EXPECT_NEAR(losses[i], ref.losses[i], 1e-7) << "step " << i + 1;
   EXPECT_TRUE(fs::exists(b / "t" / "checkpoints" / "step_8" / "manifest.json"));
 }
+
+// reduce_dtype bf16: each rank's gradient is rounded to bf16, summed, averaged, widened to f32.
+TEST(DataParallel, Bf16ReductionRoundsTheGradients) {
+  dist::InProcessGroup g(2, 10);
+  std::vector<std::vector<float>> got(2);
+  const float base = 1.0f + 1.0f / 1024;  // not a bf16 value: the rounding shows
+  std::vector<std::thread> ts;
+  for (int r = 0; r < 2; ++r)
+    ts.emplace_back([&, r] {
+      train::NamedTensors ps{{"w", ones({3, 5})}};
+      ps[0].second.requires_grad_(true);
+      dist::DdpOptions o;
+      o.reduce_dtype = DType::BF16;
+      dist::DataParallel dp(g.comm(r), ps, train::AdamWConfig{}, o);
+      ps[0].second.set_grad(full({3, 5}, base * float(r + 1)));
+      dp.finish_backward();
+      got[size_t(r)] = ps[0].second.grad().to_vector<float>();
+    });
+  for (auto& t : ts) t.join();
+  const float want = float(bf16(float(bf16(base)) + float(bf16(2 * base)))) * 0.5f;
+  EXPECT_NE(want, 1.5f * base);
+  for (float x : got[0]) EXPECT_EQ(x, want);
+  EXPECT_EQ(got[0], got[1]);
+}
+
+// Training with a bf16 reduction stays close to the f32 one, and ZeRO-1 still equals plain data
+// parallel exactly without clipping (both round the same sums the same way).
+TEST(DataParallel, Bf16ReductionTrainsCloseToF32AndZero1Matches) {
+  fs::path a = scratch("f32_red"), b = scratch("bf16_red"), c = scratch("bf16_zero");
+  RunResult f32 = train_ranks(2, a, config_text(a, 2, 1, false), "", {"train.grad_clip=0"});
+  RunResult b16 = train_ranks(2, b, config_text(b, 2, 1, false), "", {"train.grad_clip=0", "train.reduce_dtype=bf16"});
+  RunResult z16 = train_ranks(2, c, config_text(c, 2, 1, true), "", {"train.grad_clip=0", "train.reduce_dtype=bf16"});
+  ASSERT_EQ(f32.losses.size(), 8u);
+  ASSERT_EQ(b16.losses.size(), 8u);
+  for (size_t i = 0; i < f32.losses.size(); ++i) EXPECT_NEAR(b16.losses[i], f32.losses[i], 2e-2) << "step " << i + 1;
+  EXPECT_NE(b16.params, f32.params);  // the rounding is real
+  EXPECT_EQ(z16.losses, b16.losses);
+  EXPECT_EQ(z16.params, b16.params);
+}
+
+TEST(DataParallel, BadReduceDtypeIsRefused) {
+  fs::path a = scratch("bad_red");
+  std::ofstream(a / "cfg.yaml") << config_text(a, 2, 1, false);
+  const std::string path = (a / "cfg.yaml").string();
+  expect_error_contains([&] { train::Trainer t(Config::load(path, {"train.reduce_dtype=f16"}), path, "", ""); },
+                        "train.reduce_dtype must be f32 or bf16");
+}

@@ -1,8 +1,8 @@
 // Collective communication between data-parallel ranks.
 //
 // A Communicator connects `world()` ranks; every rank must issue the same collectives in the same
-// order (as with NCCL and MPI). Tensors are contiguous and live on device(): f32 or f64 for the sums,
-// any dtype for all_gather and broadcast.
+// order (as with NCCL and MPI). Tensors are contiguous and live on device(): f32, f64 or bf16 for the
+// sums (bf16 accumulates in f32 per addition), any dtype for all_gather and broadcast.
 //
 // Async variants return a Work handle; the tensors must not be touched until wait() returns. On the
 // GPU (NCCL) the collective runs on a communication stream that first waits (GPU-side event) for the

@@ -27,6 +27,9 @@ DataParallel::DataParallel(Communicator& comm, NamedTensors params, AdamWConfig 
   const int R = comm_.world();
   const Device dev = comm_.device();
   SEQMIX_CHECK(opt_.bucket_mb > 0, "train.bucket_mb must be positive, got ", opt_.bucket_mb);
+  SEQMIX_CHECK(opt_.reduce_dtype == DType::F32 || opt_.reduce_dtype == DType::BF16, "train.reduce_dtype must be f32 or bf16, got ",
+               dtype_name(opt_.reduce_dtype));
+  const bool wire16 = opt_.reduce_dtype == DType::BF16;
   for (auto& [name, p] : params_) {
     SEQMIX_CHECK(p.dtype() == DType::F32 && p.is_contiguous(), "data parallel: parameter '", name, "' must be contiguous f32");
     SEQMIX_CHECK(p.device() == dev, "data parallel: parameter '", name, "' is on ", p.device().str(), " but the ",
@@ -49,6 +52,10 @@ DataParallel::DataParallel(Communicator& comm, NamedTensors params, AdamWConfig 
     if (b.padded == 0) b.padded = R;
     b.flat = zeros({b.padded}, DType::F32, dev);
     if (opt_.zero1) b.shard_grad = zeros({b.padded / R}, DType::F32, dev);
+    if (wire16) {
+      b.wire = zeros({b.padded}, DType::BF16, dev);
+      if (opt_.zero1) b.shard_wire = zeros({b.padded / R}, DType::BF16, dev);
+    }
   }
   ready_.assign(params_.size(), false);
 
@@ -158,11 +165,10 @@ void DataParallel::pack_grad(int i, const Tensor& grad) {
   size_t k = 0;
   while (b.params[k] != i) ++k;
   const Tensor& p = params_[size_t(i)].second;
-  Tensor dst = flat_view(b.flat, b.offsets[k], p.numel());
+  Tensor dst = flat_view(b.wire.defined() ? b.wire : b.flat, b.offsets[k], p.numel());
   if (grad.defined()) {
     Tensor g = grad.contiguous();
-    if (g.dtype() != DType::F32) g = g.to(DType::F32);
-    dst.copy_(flat_view(g, 0, p.numel()));
+    dst.copy_(flat_view(g, 0, p.numel()));  // converts to the bucket's dtype
   } else {
     dst.zero_();
   }
@@ -182,7 +188,9 @@ void DataParallel::launch_ready() {
   while (next_launch_ < int(buckets_.size()) && buckets_[size_t(next_launch_)].pending == 0) {
     Bucket& b = buckets_[size_t(next_launch_++)];
     b.launched = true;
-    b.work = opt_.zero1 ? comm_.reduce_scatter_mean_async(b.flat, b.shard_grad) : comm_.all_reduce_mean_async(b.flat);
+    Tensor& in = b.wire.defined() ? b.wire : b.flat;
+    b.work = opt_.zero1 ? comm_.reduce_scatter_mean_async(in, b.wire.defined() ? b.shard_wire : b.shard_grad)
+                        : comm_.all_reduce_mean_async(in);
   }
 }
 
@@ -201,6 +209,10 @@ void DataParallel::finish_backward() {
   for (Bucket& b : buckets_) {
     b.work->wait();  // the collective averaged over the ranks
     b.work.reset();
+    if (b.wire.defined()) {  // widen the bf16 reduction back to f32
+      if (opt_.zero1) b.shard_grad.copy_(b.shard_wire);
+      else b.flat.copy_(b.wire);
+    }
     if (!opt_.zero1) {
       // The gradients are views of the reduced bucket (no copy); zero_grad() drops them before the
       // next backward writes the bucket again.

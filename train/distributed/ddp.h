@@ -21,6 +21,10 @@
 // (named as AdamW::state_tensors() names it), and load_state() takes a full state and keeps this
 // rank's part, for any world size.
 //
+// reduce_dtype bf16 (opt-in): gradients are rounded to bf16 before the reduction, which is summed in
+// bf16 (half the bytes on the wire), and widened back to f32 for the update: a rounding of the
+// gradients (relative 2^-9 per rank), so runs then match f32 reduction only approximately.
+//
 // Divergences from a single-process AdamW: a parameter with no gradient on any rank is updated with a
 // zero gradient (its moments decay) instead of being skipped.
 #pragma once
@@ -36,6 +40,7 @@ struct DdpOptions {
   double bucket_mb = 25;  // train.bucket_mb
   bool zero1 = false;     // train.zero1
   int gemm_sm_margin = 0; // train.comm_sm_margin: SMs the GEMMs leave free while buckets are reduced
+  DType reduce_dtype = DType::F32;  // train.reduce_dtype: f32, or bf16 (half the bytes, gradients rounded)
 };
 
 class DataParallel {
@@ -80,6 +85,7 @@ class DataParallel {
     int64_t numel = 0, padded = 0;
     Tensor flat;        // padded, gradients (and the all-gathered parameters under ZeRO-1)
     Tensor shard_grad;  // ZeRO-1: padded / R, this rank's reduced chunk
+    Tensor wire, shard_wire;  // reduce_dtype bf16: what the collectives carry (flat / shard_grad rounded)
     int pending = 0;
     bool launched = false;
     WorkPtr work;

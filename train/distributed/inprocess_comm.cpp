@@ -107,21 +107,23 @@ class InProcessWork : public Work {
 void check_tensor(const Tensor& t, const char* what, bool sum) {
   SEQMIX_CHECK(t.defined() && t.is_cpu() && t.is_contiguous(), "in-process ", what, ": tensors must be contiguous CPU tensors");
   if (sum)
-    SEQMIX_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64, "in-process ", what, ": only f32 and f64 sums, got ",
-                 dtype_name(t.dtype()));
+    SEQMIX_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64 || t.dtype() == DType::BF16, "in-process ", what,
+                 ": only f32, f64 and bf16 sums, got ", dtype_name(t.dtype()));
 }
 
-template <typename T>
+// Sums in rank order in the accumulator type A, stored as T (bf16: f32 accumulation, one rounding).
+template <typename T, typename A = T>
 void sum_into(T* out, const std::vector<const void*>& srcs, int64_t begin, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    T acc = static_cast<const T*>(srcs[0])[begin + i];
-    for (size_t r = 1; r < srcs.size(); ++r) acc += static_cast<const T*>(srcs[r])[begin + i];
-    out[i] = acc;
+    A acc = A(static_cast<const T*>(srcs[0])[begin + i]);
+    for (size_t r = 1; r < srcs.size(); ++r) acc += A(static_cast<const T*>(srcs[r])[begin + i]);
+    out[i] = T(acc);
   }
 }
 
 void sum_dispatch(DType dt, void* out, const std::vector<const void*>& srcs, int64_t begin, int64_t n) {
   if (dt == DType::F32) sum_into(static_cast<float*>(out), srcs, begin, n);
+  else if (dt == DType::BF16) sum_into<bf16, float>(static_cast<bf16*>(out), srcs, begin, n);
   else sum_into(static_cast<double*>(out), srcs, begin, n);
 }
 

@@ -129,7 +129,8 @@ class TcpComm : public Communicator {
   static void check(const Tensor& t, const char* what, bool sum) {
     SEQMIX_CHECK(t.defined() && t.is_cpu() && t.is_contiguous(), "tcp ", what, ": tensors must be contiguous CPU tensors");
     if (sum)
-      SEQMIX_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64, "tcp ", what, ": only f32 and f64 sums");
+      SEQMIX_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64 || t.dtype() == DType::BF16, "tcp ", what,
+                   ": only f32, f64 and bf16 sums");
   }
 
   void sum_to_all(void* data, int64_t n, DType dt, const char* what) {
@@ -140,6 +141,7 @@ class TcpComm : public Communicator {
       for (int r = 1; r < world(); ++r) {
         recv_from(r, seq, part.data(), bytes, what);
         if (dt == DType::F32) add(static_cast<float*>(data), reinterpret_cast<const float*>(part.data()), n);
+        else if (dt == DType::BF16) add_bf16(static_cast<bf16*>(data), reinterpret_cast<const bf16*>(part.data()), n);
         else add(static_cast<double*>(data), reinterpret_cast<const double*>(part.data()), n);
       }
       for (int r = 1; r < world(); ++r) send_to(r, seq, data, bytes, what);
@@ -151,6 +153,9 @@ class TcpComm : public Communicator {
   template <typename T>
   static void add(T* acc, const T* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) acc[i] += x[i];
+  }
+  static void add_bf16(bf16* acc, const bf16* x, int64_t n) {  // rounded to bf16 after each rank, as a ring does
+    for (int64_t i = 0; i < n; ++i) acc[i] = bf16(float(acc[i]) + float(x[i]));
   }
 
   void send_to(int peer, int64_t seq, const void* data, size_t n, const char* what) {
