@@ -30,6 +30,9 @@ for ch in ${CHANNELS:-4 8 16}; do NCCL_MAX_NCHANNELS=$ch run tp2_ch$ch $B train 
 for m in ${MARGINS:-8 16 32}; do
   NCCL_MAX_NCHANNELS=$m SEQMIX_STEP_PROFILE=1 run tp2_m$m $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2 --set train.comm_sm_margin=$m
 done
+# gradients reduced in bf16 (train.reduce_dtype: half the bytes), alone and with the best-guess margin
+SEQMIX_STEP_PROFILE=1 run tp2_bf16 $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2 --set train.reduce_dtype=bf16
+NCCL_MAX_NCHANNELS=16 SEQMIX_STEP_PROFILE=1 run tp2_bf16_m16 $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2 --set train.reduce_dtype=bf16 --set train.comm_sm_margin=16
 # each GPU alone (the two GPUs of one machine need not be equally fast; data parallel waits for the slower)
 for i in 0 1; do CUDA_VISIBLE_DEVICES=$i SEQMIX_STEP_PROFILE=1 run solo$i $B train configs/gpt2-124m.yaml "${G[@]}" --device cuda; done
 SEQMIX_STEP_PROFILE=1 run tp1_prof $B train configs/gpt2-124m.yaml "${G[@]}" --device cuda
