@@ -214,13 +214,21 @@ __device__ __forceinline__ void load_state(bf16* dst, int ld, const float* src, 
   }
 }
 
-// Inclusive cumulative log-decays over the chunk's rows (as linear_recurrence.cu's load_cumsum).
-__device__ __forceinline__ void load_cumsum(float* G, int ldg, const float* g, int64_t row_stride, int L, int C, int gw) {
+// Inclusive cumulative log-decays over the chunk's rows (as linear_recurrence.cu's load_cumsum), 16 rows'
+// loads issued together (C is a multiple of 16 here): a column's 64 loads are not 64 serial latencies.
+__device__ __forceinline__ void load_cumsum(float* G, int ldg, const float* __restrict__ g, int64_t row_stride, int L, int C,
+                                            int gw) {
   for (int c = threadIdx.x; c < gw; c += blockDim.x) {
     float acc = 0.f;
-    for (int r = 0; r < C; ++r) {
-      if (r < L) acc += g[int64_t(r) * row_stride + c];
-      G[r * ldg + c] = acc;
+    for (int r0 = 0; r0 < C; r0 += 16) {
+      float x[16];
+#pragma unroll
+      for (int i = 0; i < 16; ++i) x[i] = r0 + i < L ? g[int64_t(r0 + i) * row_stride + c] : 0.f;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        acc += x[i];
+        G[(r0 + i) * ldg + c] = acc;
+      }
     }
   }
 }
@@ -260,13 +268,22 @@ __device__ __forceinline__ void factor_qk(bf16* q, bf16* k, int ldk, const Decay
   }
 }
 
-// diag[t] = scale * sum_c q_tc k_tc w_c (raw q, k; w = u or 1), 0 for rows >= L.
+// diag[t] = scale * sum_c q_tc k_tc w_c (raw q, k; w = u or 1), 0 for rows >= L. One thread per row, the
+// column pairs rotated by t: the row stride is 4 banks, so lane t reads bank 5t + j (mod 32): no conflicts.
 __device__ __forceinline__ void diag_qk(float* diag, const bf16* q, const bf16* k, int ldk, const float* u, int L, int C, int Dk,
                                         float scale) {
+  const int np = Dk >> 1;
   for (int t = threadIdx.x; t < C; t += blockDim.x) {
     float s = 0.f;
-    if (t < L)
-      for (int c = 0; c < Dk; ++c) s += bf(q[t * ldk + c]) * bf(k[t * ldk + c]) * (u ? u[c] : 1.f);
+    if (t < L) {
+      int cp = t % np;
+      for (int j = 0; j < np; ++j) {
+        const int c = cp << 1;
+        s += bf(q[t * ldk + c]) * bf(k[t * ldk + c]) * (u ? u[c] : 1.f) +
+             bf(q[t * ldk + c + 1]) * bf(k[t * ldk + c + 1]) * (u ? u[c + 1] : 1.f);
+        if (++cp == np) cp = 0;
+      }
+    }
     diag[t] = scale * s;
   }
 }
