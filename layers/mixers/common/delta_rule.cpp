@@ -4,6 +4,9 @@
 
 #include "autograd/function.h"
 #include "core/ops.h"
+#ifdef SEQMIX_WITH_CUDA
+#include "layers/mixers/common/delta_rule_cuda.h"
+#endif
 
 namespace seqmix::mixers {
 
@@ -183,6 +186,12 @@ DeltaResult delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const 
                B, ", ", T, ", ", H, "], got ", shape_str(beta.shape()));
   SEQMIX_CHECK(!g.defined() || g.shape() == beta.shape(), "delta_rule: g must be [B, T, H] like beta, got ",
                shape_str(g.shape()));
+#ifdef SEQMIX_WITH_CUDA
+  // The fused chunked CUDA kernel (delta_rule_cuda.cu). Opt-in with SEQMIX_DELTA_CUDA=1 until it has been
+  // verified on a GPU (tests/gpu/test_delta_rule_gpu.cpp; so far only the CPU emulation scripts/delta_emulate.sh).
+  if (T > 0 && q.is_cuda() && delta_rule_cuda_enabled() && delta_rule_cuda_supported(q, k, v, beta, g, initial_state, opt))
+    return delta_rule_cuda(q, k, v, beta, g, initial_state, opt);
+#endif
   Tensor S = initial_or_zeros(initial_state, B, H, Dk, Dv, dt, dev);
   if (T == 0) {
     DeltaResult r;

@@ -1,0 +1,312 @@
+// Fused chunked CUDA delta rule (semantics in delta_rule.h; interface in delta_rule_cuda.h; kernel bodies in
+// delta_rule_cuda.cuh, which the CPU emulation scripts/delta_emulate.cc compiles for the host):
+//     S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T,   o_t = scale S_t^T q_t,   a_t = e^{g_t},
+// q, k L2-normalized per head inside (q^ = q r_q, r_q = (|q|^2 + eps)^{-1/2}).
+//
+// Chunked (WY / UT) form, own derivation and code. Chunks of C = 64 tokens (the last one padded with
+// q = k = v = b = g = 0: such tokens leave the state alone); S_n is the state entering chunk n; inside a chunk
+// (local t, s) G_t = sum_{s<=t} g_s (inclusive, f32), Gamma_ts = e^{G_t - G_s} (s <= t: exponent <= 0),
+// G_C = G_{C-1}:
+//     A   = strict_lower(diag(b) K K^T (.) Gamma),   T = (I + A)^{-1}   (forward substitution, f32)
+//     X   = diag(b e^G) K,   Y = diag(b) V,   W = T X,   U = T Y
+//     U'  = U - W S_n                                       (the "new values" b_t (v_t - a_t.. S^T k_t))
+//     P   = (Q K^T) (.) Gamma (.) lower-inclusive,   Qg = diag(e^G) Q,   Kd = diag(e^{G_C - G}) K
+//     O   = scale (Qg S_n + P U'),   S_{n+1} = e^{G_C} S_n + Kd^T U'
+// Kernels: fwd_prep (per chunk: A, T, W, U, Kd, G_C), fwd_state (sequential over chunks per (batch, head,
+// 32 or 16 value columns): U' and every S_n in f32), fwd_out (per chunk: O).
+//
+// Backward (dO includes the scale; dS' = dS_{n+1}, the gradient of the state leaving chunk n):
+//     dU'  = P^T dO + Kd dS'                                 (needs dS': the reverse sequential pass)
+//     dS_n = e^{G_C} dS' + Qg^T dO - W^T dU'                  (S_n enters O, S_{n+1} and U')
+//     dW   = -dU' S_n^T,   dX = T^T dW,   dY = T^T dU'
+//     dA   = -(dX W^T + dY U^T) on the strict lower part      (dT = dW X^T + dY.., dA = -T^T dT T^T, T X = W)
+//     dq^  = e^G (dO S_n^T) + F K,                 F = (dO U'^T) (.) Gamma (.) lower-inclusive
+//     dk^  = b e^G dX + E K + E^T K + F^T Q + Kd',   E = dA (.) diag(b) Gamma,  Kd' = diag(e^{G_C - G}) U' dS'^T
+//     dv   = b dY
+//     db_t = e^{G_t} dX_t.k^_t + dY_t.v_t + sum_{s<t} dA_ts (k^_t.k^_s) Gamma_ts
+//     dq   = r_q (dq^ - q^ (q^.dq^)),  the same for k
+// The decays: every use of G_t multiplies a vector of token t by e^{+G_t} or e^{-G_t}, so dL/dG_t is the dot of
+// that vector with its gradient along that path, with the sign of the exponent:
+//     dG_t = q^_t.dq^_t + k^_t.(b e^G dX + E K)_t - k^_t.(E^T K + F^T Q + Kd')_t
+//            + [t = C-1] (e^{G_C} <dS', S_n> + sum_s k^_s.Kd'_s)      (G_C in S_{n+1} and in Kd)
+//     dg_t = sum_{t' >= t in the chunk} dG_t'                              (G is a cumulative sum of g)
+// (the k^.Kd' terms are added with the same rounded values on both sides, so that they cancel exactly where
+// they should: dg = 0 at T = 1 without an initial state). Kernels: bwd_prep (per chunk: P^T dO, Qg),
+// bwd_state (reverse sequential: dU' and every dS_{n+1} in f32, d initial state), bwd_wy (per chunk: T, W, U
+// again; dW, dX, dY, dA; dv, dbeta, the WY parts of dk^ and dG), bwd_out (per chunk: F, dq^, the rest of
+// dk^ and dG; dq, dk through the normalization; dg).
+//
+// Memory: O(T (Dk + Dv)) activations (W, Kd, U' saved; dU', Qg, dq^, dk^ in the backward) plus one f32 state
+// per chunk (S_n saved; dS_{n+1} in the backward).
+// Products: every C x C, C x D and D x D product in shared memory; WMMA m16n16k16 bf16 -> f32 (a warp per
+// 16 x 16 output tile, its epilogue through a per-warp f32 scratch tile), or plain f32 products for f32
+// operands. Shared memory at C = 64, Dk = Dv = 128, bf16 operands (256 threads per CTA each):
+//     fwd_prep   ~81 KB   grid (N, H, B)          fwd_state ~75 KB  grid (Dv / 32, H, B)
+//     fwd_out   ~114 KB   grid (N, H, B)          bwd_state ~75 KB  grid (Dv / 32, H, B)
+//     bwd_prep  ~114 KB   grid (N, H, B)          bwd_wy   ~189 KB  grid (N, H, B)
+//     bwd_out   ~114 KB   grid (N, H, B)
+// (max_smem() is the exact figure; f32 operands double the operand part and are used only where it fits.)
+//
+// Status: verified by CPU emulation (scripts/delta_emulate.sh: forward, final state and every gradient against
+// delta_rule_reference in f64), not yet on a GPU; delta_rule() dispatches here only with SEQMIX_DELTA_CUDA=1
+// until tests/gpu/test_delta_rule_gpu.cpp has passed on one.
+#include "layers/mixers/common/delta_rule_cuda.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "autograd/function.h"
+#include "core/cuda/cuda_check.h"
+#include "core/cuda/runtime.h"
+#include "core/ops.h"
+#include "layers/mixers/common/delta_rule_cuda.cuh"
+
+namespace seqmix::mixers {
+
+namespace {
+
+using delta_cuda::Geo;
+using delta_cuda::Ptrs;
+
+int max_smem_optin() {
+  static int cached[64] = {};
+  const int dev = ::seqmix::cuda::current_device();
+  const int slot = dev & 63;
+  if (cached[slot] == 0) {
+    int v = 0;
+    SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    cached[slot] = v;
+  }
+  return cached[slot];
+}
+
+size_t smem_limit() { return size_t(max_smem_optin()) - 1024; }  // margin for static shared memory
+
+// IN = the element type of q, k, v; OP = the operand type (bf16 unless f32 operands fit and the input is f32).
+template <class F>
+void dispatch(DType in, bool op_f32, F&& f) {
+  if (in == DType::BF16) f.template operator()<__nv_bfloat16, __nv_bfloat16>();
+  else if (in == DType::F16) f.template operator()<__half, __nv_bfloat16>();
+  else if (op_f32) f.template operator()<float, float>();
+  else f.template operator()<float, __nv_bfloat16>();
+}
+
+Geo make_geo(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const DeltaOptions& opt, bool gated) {
+  Geo g{};
+  g.B = int(B);
+  g.T = int(T);
+  g.H = int(H);
+  g.Dk = int(Dk);
+  g.Dv = int(Dv);
+  g.C = 64;
+  g.N = int((T + 63) / 64);
+  g.DVT = Dv % 32 == 0 ? 32 : 16;
+  g.scale = float(opt.scale);
+  g.eps = float(opt.norm_eps);
+  g.gated = gated;
+  return g;
+}
+
+bool op_f32_fits(const Geo& g) { return delta_cuda::max_smem<float>(g) <= smem_limit(); }
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+struct Saved {
+  Tensor q, k, v, beta, g, s0;  // prepared inputs (contiguous; q, k, v in one dtype; beta, g, s0 f32)
+  Tensor W, Kd, U, states, gC;  // forward buffers (U holds U')
+};
+
+struct DeltaFunction : autograd::CustomFunction {
+  Geo geo{};
+  bool op_f32 = false;
+  DType q_dtype = DType::F32, k_dtype = DType::F32, v_dtype = DType::F32, b_dtype = DType::F32, g_dtype = DType::F32,
+        s0_dtype = DType::F32;
+  std::string name() const override { return "delta_rule_cuda"; }
+  autograd::Tensors backward(const autograd::Tensors& grads) override;
+};
+
+autograd::Tensors DeltaFunction::backward(const autograd::Tensors& grads) {
+  const autograd::Tensors& s = saved();  // q, k, v, beta, g, s0, W, Kd, U, states, gC
+  Tensor dout = grads.size() > 0 ? grads[0] : Tensor();
+  Tensor dfinal = grads.size() > 1 ? grads[1] : Tensor();
+  if (!dout.defined() && !dfinal.defined()) return autograd::Tensors(6);
+  const Tensor &q = s[0], &k = s[1], &v = s[2], &beta = s[3], &g = s[4], &s0 = s[5];
+  const Geo& geo = this->geo;
+  const Device dev = v.device();
+  Tensor dq, dk, dv, dbeta, dg, ds0;
+  {
+    autograd::NoGradGuard ng;
+    ::seqmix::cuda::select_device(dev.index);
+    if (!dout.defined()) dout = zeros(v.shape(), v.dtype(), dev);
+    dout = dout.detach();
+    if (dout.dtype() != v.dtype()) dout = dout.to(v.dtype());
+    dout = dout.contiguous();
+    if (dfinal.defined()) dfinal = dfinal.detach().to(DType::F32).contiguous();
+    const int64_t B = geo.B, T = geo.T, H = geo.H, Dk = geo.Dk, Dv = geo.Dv, Tp = int64_t(geo.N) * geo.C;
+    const DType opdt = op_f32 ? DType::F32 : DType::BF16;
+    Tensor dU = Tensor::empty({B, H, Tp, Dv}, DType::F32, dev);
+    Tensor Qg = Tensor::empty({B, H, Tp, Dk}, opdt, dev);
+    Tensor dH = Tensor::empty({B, H, int64_t(geo.N), Dk, Dv}, DType::F32, dev);
+    Tensor dqh = Tensor::empty({B, H, Tp, Dk}, DType::F32, dev);
+    Tensor dkh = Tensor::empty({B, H, Tp, Dk}, DType::F32, dev);
+    Tensor dGp = Tensor::empty({B, H, Tp}, DType::F32, dev);
+    dq = Tensor::empty(q.shape(), q.dtype(), dev);
+    dk = Tensor::empty(k.shape(), k.dtype(), dev);
+    dv = Tensor::empty(v.shape(), v.dtype(), dev);
+    dbeta = Tensor::empty({B, T, H}, DType::F32, dev);
+    if (geo.gated) dg = Tensor::empty({B, T, H}, DType::F32, dev);
+    ds0 = Tensor::empty({B, H, Dk, Dv}, DType::F32, dev);
+    cudaStream_t st = ::seqmix::cuda::current_stream();
+    dispatch(v.dtype(), op_f32, [&]<class IN, class OP>() {
+      Ptrs<IN, OP> p{};
+      p.q = ptr<const IN>(q);
+      p.k = ptr<const IN>(k);
+      p.v = ptr<const IN>(v);
+      p.dout = ptr<const IN>(dout);
+      p.beta = ptr<const float>(beta);
+      p.g = ptr<const float>(g);
+      p.s0 = ptr<const float>(s0);
+      p.dfinal = ptr<const float>(dfinal);
+      p.W = ptr<OP>(s[6]);
+      p.Kd = ptr<OP>(s[7]);
+      p.Qg = ptr<OP>(Qg);
+      p.U = ptr<float>(s[8]);
+      p.states = ptr<float>(s[9]);
+      p.gC = ptr<float>(s[10]);
+      p.dU = ptr<float>(dU);
+      p.dH = ptr<float>(dH);
+      p.dqh = ptr<float>(dqh);
+      p.dkh = ptr<float>(dkh);
+      p.dGp = ptr<float>(dGp);
+      p.dq = ptr<IN>(dq);
+      p.dk = ptr<IN>(dk);
+      p.dv = ptr<IN>(dv);
+      p.dbeta = ptr<float>(dbeta);
+      p.dg = ptr<float>(dg);
+      p.ds0 = ptr<float>(ds0);
+      delta_cuda::backward<IN, OP>(geo, p, st);
+    });
+  }
+  autograd::Tensors out(6);
+  auto as = [](const Tensor& t, DType dt) { return t.dtype() == dt ? t : t.to(dt); };
+  if (needs_input_grad(0)) out[0] = as(dq, q_dtype);
+  if (needs_input_grad(1)) out[1] = as(dk, k_dtype);
+  if (needs_input_grad(2)) out[2] = as(dv, v_dtype);
+  if (needs_input_grad(3)) out[3] = as(dbeta, b_dtype);
+  if (needs_input_grad(4) && dg.defined()) out[4] = as(dg, g_dtype);
+  if (needs_input_grad(5)) out[5] = as(ds0, s0_dtype);
+  return out;
+}
+
+}  // namespace
+
+bool delta_rule_cuda_enabled() {
+  const char* e = std::getenv("SEQMIX_DELTA_CUDA");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}
+
+bool delta_rule_cuda_supported(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta, const Tensor& g,
+                               const Tensor& s0, const DeltaOptions& opt) {
+  if (!q.defined() || !k.defined() || !v.defined() || !beta.defined()) return false;
+  if (!q.is_cuda() || !k.is_cuda() || !v.is_cuda() || !beta.is_cuda()) return false;
+  if (g.defined() && !g.is_cuda()) return false;
+  if (s0.defined() && !s0.is_cuda()) return false;
+  for (const Tensor* t : {&q, &k, &v})
+    if (t->dtype() != DType::BF16 && t->dtype() != DType::F16 && t->dtype() != DType::F32) return false;
+  if (q.dim() != 4 || k.shape() != q.shape() || v.dim() != 4) return false;
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3), Dv = v.size(3);
+  if (v.size(0) != B || v.size(1) != T || v.size(2) != H) return false;
+  if (beta.shape() != (Shape{B, T, H}) || (g.defined() && g.shape() != beta.shape())) return false;
+  if (s0.defined() && s0.shape() != (Shape{B, H, Dk, Dv})) return false;
+  if (Dk % 16 != 0 || Dv % 16 != 0 || Dk < 16 || Dv < 16 || Dk > 128 || Dv > 128) return false;
+  if (opt.chunk != 64 || !opt.normalize_qk) return false;
+  if (B > 65535 || H > 65535 || T > (int64_t(1) << 30)) return false;
+  const Geo geo = make_geo(B, std::max<int64_t>(T, 1), H, Dk, Dv, opt, g.defined());
+  return delta_cuda::max_smem<__nv_bfloat16>(geo) <= smem_limit();
+}
+
+DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& beta_in,
+                            const Tensor& g_in, const Tensor& s0_in, const DeltaOptions& opt) {
+  SEQMIX_CHECK(delta_rule_cuda_supported(q_in, k_in, v_in, beta_in, g_in, s0_in, opt),
+               "delta_rule (CUDA): unsupported inputs (CUDA tensors, bf16/f16/f32 q, k, v [B, T, H, D], beta / g [B, T, H], "
+               "Dk, Dv multiples of 16 up to 128, chunk 64, normalized q and k); got q ",
+               shape_str(q_in.shape()), " v ", shape_str(v_in.shape()));
+  const int64_t B = q_in.size(0), T = q_in.size(1), H = q_in.size(2), Dk = q_in.size(3), Dv = v_in.size(3);
+  const Device dev = v_in.device();
+  ::seqmix::cuda::select_device(dev.index);
+  const DType dt = v_in.dtype();
+  Saved sv;
+  Geo geo = make_geo(B, T, H, Dk, Dv, opt, g_in.defined());
+  const bool op_f32 = dt == DType::F32 && op_f32_fits(geo);
+  DeltaResult res;
+  {
+    autograd::NoGradGuard ng;
+    auto prep = [&](const Tensor& t, DType want) {
+      Tensor x = t.detach();
+      if (x.dtype() != want) x = x.to(want);
+      return x.contiguous();
+    };
+    sv.q = prep(q_in, dt);
+    sv.k = prep(k_in, dt);
+    sv.v = prep(v_in, dt);
+    sv.beta = prep(beta_in, DType::F32);
+    if (g_in.defined()) sv.g = prep(g_in, DType::F32);
+    if (s0_in.defined()) sv.s0 = prep(s0_in, DType::F32);
+    res.o = Tensor::empty({B, T, H, Dv}, dt, dev);
+    res.final_state = Tensor::empty({B, H, Dk, Dv}, DType::F32, dev);
+    if (T == 0) {
+      if (sv.s0.defined()) res.final_state.copy_(sv.s0);
+      else res.final_state.zero_();
+    } else {
+      const int64_t Tp = int64_t(geo.N) * geo.C;
+      const DType opdt = op_f32 ? DType::F32 : DType::BF16;
+      sv.W = Tensor::empty({B, H, Tp, Dk}, opdt, dev);
+      sv.Kd = Tensor::empty({B, H, Tp, Dk}, opdt, dev);
+      sv.U = Tensor::empty({B, H, Tp, Dv}, DType::F32, dev);
+      sv.states = Tensor::empty({B, H, int64_t(geo.N), Dk, Dv}, DType::F32, dev);
+      sv.gC = Tensor::empty({B, H, int64_t(geo.N)}, DType::F32, dev);
+      cudaStream_t st = ::seqmix::cuda::current_stream();
+      dispatch(dt, op_f32, [&]<class IN, class OP>() {
+        Ptrs<IN, OP> p{};
+        p.q = ptr<const IN>(sv.q);
+        p.k = ptr<const IN>(sv.k);
+        p.v = ptr<const IN>(sv.v);
+        p.beta = ptr<const float>(sv.beta);
+        p.g = ptr<const float>(sv.g);
+        p.s0 = ptr<const float>(sv.s0);
+        p.W = ptr<OP>(sv.W);
+        p.Kd = ptr<OP>(sv.Kd);
+        p.U = ptr<float>(sv.U);
+        p.states = ptr<float>(sv.states);
+        p.gC = ptr<float>(sv.gC);
+        p.final_s = ptr<float>(res.final_state);
+        p.o = ptr<IN>(res.o);
+        delta_cuda::forward<IN, OP>(geo, p, st);
+      });
+    }
+  }
+  const Tensor final_out = opt.want_final_state ? res.final_state : Tensor();
+  if (T > 0 && autograd::needs_grad({&q_in, &k_in, &v_in, &beta_in, &g_in, &s0_in})) {
+    auto fn = std::make_shared<DeltaFunction>();
+    fn->geo = geo;
+    fn->op_f32 = op_f32;
+    fn->q_dtype = q_in.dtype();
+    fn->k_dtype = k_in.dtype();
+    fn->v_dtype = v_in.dtype();
+    fn->b_dtype = beta_in.dtype();
+    fn->g_dtype = g_in.defined() ? g_in.dtype() : DType::F32;
+    fn->s0_dtype = s0_in.defined() ? s0_in.dtype() : DType::F32;
+    fn->save_for_backward({sv.q, sv.k, sv.v, sv.beta, sv.g, sv.s0, sv.W, sv.Kd, sv.U, sv.states, sv.gC});
+    autograd::CustomFunction::attach(fn, {q_in, k_in, v_in, beta_in, g_in, s0_in},
+                                     opt.want_final_state ? autograd::Tensors{res.o, final_out} : autograd::Tensors{res.o});
+  }
+  res.final_state = final_out;
+  return res;
+}
+
+}  // namespace seqmix::mixers
