@@ -196,66 +196,96 @@ RunSettings read_run_settings(Config& cfg, const std::string& config_path) {
   return s;
 }
 
+namespace {
+// An evaluation's sums. Under data parallelism batch i is evaluated by rank i % world only; every rank
+// still reads every batch's target count, so all of them stop after the same batch, and the sums are
+// then added over the ranks: the same result as one process, in 1/world of the time.
+struct EvalSums {
+  double total = 0, right = 0, exact = 0;  // loss * targets, correct targets, fully correct examples
+  int64_t count = 0, examples = 0;         // scored targets and examples, over all ranks' batches
+};
+
+bool owns_batch(const dist::Communicator* comm, int64_t batch_index) {
+  return !comm || batch_index % comm->world() == comm->rank();
+}
+
+EvalSums sum_over_ranks(dist::Communicator* comm, EvalSums s) {
+  if (!comm || comm->world() == 1) return s;
+  Tensor t = Tensor::from_vector<double>({s.total, s.right, s.exact}, {3});
+  if (!comm->device().is_cpu()) t = t.to(comm->device());
+  comm->all_reduce_sum(t);
+  std::vector<double> v = t.cpu().to_vector<double>();
+  s.total = v[0];
+  s.right = v[1];
+  s.exact = v[2];
+  return s;
+}
+}  // namespace
+
 EvalResult evaluate_split(LanguageModel& model, const data::Dataset& ds, const std::string& split, int32_t seq_len, int32_t batch_rows,
-                          Device device, DType compute, int64_t max_tokens) {
+                          Device device, DType compute, int64_t max_tokens, dist::Communicator* comm) {
   autograd::NoGradGuard ng;
   ComputeDtypeGuard cg(compute);
   bool was_training = model.is_training();
   model.eval();
   data::EvalIterator it(ds.split(split), seq_len, batch_rows);
   data::HostBatch b;
-  double total = 0;
-  int64_t count = 0;
-  while (it.next(b)) {
+  EvalSums s;
+  for (int64_t i = 0; it.next(b);) {
     if (b.rows == 0) continue;
-    auto [in, tg] = to_tensors(b, 0, b.rows, device);
-    Tensor loss = model.loss(in, tg);
-    total += loss.item() * double(b.target_count);
-    count += b.target_count;
-    if (max_tokens > 0 && count >= max_tokens) break;
+    if (owns_batch(comm, i++)) {
+      auto [in, tg] = to_tensors(b, 0, b.rows, device);
+      Tensor loss = model.loss(in, tg);
+      s.total += loss.item() * double(b.target_count);
+    }
+    s.count += b.target_count;
+    if (max_tokens > 0 && s.count >= max_tokens) break;
   }
   model.train(was_training);
+  s = sum_over_ranks(comm, s);
   EvalResult r;
-  r.tokens = count;
-  r.loss = count ? total / double(count) : 0.0;
+  r.tokens = s.count;
+  r.loss = s.count ? s.total / double(s.count) : 0.0;
   r.ppl = std::exp(r.loss);
   return r;
 }
 
 EvalResult evaluate_task(LanguageModel& model, const data::TaskSource& task, const std::string& split, int32_t batch_rows,
-                         Device device, DType compute, int64_t max_tokens) {
+                         Device device, DType compute, int64_t max_tokens, dist::Communicator* comm) {
   SEQMIX_CHECK(batch_rows >= 1, "evaluation batch size must be >= 1");
   autograd::NoGradGuard ng;
   ComputeDtypeGuard cg(compute);
   bool was_training = model.is_training();
   model.eval();
   const int64_t n = task.split_examples(split);
-  double total = 0, right = 0, exact = 0;
-  int64_t count = 0, done = 0;
-  while (done < n) {
-    const int32_t rows = int32_t(std::min<int64_t>(batch_rows, n - done));
-    data::TaskBatch b = task.examples(split, done, rows);
-    Tensor in = Tensor::from_vector(b.inputs, {rows, b.seq_len}, device);
-    Tensor tg = Tensor::from_vector(b.targets, {rows, b.seq_len}, device);
-    Tensor logits = model.forward(in);
+  EvalSums s;
+  for (int64_t i = 0; s.examples < n; ++i) {
+    const int32_t rows = int32_t(std::min<int64_t>(batch_rows, n - s.examples));
+    data::TaskBatch b = task.examples(split, s.examples, rows);
     const int64_t scored = b.scored();
-    total += cross_entropy(logits, tg, data::kIgnoreIndex).item() * double(scored);
-    Tensor pred = argmax(logits, -1).to(DType::I32).cpu();
-    double ex = 0;
-    right += data::task_accuracy(b, pred.data<int32_t>(), &ex) * double(scored);
-    exact += ex * rows;
-    count += scored;
-    done += rows;
-    if (max_tokens > 0 && count >= max_tokens) break;
+    if (owns_batch(comm, i)) {
+      Tensor in = Tensor::from_vector(b.inputs, {rows, b.seq_len}, device);
+      Tensor tg = Tensor::from_vector(b.targets, {rows, b.seq_len}, device);
+      Tensor logits = model.forward(in);
+      s.total += cross_entropy(logits, tg, data::kIgnoreIndex).item() * double(scored);
+      Tensor pred = argmax(logits, -1).to(DType::I32).cpu();
+      double ex = 0;
+      s.right += data::task_accuracy(b, pred.data<int32_t>(), &ex) * double(scored);
+      s.exact += ex * rows;
+    }
+    s.count += scored;
+    s.examples += rows;
+    if (max_tokens > 0 && s.count >= max_tokens) break;
   }
   model.train(was_training);
+  s = sum_over_ranks(comm, s);
   EvalResult r;
-  r.tokens = count;
-  r.examples = done;
-  r.loss = count ? total / double(count) : 0.0;
+  r.tokens = s.count;
+  r.examples = s.examples;
+  r.loss = s.count ? s.total / double(s.count) : 0.0;
   r.ppl = std::exp(r.loss);
-  r.accuracy = count ? right / double(count) : 0.0;
-  r.exact = done ? exact / double(done) : 0.0;
+  r.accuracy = s.count ? s.right / double(s.count) : 0.0;
+  r.exact = s.examples ? s.exact / double(s.examples) : 0.0;
   return r;
 }
 
@@ -446,8 +476,9 @@ void Trainer::save(bool final_save) {
 
 EvalResult Trainer::evaluate(const std::string& split, bool whole_split) {
   int32_t rows = int32_t(s_.eval_batch_size > 0 ? s_.eval_batch_size : s_.batch_size);
-  if (task_) return evaluate_task(*model_, *task_, split, rows, device_, compute_dtype_, whole_split ? 0 : s_.eval_max_tokens);
-  return evaluate_split(*model_, *dataset_, split, s_.seq_len, rows, device_, compute_dtype_, whole_split ? 0 : s_.eval_max_tokens);
+  const int64_t max_tokens = whole_split ? 0 : s_.eval_max_tokens;
+  if (task_) return evaluate_task(*model_, *task_, split, rows, device_, compute_dtype_, max_tokens, comm_);
+  return evaluate_split(*model_, *dataset_, split, s_.seq_len, rows, device_, compute_dtype_, max_tokens, comm_);
 }
 
 int Trainer::run() {

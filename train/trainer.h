@@ -112,12 +112,15 @@ struct LoadedRun {
   DType compute_dtype = DType::F32;
 };
 LoadedRun load_run(const std::string& run_or_checkpoint, const std::string& device_override);
+// Loss over a split (all of it when max_tokens is 0, else until max_tokens targets are scored). With a
+// communicator (data parallel) the ranks share the batches and every rank gets the whole split's result.
 EvalResult evaluate_split(LanguageModel& model, const data::Dataset& ds, const std::string& split, int32_t seq_len,
-                          int32_t batch_rows, Device device, DType compute, int64_t max_tokens = 0);
+                          int32_t batch_rows, Device device, DType compute, int64_t max_tokens = 0,
+                          dist::Communicator* comm = nullptr);
 // Loss and accuracy over the first examples of a task split (all of them when max_tokens is 0, else until
-// max_tokens targets are scored).
+// max_tokens targets are scored); ranks share the batches as above.
 EvalResult evaluate_task(LanguageModel& model, const data::TaskSource& task, const std::string& split, int32_t batch_rows,
-                         Device device, DType compute, int64_t max_tokens = 0);
+                         Device device, DType compute, int64_t max_tokens = 0, dist::Communicator* comm = nullptr);
 Device resolve_device(const std::string& name);
 
 }  // namespace seqmix::train

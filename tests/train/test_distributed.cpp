@@ -437,3 +437,33 @@ TEST(DataParallel, BadReduceDtypeIsRefused) {
   expect_error_contains([&] { train::Trainer t(Config::load(path, {"train.reduce_dtype=f16"}), path, "", ""); },
                         "train.reduce_dtype must be f32 or bf16");
 }
+
+// Evaluation under data parallelism: the ranks share the batches (batch i on rank i % world) and add
+// their sums, so each rank gets what one process computes over the whole split.
+TEST(DataParallel, EvaluationIsSharedOverRanksAndMatchesOneProcess) {
+  fs::path a = scratch("eval_share");
+  train_ranks(0, a, config_text(a, 2, 1, false));
+  const std::string run = (a / "t").string();
+  train::LoadedRun one = train::load_run(run, "cpu");
+  train::EvalResult want = train::evaluate_split(*one.model, *one.dataset, "val", 16, 3, one.device, one.compute_dtype);
+  train::EvalResult want_part = train::evaluate_split(*one.model, *one.dataset, "val", 16, 3, one.device, one.compute_dtype, 100);
+  ASSERT_GT(want.tokens, 200);
+  dist::InProcessGroup g(3, 30);
+  std::vector<train::EvalResult> got(3), got_part(3);
+  std::vector<std::thread> ts;
+  for (int r = 0; r < 3; ++r)
+    ts.emplace_back([&, r] {
+      train::LoadedRun mine = train::load_run(run, "cpu");  // a model per thread: forward is not shared
+      got[size_t(r)] = train::evaluate_split(*mine.model, *mine.dataset, "val", 16, 3, mine.device, mine.compute_dtype, 0, &g.comm(r));
+      got_part[size_t(r)] =
+          train::evaluate_split(*mine.model, *mine.dataset, "val", 16, 3, mine.device, mine.compute_dtype, 100, &g.comm(r));
+    });
+  for (auto& t : ts) t.join();
+  for (int r = 0; r < 3; ++r) {
+    EXPECT_EQ(got[size_t(r)].tokens, want.tokens);
+    EXPECT_NEAR(got[size_t(r)].loss, want.loss, 1e-12 * want.loss);
+    EXPECT_EQ(got_part[size_t(r)].tokens, want_part.tokens);
+    EXPECT_NEAR(got_part[size_t(r)].loss, want_part.loss, 1e-12 * want_part.loss);
+  }
+  EXPECT_LT(want_part.tokens, want.tokens);
+}
