@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "bench/bench_attention.h"
+#include "bench/bench_delta.h"
 #include "bench/bench_gemm.h"
 #include "bench/bench_kernels.h"
 #include "bench/bench_recurrence.h"
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
       "  attention  causal attention forward/backward\n"
       "  tokenizer  BPE training time and tokenizer throughput\n"
       "  recurrence chunked gated-linear-recurrence engine forward/backward\n"
+      "  delta      fused chunked delta-rule kernel vs the op composition, forward/backward\n"
       "  step       full training steps of a config's model: tokens/s, MFU, peak memory\n";
   if (argc < 2) {
     std::fputs(usage, stderr);
@@ -33,6 +35,7 @@ int main(int argc, char** argv) {
     if (family == "tokenizer") return seqmix::bench::tokenizer_main(args);
     if (family == "step") return seqmix::bench::step_main(args);
     if (family == "recurrence") return seqmix::bench::recurrence_main(args);
+    if (family == "delta") return seqmix::bench::delta_main(args);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "seqmix_bench %s: error: %s\n", family.c_str(), e.what());
     return 1;

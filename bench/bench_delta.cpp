@@ -1,0 +1,237 @@
+// Delta-rule benchmark: see bench_delta.h. Every timing is the median of --iters runs, each bracketed by its
+// own pair of CUDA events on the current stream, after --warmup runs. Inputs: q, k, v random bf16 (q and k are
+// L2-normalized inside), beta = sigmoid(x), g = log(sigmoid(x + 2)) in f32 as the mixers make them; outputs and
+// gradients are allocated by each call (as in training), through the caching allocator.
+#include "bench/bench_delta.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "autograd/node.h"
+#include "bench/bench_util.h"
+#include "core/ops.h"
+#include "core/random.h"
+#include "layers/mixers/common/delta_rule.h"
+
+#ifdef SEQMIX_WITH_CUDA
+#include "layers/mixers/common/delta_rule_cuda.h"
+#endif
+
+namespace seqmix::bench {
+
+namespace {
+
+struct Config {
+  int64_t B = 4, T = 4096, H = 16, D = 128, long_T = 65536;
+  std::vector<std::string> kinds = {"gated", "plain"};
+  int iters = 10, warmup = 2;
+  bool check = true, long_run = true, ops = true;
+};
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+#ifdef SEQMIX_WITH_CUDA
+
+struct Problem {
+  Tensor q, k, v, beta, g, dout, dfinal;  // on the device; g undefined for plain deltanet
+};
+
+Problem make_problem(const std::string& kind, int64_t B, int64_t T, int64_t H, int64_t D, Generator& gen) {
+  if (kind != "gated" && kind != "plain") throw std::invalid_argument("unknown kind " + kind + " (gated, plain)");
+  const Device dev = Device::cuda(0);
+  Problem p;
+  p.q = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
+  p.k = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
+  p.v = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
+  p.beta = sigmoid(randn({B, T, H}, gen, DType::F32)).to(dev);
+  if (kind == "gated") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32) + 2.0).to(dev);
+  p.dout = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
+  p.dfinal = randn({B, H, D, D}, gen, DType::F32).to(dev);
+  return p;
+}
+
+mixers::DeltaOptions options(int64_t D) {
+  mixers::DeltaOptions o;
+  o.scale = 1.0 / std::sqrt(double(D));
+  return o;
+}
+
+// impl "kernel": delta_rule_cuda; "ops": delta_rule() without SEQMIX_DELTA_CUDA (the op composition).
+mixers::DeltaResult call(const std::string& impl, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
+                         const Tensor& g, int64_t D) {
+  if (impl == "kernel") return mixers::delta_rule_cuda(q, k, v, beta, g, Tensor(), options(D));
+  return mixers::delta_rule(q, k, v, beta, g, Tensor(), options(D));
+}
+
+void run_forward(const std::string& impl, const Problem& p, int64_t D) {
+  autograd::NoGradGuard ng;
+  call(impl, p.q, p.k, p.v, p.beta, p.g, D);
+}
+
+void run_forward_backward(const std::string& impl, const Problem& p, int64_t D) {
+  auto leaf = [](const Tensor& t) {
+    if (!t.defined()) return Tensor();
+    Tensor x = t.detach();
+    x.requires_grad_(true);
+    return x;
+  };
+  Tensor q = leaf(p.q), k = leaf(p.k), v = leaf(p.v), beta = leaf(p.beta), g = leaf(p.g);
+  mixers::DeltaResult r = call(impl, q, k, v, beta, g, D);
+  autograd::backward({r.o, r.final_state}, {p.dout, p.dfinal});
+}
+
+double rel_err(const Tensor& a, const Tensor& b) {
+  std::vector<double> va = a.to(Device::cpu()).to_vector<double>(), vb = b.to(Device::cpu()).to_vector<double>();
+  double num = 0, den = 1e-3;
+  for (size_t i = 0; i < va.size() && i < vb.size(); ++i) {
+    if (!std::isfinite(va[i])) return INFINITY;
+    num = std::max(num, std::abs(va[i] - vb[i]));
+    den = std::max(den, std::abs(vb[i]));
+  }
+  return num / den;
+}
+
+// The kernel vs the CPU reference (f32 on the same bf16 inputs): o, final state and every gradient.
+bool check_small(const Config& c, const std::string& kind, Generator& gen) {
+  const int64_t B = 1, T = 200, H = 2, D = c.D;
+  Problem p = make_problem(kind, B, T, H, D, gen);
+  auto host = [](const Tensor& t) { return t.defined() ? t.to(Device::cpu()).to(DType::F32) : Tensor(); };
+  auto leaf = [](const Tensor& t) {
+    if (!t.defined()) return Tensor();
+    Tensor x = t.detach();
+    x.requires_grad_(true);
+    return x;
+  };
+  Tensor qr = leaf(host(p.q)), kr = leaf(host(p.k)), vr = leaf(host(p.v)), br = leaf(host(p.beta)), gr = leaf(host(p.g));
+  mixers::DeltaResult ref = mixers::delta_rule_reference(qr, kr, vr, br, gr, Tensor(), options(D));
+  autograd::backward({ref.o, ref.final_state}, {host(p.dout), host(p.dfinal)});
+  Tensor qd = leaf(p.q), kd = leaf(p.k), vd = leaf(p.v), bd = leaf(p.beta), gd = leaf(p.g);
+  mixers::DeltaResult got = mixers::delta_rule_cuda(qd, kd, vd, bd, gd, Tensor(), options(D));
+  autograd::backward({got.o, got.final_state}, {p.dout, p.dfinal});
+  double e[7] = {rel_err(host(got.o), ref.o),         rel_err(host(got.final_state), ref.final_state),
+                 rel_err(host(qd.grad()), qr.grad()), rel_err(host(kd.grad()), kr.grad()),
+                 rel_err(host(vd.grad()), vr.grad()), rel_err(host(bd.grad()), br.grad()),
+                 gd.defined() ? rel_err(host(gd.grad()), gr.grad()) : 0.0};
+  bool ok = true;
+  for (double x : e) ok = ok && x < 3e-2;
+  std::printf("{\"bench\":\"delta\",\"kind\":\"%s\",\"check\":\"kernel vs cpu reference\",\"B\":1,\"T\":200,\"H\":2,"
+              "\"D\":%lld,\"o\":%.2e,\"final_state\":%.2e,\"dq\":%.2e,\"dk\":%.2e,\"dv\":%.2e,\"dbeta\":%.2e,\"dg\":%.2e,"
+              "\"ok\":%s}\n",
+              kind.c_str(), (long long)D, e[0], e[1], e[2], e[3], e[4], e[5], e[6], ok ? "true" : "false");
+  return ok;
+}
+
+struct Row {
+  std::string kind, impl;
+  int64_t B = 0, T = 0;
+  double ms[2] = {0, 0};  // fwd, fwd+bwd
+};
+
+Row measure(const Config& c, const std::string& kind, const std::string& impl, int64_t B, int64_t T, Generator& gen) {
+  Problem p = make_problem(kind, B, T, c.H, c.D, gen);
+  Row r;
+  r.kind = kind;
+  r.impl = impl;
+  r.B = B;
+  r.T = T;
+  r.ms[0] = median_ms([&] { run_forward(impl, p, c.D); }, c.warmup, c.iters);
+  r.ms[1] = median_ms([&] { run_forward_backward(impl, p, c.D); }, c.warmup, c.iters);
+  const char* pass[2] = {"fwd", "fwd+bwd"};
+  for (int i = 0; i < 2; ++i)
+    std::printf("{\"bench\":\"delta\",\"impl\":\"%s\",\"kind\":\"%s\",\"pass\":\"%s\",\"B\":%lld,\"T\":%lld,\"H\":%lld,"
+                "\"Dk\":%lld,\"Dv\":%lld,\"dtype\":\"bf16\",\"ms\":%.4f,\"ns_per_token\":%.3f}\n",
+                impl.c_str(), kind.c_str(), pass[i], (long long)B, (long long)T, (long long)c.H, (long long)c.D,
+                (long long)c.D, r.ms[i], r.ms[i] * 1e6 / double(B * T));
+  std::fflush(stdout);
+  return r;
+}
+#endif
+
+}  // namespace
+
+int delta_main(const std::vector<std::string>& args) {
+  Config c;
+  try {
+    for (size_t i = 0; i < args.size(); ++i) {
+      const std::string& a = args[i];
+      auto value = [&]() -> std::string {
+        if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
+        return args[++i];
+      };
+      if (a == "--B") c.B = std::stoll(value());
+      else if (a == "--T") c.T = std::stoll(value());
+      else if (a == "--H") c.H = std::stoll(value());
+      else if (a == "--D") c.D = std::stoll(value());
+      else if (a == "--long") c.long_T = std::stoll(value());
+      else if (a == "--kinds") c.kinds = split_list(value());
+      else if (a == "--iters") c.iters = std::max(1, std::stoi(value()));
+      else if (a == "--warmup") c.warmup = std::stoi(value());
+      else if (a == "--no-check") c.check = false;
+      else if (a == "--no-long") c.long_run = false;
+      else if (a == "--no-ops") c.ops = false;
+      else throw std::invalid_argument("unknown argument " + a);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "seqmix_bench delta: %s\n", e.what());
+    return 1;
+  }
+#ifndef SEQMIX_WITH_CUDA
+  std::fprintf(stderr, "seqmix_bench delta: this build has no CUDA backend\n");
+  return 1;
+#else
+  if (!cuda_available()) {
+    std::fprintf(stderr, "seqmix_bench delta: no CUDA device\n");
+    return 1;
+  }
+  // The op composition is what delta_rule() runs without SEQMIX_DELTA_CUDA=1.
+  ::unsetenv("SEQMIX_DELTA_CUDA");
+  Generator gen(2024);
+  bool ok = true;
+  if (c.check)
+    for (const std::string& kind : c.kinds) ok = check_small(c, kind, gen) && ok;
+  std::vector<Row> rows;
+  for (const std::string& kind : c.kinds) {
+    rows.push_back(measure(c, kind, "kernel", c.B, c.T, gen));
+    if (c.ops) rows.push_back(measure(c, kind, "ops", c.B, c.T, gen));
+  }
+  std::vector<Row> scaling;
+  if (c.long_run)
+    for (const std::string& kind : c.kinds) {
+      scaling.push_back(measure(c, kind, "kernel", 1, c.T, gen));
+      scaling.push_back(measure(c, kind, "kernel", 1, c.long_T, gen));
+    }
+  std::printf("\ndelta rule, bf16, H=%lld Dk=Dv=%lld (median of %d)\n", (long long)c.H, (long long)c.D, c.iters);
+  std::printf("%-7s %-7s %3s %7s %11s %14s %13s\n", "kind", "impl", "B", "T", "fwd ms", "fwd+bwd ms", "ns/token f+b");
+  for (const Row& r : rows)
+    std::printf("%-7s %-7s %3lld %7lld %11.3f %14.3f %13.2f\n", r.kind.c_str(), r.impl.c_str(), (long long)r.B,
+                (long long)r.T, r.ms[0], r.ms[1], r.ms[1] * 1e6 / double(r.B * r.T));
+  for (size_t i = 0; i + 1 < rows.size(); i += 2)
+    if (c.ops && rows[i].impl == "kernel")
+      std::printf("%-7s kernel speed-up over ops: fwd %.2fx, fwd+bwd %.2fx\n", rows[i].kind.c_str(), rows[i + 1].ms[0] / rows[i].ms[0],
+                  rows[i + 1].ms[1] / rows[i].ms[1]);
+  if (!scaling.empty()) {
+    std::printf("\nscaling (kernel, B=1): ns per token, fwd+bwd\n");
+    for (size_t i = 0; i + 1 < scaling.size(); i += 2)
+      std::printf("%-7s T=%lld %.2f  T=%lld %.2f  ratio %.2f\n", scaling[i].kind.c_str(), (long long)scaling[i].T,
+                  scaling[i].ms[1] * 1e6 / double(scaling[i].T), (long long)scaling[i + 1].T,
+                  scaling[i + 1].ms[1] * 1e6 / double(scaling[i + 1].T),
+                  (scaling[i + 1].ms[1] / double(scaling[i + 1].T)) / (scaling[i].ms[1] / double(scaling[i].T)));
+  }
+  return ok ? 0 : 1;
+#endif
+}
+
+}  // namespace seqmix::bench
