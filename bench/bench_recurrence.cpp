@@ -36,7 +36,7 @@ struct Config {
   std::vector<std::string> kinds = {"gla", "retnet", "linear_attention"};
   int iters = 20, warmup = 3;
   bool check = true, long_run = true;
-  bool compare_ffma = false;  // also time the FFMA chunk kernels (SEQMIX_LR_TC=0) after the default dispatch
+  bool compare_ffma = false;  // also time the tensor-core and the FFMA chunk kernels (SEQMIX_LR_TC=1 / 0)
 };
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -233,16 +233,18 @@ int recurrence_main(const std::vector<std::string>& args) {
     }
     std::vector<Row> rows;
     for (const std::string& kind : c.kinds) rows.push_back(measure(c, kind, c.B, c.T, gen));
-    if (c.compare_ffma) {  // the same problems on the FFMA chunk kernels (the dispatch reads SEQMIX_LR_TC per call)
+    if (c.compare_ffma) {  // the same problems with the other path forced (the dispatch reads SEQMIX_LR_TC per call)
       const char* prev = std::getenv("SEQMIX_LR_TC");
       const std::string saved = prev ? prev : "";
-      setenv("SEQMIX_LR_TC", "0", 1);
-      for (const std::string& kind : c.kinds) rows.push_back(measure(c, kind, c.B, c.T, gen, "seqmix-ffma"));
+      for (const char* v : {"1", "0"}) {
+        setenv("SEQMIX_LR_TC", v, 1);
+        for (const std::string& kind : c.kinds) rows.push_back(measure(c, kind, c.B, c.T, gen, v[0] == '1' ? "seqmix-tc" : "seqmix-ffma"));
+      }
       if (prev) setenv("SEQMIX_LR_TC", saved.c_str(), 1);
       else unsetenv("SEQMIX_LR_TC");
     }
     std::printf("\ngated linear recurrence, chunked CUDA kernel, H=%lld Dk=Dv=%lld bf16 (f32 state); impl seqmix = default "
-                "dispatch (tensor cores unless SEQMIX_LR_TC=0), seqmix-ffma = FFMA kernels\n",
+                "dispatch (tensor cores only with SEQMIX_LR_TC=1 until verified on a GPU), seqmix-tc / seqmix-ffma = forced\n",
                 (long long)c.H, (long long)c.D);
     std::printf("%-17s %-12s %4s %7s %10s %9s %12s %9s\n", "kind", "impl", "B", "T", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
     for (const Row& r : rows)
