@@ -64,7 +64,8 @@ for m in "${mixers[@]}"; do
       acc[$m,$k]=$(awk -v a="$test_acc" 'BEGIN{printf "%.1f", 100 * a}')
     else
       acc[$m,$k]="fail"
-      echo "  $name: exit $rc: $(grep -m1 -iE 'error|what' "$out/$name.log" | cut -c1-160)"
+      if [ $rc -eq 124 ]; then echo "  $name: stopped after ${MQAR_TIMEOUT:-120} s (MQAR_TIMEOUT); log $out/$name.log"
+      else echo "  $name: exit $rc: $(grep -m1 -iE 'error|what' "$out/$name.log" | cut -c1-160)"; fi
     fi
     tps=$(grep -oE '[0-9.]+[KM]? tok/s' "$out/$name.log" | tail -1 | cut -d' ' -f1)
     printf "%-16s %5s %6s %10s %9s %10s %8.1f\n" "$m" "$k" "$steps" "${loss:-?}" "${acc[$m,$k]}" "${tps:-?}" "$wall"
