@@ -32,10 +32,31 @@
 #define __global__
 #undef __shared__
 #define __shared__
+// DELTA_EMU_THREADS=0: one thread per block. DELTA_EMU_THREADS=1: the real block size (256), one std::thread
+// per CUDA thread, __syncthreads / __syncwarp as std::barriers (for ThreadSanitizer: shared / global memory
+// races between phases; a barrier not reached by every thread hangs).
+#ifndef DELTA_EMU_THREADS
+#define DELTA_EMU_THREADS 0
+#endif
+#if DELTA_EMU_THREADS
+#include <barrier>
+#include <memory>
+#include <thread>
+thread_local uint3 threadIdx;
+uint3 blockIdx;
+dim3 blockDim, gridDim;
+std::unique_ptr<std::barrier<>> g_block_bar;
+std::vector<std::unique_ptr<std::barrier<>>> g_warp_bar;
+inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { g_warp_bar[threadIdx.x / 32]->arrive_and_wait(); }
+inline bool emu_store_lane() { return threadIdx.x % 32 == 0; }  // WMMA stores: one lane writes the tile
+#else
 uint3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
 inline void __syncthreads() {}
 inline void __syncwarp(unsigned = 0xffffffffu) {}
+inline bool emu_store_lane() { return true; }
+#endif
 
 // ---- nvcuda::wmma on whole tiles (f32 arithmetic on bf16 operands) ----
 namespace nvcuda::wmma {
@@ -82,6 +103,7 @@ void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix
 }
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
   check_ptr(p, ldm, 4);
+  if (!emu_store_lane()) return;
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r][c];
 }
@@ -98,24 +120,43 @@ struct RefIO {
   std::vector<double> o, fin, dq, dk, dv, dbeta, dg, ds0;
 };
 void reference(RefIO& r);
+void gpu_test_inputs(RefIO& r, bool gated, bool init, int dt_code);
 }  // namespace delta_emu
 
 namespace seqmix::mixers::delta_cuda {
 static unsigned char* g_smem = nullptr;
 unsigned char* emu_smem() { return g_smem; }
-void emu_launch(dim3 grid, int, size_t smem, const std::function<void()>& body) {
+void emu_launch(dim3 grid, int threads, size_t smem, const std::function<void()>& body) {
   std::vector<unsigned char> buf(smem + 128);
   unsigned char* aligned = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(buf.data()) + 127) & ~uintptr_t(127));
   gridDim = grid;
+#if DELTA_EMU_THREADS
+  blockDim = dim3(unsigned(threads), 1, 1);
+#else
+  (void)threads;
   blockDim = dim3(1, 1, 1);
   threadIdx = make_uint3(0, 0, 0);
+#endif
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = make_uint3(x, y, z);
         std::memset(aligned, 0xff, smem);  // NaN
         g_smem = aligned;
+#if DELTA_EMU_THREADS
+        g_block_bar = std::make_unique<std::barrier<>>(threads);
+        g_warp_bar.clear();
+        for (int w = 0; w < (threads + 31) / 32; ++w) g_warp_bar.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
+        std::vector<std::thread> pool;
+        for (int t = 0; t < threads; ++t)
+          pool.emplace_back([&, t] {
+            threadIdx = make_uint3(unsigned(t), 0, 0);
+            body();
+          });
+        for (auto& th : pool) th.join();
+#else
         body();
+#endif
       }
 }
 }  // namespace seqmix::mixers::delta_cuda
@@ -136,6 +177,8 @@ struct Case {
   bool gated, s0;
   int prec;        // 0: IN f32, OP f32;  1: IN bf16, OP bf16;  2: IN f16, OP bf16;  3: IN f32, OP bf16
   int extreme = 0; // 0 normal; 1: beta near 0 and decays near 1; 2: beta near 1 and decays near 0
+  int Dv = 0;      // 0: Dv = D (= Dk)
+  bool gpu = false;  // the inputs of tests/gpu/test_delta_rule_gpu.cpp (seqmix's RNG, its seeds)
 };
 
 const char* prec_name(int p) {
@@ -167,7 +210,7 @@ double max_rel(const std::vector<double>& got, const std::vector<double>& want, 
 
 template <class IN, class OP>
 bool run_case(const Case& cs, double tol, double* worst) {
-  const int B = cs.B, T = cs.T, H = cs.H, Dk = cs.D, Dv = cs.D, C = 64;
+  const int B = cs.B, T = cs.T, H = cs.H, Dk = cs.D, Dv = cs.Dv ? cs.Dv : cs.D, C = 64;
   const int N = (T + C - 1) / C;
   std::mt19937_64 rng(1234 + cs.T * 7 + cs.B * 131 + cs.D * 17 + cs.gated * 3 + cs.s0 * 5 + cs.prec * 11 + cs.extreme * 13);
   std::normal_distribution<double> nd;
@@ -178,25 +221,32 @@ bool run_case(const Case& cs, double tol, double* worst) {
     x.resize(n);
     for (double& e : x) e = round ? round_to<IN>(nd(rng) * mul) : nd(rng) * mul;
   };
-  fill(r.q, size_t(B) * T * H * Dk, 1.0, true);
-  fill(r.k, size_t(B) * T * H * Dk, 1.0, true);
-  fill(r.v, size_t(B) * T * H * Dv, 1.0, true);
-  fill(r.dout, size_t(B) * T * H * Dv, 1.0, true);
-  fill(r.dfinal, size_t(B) * H * Dk * Dv, 1.0, false);
-  r.beta.resize(size_t(B) * T * H);
-  for (double& b : r.beta) {
-    const double x = nd(rng);
-    b = double(float(cs.extreme == 1 ? 1e-4 / (1 + std::exp(-x)) : cs.extreme == 2 ? 1.0 - 1e-4 / (1 + std::exp(-x)) : 1 / (1 + std::exp(-x))));
-  }
-  if (cs.gated) {
-    r.g.resize(size_t(B) * T * H);
-    for (double& g : r.g) {
+  if (cs.gpu) {
+    delta_emu::gpu_test_inputs(r, cs.gated, cs.s0, cs.prec == 1 ? 1 : cs.prec == 2 ? 2 : 0);
+  } else {
+    fill(r.q, size_t(B) * T * H * Dk, 1.0, true);
+    fill(r.k, size_t(B) * T * H * Dk, 1.0, true);
+    fill(r.v, size_t(B) * T * H * Dv, 1.0, true);
+    fill(r.dout, size_t(B) * T * H * Dv, 1.0, true);
+    fill(r.dfinal, size_t(B) * H * Dk * Dv, 1.0, false);
+    r.beta.resize(size_t(B) * T * H);
+    for (double& b : r.beta) {
       const double x = nd(rng);
-      const double ls = -std::log1p(std::exp(-(x + 2)));  // logsigmoid(x + 2)
-      g = double(float(cs.extreme == 1 ? ls * 1e-4 : cs.extreme == 2 ? ls * 30 - 3 : ls));
+      b = double(float(cs.extreme == 1   ? 1e-4 / (1 + std::exp(-x))
+                     : cs.extreme == 2 ? 1.0 - 1e-4 / (1 + std::exp(-x))
+                     : cs.extreme == 3 ? (x > 0 ? 1.0 - 5e-5 : 5e-5)
+                                       : 1 / (1 + std::exp(-x))));
     }
+    if (cs.gated) {
+      r.g.resize(size_t(B) * T * H);
+      for (double& g : r.g) {
+        const double x = nd(rng);
+        const double ls = -std::log1p(std::exp(-(x + 2)));  // logsigmoid(x + 2)
+        g = double(float(cs.extreme == 1 ? ls * 1e-4 : cs.extreme == 2 ? ls * 30 - 3 : cs.extreme == 3 ? (x > 0 ? -30.0 : -1e-4) : ls));
+      }
+    }
+    if (cs.s0) fill(r.s0, size_t(B) * H * Dk * Dv, 1.0, false);
   }
-  if (cs.s0) fill(r.s0, size_t(B) * H * Dk * Dv, 1.0, false);
   delta_emu::reference(r);
 
   // kernel inputs
@@ -245,8 +295,8 @@ bool run_case(const Case& cs, double tol, double* worst) {
   double mx = 0;
   for (auto& e : errs) mx = std::max(mx, e.e);
   const bool ok = !bad && mx <= tol;
-  std::printf("%s B=%d T=%d H=%d D=%d gated=%d s0=%d %s extreme=%d  max %.2e [", ok ? "ok  " : "FAIL", B, T, H, cs.D, cs.gated,
-              cs.s0, prec_name(cs.prec), cs.extreme, mx);
+  std::printf("%s B=%d T=%d H=%d Dk=%d Dv=%d gated=%d s0=%d %s extreme=%d%s  max %.2e [", ok ? "ok  " : "FAIL", B, T, H, Dk, Dv,
+              cs.gated, cs.s0, prec_name(cs.prec), cs.extreme, cs.gpu ? " (gpu test inputs)" : "", mx);
   for (auto& e : errs) std::printf(" %s %.1e", e.name, e.e);
   std::printf(" ]\n");
   std::fflush(stdout);
@@ -256,6 +306,19 @@ bool run_case(const Case& cs, double tol, double* worst) {
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "--all";
+  if (mode == "--smem") {  // dynamic shared memory per kernel (bytes), C = 64
+    for (int D : {64, 128}) {
+      const Geo g{1, 64, 1, D, D, 64, 1, 32, 1.f, 1e-6f, true};
+      auto show = [&]<class OP>(const char* what) {
+        std::printf("Dk=Dv=%d %s operands: fwd_prep %zu  fwd_state/bwd_state %zu  fwd_out %zu  bwd_prep %zu  bwd_wy %zu  bwd_out %zu\n", D,
+                    what, LayPrep<OP>(g).total, LaySeq<OP>(g).total, LayOut<OP>(g, OutKind::FwdOut).total,
+                    LayOut<OP>(g, OutKind::BwdPrep).total, LayWy<OP>(g).total, LayOut<OP>(g, OutKind::BwdOut).total);
+      };
+      show.template operator()<__nv_bfloat16>("bf16");
+      show.template operator()<float>("f32");
+    }
+    return 0;
+  }
   std::vector<Case> cases;
   std::vector<int> Ts = {1, 63, 64, 65, 200}, Ds = {16, 64};
   if (mode == "--quick") {
@@ -263,6 +326,32 @@ int main(int argc, char** argv) {
     Ds = {16};
   }
   if (mode == "--d128") Ds = {128};
+  if (mode == "--gpu-cases") {  // tests/gpu/test_delta_rule_gpu.cpp's parameterized cases, its inputs
+    struct G { int B, T, H, Dk, Dv; bool gated, init; int prec; };
+    const G gc[] = {{1, 1, 2, 64, 64, true, false, 1},    {1, 1, 2, 64, 64, false, true, 1},   {2, 63, 2, 64, 64, true, true, 1},
+                    {1, 64, 2, 128, 128, false, false, 1}, {2, 65, 2, 128, 128, true, false, 1}, {1, 200, 2, 64, 64, true, true, 1},
+                    {2, 200, 2, 16, 16, false, true, 1},   {1, 257, 2, 128, 128, true, true, 1}, {2, 130, 1, 64, 64, false, false, 1},
+                    {1, 130, 2, 64, 128, true, true, 1},   {2, 65, 2, 128, 32, false, true, 1},  {1, 100, 2, 16, 48, true, false, 1},
+                    {1, 65, 2, 64, 64, true, true, 2},     {2, 200, 2, 128, 128, false, false, 2},
+                    {1, 1, 2, 64, 64, true, true, 0},      {2, 63, 2, 64, 64, true, false, 0},  {1, 65, 2, 32, 64, false, true, 0},
+                    {2, 200, 1, 16, 16, true, true, 0},    {1, 130, 2, 128, 128, true, true, 3}};
+    for (const G& x : gc) {
+      Case c{x.B, x.T, x.H, x.Dk, x.gated, x.init, x.prec};
+      c.Dv = x.Dv;
+      c.gpu = true;
+      cases.push_back(c);
+    }
+    Ts.clear();
+  }
+  if (mode == "--long") {  // the GPU test's long run, shorter: beta 5e-5 or 1 - 5e-5, decay e^-30 or 1 - 1e-4 per token
+    for (int prec : {0, 1}) cases.push_back({1, 4096, 2, 64, true, false, prec, 3});
+    Ts.clear();
+  }
+  if (mode == "--threads-cases") {  // few, small: 256 std::threads per block under ThreadSanitizer
+    for (int prec : {0, 1})
+      for (int gated : {0, 1}) cases.push_back({1, 130, 1, 32, bool(gated), true, prec});
+    Ts.clear();
+  }
   std::vector<int> precs = {0, 1};
   if (mode == "--prec") precs = {0, 1, 2, 3};
   for (int prec : precs)
@@ -282,7 +371,7 @@ int main(int argc, char** argv) {
     // tolerances: f32 operands 1e-4 relative to the largest reference value; bf16 operands 3e-2 (one bf16
     // rounding per derived operand: T, W, U, U', states, dA, ...; f32 accumulation)
     switch (c.prec) {
-      case 0: ok = run_case<float, float>(c, 1e-4, &worst[0]); break;
+      case 0: ok = run_case<float, float>(c, c.gpu ? 1e-3 : 1e-4, &worst[0]); break;
       case 1: ok = run_case<__nv_bfloat16, __nv_bfloat16>(c, 3e-2, &worst[1]); break;
       case 2: ok = run_case<__half, __nv_bfloat16>(c, 3e-2, &worst[2]); break;
       default: ok = run_case<float, __nv_bfloat16>(c, 3e-2, &worst[3]); break;

@@ -3,6 +3,8 @@
 # kernel body compiled for the host, one thread per block, against delta_rule_reference in f64.
 #   scripts/delta_emulate.sh [--all | --quick | --d128 | --prec | --extreme]   AddressSanitizer + UBSan
 #   SAN=0 scripts/delta_emulate.sh ...                                          the same without sanitizers
+#   THREADS=1 scripts/delta_emulate.sh --threads-cases   real block size (256), one std::thread per CUDA thread,
+#                                                        barriers for the syncs, under ThreadSanitizer
 # Needs the seqmix libraries of a build dir (BUILD, default build-delta: ninja -C build-delta seqmix_nn) for the
 # reference (scripts/delta_emulate_ref.cpp).
 set -euo pipefail
@@ -11,9 +13,14 @@ CUDA_INC=${CUDA_INC:-/usr/local/cuda/include}
 CUDA_LIB=${CUDA_LIB:-/usr/local/cuda/lib}
 BUILD=${BUILD:-build-delta}
 SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+DEFS=""
 [[ "${SAN:-1}" == 0 ]] && SANFLAGS=""
+if [[ "${THREADS:-0}" == 1 ]]; then
+  SANFLAGS="-fsanitize=thread"
+  DEFS="-DDELTA_EMU_THREADS=1"
+fi
 mkdir -p build-emu-delta
-g++ -std=c++20 -O1 -g -Wall -Wno-attributes -Wno-unknown-pragmas -Wno-unused-function -Wno-class-memaccess $SANFLAGS \
+g++ -std=c++20 -O1 -g -Wall -Wno-attributes -Wno-unknown-pragmas -Wno-unused-function -Wno-class-memaccess $SANFLAGS $DEFS \
   -I. -isystem "$CUDA_INC" -c scripts/delta_emulate.cc -o build-emu-delta/delta_emulate.o
 g++ -std=c++20 -O2 -fopenmp -DSEQMIX_WITH_CUDA=1 -DFMT_SHARED -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL -DSPDLOG_SHARED_LIB \
   -I. -isystem "$CUDA_INC" -c scripts/delta_emulate_ref.cpp -o build-emu-delta/delta_emulate_ref.o

@@ -40,16 +40,25 @@
 // per chunk (S_n saved; dS_{n+1} in the backward).
 // Products: every C x C, C x D and D x D product in shared memory; WMMA m16n16k16 bf16 -> f32 (a warp per
 // 16 x 16 output tile, its epilogue through a per-warp f32 scratch tile), or plain f32 products for f32
-// operands. Shared memory at C = 64, Dk = Dv = 128, bf16 operands (256 threads per CTA each):
-//     fwd_prep   ~81 KB   grid (N, H, B)          fwd_state ~75 KB  grid (Dv / 32, H, B)
-//     fwd_out   ~114 KB   grid (N, H, B)          bwd_state ~75 KB  grid (Dv / 32, H, B)
-//     bwd_prep  ~114 KB   grid (N, H, B)          bwd_wy   ~189 KB  grid (N, H, B)
-//     bwd_out   ~114 KB   grid (N, H, B)
-// (max_smem() is the exact figure; f32 operands double the operand part and are used only where it fits.)
+// operands. 256 threads per CTA. Dynamic shared memory (bytes, C = 64; delta_cuda::Lay*):
+//                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
+//     fwd_prep          (N, H, B)            55,296          71,680            82,944
+//     fwd_state         (Dv/32, H, B)        61,440          99,328           104,448
+//     fwd_out           (N, H, B)            58,624         108,800           104,704
+//     bwd_prep          (N, H, B)            49,408          73,984            86,272
+//     bwd_state         (Dv/32, H, B)        61,440          99,328           104,448
+//     bwd_wy            (N, H, B)           118,528         175,872           192,256
+//     bwd_out           (N, H, B)            67,840         126,208           123,136
+// (Dv/16 column tiles when Dv is not a multiple of 32.) f32 operands at Dk = Dv = 128 would need 307 KB, so f32
+// inputs with a head dim above 64 run on bf16 operands. The per-row dot products of the epilogues (dbeta, dG)
+// are shared-memory atomics: the backward's dbeta and dg are not bitwise deterministic (f32 order of sums).
 //
-// Status: verified by CPU emulation (scripts/delta_emulate.sh: forward, final state and every gradient against
-// delta_rule_reference in f64), not yet on a GPU; delta_rule() dispatches here only with SEQMIX_DELTA_CUDA=1
-// until tests/gpu/test_delta_rule_gpu.cpp has passed on one.
+// Status: verified by CPU emulation only (scripts/delta_emulate.sh: the kernel bodies compiled for the host,
+// WMMA emulated on whole tiles; forward, final state and every gradient against delta_rule_reference in f64 at
+// T = 1, 63, 64, 65, 200 (and 130, 257 with the GPU test's own inputs), with / without g and S_0, B = 1, 2,
+// Dk = Dv = 16, 64, 128 and Dk != Dv: f32 operands <= 3e-5 relative, bf16 operands <= 1.4e-2; no data race
+// under ThreadSanitizer with 256 threads per block). Not yet run on a GPU: delta_rule() dispatches here only
+// with SEQMIX_DELTA_CUDA=1 until tests/gpu/test_delta_rule_gpu.cpp has passed on one.
 #include "layers/mixers/common/delta_rule_cuda.h"
 
 #include <algorithm>

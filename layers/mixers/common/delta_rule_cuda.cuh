@@ -22,6 +22,7 @@
 #include "core/cuda/cuda_check.h"
 #define DR_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
 #else
+#include <atomic>
 #include <functional>
 #define DR_SMEM(name) unsigned char* name = ::seqmix::mixers::delta_cuda::emu_smem()
 #endif
@@ -117,18 +118,21 @@ struct LaySeq {  // fwd_state and bwd_state: one f32 state tile [Dk, DVT], three
     total = m.o;
   }
 };
+enum class OutKind { FwdOut, BwdPrep, BwdOut };
+// fwd_out (Q, K, P, S, U'), bwd_prep (Q, K, P, dO), bwd_out (Q, K, F, S / dS', dO, U'): Q, K, a C x C operand,
+// the Dk x Dv state when needed, one or two C x Dv operands (unused buffers take no space).
 template <class OP>
-struct LayOut {  // fwd_out and bwd_p (Q, K, a C x C operand, a Dk x Dv state, two C x Dv operands)
+struct LayOut {
   size_t Q, K, P, S, V1, V2, scr, rq, rk, G, dG, y, red, total;
-  __host__ __device__ explicit LayOut(const Geo& g) {
+  __host__ __device__ LayOut(const Geo& g, OutKind kind) {
     const Ld l(g);
     Bump m;
     Q = m.take(size_t(g.C) * l.k * sizeof(OP));
     K = m.take(size_t(g.C) * l.k * sizeof(OP));
     P = m.take(size_t(g.C) * l.c * sizeof(OP));
-    S = m.take(size_t(g.Dk) * l.v * sizeof(OP));
+    S = m.take(kind == OutKind::BwdPrep ? 0 : size_t(g.Dk) * l.v * sizeof(OP));
     V1 = m.take(size_t(g.C) * l.v * sizeof(OP));
-    V2 = m.take(size_t(g.C) * l.v * sizeof(OP));
+    V2 = m.take(kind == OutKind::BwdOut ? size_t(g.C) * l.v * sizeof(OP) : 0);
     scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
     rq = m.take(size_t(g.C) * 4);
     rk = m.take(size_t(g.C) * 4);
@@ -193,7 +197,7 @@ __device__ __forceinline__ float dr_rsqrt(float x) {
 }
 __device__ __forceinline__ void dr_atomic_add(float* p, float v) {
 #ifdef DELTA_EMULATE
-  *p += v;  // one thread per block in the emulation
+  std::atomic_ref<float>(*p).fetch_add(v);
 #else
   atomicAdd(p, v);
 #endif
@@ -499,7 +503,7 @@ __device__ __forceinline__ void form_p(OP* P, int ldp, const OP* Q, const OP* K,
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) fwd_out(Geo g, Ptrs<IN, OP> p) {
   DR_SMEM(smem);
-  const LayOut<OP> lay(g);
+  const LayOut<OP> lay(g, OutKind::FwdOut);
   const Ld ld(g);
   OP* Q = reinterpret_cast<OP*>(smem + lay.Q);
   OP* K = reinterpret_cast<OP*>(smem + lay.K);
@@ -540,7 +544,7 @@ __global__ void __launch_bounds__(kThreads) fwd_out(Geo g, Ptrs<IN, OP> p) {
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
   DR_SMEM(smem);
-  const LayOut<OP> lay(g);
+  const LayOut<OP> lay(g, OutKind::BwdPrep);
   const Ld ld(g);
   OP* Q = reinterpret_cast<OP*>(smem + lay.Q);
   OP* K = reinterpret_cast<OP*>(smem + lay.K);
@@ -748,7 +752,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   DR_SMEM(smem);
-  const LayOut<OP> lay(g);
+  const LayOut<OP> lay(g, OutKind::BwdOut);
   const Ld ld(g);
   OP* Q = reinterpret_cast<OP*>(smem + lay.Q);
   OP* K = reinterpret_cast<OP*>(smem + lay.K);
@@ -872,7 +876,8 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
 template <class OP>
 inline size_t max_smem(const Geo& g) {
   size_t m = LayPrep<OP>(g).total;
-  const size_t s[] = {LaySeq<OP>(g).total, LayOut<OP>(g).total, LayWy<OP>(g).total};
+  const size_t s[] = {LaySeq<OP>(g).total, LayOut<OP>(g, OutKind::FwdOut).total, LayOut<OP>(g, OutKind::BwdPrep).total,
+                      LayOut<OP>(g, OutKind::BwdOut).total, LayWy<OP>(g).total};
   for (size_t x : s) m = x > m ? x : m;
   return m;
 }
@@ -884,7 +889,7 @@ void forward(const Geo& g, const Ptrs<IN, OP>& p, cudaStream_t st) {
   const dim3 cols(unsigned(g.Dv / g.DVT), unsigned(g.H), unsigned(g.B));
   DR_LAUNCH("delta_rule fwd_prep", (fwd_prep<IN, OP>), chunks, LayPrep<OP>(g).total, st, g, p);
   DR_LAUNCH("delta_rule fwd_state", (fwd_state<IN, OP>), cols, LaySeq<OP>(g).total, st, g, p);
-  DR_LAUNCH("delta_rule fwd_out", (fwd_out<IN, OP>), chunks, LayOut<OP>(g).total, st, g, p);
+  DR_LAUNCH("delta_rule fwd_out", (fwd_out<IN, OP>), chunks, LayOut<OP>(g, OutKind::FwdOut).total, st, g, p);
 }
 
 // Backward: the forward's buffers (U holding U') plus dout, dfinal (or null) in; dU, Qg, dH, dqh, dkh, dGp as
@@ -893,10 +898,10 @@ template <class IN, class OP>
 void backward(const Geo& g, const Ptrs<IN, OP>& p, cudaStream_t st) {
   const dim3 chunks(unsigned(g.N), unsigned(g.H), unsigned(g.B));
   const dim3 cols(unsigned(g.Dv / g.DVT), unsigned(g.H), unsigned(g.B));
-  DR_LAUNCH("delta_rule bwd_prep", (bwd_prep<IN, OP>), chunks, LayOut<OP>(g).total, st, g, p);
+  DR_LAUNCH("delta_rule bwd_prep", (bwd_prep<IN, OP>), chunks, LayOut<OP>(g, OutKind::BwdPrep).total, st, g, p);
   DR_LAUNCH("delta_rule bwd_state", (bwd_state<IN, OP>), cols, LaySeq<OP>(g).total, st, g, p);
   DR_LAUNCH("delta_rule bwd_wy", (bwd_wy<IN, OP>), chunks, LayWy<OP>(g).total, st, g, p);
-  DR_LAUNCH("delta_rule bwd_out", (bwd_out<IN, OP>), chunks, LayOut<OP>(g).total, st, g, p);
+  DR_LAUNCH("delta_rule bwd_out", (bwd_out<IN, OP>), chunks, LayOut<OP>(g, OutKind::BwdOut).total, st, g, p);
 }
 
 }  // namespace seqmix::mixers::delta_cuda
