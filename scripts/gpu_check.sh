@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine: build, run the `gpu` tests, run the benchmarks beside their
 # PyTorch peers, and print a short table last. Logs go to $OUT (the device tool brings them back).
-#   scripts/gpu_check.sh [build] [tests] [bench] [extra...]     (default: build tests bench)
+#   scripts/gpu_check.sh [build] [tests] [bench] [step] [brown] [lrtc] [delta] [mqar] [extra...]
+#                                                                   (default: build tests bench)
 # Needs the Debian packages the machine lacks in .deps/debs (see ../shared/gpu/README.md).
 set -uo pipefail
 OUT=${OUT:-/tmp/seqmix_out}
@@ -67,8 +68,37 @@ if has brown; then
   summary+=("brown: exit $? ; $(grep -E 'perplexity' "$OUT/brown.log" | tail -3 | tr '\n' ' ')")
 fi
 
+# Tensor-core linear recurrence (opt-in until this passes): its GPU tests with SEQMIX_LR_TC=1, racecheck on
+# two Dk=128 per-channel cases, and tensor cores vs FFMA at B=4 T=4096 plus the long-context table.
+if has lrtc; then
+  {
+    echo "== gpu tests, SEQMIX_LR_TC=1"
+    SEQMIX_LR_TC=1 ./build-gpu/tests/test_gpu --gtest_filter='*LinearRecurrence*' 2>&1 | tail -25
+    echo "== racecheck"
+    SEQMIX_LR_TC=1 timeout 240 compute-sanitizer --tool racecheck ./build-gpu/tests/test_gpu \
+      --gtest_filter='Bf16/LinearRecurrenceGpuVsCpu.*/2:Bf16/LinearRecurrenceGpuVsCpu.*/7' 2>&1 | tail -6
+    echo "== bench"; timeout 300 ./build-gpu/seqmix_bench recurrence --compare-ffma 2>&1
+  } > "$OUT/lrtc.log" 2>&1
+  summary+=("lrtc: $(grep -E 'PASSED|FAILED' "$OUT/lrtc.log" | head -2 | tr '\n' ' ')")
+fi
+
+# Fused delta-rule kernel (opt-in, SEQMIX_DELTA_CUDA=1 until this passes; the GPU test calls it directly).
+if has delta; then
+  {
+    echo "== gpu tests"; ./build-gpu/tests/test_gpu --gtest_filter='*Delta*' 2>&1 | tail -25
+    echo "== bench"; timeout 300 ./build-gpu/seqmix_bench delta 2>&1
+  } > "$OUT/delta.log" 2>&1
+  summary+=("delta: $(grep -E 'PASSED|FAILED' "$OUT/delta.log" | head -2 | tr '\n' ' ')")
+fi
+
+# MQAR table of issue #6 (scripts/mqar_sweep.sh; MQAR_STEPS etc. pass through).
+if has mqar; then
+  scripts/mqar_sweep.sh build-gpu > "$OUT/mqar.log" 2>&1
+  summary+=("mqar: see mqar.log")
+fi
+
 for extra in $stages; do
-  case "$extra" in build|tests|bench|step|brown) ;; *) bash -c "$extra" > "$OUT/extra_$(echo "$extra" | tr -c 'a-zA-Z0-9' '_' | cut -c1-30).log" 2>&1 ;; esac
+  case "$extra" in build|tests|bench|step|brown|lrtc|delta|mqar) ;; *) bash -c "$extra" > "$OUT/extra_$(echo "$extra" | tr -c 'a-zA-Z0-9' '_' | cut -c1-30).log" 2>&1 ;; esac
 done
 
 echo
@@ -77,3 +107,6 @@ cat "$OUT/device.txt"
 for s in "${summary[@]}"; do echo "$s"; done
 if has bench; then grep -vE '^\{' "$OUT/bench.log" | grep -E '^(==|[A-Za-z_ ]+.*(GB/s|TFLOP|ms|us))' | head -90; fi
 if has step; then grep -vE '^\{' "$OUT/step.log" | grep -E 'seqmix|torch|model step' ; fi
+if has lrtc; then grep -E '^(kind|[a-z_]+ +seqmix)' "$OUT/lrtc.log" | head -40; fi
+if has delta; then grep -vE '^\{' "$OUT/delta.log" | tail -20; fi
+if has mqar; then tail -9 "$OUT/mqar.log"; fi
