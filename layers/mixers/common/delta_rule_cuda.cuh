@@ -273,6 +273,46 @@ __device__ __forceinline__ void mm(int M, int N, float* scr, Epi&& epi, const Te
   }
 }
 
+// As mm, with a per-row reduction: epi(i, j, value) returns a contribution, and rowfn(i, sum) is called with
+// the sum of the contributions of row i over each 16-column tile (bf16: once per tile row, summed in the
+// warp's scratch, so that rowfn's shared-memory atomics are 16 times fewer) or over each element (float).
+template <class OP, class Epi, class RowFn, class... Terms>
+__device__ __forceinline__ void mm_rows(int M, int N, float* scr, Epi&& epi, RowFn&& rowfn, const Terms&... terms) {
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  if constexpr (std::is_same_v<OP, bf16>) {
+    const int nw = (nthr + 31) / 32, warp = tid / 32, lane = tid % 32, nl = nthr < 32 ? nthr : 32;
+    const int tn = N / 16, ntiles = (M / 16) * tn;
+    float* s = scr + warp * kScrTile;
+    for (int tile = warp; tile < ntiles; tile += nw) {
+      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
+      wm::fill_fragment(acc, 0.f);
+      (mma_term(acc, terms, i0, j0), ...);
+      wm::store_matrix_sync(s, acc, kScrLd, wm::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += nl) {
+        float* x = s + (e / 16) * kScrLd + e % 16;
+        *x = epi(i0 + e / 16, j0 + e % 16, *x);
+      }
+      __syncwarp();
+      for (int r = lane; r < 16; r += nl) {
+        float a = 0.f;
+        for (int c = 0; c < 16; ++c) a += s[r * kScrLd + c];
+        rowfn(i0 + r, a);
+      }
+      __syncwarp();
+    }
+  } else {
+    (void)scr;
+    for (int e = tid; e < M * N; e += nthr) {
+      const int i = e / N, j = e % N;
+      float v = 0.f;
+      ((v += dot_term(terms, i, j)), ...);
+      rowfn(i, epi(i, j, v));
+    }
+  }
+}
+
 // ---- per-chunk loads ----
 struct Chunk {
   int b, h, n, t0, L;  // batch, head, chunk, first token, valid tokens (<= C)
@@ -362,9 +402,23 @@ __device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int ro
 
 // A (f32, strictly lower, stride lda) -> (I + A)^{-1} in place (unit diagonal and zero upper part implied), by
 // forward substitution row by row: T_ij = -(A_ij + sum_{j<m<i} A_im T_mj). Every read of row i is of columns
-// > j, so a pass writes only after all of its reads (two barriers per row).
-__device__ __forceinline__ void unit_lower_inverse(float* A, int lda, int C) {
+// > j, so a pass writes only after all of its reads (two barriers per row). With at least 4 C threads, four
+// threads share a column's sum (partial sums through `part`, 4 C floats); otherwise one thread per column.
+__device__ __forceinline__ void unit_lower_inverse(float* A, int lda, int C, float* part) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  if (nthr >= 4 * C) {
+    const int j = tid / 4, r = tid % 4;
+    for (int i = 1; i < C; ++i) {
+      float v = 0.f;
+      if (j < i)
+        for (int m = j + 1 + r; m < i; m += 4) v -= A[i * lda + m] * A[m * lda + j];
+      if (tid < 4 * C) part[tid] = v;
+      __syncthreads();
+      if (r == 0 && j < i) A[i * lda + j] = part[tid] + part[tid + 1] + part[tid + 2] + part[tid + 3] - A[i * lda + j];
+      __syncthreads();
+    }
+    return;
+  }
   for (int i = 1; i < C; ++i) {
     for (int j0 = 0; j0 < i; j0 += nthr) {
       const int j = j0 + tid;
@@ -419,7 +473,7 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
          [&](int t, int s, float x) { A[t * ld.cf + s] = s < t ? bb[t] * x * dr_exp(G[t] - G[s]) : 0.f; },
          term<false, true>(K, ld.k, K, ld.k, Dk));
   __syncthreads();
-  unit_lower_inverse(A, ld.cf, C);
+  unit_lower_inverse(A, ld.cf, C, scr);  // scr is free between products
   tri_to_op(T, ld.c, A, ld.cf, C);
   // Kd to global, then K -> X = diag(b e^G) K in place (each element read and written by one thread)
   const float GC = G[C - 1];
@@ -676,7 +730,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   mm<OP>(C, Dk, scr, [&](int t, int j, float x) { dW[t * ld.k + j] = fromf<OP>(-x); },
          term<false, true>(dU, ld.v, S, ld.v, Dv));
   __syncthreads();  // S is dead from here: W and U take its place
-  unit_lower_inverse(A, ld.cf, C);
+  unit_lower_inverse(A, ld.cf, C, scr);  // scr is free between products
   tri_to_op(T, ld.c, A, ld.cf, C);
   for (int e = tid; e < C * Dk; e += nthr) {
     const int t = e / Dk, j = e % Dk;
@@ -691,54 +745,58 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   mm<OP>(C, Dv, scr, [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
   __syncthreads();
   // dX = T^T dW: dk^ += b e^G dX, dbeta += e^G dX.k, dG += b e^G dX.k (X = diag(b e^G) K)
-  mm<OP>(C, Dk, scr,
-         [&](int t, int j, float x) {
-           X[t * ld.k + j] = fromf<OP>(x);
-           const float eg = dr_exp(G[t]), kv = tof(K[t * ld.k + j]);
-           p.dkh[(row0 + t) * Dk + j] = bb[t] * eg * x;
-           dr_atomic_add(&db[t], eg * x * kv);
-           dr_atomic_add(&dG[t], bb[t] * eg * x * kv);
-         },
-         term<true, false>(T, ld.c, dW, ld.k, C));
+  mm_rows<OP>(C, Dk, scr,
+              [&](int t, int j, float x) {
+                X[t * ld.k + j] = fromf<OP>(x);
+                const float eg = dr_exp(G[t]);
+                p.dkh[(row0 + t) * Dk + j] = bb[t] * eg * x;
+                return eg * x * tof(K[t * ld.k + j]);
+              },
+              [&](int t, float r) {
+                dr_atomic_add(&db[t], r);
+                dr_atomic_add(&dG[t], bb[t] * r);
+              },
+              term<true, false>(T, ld.c, dW, ld.k, C));
   // dY = T^T dU': dv = b dY, dbeta += dY.v (Y = diag(b) V)
-  mm<OP>(C, Dv, scr,
-         [&](int t, int j, float x) {
-           Y[t * ld.v + j] = fromf<OP>(x);
-           if (t < c.L) {
-             const int64_t o = tok(g, c.b, c.t0 + t, c.h) * Dv + j;
-             p.dv[o] = fromf<IN>(bb[t] * x);
-             dr_atomic_add(&db[t], x * tof(p.v[o]));
-           }
-         },
-         term<true, false>(T, ld.c, dU, ld.v, C));
+  mm_rows<OP>(C, Dv, scr,
+              [&](int t, int j, float x) {
+                Y[t * ld.v + j] = fromf<OP>(x);
+                if (t >= c.L) return 0.f;
+                const int64_t o = tok(g, c.b, c.t0 + t, c.h) * Dv + j;
+                p.dv[o] = fromf<IN>(bb[t] * x);
+                return x * tof(p.v[o]);
+              },
+              [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<true, false>(T, ld.c, dU, ld.v, C));
   __syncthreads();
   // dA = -(dX W^T + dY U^T), strictly lower; A_ts = b_t (k_t.k_s) e^{G_t - G_s}
-  mm<OP>(C, C, scr,
-         [&](int t, int s, float x) {
-           float e = 0.f;
-           if (s < t) {
-             const float gm = dr_exp(G[t] - G[s]);
-             dr_atomic_add(&db[t], -x * KK[t * ld.cf + s] * gm);
-             e = -x * bb[t] * gm;
-           }
-           T[t * ld.c + s] = fromf<OP>(e);
-         },
-         term<false, true>(X, ld.k, Wt, ld.k, Dk), term<false, true>(Y, ld.v, Ut, ld.v, Dv));
+  mm_rows<OP>(C, C, scr,
+              [&](int t, int s, float x) {
+                float e = 0.f, r = 0.f;
+                if (s < t) {
+                  const float gm = dr_exp(G[t] - G[s]);
+                  r = -x * KK[t * ld.cf + s] * gm;
+                  e = -x * bb[t] * gm;
+                }
+                T[t * ld.c + s] = fromf<OP>(e);
+                return r;
+              },
+              [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<false, true>(X, ld.k, Wt, ld.k, Dk),
+              term<false, true>(Y, ld.v, Ut, ld.v, Dv));
   __syncthreads();
   // k_t enters A_ts (row, + G_t) and A_st (column, - G_s)
-  mm<OP>(C, Dk, scr,
-         [&](int t, int j, float x) {
-           p.dkh[(row0 + t) * Dk + j] += x;
-           dr_atomic_add(&dG[t], x * tof(K[t * ld.k + j]));
-         },
-         term<false, false>(T, ld.c, K, ld.k, C));
+  mm_rows<OP>(C, Dk, scr,
+              [&](int t, int j, float x) {
+                p.dkh[(row0 + t) * Dk + j] += x;
+                return x * tof(K[t * ld.k + j]);
+              },
+              [&](int t, float r) { dr_atomic_add(&dG[t], r); }, term<false, false>(T, ld.c, K, ld.k, C));
   __syncthreads();
-  mm<OP>(C, Dk, scr,
-         [&](int t, int j, float x) {
-           p.dkh[(row0 + t) * Dk + j] += x;
-           dr_atomic_add(&dG[t], -x * tof(K[t * ld.k + j]));
-         },
-         term<true, false>(T, ld.c, K, ld.k, C));
+  mm_rows<OP>(C, Dk, scr,
+              [&](int t, int j, float x) {
+                p.dkh[(row0 + t) * Dk + j] += x;
+                return x * tof(K[t * ld.k + j]);
+              },
+              [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, term<true, false>(T, ld.c, K, ld.k, C));
   __syncthreads();
   for (int t = tid; t < C; t += nthr) {
     p.dGp[row0 + t] = dG[t];
@@ -789,12 +847,13 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
     dO[t * ld.v + j] = fromf<OP>(tof(dO[t * ld.v + j]) * dr_exp(G[t]));
   }
   __syncthreads();
-  mm<OP>(C, Dk, scr,
-         [&](int t, int j, float x) {
-           p.dqh[(row0 + t) * Dk + j] = x;
-           dr_atomic_add(&dG[t], x * tof(Q[t * ld.k + j]));
-         },
-         term<false, true>(dO, ld.v, S, ld.v, Dv), term<false, false>(F, ld.c, K, ld.k, C));
+  mm_rows<OP>(C, Dk, scr,
+              [&](int t, int j, float x) {
+                p.dqh[(row0 + t) * Dk + j] = x;
+                return x * tof(Q[t * ld.k + j]);
+              },
+              [&](int t, float r) { dr_atomic_add(&dG[t], r); }, term<false, true>(dO, ld.v, S, ld.v, Dv),
+              term<false, false>(F, ld.c, K, ld.k, C));
   __syncthreads();
   // G_C (= G_{C-1}) scales S_n in S_{n+1} = e^{G_C} S_n + Kd^T U' and appears in Kd = diag(e^{G_C - G}) K:
   // dG_{C-1} += e^{G_C} <dS_{n+1}, S_n> (f32, from global) + sum_t y_t and dG_t -= y_t with y_t = k_t . dKs_t,
@@ -812,19 +871,19 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
     Up[t * ld.v + j] = fromf<OP>(tof(Up[t * ld.v + j]) * dr_exp(GC - G[t]));
   }
   __syncthreads();
-  mm<OP>(C, Dk, scr,
-         [&](int t, int j, float x) {
-           p.dkh[(row0 + t) * Dk + j] += x;
-           dr_atomic_add(&dG[t], -x * tof(K[t * ld.k + j]));
-         },
-         term<true, false>(F, ld.c, Q, ld.k, C));
+  mm_rows<OP>(C, Dk, scr,
+              [&](int t, int j, float x) {
+                p.dkh[(row0 + t) * Dk + j] += x;
+                return x * tof(K[t * ld.k + j]);
+              },
+              [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, term<true, false>(F, ld.c, Q, ld.k, C));
   __syncthreads();
-  mm<OP>(C, Dk, scr,
-         [&](int t, int j, float x) {
-           p.dkh[(row0 + t) * Dk + j] += x;
-           dr_atomic_add(&yrow[t], x * tof(K[t * ld.k + j]));
-         },
-         term<false, true>(Up, ld.v, S, ld.v, Dv));
+  mm_rows<OP>(C, Dk, scr,
+              [&](int t, int j, float x) {
+                p.dkh[(row0 + t) * Dk + j] += x;
+                return x * tof(K[t * ld.k + j]);
+              },
+              [&](int t, float r) { dr_atomic_add(&yrow[t], r); }, term<false, true>(Up, ld.v, S, ld.v, Dv));
   __syncthreads();
   if (tid == 0) {
     float s = 0.f, ys = 0.f;
