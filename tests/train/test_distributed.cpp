@@ -467,3 +467,38 @@ TEST(DataParallel, EvaluationIsSharedOverRanksAndMatchesOneProcess) {
   }
   EXPECT_LT(want_part.tokens, want.tokens);
 }
+
+// A parameter no rank computed a gradient for is skipped by the update (no moment decay, no weight
+// decay), plain and ZeRO-1; one only some ranks saw is averaged with the others' zeros.
+TEST(DataParallel, ParametersWithoutAGradientAreNotUpdated) {
+  for (bool zero1 : {false, true}) {
+    dist::InProcessGroup g(2, 10);
+    std::vector<std::vector<float>> unused(2), partial(2);
+    std::vector<std::thread> ts;
+    for (int r = 0; r < 2; ++r)
+      ts.emplace_back([&, r] {
+        Tensor used = ones({4, 3}), never = ones({5, 2}), some = ones({3});
+        for (Tensor* t : {&used, &never, &some}) t->requires_grad_(true);
+        train::NamedTensors ps{{"used", used}, {"never", never}, {"some", some}};
+        train::AdamWConfig cfg;
+        cfg.weight_decay = 0.5;
+        dist::DataParallel dp(g.comm(r), ps, cfg, dist::DdpOptions{0.00002, zero1});
+        for (int step = 0; step < 2; ++step) {
+          dp.prepare_backward(true);
+          Tensor loss = sum(used * 2.0);
+          if (r == 0) loss = add(loss, sum(some));  // only rank 0 uses `some`
+          loss.backward();
+          dp.finish_backward();
+          dp.step(0.1);
+          dp.zero_grad();
+        }
+        unused[size_t(r)] = never.to_vector<float>();
+        partial[size_t(r)] = some.to_vector<float>();
+      });
+    for (auto& t : ts) t.join();
+    for (float x : unused[0]) EXPECT_EQ(x, 1.f) << "zero1 " << zero1;
+    EXPECT_EQ(unused[1], unused[0]);
+    for (float x : partial[0]) EXPECT_LT(x, 1.f) << "zero1 " << zero1;  // grad 0.5 on average: updated
+    EXPECT_EQ(partial[1], partial[0]);
+  }
+}

@@ -58,6 +58,7 @@ DataParallel::DataParallel(Communicator& comm, NamedTensors params, AdamWConfig 
     }
   }
   ready_.assign(params_.size(), false);
+  had_grad_.assign(params_.size(), false);
 
   // Every rank starts from rank 0's parameters.
   if (R > 1) {
@@ -151,6 +152,7 @@ void DataParallel::prepare_backward(bool sync) {
   if (!sync) return;
   if (opt_.gemm_sm_margin > 0) set_gemm_margin(comm_, opt_.gemm_sm_margin);
   ready_.assign(params_.size(), false);
+  had_grad_.assign(params_.size(), false);
   for (Bucket& b : buckets_) {
     b.pending = int(b.params.size());
     b.launched = false;
@@ -179,6 +181,7 @@ void DataParallel::on_grad_ready(int i, const Tensor& grad) {
   SEQMIX_CHECK(!ready_[size_t(i)], "data parallel: parameter '", params_[size_t(i)].second.name(),
                "' received a second gradient in one backward after it was packed for reduction");
   ready_[size_t(i)] = true;
+  had_grad_[size_t(i)] = grad.defined();
   pack_grad(i, grad);
   Bucket& b = buckets_[size_t(bucket_of_[size_t(i)])];
   if (--b.pending == 0) launch_ready();
@@ -200,12 +203,20 @@ void DataParallel::finish_backward() {
   for (size_t i = 0; i < params_.size(); ++i) {
     if (ready_[i]) continue;
     ready_[i] = true;
+    had_grad_[i] = params_[i].second.grad().defined();
     pack_grad(int(i), params_[i].second.grad());
     buckets_[size_t(bucket_of_[i])].pending--;
   }
   launch_ready();
   sync_ = false;
   if (opt_.gemm_sm_margin > 0) set_gemm_margin(comm_, 0);
+  // How many ranks saw a gradient for each parameter (queued after the buckets; tiny): a parameter no rank
+  // saw is left without one, so the optimizer skips it as a single process would.
+  std::vector<float> seen(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) seen[i] = had_grad_[i] ? 1.f : 0.f;
+  Tensor seen_t = Tensor::from_vector<float>(seen, {int64_t(seen.size())});
+  if (!comm_.device().is_cpu()) seen_t = seen_t.to(comm_.device());
+  WorkPtr seen_work = comm_.all_reduce_sum_async(seen_t);
   for (Bucket& b : buckets_) {
     b.work->wait();  // the collective averaged over the ranks
     b.work.reset();
@@ -222,13 +233,18 @@ void DataParallel::finish_backward() {
       }
     }
   }
+  seen_work->wait();
+  seen = seen_t.cpu().to_vector<float>();
   if (opt_.zero1) {
     // The full gradients are no longer needed: the owned chunks hold what the update reads.
     for (auto& np : params_) np.second.set_grad(Tensor());
     for (Segment& s : segments_) {
       const Bucket& b = buckets_[size_t(s.bucket)];
-      s.view.set_grad(shaped_view(b.shard_grad, s.view.shape(), s.chunk_begin));
+      if (seen[size_t(s.param)] > 0) s.view.set_grad(shaped_view(b.shard_grad, s.view.shape(), s.chunk_begin));
     }
+  } else {
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (seen[i] == 0) params_[i].second.set_grad(Tensor());
   }
 }
 

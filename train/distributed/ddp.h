@@ -25,8 +25,9 @@
 // bf16 (half the bytes on the wire), and widened back to f32 for the update: a rounding of the
 // gradients (relative 2^-9 per rank), so runs then match f32 reduction only approximately.
 //
-// Divergences from a single-process AdamW: a parameter with no gradient on any rank is updated with a
-// zero gradient (its moments decay) instead of being skipped.
+// A parameter that got no gradient on any rank in a step is left without one (a small all-reduce of
+// per-parameter flags), so AdamW skips it as a single process would; one that got a gradient on some
+// ranks only is averaged with zeros from the others, as accumulation over those micro-batches would be.
 #pragma once
 #include <memory>
 #include <vector>
@@ -111,6 +112,7 @@ class DataParallel {
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_;
   std::vector<bool> ready_;
+  std::vector<bool> had_grad_;  // this rank produced a gradient for the parameter in this step
   int next_launch_ = 0;
   bool sync_ = false;
   std::shared_ptr<HookTarget> hook_target_;
