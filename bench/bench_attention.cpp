@@ -160,12 +160,7 @@ void print_table(const Config& c, const std::vector<Row>& rows) {
 int attention_main(const std::vector<std::string>& args) {
   Config c;
   try {
-    for (size_t i = 0; i < args.size(); ++i) {
-      const std::string& a = args[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
-        return args[++i];
-      };
+    parse_options(args, [&](const std::string& a, auto& value) {
       if (a == "--T") c.lengths = parse_list(value());
       else if (a == "--tokens") c.tokens = std::stoll(value());
       else if (a == "--H") c.H = std::stoll(value());
@@ -176,8 +171,9 @@ int attention_main(const std::vector<std::string>& args) {
       else if (a == "--warmup") c.warmup = std::stoi(value());
       else if (a == "--no-check") c.check = false;
       else if (a == "--dump") c.dump = value();
-      else throw std::invalid_argument("unknown argument " + a);
-    }
+      else return false;
+      return true;
+    });
     if (c.H <= 0 || c.Hkv <= 0 || c.H % c.Hkv != 0) throw std::invalid_argument("--H must be a positive multiple of --hkv");
     if (c.D <= 0 || c.tokens <= 0) throw std::invalid_argument("--D and --tokens must be positive");
   } catch (const std::exception& e) {
@@ -227,7 +223,7 @@ int attention_main(const std::vector<std::string>& args) {
       const double ff = forward_flops(B, T, c.H, c.D, c.window);
       const double flops[3] = {ff, 2.5 * ff, 3.5 * ff};
       for (int p = 0; p < 3; ++p) {
-        r.tflops[p] = flops[p] / (r.ms[p] * 1e-3) / 1e12;
+        r.tflops[p] = tflops(flops[p], r.ms[p]);
         std::printf("{\"bench\":\"attention\",\"impl\":\"seqmix\",\"pass\":\"%s\",\"B\":%lld,\"T\":%lld,\"H\":%lld,"
                     "\"hkv\":%lld,\"D\":%lld,\"window\":%lld,\"dtype\":\"bf16\",\"ms\":%.4f,\"tflops\":%.1f}\n",
                     kPass[p], (long long)B, (long long)T, (long long)c.H, (long long)c.Hkv, (long long)c.D,

@@ -27,21 +27,10 @@ namespace seqmix::bench {
 
 namespace {
 
-struct Config {
-  int64_t B = 4, T = 4096, H = 16, D = 128, long_T = 65536;
-  std::vector<std::string> kinds = {"gated", "plain"};
-  int iters = 10, warmup = 2;
-  bool check = true, long_run = true, ops = true;
+struct Config : MixerBenchConfig {
+  bool ops = true;
+  Config() { kinds = {"gated", "plain"}; }
 };
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
 
 #ifdef SEQMIX_WITH_CUDA
 
@@ -82,39 +71,19 @@ void run_forward(const std::string& impl, const Problem& p, int64_t D) {
 }
 
 void run_forward_backward(const std::string& impl, const Problem& p, int64_t D) {
-  auto leaf = [](const Tensor& t) {
-    if (!t.defined()) return Tensor();
-    Tensor x = t.detach();
-    x.requires_grad_(true);
-    return x;
-  };
-  Tensor q = leaf(p.q), k = leaf(p.k), v = leaf(p.v), beta = leaf(p.beta), g = leaf(p.g);
+  Tensor q = grad_leaf(p.q), k = grad_leaf(p.k), v = grad_leaf(p.v), beta = grad_leaf(p.beta), g = grad_leaf(p.g);
   mixers::DeltaResult r = call(impl, q, k, v, beta, g, D);
   autograd::backward({r.o, r.final_state}, {p.dout, p.dfinal});
 }
 
-double rel_err(const Tensor& a, const Tensor& b) {
-  std::vector<double> va = a.to(Device::cpu()).to_vector<double>(), vb = b.to(Device::cpu()).to_vector<double>();
-  double num = 0, den = 1e-3;
-  for (size_t i = 0; i < va.size() && i < vb.size(); ++i) {
-    if (!std::isfinite(va[i])) return INFINITY;
-    num = std::max(num, std::abs(va[i] - vb[i]));
-    den = std::max(den, std::abs(vb[i]));
-  }
-  return num / den;
-}
+double rel_err(const Tensor& a, const Tensor& b) { return bench::rel_err(a, b, 1e-3); }
 
 // The kernel vs the CPU reference (f32 on the same bf16 inputs): o, final state and every gradient.
 bool check_small(const Config& c, const std::string& kind, Generator& gen) {
   const int64_t B = 1, T = 200, H = 2, D = c.D;
   Problem p = make_problem(kind, B, T, H, D, gen);
-  auto host = [](const Tensor& t) { return t.defined() ? t.to(Device::cpu()).to(DType::F32) : Tensor(); };
-  auto leaf = [](const Tensor& t) {
-    if (!t.defined()) return Tensor();
-    Tensor x = t.detach();
-    x.requires_grad_(true);
-    return x;
-  };
+  const auto host = host_f32;
+  const auto leaf = grad_leaf;
   Tensor qr = leaf(host(p.q)), kr = leaf(host(p.k)), vr = leaf(host(p.v)), br = leaf(host(p.beta)), gr = leaf(host(p.g));
   mixers::DeltaResult ref = mixers::delta_rule_reference(qr, kr, vr, br, gr, Tensor(), options(D));
   autograd::backward({ref.o, ref.final_state}, {host(p.dout), host(p.dfinal)});
@@ -125,8 +94,7 @@ bool check_small(const Config& c, const std::string& kind, Generator& gen) {
                  rel_err(host(qd.grad()), qr.grad()), rel_err(host(kd.grad()), kr.grad()),
                  rel_err(host(vd.grad()), vr.grad()), rel_err(host(bd.grad()), br.grad()),
                  gd.defined() ? rel_err(host(gd.grad()), gr.grad()) : 0.0};
-  bool ok = true;
-  for (double x : e) ok = ok && x < 3e-2;
+  const bool ok = all_below(e, 3e-2);
   std::printf("{\"bench\":\"delta\",\"kind\":\"%s\",\"check\":\"kernel vs cpu reference\",\"B\":1,\"T\":200,\"H\":2,"
               "\"D\":%lld,\"o\":%.2e,\"final_state\":%.2e,\"dq\":%.2e,\"dk\":%.2e,\"dv\":%.2e,\"dbeta\":%.2e,\"dg\":%.2e,"
               "\"ok\":%s}\n",
@@ -154,7 +122,7 @@ Row measure(const Config& c, const std::string& kind, const std::string& impl, i
     std::printf("{\"bench\":\"delta\",\"impl\":\"%s\",\"kind\":\"%s\",\"pass\":\"%s\",\"B\":%lld,\"T\":%lld,\"H\":%lld,"
                 "\"Dk\":%lld,\"Dv\":%lld,\"dtype\":\"bf16\",\"ms\":%.4f,\"ns_per_token\":%.3f}\n",
                 impl.c_str(), kind.c_str(), pass[i], (long long)B, (long long)T, (long long)c.H, (long long)c.D,
-                (long long)c.D, r.ms[i], r.ms[i] * 1e6 / double(B * T));
+                (long long)c.D, r.ms[i], ns_per_token(r.ms[i], B * T));
   std::fflush(stdout);
   return r;
 }
@@ -165,25 +133,13 @@ Row measure(const Config& c, const std::string& kind, const std::string& impl, i
 int delta_main(const std::vector<std::string>& args) {
   Config c;
   try {
-    for (size_t i = 0; i < args.size(); ++i) {
-      const std::string& a = args[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
-        return args[++i];
-      };
-      if (a == "--B") c.B = std::stoll(value());
-      else if (a == "--T") c.T = std::stoll(value());
-      else if (a == "--H") c.H = std::stoll(value());
-      else if (a == "--D") c.D = std::stoll(value());
-      else if (a == "--long") c.long_T = std::stoll(value());
-      else if (a == "--kinds") c.kinds = split_list(value());
-      else if (a == "--iters") c.iters = std::max(1, std::stoi(value()));
-      else if (a == "--warmup") c.warmup = std::stoi(value());
-      else if (a == "--no-check") c.check = false;
-      else if (a == "--no-long") c.long_run = false;
-      else if (a == "--no-ops") c.ops = false;
-      else throw std::invalid_argument("unknown argument " + a);
-    }
+    parse_options(args, [&](const std::string& a, auto& value) {
+      if (parse_mixer_option(a, value, c)) return true;
+      if (a != "--no-ops") return false;
+      c.ops = false;
+      return true;
+    });
+    c.iters = std::max(1, c.iters);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "seqmix_bench delta: %s\n", e.what());
     return 1;
@@ -217,7 +173,7 @@ int delta_main(const std::vector<std::string>& args) {
   std::printf("%-7s %-7s %3s %7s %11s %14s %13s\n", "kind", "impl", "B", "T", "fwd ms", "fwd+bwd ms", "ns/token f+b");
   for (const Row& r : rows)
     std::printf("%-7s %-7s %3lld %7lld %11.3f %14.3f %13.2f\n", r.kind.c_str(), r.impl.c_str(), (long long)r.B,
-                (long long)r.T, r.ms[0], r.ms[1], r.ms[1] * 1e6 / double(r.B * r.T));
+                (long long)r.T, r.ms[0], r.ms[1], ns_per_token(r.ms[1], r.B * r.T));
   for (size_t i = 0; i + 1 < rows.size(); i += 2)
     if (c.ops && rows[i].impl == "kernel")
       std::printf("%-7s kernel speed-up over ops: fwd %.2fx, fwd+bwd %.2fx\n", rows[i].kind.c_str(), rows[i + 1].ms[0] / rows[i].ms[0],
@@ -226,8 +182,8 @@ int delta_main(const std::vector<std::string>& args) {
     std::printf("\nscaling (kernel, B=1): ns per token, fwd+bwd\n");
     for (size_t i = 0; i + 1 < scaling.size(); i += 2)
       std::printf("%-7s T=%lld %.2f  T=%lld %.2f  ratio %.2f\n", scaling[i].kind.c_str(), (long long)scaling[i].T,
-                  scaling[i].ms[1] * 1e6 / double(scaling[i].T), (long long)scaling[i + 1].T,
-                  scaling[i + 1].ms[1] * 1e6 / double(scaling[i + 1].T),
+                  ns_per_token(scaling[i].ms[1], scaling[i].T), (long long)scaling[i + 1].T,
+                  ns_per_token(scaling[i + 1].ms[1], scaling[i + 1].T),
                   (scaling[i + 1].ms[1] / double(scaling[i + 1].T)) / (scaling[i].ms[1] / double(scaling[i].T)));
   }
   return ok ? 0 : 1;

@@ -59,15 +59,6 @@ void print_table(const std::vector<Row>& rows) {
   }
 }
 
-#ifdef SEQMIX_WITH_CUDA
-#define BENCH_CUDA_CHECK(call)                                                               \
-  do {                                                                                       \
-    cudaError_t e_ = (call);                                                                 \
-    if (e_ != cudaSuccess) throw std::runtime_error(std::string(#call) + ": " + cudaGetErrorString(e_)); \
-  } while (0)
-
-#endif
-
 }  // namespace
 
 int gemm_main(const std::vector<std::string>& args) {
@@ -75,19 +66,15 @@ int gemm_main(const std::vector<std::string>& args) {
   int iters = 50, warmup = 10;
   bool conv = true, gemm = true;
   try {
-    for (size_t i = 0; i < args.size(); ++i) {
-      const std::string& a = args[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
-        return args[++i];
-      };
+    parse_options(args, [&](const std::string& a, auto& value) {
       if (a == "--sizes") sizes = parse_sizes(value());
       else if (a == "--iters") iters = std::stoi(value());
       else if (a == "--warmup") warmup = std::stoi(value());
       else if (a == "--no-conv") conv = false;
       else if (a == "--no-gemm") gemm = false;
-      else throw std::invalid_argument("unknown argument " + a);
-    }
+      else return false;
+      return true;
+    });
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench gemm: %s\nusage: seqmix bench gemm [--sizes 4096,8192] [--iters N] [--warmup N] [--no-conv] [--no-gemm]\n",
                  e.what());
@@ -124,7 +111,7 @@ int gemm_main(const std::vector<std::string>& args) {
         std::string shape = std::to_string(s) + "x" + std::to_string(s) + "x" + std::to_string(s);
         for (bool tb : {false, true}) {
           double ms = median_ms([&] { cuda::matmul(a, b, false, tb, c, false); }, warmup, iters);
-          add({std::string("gemm bf16 ") + (tb ? "A@B^T" : "A@B"), shape, ms, flop / (ms * 1e-3) / 1e12, 0});
+          add({std::string("gemm bf16 ") + (tb ? "A@B^T" : "A@B"), shape, ms, tflops(flop, ms), 0});
         }
       }
     }
@@ -137,14 +124,14 @@ int gemm_main(const std::vector<std::string>& args) {
       double act = double(B * T * C) * 2.0;  // bytes of one bf16 activation tensor
       {
         double ms = median_ms([&] { cuda::fft_conv(x, k); }, warmup, iters);
-        add({"fft_conv fwd bf16 L=4096", shape, ms, 0, 2 * act / (ms * 1e-3) / 1e9});
+        add({"fft_conv fwd bf16 L=4096", shape, ms, 0, gbps(2 * act, ms)});
         double msb = median_ms(
             [&] {
               Tensor dx, dk;
               cuda::fft_conv_backward(g, x, k, &dx, &dk);
             },
             warmup, iters);
-        add({"fft_conv bwd bf16 L=4096", shape, msb, 0, 3 * act / (msb * 1e-3) / 1e9});
+        add({"fft_conv bwd bf16 L=4096", shape, msb, 0, gbps(3 * act, msb)});
         double msfb = median_ms(
             [&] {
               cuda::fft_conv(x, k);
@@ -157,14 +144,14 @@ int gemm_main(const std::vector<std::string>& args) {
       {
         Tensor w = randn({C, K}, gen, DType::BF16, dev), bias = randn({C}, gen, DType::BF16, dev);
         double ms = median_ms([&] { cuda::conv1d_causal(x, w, bias); }, warmup, iters);
-        add({"conv1d fwd bf16 K=4", shape, ms, 0, 2 * act / (ms * 1e-3) / 1e9});
+        add({"conv1d fwd bf16 K=4", shape, ms, 0, gbps(2 * act, ms)});
         double msb = median_ms(
             [&] {
               Tensor dx, dw, db;
               cuda::conv1d_causal_backward(g, x, w, &dx, &dw, &db);
             },
             warmup, iters);
-        add({"conv1d bwd bf16 K=4", shape, msb, 0, 3 * act / (msb * 1e-3) / 1e9});
+        add({"conv1d bwd bf16 K=4", shape, msb, 0, gbps(3 * act, msb)});
       }
     }
     print_table(rows);

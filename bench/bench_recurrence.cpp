@@ -31,22 +31,14 @@ namespace seqmix::bench {
 
 namespace {
 
-struct Config {
-  int64_t B = 4, T = 4096, H = 16, D = 128, long_T = 65536;
-  std::vector<std::string> kinds = {"gla", "retnet", "linear_attention"};
-  int iters = 20, warmup = 3;
-  bool check = true, long_run = true;
+struct Config : MixerBenchConfig {
   bool compare_ffma = false;  // also time the tensor-core and the FFMA chunk kernels (SEQMIX_LR_TC=1 / 0)
+  Config() {
+    kinds = {"gla", "retnet", "linear_attention"};
+    iters = 20;
+    warmup = 3;
+  }
 };
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
 
 #ifdef SEQMIX_WITH_CUDA
 constexpr int64_t kChunk = 64;
@@ -57,13 +49,6 @@ double fwd_flops(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv) {
 double bwd_flops(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv) {
   return double(B) * double(T) * double(H) * (2.0 * kChunk * double(3 * Dk + 2 * Dv) + 8.0 * double(Dk) * double(Dv));
 }
-
-#define BENCH_CUDA_CHECK(call)                                                                          \
-  do {                                                                                                  \
-    cudaError_t e_ = (call);                                                                            \
-    if (e_ != cudaSuccess) throw std::runtime_error(std::string(#call) + ": " + cudaGetErrorString(e_)); \
-  } while (0)
-
 
 struct Problem {
   Tensor q, k, v, g, dout, dfinal;  // on the device; g undefined for linear attention
@@ -104,29 +89,15 @@ void run_forward_backward(const Problem& p, int64_t D) {
   autograd::backward({r.o, r.final_state}, {p.dout, p.dfinal});
 }
 
-double rel_err(const Tensor& a, const Tensor& b) {
-  std::vector<double> va = a.to(Device::cpu()).to_vector<double>(), vb = b.to(Device::cpu()).to_vector<double>();
-  double num = 0, den = 1e-30;
-  for (size_t i = 0; i < va.size() && i < vb.size(); ++i) {
-    if (!std::isfinite(va[i])) return INFINITY;
-    num = std::max(num, std::abs(va[i] - vb[i]));
-    den = std::max(den, std::abs(vb[i]));
-  }
-  return num / den;
-}
+double rel_err(const Tensor& a, const Tensor& b) { return bench::rel_err(a, b, 1e-30); }
 
 // CUDA vs the CPU reference (f32 on the same bf16 inputs): o, final state, dq, dk, dv, dg.
 bool check_small(const Config& c, const std::string& kind, Generator& gen) {
   const int64_t B = 1, T = 200, H = 2, D = c.D;
   const Device dev = Device::cuda(0);
   Problem p = make_problem(kind, B, T, H, D, gen, dev);
-  auto host = [](const Tensor& t) { return t.defined() ? t.to(Device::cpu()).to(DType::F32) : Tensor(); };
-  auto leaf = [](const Tensor& t) {
-    if (!t.defined()) return Tensor();
-    Tensor x = t.detach();
-    x.requires_grad_(true);
-    return x;
-  };
+  const auto host = host_f32;
+  const auto leaf = grad_leaf;
   Tensor qr = leaf(host(p.q)), kr = leaf(host(p.k)), vr = leaf(host(p.v)), gr = leaf(host(p.g));
   mixers::RecurrenceResult ref = mixers::linear_recurrence_reference(qr, kr, vr, gr, Tensor(), Tensor(), options(D));
   autograd::backward({ref.o, ref.final_state}, {host(p.dout), host(p.dfinal)});
@@ -136,8 +107,7 @@ bool check_small(const Config& c, const std::string& kind, Generator& gen) {
   double e[6] = {rel_err(host(got.o), ref.o),       rel_err(host(got.final_state), ref.final_state),
                  rel_err(host(qd.grad()), qr.grad()), rel_err(host(kd.grad()), kr.grad()),
                  rel_err(host(vd.grad()), vr.grad()), gd.defined() ? rel_err(host(gd.grad()), gr.grad()) : 0.0};
-  bool ok = true;
-  for (double x : e) ok = ok && x < 2e-2;
+  const bool ok = all_below(e, 2e-2);
   std::printf("{\"bench\":\"recurrence\",\"kind\":\"%s\",\"check\":\"cuda vs cpu reference\",\"B\":1,\"T\":200,\"H\":2,"
               "\"D\":%lld,\"o\":%.2e,\"final_state\":%.2e,\"dq\":%.2e,\"dk\":%.2e,\"dv\":%.2e,\"dg\":%.2e,\"ok\":%s}\n",
               kind.c_str(), (long long)D, e[0], e[1], e[2], e[3], e[4], e[5], ok ? "true" : "false");
@@ -162,14 +132,14 @@ Row measure(const Config& c, const std::string& kind, int64_t B, int64_t T, Gene
   r.ms[0] = median_ms([&] { run_forward(p, c.D); }, c.warmup, c.iters);
   r.ms[1] = median_ms([&] { run_forward_backward(p, c.D); }, c.warmup, c.iters);
   const double ff = fwd_flops(B, T, c.H, c.D, c.D), fb = ff + bwd_flops(B, T, c.H, c.D, c.D);
-  r.tflops[0] = ff / (r.ms[0] * 1e-3) / 1e12;
-  r.tflops[1] = fb / (r.ms[1] * 1e-3) / 1e12;
+  r.tflops[0] = tflops(ff, r.ms[0]);
+  r.tflops[1] = tflops(fb, r.ms[1]);
   const char* pass[2] = {"fwd", "fwd+bwd"};
   for (int i = 0; i < 2; ++i)
     std::printf("{\"bench\":\"recurrence\",\"impl\":\"%s\",\"kind\":\"%s\",\"pass\":\"%s\",\"B\":%lld,\"T\":%lld,"
                 "\"H\":%lld,\"Dk\":%lld,\"Dv\":%lld,\"dtype\":\"bf16\",\"ms\":%.4f,\"tflops\":%.2f,\"ns_per_token\":%.3f}\n",
                 impl, kind.c_str(), pass[i], (long long)B, (long long)T, (long long)c.H, (long long)c.D, (long long)c.D, r.ms[i],
-                r.tflops[i], r.ms[i] * 1e6 / double(B * T));
+                r.tflops[i], ns_per_token(r.ms[i], B * T));
   std::fflush(stdout);
   return r;
 }
@@ -180,25 +150,12 @@ Row measure(const Config& c, const std::string& kind, int64_t B, int64_t T, Gene
 int recurrence_main(const std::vector<std::string>& args) {
   Config c;
   try {
-    for (size_t i = 0; i < args.size(); ++i) {
-      const std::string& a = args[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
-        return args[++i];
-      };
-      if (a == "--B") c.B = std::stoll(value());
-      else if (a == "--T") c.T = std::stoll(value());
-      else if (a == "--H") c.H = std::stoll(value());
-      else if (a == "--D") c.D = std::stoll(value());
-      else if (a == "--long") c.long_T = std::stoll(value());
-      else if (a == "--kinds") c.kinds = split_list(value());
-      else if (a == "--iters") c.iters = std::stoi(value());
-      else if (a == "--warmup") c.warmup = std::stoi(value());
-      else if (a == "--no-check") c.check = false;
-      else if (a == "--no-long") c.long_run = false;
-      else if (a == "--compare-ffma") c.compare_ffma = true;
-      else throw std::invalid_argument("unknown argument " + a);
-    }
+    parse_options(args, [&](const std::string& a, auto& value) {
+      if (parse_mixer_option(a, value, c)) return true;
+      if (a != "--compare-ffma") return false;
+      c.compare_ffma = true;
+      return true;
+    });
     if (c.B <= 0 || c.T <= 0 || c.H <= 0 || c.D <= 0 || c.long_T <= 0)
       throw std::invalid_argument("--B, --T, --H, --D and --long must be positive");
     for (const std::string& k : c.kinds)
@@ -262,7 +219,7 @@ int recurrence_main(const std::vector<std::string>& args) {
       std::printf("%-17s %7s %12s %14s %12s %14s\n", "kind", "T", "fwd ms", "fwd ns/token", "fwd+bwd ms", "f+b ns/token");
       for (const Row& r : sc)
         std::printf("%-17s %7lld %12.3f %14.3f %12.3f %14.3f\n", r.kind.c_str(), (long long)r.T, r.ms[0],
-                    r.ms[0] * 1e6 / double(r.T), r.ms[1], r.ms[1] * 1e6 / double(r.T));
+                    ns_per_token(r.ms[0], r.T), r.ms[1], ns_per_token(r.ms[1], r.T));
     }
     return 0;
   } catch (const std::exception& e) {
