@@ -2,15 +2,15 @@
 // scripts/delta_emulate.sh (not part of the CMake build). Every kernel body and the launch sequences compile
 // for the host with DELTA_EMULATE: one thread per block (barriers are no-ops; the kernels' loops then cover
 // every tile and element), nvcuda::wmma replaced by whole 16 x 16 tiles in f32 (bf16 operands are exact in
-// f32; only the summation order differs from the GPU). Forward output, final state and every gradient (q, k,
+// f32; only the summation order differs from the GPU). The CUDA built-ins, launches, buffers and comparison
+// are scripts/emulate/cuda_host.h's, the WMMA emulation layers/mixers/common/tc_tiles.cuh's (shared with
+// scripts/lr_tc_emulate.cc). Forward output, final state and every gradient (q, k,
 // v, beta, g, initial state) are compared with seqmix::mixers::delta_rule_reference run in f64 on the same
 // (rounded) inputs (scripts/delta_emulate_ref.cpp, autograd through the token-by-token form).
 // Shared memory is filled with NaN before each block and every output / scratch buffer before each run, so a
 // read of something unwritten or an output left unwritten shows as NaN; WMMA pointers and strides are checked
 // against the hardware's alignment rules; AddressSanitizer (the script's default) catches out-of-bounds.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include "scripts/emulate/cuda_host.h"  // first: the CUDA built-ins, launch, buffers, comparison
 
 #include <algorithm>
 #include <chrono>
@@ -18,96 +18,11 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
-
-// ---- CUDA built-ins for one thread per block ----
-#undef __launch_bounds__
-#define __launch_bounds__(...)
-#undef __global__
-#define __global__
-#undef __shared__
-#define __shared__
-// DELTA_EMU_THREADS=0: one thread per block. DELTA_EMU_THREADS=1: the real block size (256), one std::thread
-// per CUDA thread, __syncthreads / __syncwarp as std::barriers (for ThreadSanitizer: shared / global memory
-// races between phases; a barrier not reached by every thread hangs).
-#ifndef DELTA_EMU_THREADS
-#define DELTA_EMU_THREADS 0
-#endif
-#if DELTA_EMU_THREADS
-#include <barrier>
-#include <memory>
-#include <thread>
-thread_local uint3 threadIdx;
-uint3 blockIdx;
-dim3 blockDim, gridDim;
-std::unique_ptr<std::barrier<>> g_block_bar;
-std::vector<std::unique_ptr<std::barrier<>>> g_warp_bar;
-inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { g_warp_bar[threadIdx.x / 32]->arrive_and_wait(); }
-inline bool emu_store_lane() { return threadIdx.x % 32 == 0; }  // WMMA stores: one lane writes the tile
-#else
-uint3 threadIdx, blockIdx;
-dim3 blockDim, gridDim;
-inline void __syncthreads() {}
-inline void __syncwarp(unsigned = 0xffffffffu) {}
-inline bool emu_store_lane() { return true; }
-#endif
-
-// ---- nvcuda::wmma on whole tiles (f32 arithmetic on bf16 operands) ----
-namespace nvcuda::wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-template <class Use, int M, int N, int K, class T, class Layout = void>
-struct fragment {
-  float x[16][16];
-};
-template <class F>
-void fill_fragment(F& f, float v) {
-  for (auto& r : f.x)
-    for (float& e : r) e = v;
-}
-inline void check_ptr(const void* p, unsigned ldm, size_t elem) {
-  if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || (ldm * elem) % 16 != 0) {
-    std::fprintf(stderr, "wmma alignment violated: ptr %p ldm %u\n", p, ldm);
-    std::abort();
-  }
-}
-template <class Use, class Layout>
-void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f, const __nv_bfloat16* p, unsigned ldm) {
-  static_assert(std::is_same_v<Layout, row_major> || std::is_same_v<Layout, col_major>);
-  check_ptr(p, ldm, 2);
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c)
-      f.x[r][c] = __bfloat162float(std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
-}
-template <class LA, class LB>
-void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA>& a,
-              const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
-  fragment<accumulator, 16, 16, 16, float> t;
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) {
-      float s = c.x[i][j];
-      for (int k = 0; k < 16; ++k) s += a.x[i][k] * b.x[k][j];
-      t.x[i][j] = s;
-    }
-  d = t;
-}
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
-  check_ptr(p, ldm, 4);
-  if (!emu_store_lane()) return;
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r][c];
-}
-}  // namespace nvcuda::wmma
 
 #define DELTA_EMULATE 1
 #include "layers/mixers/common/delta_rule_cuda.cuh"
@@ -124,53 +39,14 @@ void gpu_test_inputs(RefIO& r, bool gated, bool init, int dt_code);
 }  // namespace delta_emu
 
 namespace seqmix::mixers::delta_cuda {
-static unsigned char* g_smem = nullptr;
-unsigned char* emu_smem() { return g_smem; }
 void emu_launch(dim3 grid, int threads, size_t smem, const std::function<void()>& body) {
-  std::vector<unsigned char> buf(smem + 128);
-  unsigned char* aligned = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(buf.data()) + 127) & ~uintptr_t(127));
-  gridDim = grid;
-#if DELTA_EMU_THREADS
-  blockDim = dim3(unsigned(threads), 1, 1);
-#else
-  (void)threads;
-  blockDim = dim3(1, 1, 1);
-  threadIdx = make_uint3(0, 0, 0);
-#endif
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        blockIdx = make_uint3(x, y, z);
-        std::memset(aligned, 0xff, smem);  // NaN
-        g_smem = aligned;
-#if DELTA_EMU_THREADS
-        g_block_bar = std::make_unique<std::barrier<>>(threads);
-        g_warp_bar.clear();
-        for (int w = 0; w < (threads + 31) / 32; ++w) g_warp_bar.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
-        std::vector<std::thread> pool;
-        for (int t = 0; t < threads; ++t)
-          pool.emplace_back([&, t] {
-            threadIdx = make_uint3(unsigned(t), 0, 0);
-            body();
-          });
-        for (auto& th : pool) th.join();
-#else
-        body();
-#endif
-      }
+  emu::launch(grid, emu::block_threads(threads), smem, body);
 }
 }  // namespace seqmix::mixers::delta_cuda
 
 using namespace seqmix::mixers::delta_cuda;
 
-template <typename T>
-struct Buf {  // NaN-filled host buffer
-  std::vector<T> v;
-  explicit Buf(size_t n = 0) : v(n) {
-    if (n) std::memset(static_cast<void*>(v.data()), 0xff, n * sizeof(T));
-  }
-  T* p() { return v.empty() ? nullptr : v.data(); }
-};
+using emu::Buf;
 
 struct Case {
   int B, T, H, D;
@@ -186,27 +62,8 @@ const char* prec_name(int p) {
   return n[p];
 }
 
-template <class IN>
-double round_to(double x) {
-  return double(tof(fromf<IN>(float(x))));
-}
-
-double max_rel(const std::vector<double>& got, const std::vector<double>& want, bool* bad) {
-  if (got.size() != want.size()) {
-    *bad = true;
-    return INFINITY;
-  }
-  double num = 0, den = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) {
-      *bad = true;
-      return INFINITY;
-    }
-    num = std::max(num, std::abs(got[i] - want[i]));
-    den = std::max(den, std::abs(want[i]));
-  }
-  return num / std::max(den, 1e-3);
-}
+using emu::max_rel;
+using emu::round_to;
 
 template <class IN, class OP>
 bool run_case(const Case& cs, double tol, double* worst) {
@@ -271,9 +128,9 @@ bool run_case(const Case& cs, double tol, double* worst) {
   Ptrs<IN, OP> p{};
   p.q = q.data(); p.k = k.data(); p.v = v.data(); p.dout = dout.data();
   p.beta = beta.data(); p.g = cs.gated ? g.data() : nullptr; p.s0 = cs.s0 ? s0.data() : nullptr; p.dfinal = dfinal.data();
-  p.W = W.p(); p.Kd = Kd.p(); p.Qg = Qg.p(); p.U = U.p(); p.states = states.p(); p.gC = gC.p(); p.final_s = fin.p();
-  p.dU = dU.p(); p.dH = dH.p(); p.dqh = dqh.p(); p.dkh = dkh.p(); p.dGp = dGp.p();
-  p.o = o.p(); p.dq = dq.p(); p.dk = dk.p(); p.dv = dv.p(); p.dbeta = dbeta.p(); p.dg = dg.p(); p.ds0 = ds0.p();
+  p.W = W.p; p.Kd = Kd.p; p.Qg = Qg.p; p.U = U.p; p.states = states.p; p.gC = gC.p; p.final_s = fin.p;
+  p.dU = dU.p; p.dH = dH.p; p.dqh = dqh.p; p.dkh = dkh.p; p.dGp = dGp.p;
+  p.o = o.p; p.dq = dq.p; p.dk = dk.p; p.dv = dv.p; p.dbeta = dbeta.p; p.dg = dg.p; p.ds0 = ds0.p;
   forward<IN, OP>(geo, p, nullptr);
   backward<IN, OP>(geo, p, nullptr);
 
@@ -287,11 +144,11 @@ bool run_case(const Case& cs, double tol, double* worst) {
     const char* name;
     double e;
   };
-  std::vector<Cmp> errs = {{"o", max_rel(back(o.v), r.o, &bad)},         {"final", max_rel(back(fin.v), r.fin, &bad)},
-                           {"dq", max_rel(back(dq.v), r.dq, &bad)},       {"dk", max_rel(back(dk.v), r.dk, &bad)},
-                           {"dv", max_rel(back(dv.v), r.dv, &bad)},       {"dbeta", max_rel(back(dbeta.v), r.dbeta, &bad)}};
-  if (cs.gated) errs.push_back({"dg", max_rel(back(dg.v), r.dg, &bad)});
-  if (cs.s0) errs.push_back({"ds0", max_rel(back(ds0.v), r.ds0, &bad)});
+  std::vector<Cmp> errs = {{"o", max_rel(back(o), r.o, &bad)},         {"final", max_rel(back(fin), r.fin, &bad)},
+                           {"dq", max_rel(back(dq), r.dq, &bad)},       {"dk", max_rel(back(dk), r.dk, &bad)},
+                           {"dv", max_rel(back(dv), r.dv, &bad)},       {"dbeta", max_rel(back(dbeta), r.dbeta, &bad)}};
+  if (cs.gated) errs.push_back({"dg", max_rel(back(dg), r.dg, &bad)});
+  if (cs.s0) errs.push_back({"ds0", max_rel(back(ds0), r.ds0, &bad)});
   double mx = 0;
   for (auto& e : errs) mx = std::max(mx, e.e);
   const bool ok = !bad && mx <= tol;

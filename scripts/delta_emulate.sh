@@ -17,7 +17,7 @@ DEFS=""
 [[ "${SAN:-1}" == 0 ]] && SANFLAGS=""
 if [[ "${THREADS:-0}" == 1 ]]; then
   SANFLAGS="-fsanitize=thread"
-  DEFS="-DDELTA_EMU_THREADS=1"
+  DEFS="-DSEQMIX_EMU_THREADS=1"
 fi
 mkdir -p build-emu-delta
 g++ -std=c++20 -O1 -g -Wall -Wno-attributes -Wno-unknown-pragmas -Wno-unused-function -Wno-class-memaccess $SANFLAGS $DEFS \

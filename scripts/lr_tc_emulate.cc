@@ -3,202 +3,43 @@
 // Every kernel body is compiled for the host with SEQMIX_LR_EMULATE: one thread per block (syncs are
 // no-ops, the one "warp" walks every tile and the one "lane" every piece), nvcuda::wmma replaced by whole
 // 16 x 16 tiles in f32 (bf16 operands are exact in f32; only the summation order differs from the GPU).
+// The CUDA built-ins, launches, buffers and comparison are scripts/emulate/cuda_host.h's, the WMMA emulation
+// layers/mixers/common/tc_tiles.cuh's (shared with scripts/delta_emulate.cc).
 // The state scans and dg kernels are linear_recurrence.cu's own (compiled the same way). The forward and
 // backward (o, final state, dq, dk, dv, dg, du, d initial state) are compared with a double-precision
 // token-by-token forward and BPTT on the same (bf16- or f16-rounded) inputs.
 // Shared memory is filled with NaN before each block and the outputs before each run, so a read of an
 // unwritten operand or an output left unwritten shows as NaN; WMMA pointers / strides are checked for
 // the hardware's alignment rules; AddressSanitizer (the script's default) catches out-of-bounds accesses.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include "scripts/emulate/cuda_host.h"  // first: the CUDA built-ins, launch, buffers, comparison
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
 
-// ---- CUDA built-ins for one thread per block ----
-#undef __launch_bounds__
-#define __launch_bounds__(...)
-#undef __global__
-#define __global__
-#undef __shared__
-#define __shared__
-// LR_EMU_THREADS=0: one thread per block (the tc kernels' loops then cover every tile / piece / element).
-// LR_EMU_THREADS=1: the real block size, one std::thread per CUDA thread, __syncthreads / __syncwarp as
-// std::barriers: a missing barrier shows as wrong results (a __syncthreads removed from chunk_fwd_tc gave
-// o errors of 0.35 here), a divergent one hangs. ThreadSanitizer (THREADS=1 in the script) did not report
-// that seeded race, so it is no race detector here.
-#ifndef LR_EMU_THREADS
-#define LR_EMU_THREADS 0
-#endif
-#if LR_EMU_THREADS
-#include <atomic>
-#include <barrier>
-#include <memory>
-#include <thread>
-thread_local uint3 threadIdx;
-uint3 blockIdx;
-dim3 blockDim, gridDim;
-std::unique_ptr<std::barrier<>> g_block_bar;
-std::vector<std::unique_ptr<std::barrier<>>> g_warp_bar;
-std::atomic<int> g_and{1};
-inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
-inline int __syncthreads_and(int x) {
-  if (!x) g_and.store(0);
-  g_block_bar->arrive_and_wait();
-  const int r = g_and.load();
-  g_block_bar->arrive_and_wait();
-  if (threadIdx.x == 0) g_and.store(1);
-  g_block_bar->arrive_and_wait();
-  return r;
-}
-inline void __syncwarp(unsigned = 0xffffffffu) { g_warp_bar[threadIdx.x / 32]->arrive_and_wait(); }
-// WMMA: lane 0 of each warp does the whole tile (the other lanes' fragments are never read: a fragment
-// leaves only through store_matrix_sync); one reader per warp also keeps ThreadSanitizer's 4 shadow slots
-// per word from filling with redundant lane reads.
-inline bool emu_lane0() { return threadIdx.x % 32 == 0; }
-#else
-uint3 threadIdx, blockIdx;
-dim3 blockDim, gridDim;
-inline void __syncthreads() {}
-inline int __syncthreads_and(int x) { return x; }
-inline void __syncwarp(unsigned = 0xffffffffu) {}
-inline bool emu_lane0() { return true; }
-#endif
-inline float __expf(float x) { return std::exp(x); }
 using std::max;
 using std::min;
-
-// ---- nvcuda::wmma on whole tiles ----
-namespace nvcuda::wmma {
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
-template <class Use, int M, int N, int K, class T, class Layout = void>
-struct fragment {
-  float x[16][16];
-};
-template <class F>
-void fill_fragment(F& f, float v) {
-  for (auto& r : f.x)
-    for (float& e : r) e = v;
-}
-inline void check_ptr(const void* p, unsigned ldm, size_t elem) {
-  if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || (ldm * elem) % 16 != 0) {
-    std::fprintf(stderr, "wmma alignment violated: ptr %p ldm %u\n", p, ldm);
-    std::abort();
-  }
-}
-template <class Use, class Layout>
-void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout>& f, const __nv_bfloat16* p, unsigned ldm) {
-  check_ptr(p, ldm, 2);
-  if (!emu_lane0()) return;
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c)
-      f.x[r][c] = __bfloat162float(std::is_same_v<Layout, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
-}
-template <class LA, class LB>
-void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA>& a,
-              const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
-  if (!emu_lane0()) return;
-  fragment<accumulator, 16, 16, 16, float> t;
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) {
-      float s = c.x[i][j];
-      for (int k = 0; k < 16; ++k) s += a.x[i][k] * b.x[k][j];
-      t.x[i][j] = s;
-    }
-  d = t;
-}
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm, layout_t l) {
-  check_ptr(p, ldm, 4);
-  if (!emu_lane0()) return;
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r][c];
-}
-}  // namespace nvcuda::wmma
 
 #define SEQMIX_LR_EMULATE 1
 #include "layers/mixers/common/linear_recurrence.cu"
 #include "layers/mixers/common/linear_recurrence_tc.cu"
 
-namespace seqmix::mixers::lr_tc {
-static unsigned char* g_smem = nullptr;
-unsigned char* emu_smem() { return g_smem; }
-}  // namespace seqmix::mixers::lr_tc
-
 using namespace seqmix::mixers;
 using bf16 = __nv_bfloat16;
+using emu::Buf;
+using emu::launch;
 
 template <class F>
 void with_mode(int mode, F&& f) {
   if (mode == 0) f.template operator()<0>();
   else if (mode == 1) f.template operator()<1>();
   else f.template operator()<2>();
-}
-
-// 32-byte aligned, NaN-filled buffers.
-template <typename T>
-struct Buf {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Buf(size_t n_ = 0) : n(n_) {
-    if (n) {
-      p = static_cast<T*>(std::aligned_alloc(256, ((n * sizeof(T) + 255) / 256) * 256));
-      std::memset(static_cast<void*>(p), 0xff, n * sizeof(T));
-    }
-  }
-  ~Buf() { std::free(p); }
-  Buf(Buf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; o.n = 0; }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-};
-
-template <class K>
-void launch(dim3 grid, int threads, size_t smem, K&& kernel) {
-  std::vector<unsigned char> keep;
-  unsigned char* sm = nullptr;
-  if (smem) sm = new unsigned char[smem + 128];
-  unsigned char* aligned = sm ? reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(sm) + 127) & ~uintptr_t(127)) : nullptr;
-  gridDim = grid;
-  blockDim = dim3(unsigned(threads), 1, 1);
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        blockIdx = make_uint3(x, y, z);
-        if (aligned) std::memset(aligned, 0xff, smem);  // NaN: unwritten operands show
-        lr_tc::g_smem = aligned;
-#if LR_EMU_THREADS
-        g_block_bar = std::make_unique<std::barrier<>>(threads);
-        g_warp_bar.clear();
-        for (int wi = 0; wi < (threads + 31) / 32; ++wi) g_warp_bar.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * wi)));
-        std::vector<std::thread> pool;
-        for (unsigned t = 0; t < unsigned(threads); ++t)
-          pool.emplace_back([&, t] {
-            threadIdx = make_uint3(t, 0, 0);
-            kernel();
-          });
-        for (auto& th : pool) th.join();
-#else
-        for (unsigned t = 0; t < unsigned(threads); ++t) {
-          threadIdx = make_uint3(t, 0, 0);
-          kernel();
-        }
-#endif
-      }
-  delete[] sm;
 }
 
 struct Case {
@@ -212,27 +53,13 @@ struct Errs {
   double e[8];
 };
 
-static double rel(const std::vector<double>& got, const std::vector<double>& ref) {
-  double num = 0, den = 1e-3;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    num = std::max(num, std::abs(got[i] - ref[i]));
-    den = std::max(den, std::abs(ref[i]));
-  }
-  return num / den;
-}
-
 template <typename T>
 Errs run_case(const Case& cs, uint32_t seed) {
   const int B = cs.B, T_ = cs.T, H = cs.H, Dk = cs.Dk, Dv = cs.Dv, C = cs.C, mode = cs.mode;
   const int N = (T_ + C - 1) / C, gw = mode == 2 ? Dk : mode;
   std::mt19937 rng(seed);
   std::normal_distribution<double> nd(0.0, 1.0);
-  auto rnd = [&](double s) {
-    const float x = float(nd(rng) * s);
-    if constexpr (std::is_same_v<T, bf16>) return double(__bfloat162float(__float2bfloat16_rn(x)));
-    else return double(__half2float(__float2half_rn(x)));
-  };
+  auto rnd = [&](double s) { return emu::round_to<T>(nd(rng) * s); };
   const size_t nk = size_t(B) * T_ * H * Dk, nv = size_t(B) * T_ * H * Dv;
   std::vector<double> q(nk), k(nk), v(nv), dout(nv), g(size_t(B) * T_ * H * std::max(gw, 1)), u(size_t(H) * Dk),
       s0(size_t(B) * H * Dk * Dv), dfin(size_t(B) * H * Dk * Dv);
@@ -334,7 +161,7 @@ Errs run_case(const Case& cs, uint32_t seed) {
   // ---- the kernels ----
   auto toT = [](const std::vector<double>& x) {
     Buf<T> b(x.size());
-    for (size_t i = 0; i < x.size(); ++i) b.p[i] = lr_tc::fromf<T>(float(x[i]));
+    for (size_t i = 0; i < x.size(); ++i) b.p[i] = tc::fromf<T>(float(x[i]));
     return b;
   };
   auto tof32 = [](const std::vector<double>& x) {
@@ -352,8 +179,8 @@ Errs run_case(const Case& cs, uint32_t seed) {
   Buf<T> o(nv), dq(nk), dk(nk), dv(nv);
   Buf<float> rbuf(nk), pbuf(nk), ctot(size_t(B) * H * N * Dk), dubuf(size_t(B) * H * N * Dk), dg32(nk);
   const dim3 grid(N, H, B);
-  const int ts = LR_EMU_THREADS ? lr_tc::kStateThreads : 1, tf = LR_EMU_THREADS ? lr_tc::kFwdThreads : 1,
-            tb = LR_EMU_THREADS ? lr_tc::kBwdThreads : 1;
+  const int ts = emu::block_threads(lr_tc::kStateThreads), tf = emu::block_threads(lr_tc::kFwdThreads),
+            tb = emu::block_threads(lr_tc::kBwdThreads);
   const float* gp = mode > 0 ? gd.p : nullptr;
   with_mode(mode, [&]<int MODE>() {
     launch(grid, ts, lr_tc::smem_state(tg), [&] {
@@ -385,20 +212,20 @@ Errs run_case(const Case& cs, uint32_t seed) {
   });
   auto vecT = [](const Buf<T>& b) {
     std::vector<double> x(b.n);
-    for (size_t i = 0; i < b.n; ++i) x[i] = lr_tc::tof(b.p[i]);
+    for (size_t i = 0; i < b.n; ++i) x[i] = tc::tof(b.p[i]);
     return x;
   };
   auto vecF = [](const Buf<float>& b) { return std::vector<double>(b.p, b.p + b.n); };
   Errs er{};
-  er.e[0] = rel(vecT(o), o_ref);
-  er.e[1] = rel(vecF(fin), fin_ref);
-  er.e[2] = rel(vecT(dq), dq_ref);
-  er.e[3] = rel(vecT(dk), dk_ref);
-  er.e[4] = rel(vecT(dv), dv_ref);
+  er.e[0] = emu::max_rel(vecT(o), o_ref);
+  er.e[1] = emu::max_rel(vecF(fin), fin_ref);
+  er.e[2] = emu::max_rel(vecT(dq), dq_ref);
+  er.e[3] = emu::max_rel(vecT(dk), dk_ref);
+  er.e[4] = emu::max_rel(vecT(dv), dv_ref);
   if (mode > 0) {
     std::vector<double> dgv(g.size(), 0.0);
     for (size_t i = 0; i < nk; ++i) dgv[mode == 2 ? i : i / Dk] += dg32.p[i];
-    er.e[5] = rel(dgv, dg_ref);
+    er.e[5] = emu::max_rel(dgv, dg_ref);
   }
   if (cs.bonus) {
     std::vector<double> duv(u.size(), 0.0);
@@ -406,9 +233,9 @@ Errs run_case(const Case& cs, uint32_t seed) {
       for (int h = 0; h < H; ++h)
         for (int n = 0; n < N; ++n)
           for (int c = 0; c < Dk; ++c) duv[size_t(h) * Dk + c] += dubuf.p[((size_t(b) * H + h) * N + n) * Dk + c];
-    er.e[6] = rel(duv, du_ref);
+    er.e[6] = emu::max_rel(duv, du_ref);
   }
-  er.e[7] = rel(vecF(ds0), ds0_ref);
+  er.e[7] = emu::max_rel(vecF(ds0), ds0_ref);
   return er;
 }
 

@@ -15,7 +15,7 @@ DEFS=""
 [[ "${SAN:-1}" == 0 ]] && SANFLAGS=""
 if [[ "${THREADS:-0}" == 1 ]]; then
   SANFLAGS="-fsanitize=thread"
-  DEFS="-DLR_EMU_THREADS=1"
+  DEFS="-DSEQMIX_EMU_THREADS=1"
 fi
 mkdir -p build-emu
 g++ -std=c++20 -O1 -g -fno-strict-aliasing -Wall -Wno-attributes -Wno-unknown-pragmas -Wno-unused-function \

@@ -1,7 +1,9 @@
 // Kernel bodies and launch sequences of the fused chunked delta rule (the algorithm and the gradient
 // derivation are in delta_rule_cuda.cu's header comment). Included by delta_rule_cuda.cu and, with
-// DELTA_EMULATE defined, by the CPU emulation harness scripts/delta_emulate.cc (which supplies the CUDA
-// built-ins, nvcuda::wmma on whole 16 x 16 tiles, emu_launch and emu_smem). No spdlog / fmt here.
+// DELTA_EMULATE defined, by the CPU emulation harness scripts/delta_emulate.cc (scripts/emulate/cuda_host.h
+// supplies the CUDA built-ins, tc_tiles.cuh nvcuda::wmma on whole 16 x 16 tiles, the harness emu_launch).
+// The WMMA tile helpers shared with the linear recurrence's tensor-core kernels are in tc_tiles.cuh.
+// No spdlog / fmt here.
 //
 // Element types: IN is the type of q, k, v, o and their gradients (bf16, f16 or f32); OP the type of the
 // matmul operands in shared memory: bf16 (WMMA m16n16k16 tensor cores, f32 accumulation) or float (plain
@@ -16,29 +18,31 @@
 #include <cstdint>
 #include <type_traits>
 
-#ifndef DELTA_EMULATE
-#include <mma.h>
+#include "layers/mixers/common/tc_tiles.cuh"
 
+#ifndef DELTA_EMULATE
 #include "core/cuda/cuda_check.h"
-#define DR_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
 #else
 #include <atomic>
 #include <functional>
-#define DR_SMEM(name) unsigned char* name = ::seqmix::mixers::delta_cuda::emu_smem()
 #endif
 
 namespace seqmix::mixers::delta_cuda {
 
 #ifdef DELTA_EMULATE
-unsigned char* emu_smem();  // the harness's shared memory of the current block
-void emu_launch(dim3 grid, int threads, size_t smem, const std::function<void()>& body);
+void emu_launch(dim3 grid, int threads, size_t smem, const std::function<void()>& body);  // the harness's
 #endif
 
-using bf16 = __nv_bfloat16;
+// The tile helpers shared with the linear recurrence's tensor-core kernels (tc_tiles.cuh).
+using tc::align128;
+using tc::bf16;
+using tc::fromf;
+using tc::kScrLd;  // per-warp f32 epilogue tile: 16 rows, stride kScrLd; kScrTile floats per warp
+using tc::kScrTile;
+using tc::tof;
+namespace wm = nvcuda::wmma;
 
 constexpr int kThreads = 256;
-constexpr int kScrLd = 20;             // per-warp f32 epilogue tile: 16 rows, stride 20 (a multiple of 4)
-constexpr int kScrTile = 16 * kScrLd;  // floats per warp
 
 struct Geo {
   int B, T, H, Dk, Dv, C, N;
@@ -64,8 +68,6 @@ struct Ptrs {
   IN *o, *dq, *dk, *dv;
   float *dbeta, *dg, *ds0;      // [B, T, H], [B, T, H], [B, H, Dk, Dv]
 };
-
-__host__ __device__ inline size_t align128(size_t x) { return (x + 127) & ~size_t(127); }
 
 struct Bump {
   size_t o = 0;
@@ -173,20 +175,6 @@ struct LayWy {  // bwd_wy
   }
 };
 
-// ---- element conversions ----
-template <typename T>
-__host__ __device__ __forceinline__ float tof(T x) {
-  if constexpr (std::is_same_v<T, bf16>) return __bfloat162float(x);
-  else if constexpr (std::is_same_v<T, __half>) return __half2float(x);
-  else return float(x);
-}
-template <typename T>
-__host__ __device__ __forceinline__ T fromf(float x) {
-  if constexpr (std::is_same_v<T, bf16>) return __float2bfloat16_rn(x);
-  else if constexpr (std::is_same_v<T, __half>) return __float2half_rn(x);
-  else return x;
-}
-
 __device__ __forceinline__ float dr_exp(float x) { return expf(x); }
 __device__ __forceinline__ float dr_rsqrt(float x) {
 #ifdef DELTA_EMULATE
@@ -219,20 +207,13 @@ __device__ __forceinline__ Term<TA, TB, OP> term(const OP* a, int lda, const OP*
   return {a, lda, b, ldb, K};
 }
 
-namespace wm = nvcuda::wmma;
-
 template <bool TA, bool TB>
-__device__ __forceinline__ void mma_term(wm::fragment<wm::accumulator, 16, 16, 16, float>& acc, const Term<TA, TB, bf16>& t,
-                                         int i0, int j0) {
+__device__ __forceinline__ void mma_term(tc::FragC& acc, const Term<TA, TB, bf16>& t, int i0, int j0) {
   using LA = std::conditional_t<TA, wm::col_major, wm::row_major>;
   using LB = std::conditional_t<TB, wm::col_major, wm::row_major>;
-  for (int kk = 0; kk < t.K; kk += 16) {
-    wm::fragment<wm::matrix_a, 16, 16, 16, bf16, LA> fa;
-    wm::fragment<wm::matrix_b, 16, 16, 16, bf16, LB> fb;
-    wm::load_matrix_sync(fa, TA ? t.a + size_t(kk) * t.lda + i0 : t.a + size_t(i0) * t.lda + kk, unsigned(t.lda));
-    wm::load_matrix_sync(fb, TB ? t.b + size_t(j0) * t.ldb + kk : t.b + size_t(kk) * t.ldb + j0, unsigned(t.ldb));
-    wm::mma_sync(acc, fa, fb, acc);
-  }
+  for (int kk = 0; kk < t.K; kk += 16)
+    tc::mma16<LA, LB>(acc, TA ? t.a + size_t(kk) * t.lda + i0 : t.a + size_t(i0) * t.lda + kk, t.lda,
+                      TB ? t.b + size_t(j0) * t.ldb + kk : t.b + size_t(kk) * t.ldb + j0, t.ldb);
 }
 
 template <bool TA, bool TB>
@@ -242,35 +223,46 @@ __device__ __forceinline__ float dot_term(const Term<TA, TB, float>& t, int i, i
   return s;
 }
 
+// The walk shared by mm and mm_rows: out(i, j) = sum over the terms, for i < M, j < N (multiples of 16).
+// bf16: a warp owns whole 16 x 16 tiles; the accumulator goes through its f32 scratch s, then
+// tile_epi(w, i0, j0, s) runs on its lanes (between __syncwarp()s). float: one element per thread, f32 FFMA,
+// elem(i, j, value). No __syncthreads inside.
+template <class OP, class TileEpi, class ElemFn, class... Terms>
+__device__ __forceinline__ void mm_walk(int M, int N, float* scr, TileEpi&& tile_epi, ElemFn&& elem, const Terms&... terms) {
+  if constexpr (std::is_same_v<OP, bf16>) {
+    const tc::Lanes w = tc::lanes();
+    const int tn = N / 16, ntiles = (M / 16) * tn;
+    float* s = scr + w.warp * kScrTile;
+    for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
+      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      tc::FragC acc;
+      wm::fill_fragment(acc, 0.f);
+      (mma_term(acc, terms, i0, j0), ...);
+      tc::through_scratch(s, acc, [&] { tile_epi(w, i0, j0, s); });
+    }
+  } else {
+    (void)scr;
+    const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+    for (int e = tid; e < M * N; e += nthr) {
+      const int i = e / N, j = e % N;
+      float v = 0.f;
+      ((v += dot_term(terms, i, j)), ...);
+      elem(i, j, v);
+    }
+  }
+}
+
 // out(i, j) = sum over the terms, for i < M, j < N (multiples of 16); epi(i, j, value) is called exactly
 // once per element. bf16: a warp owns whole 16 x 16 tiles, the accumulator goes through its f32 scratch
 // and its lanes run the epilogue. float: one element per thread, f32 FFMA. No __syncthreads inside.
 template <class OP, class Epi, class... Terms>
 __device__ __forceinline__ void mm(int M, int N, float* scr, Epi&& epi, const Terms&... terms) {
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  if constexpr (std::is_same_v<OP, bf16>) {
-    const int nw = (nthr + 31) / 32, warp = tid / 32, lane = tid % 32, nl = nthr < 32 ? nthr : 32;
-    const int tn = N / 16, ntiles = (M / 16) * tn;
-    float* s = scr + warp * kScrTile;
-    for (int tile = warp; tile < ntiles; tile += nw) {
-      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
-      wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
-      wm::fill_fragment(acc, 0.f);
-      (mma_term(acc, terms, i0, j0), ...);
-      wm::store_matrix_sync(s, acc, kScrLd, wm::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += nl) epi(i0 + e / 16, j0 + e % 16, s[(e / 16) * kScrLd + e % 16]);
-      __syncwarp();
-    }
-  } else {
-    (void)scr;
-    for (int e = tid; e < M * N; e += nthr) {
-      const int i = e / N, j = e % N;
-      float v = 0.f;
-      ((v += dot_term(terms, i, j)), ...);
-      epi(i, j, v);
-    }
-  }
+  mm_walk<OP>(
+      M, N, scr,
+      [&](const tc::Lanes& w, int i0, int j0, const float* s) {
+        tc::for_elems(w, [&](int r, int c) { epi(i0 + r, j0 + c, s[r * kScrLd + c]); });
+      },
+      [&](int i, int j, float v) { epi(i, j, v); }, terms...);
 }
 
 // As mm, with a per-row reduction: epi(i, j, value) returns a contribution, and rowfn(i, sum) is called with
@@ -278,39 +270,21 @@ __device__ __forceinline__ void mm(int M, int N, float* scr, Epi&& epi, const Te
 // warp's scratch, so that rowfn's shared-memory atomics are 16 times fewer) or over each element (float).
 template <class OP, class Epi, class RowFn, class... Terms>
 __device__ __forceinline__ void mm_rows(int M, int N, float* scr, Epi&& epi, RowFn&& rowfn, const Terms&... terms) {
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  if constexpr (std::is_same_v<OP, bf16>) {
-    const int nw = (nthr + 31) / 32, warp = tid / 32, lane = tid % 32, nl = nthr < 32 ? nthr : 32;
-    const int tn = N / 16, ntiles = (M / 16) * tn;
-    float* s = scr + warp * kScrTile;
-    for (int tile = warp; tile < ntiles; tile += nw) {
-      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
-      wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
-      wm::fill_fragment(acc, 0.f);
-      (mma_term(acc, terms, i0, j0), ...);
-      wm::store_matrix_sync(s, acc, kScrLd, wm::mem_row_major);
-      __syncwarp();
-      for (int e = lane; e < 256; e += nl) {
-        float* x = s + (e / 16) * kScrLd + e % 16;
-        *x = epi(i0 + e / 16, j0 + e % 16, *x);
-      }
-      __syncwarp();
-      for (int r = lane; r < 16; r += nl) {
-        float a = 0.f;
-        for (int c = 0; c < 16; ++c) a += s[r * kScrLd + c];
-        rowfn(i0 + r, a);
-      }
-      __syncwarp();
-    }
-  } else {
-    (void)scr;
-    for (int e = tid; e < M * N; e += nthr) {
-      const int i = e / N, j = e % N;
-      float v = 0.f;
-      ((v += dot_term(terms, i, j)), ...);
-      rowfn(i, epi(i, j, v));
-    }
-  }
+  mm_walk<OP>(
+      M, N, scr,
+      [&](const tc::Lanes& w, int i0, int j0, float* s) {
+        tc::for_elems(w, [&](int r, int c) {
+          float* x = s + r * kScrLd + c;
+          *x = epi(i0 + r, j0 + c, *x);
+        });
+        __syncwarp();
+        for (int r = w.lane; r < 16; r += w.nlanes) {
+          float a = 0.f;
+          for (int c = 0; c < 16; ++c) a += s[r * kScrLd + c];
+          rowfn(i0 + r, a);
+        }
+      },
+      [&](int i, int j, float v) { rowfn(i, epi(i, j, v)); }, terms...);
 }
 
 // ---- per-chunk loads ----
@@ -447,7 +421,7 @@ __device__ __forceinline__ void tri_to_op(OP* T, int ldt, const float* A, int ld
 // (1) per chunk: A, T = (I + A)^{-1}, W = T diag(b e^G) K, U = T diag(b) V, Kd = diag(e^(G_C - G)) K, gC.
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
-  DR_SMEM(smem);
+  TC_SMEM(smem);
   const LayPrep<OP> lay(g);
   const Ld ld(g);
   OP* K = reinterpret_cast<OP*>(smem + lay.K);
@@ -495,7 +469,7 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
 // S_{n+1} = e^{G_C} S_n + Kd^T U'. Stores every S_n and the final state.
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) fwd_state(Geo g, Ptrs<IN, OP> p) {
-  DR_SMEM(smem);
+  TC_SMEM(smem);
   const LaySeq<OP> lay(g);
   const Ld ld(g);
   float* S = reinterpret_cast<float*>(smem + lay.S);
@@ -556,7 +530,7 @@ __device__ __forceinline__ void form_p(OP* P, int ldp, const OP* Q, const OP* K,
 // (3) per chunk: O = scale (diag(e^G) Q S_n + P U').
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) fwd_out(Geo g, Ptrs<IN, OP> p) {
-  DR_SMEM(smem);
+  TC_SMEM(smem);
   const LayOut<OP> lay(g, OutKind::FwdOut);
   const Ld ld(g);
   OP* Q = reinterpret_cast<OP*>(smem + lay.Q);
@@ -597,7 +571,7 @@ __global__ void __launch_bounds__(kThreads) fwd_out(Geo g, Ptrs<IN, OP> p) {
 // (1) per chunk: dU = P^T (scale dO) (the intra-chunk part of dU'), Qg = diag(e^G) Q.
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
-  DR_SMEM(smem);
+  TC_SMEM(smem);
   const LayOut<OP> lay(g, OutKind::BwdPrep);
   const Ld ld(g);
   OP* Q = reinterpret_cast<OP*>(smem + lay.Q);
@@ -631,7 +605,7 @@ __global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
 // d initial state.
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) bwd_state(Geo g, Ptrs<IN, OP> p) {
-  DR_SMEM(smem);
+  TC_SMEM(smem);
   const LaySeq<OP> lay(g);
   const Ld ld(g);
   float* dS = reinterpret_cast<float*>(smem + lay.S);
@@ -690,7 +664,7 @@ __global__ void __launch_bounds__(kThreads) bwd_state(Geo g, Ptrs<IN, OP> p) {
 // starts dk^ (b e^G dX + E K + E^T K) and dG (the + / - decay sides of those terms).
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
-  DR_SMEM(smem);
+  TC_SMEM(smem);
   const LayWy<OP> lay(g);
   const Ld ld(g);
   OP* K = reinterpret_cast<OP*>(smem + lay.K);
@@ -809,7 +783,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
 // dG_{C-1} += the G_C terms; then dq, dk through the L2 normalization and dg = reverse cumsum of dG.
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
-  DR_SMEM(smem);
+  TC_SMEM(smem);
   const LayOut<OP> lay(g, OutKind::BwdOut);
   const Ld ld(g);
   OP* Q = reinterpret_cast<OP*>(smem + lay.Q);

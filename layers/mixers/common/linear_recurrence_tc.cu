@@ -25,8 +25,10 @@
 // inputs are exact, the derived operands (A, dA, factored q / k, states) carry one bf16 rounding each.
 //
 // CPU emulation: with SEQMIX_LR_EMULATE defined every kernel body compiles for the host (the harness
-// scripts/lr_tc_emulate.cc supplies nvcuda::wmma on whole 16 x 16 tiles; one thread per block, or the real
-// block size with one std::thread per CUDA thread and barriers for the syncs).
+// scripts/lr_tc_emulate.cc; scripts/emulate/cuda_host.h and tc_tiles.cuh supply the CUDA built-ins and
+// nvcuda::wmma on whole 16 x 16 tiles; one thread per block, or the real block size with one std::thread per
+// CUDA thread and barriers for the syncs). The tile helpers shared with the delta-rule kernels are in
+// tc_tiles.cuh.
 // No spdlog / fmt here.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -39,35 +41,22 @@
 #include <type_traits>
 
 #include "layers/mixers/common/linear_recurrence_tc.cuh"
+#include "layers/mixers/common/tc_tiles.cuh"
 
 #ifndef SEQMIX_LR_EMULATE
-#include <mma.h>
-
 #include "core/cuda/cuda_check.h"
-#define LR_TC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
-#else
-#define LR_TC_SMEM(name) unsigned char* name = ::seqmix::mixers::lr_tc::emu_smem()
 #endif
 
 namespace seqmix::mixers::lr_tc {
 
-#ifdef SEQMIX_LR_EMULATE
-unsigned char* emu_smem();  // the harness's shared-memory buffer of the current block
-#endif
-
 namespace {
 
-namespace wm = nvcuda::wmma;
-using bf16 = __nv_bfloat16;
+using namespace ::seqmix::mixers::tc;  // bf16, wm, kScrLd / kScrTile, align128, tof / fromf, Lanes, FragC, mma16, ...
 
 constexpr int kStateThreads = 256;
 constexpr int kFwdThreads = 256;
 constexpr int kBwdThreads = 512;
-constexpr int kScrLd = 20;               // f32 scratch row stride (a multiple of 4, as WMMA wants)
-constexpr int kScrTile = 16 * kScrLd;    // floats per scratch tile
 constexpr float kFactorLimit = 60.f;     // as in linear_recurrence.cu
-
-__host__ __device__ inline size_t align128(size_t x) { return (x + 127) & ~size_t(127); }
 
 struct Ld {
   int ldk, ldv, ldc, ldg;
@@ -127,33 +116,6 @@ struct BwdLay {
   }
 };
 
-template <typename T>
-__host__ __device__ __forceinline__ float tof(T x) {
-  if constexpr (std::is_same_v<T, bf16>) return __bfloat162float(x);
-  else if constexpr (std::is_same_v<T, __half>) return __half2float(x);
-  else return float(x);
-}
-template <typename T>
-__host__ __device__ __forceinline__ T fromf(float x) {
-  if constexpr (std::is_same_v<T, bf16>) return __float2bfloat16_rn(x);
-  else return __float2half_rn(x);
-}
-
-// Warp geometry; with one thread per block (the CPU emulation) that thread is warp 0 of 1 and lane 0 of 1.
-struct Lanes {
-  int warp, nwarps, lane, nlanes;
-};
-__device__ __forceinline__ Lanes lanes() {
-  const int nt = int(blockDim.x), tid = int(threadIdx.x);
-  return {tid >> 5, nt >= 32 ? nt >> 5 : 1, tid & 31, nt >= 32 ? 32 : nt};
-}
-
-// f(r, c0): the 32 pieces of a 16 x 16 tile, row r and columns c0 .. c0 + 7, one per lane.
-template <class F>
-__device__ __forceinline__ void for_pieces(const Lanes& w, F&& f) {
-  for (int p = w.lane; p < 32; p += w.nlanes) f(p >> 1, (p & 1) << 3);
-}
-
 // 8 consecutive elements (16 bytes for 16-bit types) through a uint4.
 template <typename T>
 __device__ __forceinline__ void load8(float (&out)[8], const T* src) {
@@ -183,6 +145,19 @@ __device__ __forceinline__ void store8f(float* dst, const float (&v)[8]) {
 }
 
 __device__ __forceinline__ float bf(const bf16 x) { return __bfloat162float(x); }
+
+// The warp's scratch tile (chunk rows row0 .. row0 + 15) to dst's rows < L (row stride ld, element type T).
+template <typename T>
+__device__ __forceinline__ void store_scratch_rows(T* dst, int64_t ld, const float* sc, int row0, int L, const Lanes& w) {
+  for_pieces(w, [&](int r, int c0) {
+    const int t = row0 + r;
+    if (t >= L) return;
+    float x[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) x[i] = sc[r * kScrLd + c0 + i];
+    store8(dst + int64_t(t) * ld + c0, x);
+  });
+}
 
 // C rows of D elements (rows >= L zero) from global rows of the input type into bf16 rows of stride ld.
 template <typename T>
@@ -249,6 +224,34 @@ struct Decay {
   }
 };
 
+// The chunk a block owns (grid (N, H, B)): first token t0, valid rows L (<= C), the offsets of its first row in
+// the [B, T, H, Dk] and [B, T, H, Dv] inputs (row strides rowk, rowv), and its index in the per-chunk buffers.
+struct ChunkPos {
+  int n, h, b, t0, L;
+  int64_t rowk, rowv, offk, offv, bhn;
+  __device__ explicit ChunkPos(const TcGeo& geo) {
+    n = blockIdx.x;
+    h = blockIdx.y;
+    b = blockIdx.z;
+    t0 = n * geo.C;
+    L = geo.T - t0 < geo.C ? geo.T - t0 : geo.C;
+    rowk = int64_t(geo.H) * geo.Dk;
+    rowv = int64_t(geo.H) * geo.Dv;
+    offk = (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * geo.Dk;
+    offv = (int64_t(b) * geo.T + t0) * rowv + int64_t(h) * geo.Dv;
+    bhn = (int64_t(b) * geo.H + h) * geo.N + n;
+  }
+};
+
+// The chunk's inclusive cumulative log decays into G (row stride ldg); nothing without decays (MODE 0).
+template <int MODE>
+__device__ __forceinline__ void load_chunk_decays(float* G, int ldg, const TcGeo& geo, const float* g, const ChunkPos& cp) {
+  if constexpr (MODE > 0) {
+    const int64_t rowg = int64_t(geo.H) * geo.gw;
+    load_cumsum(G, ldg, g + (int64_t(cp.b) * geo.T + cp.t0) * rowg + int64_t(cp.h) * geo.gw, rowg, cp.L, geo.C, geo.gw);
+  }
+}
+
 __device__ __forceinline__ bool chunk_factorable(const float* G, int ldg, int C, int gw) {
   int ok = 1;
   for (int idx = threadIdx.x; idx < C * gw; idx += blockDim.x) {
@@ -286,18 +289,6 @@ __device__ __forceinline__ void diag_qk(float* diag, const bf16* q, const bf16* 
     }
     diag[t] = scale * s;
   }
-}
-
-using FragC = wm::fragment<wm::accumulator, 16, 16, 16, float>;
-
-// acc += a (16 x 16, layout LA) * b (16 x 16, layout LB), bf16 operands in shared memory.
-template <class LA, class LB>
-__device__ __forceinline__ void mma16(FragC& acc, const bf16* a, int lda, const bf16* b, int ldb) {
-  wm::fragment<wm::matrix_a, 16, 16, 16, bf16, LA> fa;
-  wm::fragment<wm::matrix_b, 16, 16, 16, bf16, LB> fb;
-  wm::load_matrix_sync(fa, a, unsigned(lda));
-  wm::load_matrix_sync(fb, b, unsigned(ldb));
-  wm::mma_sync(acc, fa, fb, acc);
 }
 
 // Lower-triangular tile index -> (ti, si) with si <= ti.
@@ -339,28 +330,27 @@ __device__ __forceinline__ void build_A(bf16* A, int ldc, const bf16* q, const b
     wm::fill_fragment(acc, 0.f);
     if (ti * 16 < L)
       for (int c0 = 0; c0 < Dk; c0 += 16) mma16<wm::row_major, wm::col_major>(acc, q + ti * 16 * ldk + c0, ldk, k + si * 16 * ldk + c0, ldk);
-    wm::store_matrix_sync(sc, acc, kScrLd, wm::mem_row_major);
-    __syncwarp();
-    for_pieces(w, [&](int r, int c0) {
-      const int t = ti * 16 + r;
-      float o[8];
+    through_scratch(sc, acc, [&] {
+      for_pieces(w, [&](int r, int c0) {
+        const int t = ti * 16 + r;
+        float o[8];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int s = si * 16 + c0 + i;
-        float val = 0.f;
-        if (t < L && s < L) {
-          if (s < t) {
-            val = scale * sc[r * kScrLd + c0 + i];
-            if constexpr (MODE == 1) val *= __expf(dec.gq(t, 0) - dec.g(s, 0));
-          } else if (s == t) {
-            val = diag[t];
+        for (int i = 0; i < 8; ++i) {
+          const int s = si * 16 + c0 + i;
+          float val = 0.f;
+          if (t < L && s < L) {
+            if (s < t) {
+              val = scale * sc[r * kScrLd + c0 + i];
+              if constexpr (MODE == 1) val *= __expf(dec.gq(t, 0) - dec.g(s, 0));
+            } else if (s == t) {
+              val = diag[t];
+            }
           }
+          o[i] = val;
         }
-        o[i] = val;
-      }
-      store8(A + t * ldc + si * 16 + c0, o);
+        store8(A + t * ldc + si * 16 + c0, o);
+      });
     });
-    __syncwarp();
   }
 }
 
@@ -372,36 +362,28 @@ template <typename T, int MODE, bool BWD>
 __global__ void __launch_bounds__(kStateThreads) chunk_state_tc(TcGeo geo, const T* __restrict__ xsrc, const T* __restrict__ ysrc,
                                                                 const float* __restrict__ g, float* __restrict__ out,
                                                                 float* __restrict__ glast) {
-  LR_TC_SMEM(smem);
+  TC_SMEM(smem);
   const Ld ld(geo);
   const StateLay sl(geo);
   bf16* X = reinterpret_cast<bf16*>(smem + sl.X);
   bf16* Y = reinterpret_cast<bf16*>(smem + sl.Y);
   float* G = reinterpret_cast<float*>(smem + sl.G);
-  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int t0 = n * geo.C, L = geo.T - t0 < geo.C ? geo.T - t0 : geo.C;
-  const int Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv;
-  const int64_t rowk = int64_t(geo.H) * Dk, rowv = int64_t(geo.H) * Dv;
-  load_rows(X, ldk, xsrc + (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * Dk, rowk, L, geo.C, Dk);
-  load_rows(Y, ldv, ysrc + (int64_t(b) * geo.T + t0) * rowv + int64_t(h) * Dv, rowv, L, geo.C, Dv);
-  if constexpr (MODE > 0) {
-    const int64_t rowg = int64_t(geo.H) * geo.gw;
-    load_cumsum(G, ld.ldg, g + (int64_t(b) * geo.T + t0) * rowg + int64_t(h) * geo.gw, rowg, L, geo.C, geo.gw);
-  }
+  const ChunkPos cp(geo);
+  const int L = cp.L, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv;
+  load_rows(X, ldk, xsrc + cp.offk, cp.rowk, L, geo.C, Dk);
+  load_rows(Y, ldv, ysrc + cp.offv, cp.rowv, L, geo.C, Dv);
+  load_chunk_decays<MODE>(G, ld.ldg, geo, g, cp);
   __syncthreads();
   const Decay<MODE> dec{G, ld.ldg, geo.bonus};
-  const int64_t bhn = (int64_t(b) * geo.H + h) * geo.N + n;
+  const int64_t bhn = cp.bhn;
   if constexpr (!BWD && MODE > 0) {
     for (int c = threadIdx.x; c < geo.gw; c += blockDim.x) glast[bhn * geo.gw + c] = dec.g(L - 1, c);
   }
   if (BWD || MODE > 0) {
-    for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
-      const int t = idx / Dk, c = idx - t * Dk;
-      float f;
-      if constexpr (BWD) f = geo.scale * (MODE > 0 ? __expf(dec.gq(t, c)) : 1.f);
-      else f = __expf(dec.g(L - 1, c) - dec.g(t, c));
-      X[t * ldk + c] = __float2bfloat16_rn(bf(X[t * ldk + c]) * f);
-    }
+    scale_tile(X, ldk, L, Dk, [&](int t, int c) {
+      if constexpr (BWD) return geo.scale * (MODE > 0 ? __expf(dec.gq(t, c)) : 1.f);
+      else return __expf(dec.g(L - 1, c) - dec.g(t, c));
+    });
   }
   __syncthreads();
   const Lanes w = lanes();
@@ -425,7 +407,7 @@ __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* 
                                                             const T* __restrict__ vg, const float* __restrict__ g,
                                                             const float* __restrict__ u, const float* __restrict__ states,
                                                             T* __restrict__ og) {
-  LR_TC_SMEM(smem);
+  TC_SMEM(smem);
   const Ld ld(geo);
   const FwdLay fl(geo);
   bf16* q = reinterpret_cast<bf16*>(smem + fl.q);
@@ -437,19 +419,14 @@ __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* 
   float* G = reinterpret_cast<float*>(smem + fl.G);
   const Lanes w = lanes();
   float* sc = reinterpret_cast<float*>(smem + fl.scr) + w.warp * kScrTile;
-  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int t0 = n * geo.C, L = geo.T - t0 < geo.C ? geo.T - t0 : geo.C;
+  const ChunkPos cp(geo);
+  const int h = cp.h, L = cp.L;
   const int C = geo.C, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv, ldc = ld.ldc;
-  const int64_t rowk = int64_t(geo.H) * Dk, rowv = int64_t(geo.H) * Dv;
-  const int64_t offk = (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * Dk;
-  const int64_t offv = (int64_t(b) * geo.T + t0) * rowv + int64_t(h) * Dv;
+  const int64_t rowk = cp.rowk, rowv = cp.rowv, offk = cp.offk, offv = cp.offv;
   load_rows(q, ldk, qg + offk, rowk, L, C, Dk);
   load_rows(k, ldk, kg + offk, rowk, L, C, Dk);
   load_rows(v, ldv, vg + offv, rowv, L, C, Dv);
-  if constexpr (MODE > 0) {
-    const int64_t rowg = int64_t(geo.H) * geo.gw;
-    load_cumsum(G, ld.ldg, g + (int64_t(b) * geo.T + t0) * rowg + int64_t(h) * geo.gw, rowg, L, C, geo.gw);
-  }
+  load_chunk_decays<MODE>(G, ld.ldg, geo, g, cp);
   __syncthreads();
   const Decay<MODE> dec{G, ld.ldg, geo.bonus};
   const bool factored = MODE == 2 && chunk_factorable(G, ld.ldg, C, geo.gw);
@@ -467,7 +444,7 @@ __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* 
     q[t * ldk + c] = __float2bfloat16_rn(bf(q[t * ldk + c]) * geo.scale * (MODE > 0 && !factored ? __expf(dec.gq(t, c)) : 1.f));
   }
   __syncthreads();  // k and G are dead from here: S overwrites them
-  const int64_t bhn = (int64_t(b) * geo.H + h) * geo.N + n;
+  const int64_t bhn = cp.bhn;
   load_state(S, ldk, states + bhn * int64_t(Dv) * Dk, Dv, Dk);
   __syncthreads();
   T* o = og + offv;
@@ -480,17 +457,7 @@ __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* 
       mma16<wm::row_major, wm::row_major>(acc, A + ti * 16 * ldc + si * 16, ldc, v + si * 16 * ldv + dj * 16, ldv);
     for (int c0 = 0; c0 < Dk; c0 += 16)
       mma16<wm::row_major, wm::col_major>(acc, q + ti * 16 * ldk + c0, ldk, S + dj * 16 * ldk + c0, ldk);
-    wm::store_matrix_sync(sc, acc, kScrLd, wm::mem_row_major);
-    __syncwarp();
-    for_pieces(w, [&](int r, int c0) {
-      const int t = ti * 16 + r;
-      if (t >= L) return;
-      float x[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) x[i] = sc[r * kScrLd + c0 + i];
-      store8(o + int64_t(t) * rowv + dj * 16 + c0, x);
-    });
-    __syncwarp();
+    through_scratch(sc, acc, [&] { store_scratch_rows(o + dj * 16, rowv, sc, ti * 16, L, w); });
   }
 }
 
@@ -504,7 +471,7 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
                                                             const float* __restrict__ states, const float* __restrict__ dstates,
                                                             T* __restrict__ dqg, T* __restrict__ dkg, T* __restrict__ dvg,
                                                             TcBwdOut bo) {
-  LR_TC_SMEM(smem);
+  TC_SMEM(smem);
   const Ld ld(geo);
   const BwdLay bl(geo);
   bf16* q = reinterpret_cast<bf16*>(smem + bl.q);
@@ -520,25 +487,20 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
   const Lanes w = lanes();
   float* sc = reinterpret_cast<float*>(smem + bl.scr) + w.warp * 2 * kScrTile;
   float* sc2 = sc + kScrTile;
-  const int n = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int t0 = n * geo.C, L = geo.T - t0 < geo.C ? geo.T - t0 : geo.C;
+  const ChunkPos cp(geo);
+  const int h = cp.h, L = cp.L;
   const int C = geo.C, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv, ldc = ld.ldc;
   const float scale = geo.scale;
-  const int64_t rowk = int64_t(geo.H) * Dk, rowv = int64_t(geo.H) * Dv;
-  const int64_t offk = (int64_t(b) * geo.T + t0) * rowk + int64_t(h) * Dk;
-  const int64_t offv = (int64_t(b) * geo.T + t0) * rowv + int64_t(h) * Dv;
+  const int64_t rowk = cp.rowk, rowv = cp.rowv, offk = cp.offk, offv = cp.offv;
   load_rows(q, ldk, qg + offk, rowk, L, C, Dk);
   load_rows(k, ldk, kg + offk, rowk, L, C, Dk);
   load_rows(v, ldv, vg + offv, rowv, L, C, Dv);
   load_rows(dO, ldv, dog + offv, rowv, L, C, Dv);
-  if constexpr (MODE > 0) {
-    const int64_t rowg = int64_t(geo.H) * geo.gw;
-    load_cumsum(G, ld.ldg, g + (int64_t(b) * geo.T + t0) * rowg + int64_t(h) * geo.gw, rowg, L, C, geo.gw);
-  }
+  load_chunk_decays<MODE>(G, ld.ldg, geo, g, cp);
   __syncthreads();
   const Decay<MODE> dec{G, ld.ldg, geo.bonus};
   const float* uh = geo.bonus ? u + int64_t(h) * Dk : nullptr;
-  const int64_t bhn = (int64_t(b) * geo.H + h) * geo.N + n;
+  const int64_t bhn = cp.bhn;
   const bool factored = MODE == 2 && chunk_factorable(G, ld.ldg, C, geo.gw);
   const bool mma_intra = !(MODE == 2 && !factored);  // intra-chunk dq / dk parts as products
   const int nt = C >> 4, nrt = (L + 15) >> 4;
@@ -553,26 +515,25 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
     if (ti * 16 < L)
       for (int d0 = 0; d0 < Dv; d0 += 16)
         mma16<wm::row_major, wm::col_major>(acc, dO + ti * 16 * ldv + d0, ldv, v + si * 16 * ldv + d0, ldv);
-    wm::store_matrix_sync(sc, acc, kScrLd, wm::mem_row_major);
-    __syncwarp();
-    for_pieces(w, [&](int r, int c0) {
-      const int t = ti * 16 + r;
-      float o[8];
+    through_scratch(sc, acc, [&] {
+      for_pieces(w, [&](int r, int c0) {
+        const int t = ti * 16 + r;
+        float o[8];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int s = si * 16 + c0 + i;
-        const float a = sc[r * kScrLd + c0 + i];
-        float val = 0.f;
-        if (t < L && s < t) {
-          val = scale * a;
-          if constexpr (MODE == 1) val *= __expf(dec.gq(t, 0) - dec.g(s, 0));
+        for (int i = 0; i < 8; ++i) {
+          const int s = si * 16 + c0 + i;
+          const float a = sc[r * kScrLd + c0 + i];
+          float val = 0.f;
+          if (t < L && s < t) {
+            val = scale * a;
+            if constexpr (MODE == 1) val *= __expf(dec.gq(t, 0) - dec.g(s, 0));
+          }
+          if (s == t) dAd[t] = t < L ? scale * a : 0.f;
+          o[i] = val;
         }
-        if (s == t) dAd[t] = t < L ? scale * a : 0.f;
-        o[i] = val;
-      }
-      store8(dA + t * ldc + si * 16 + c0, o);
+        store8(dA + t * ldc + si * 16 + c0, o);
+      });
     });
-    __syncwarp();
   }
   diag_qk(diagA, q, k, ldk, uh, L, C, Dk, scale);  // raw q, k
   __syncthreads();
@@ -602,42 +563,40 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
         mma16<wm::row_major, wm::row_major>(a1, dA + ti * 16 * ldc + si * 16, ldc, k + si * 16 * ldk + cj * 16, ldk);
     for (int d0 = 0; d0 < Dv; d0 += 16)
       mma16<wm::row_major, wm::row_major>(a2, dO + ti * 16 * ldv + d0, ldv, SH + d0 * ldk + cj * 16, ldk);
-    wm::store_matrix_sync(sc, a1, kScrLd, wm::mem_row_major);
-    wm::store_matrix_sync(sc2, a2, kScrLd, wm::mem_row_major);
-    __syncwarp();
-    for_pieces(w, [&](int r, int c0) {
-      const int t = ti * 16 + r;
-      if (t >= L) return;
-      const int64_t gi = int64_t(t) * rowk + cj * 16 + c0;
-      float qr[8], kr[8], val[8], rv[8], pv[8];
-      load8(qr, qraw + gi);
-      load8(kr, kraw + gi);
+    through_scratch(sc, a1, sc2, a2, [&] {
+      for_pieces(w, [&](int r, int c0) {
+        const int t = ti * 16 + r;
+        if (t >= L) return;
+        const int64_t gi = int64_t(t) * rowk + cj * 16 + c0;
+        float qr[8], kr[8], val[8], rv[8], pv[8];
+        load8(qr, qraw + gi);
+        load8(kr, kraw + gi);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int c = cj * 16 + c0 + i;
-        const float eq = MODE > 0 ? __expf(dec.gq(t, c)) : 1.f;
-        float intra;
-        if (MODE == 2 && factored) {
-          intra = sc[r * kScrLd + c0 + i] * eq;
-        } else if (MODE == 2) {  // pairwise: sum_{s<t} dA_ts k_sc exp(Gq_tc - G_sc)
-          intra = 0.f;
-          for (int s = 0; s < t; ++s) intra += bf(dA[t * ldc + s]) * bf(k[s * ldk + c]) * __expf(dec.gq(t, c) - dec.g(s, c));
-        } else {
-          intra = sc[r * kScrLd + c0 + i];
+        for (int i = 0; i < 8; ++i) {
+          const int c = cj * 16 + c0 + i;
+          const float eq = MODE > 0 ? __expf(dec.gq(t, c)) : 1.f;
+          float intra;
+          if (MODE == 2 && factored) {
+            intra = sc[r * kScrLd + c0 + i] * eq;
+          } else if (MODE == 2) {  // pairwise: sum_{s<t} dA_ts k_sc exp(Gq_tc - G_sc)
+            intra = 0.f;
+            for (int s = 0; s < t; ++s) intra += bf(dA[t * ldc + s]) * bf(k[s * ldk + c]) * __expf(dec.gq(t, c) - dec.g(s, c));
+          } else {
+            intra = sc[r * kScrLd + c0 + i];
+          }
+          float dst = intra + scale * sc2[r * kScrLd + c0 + i] * eq;
+          float x;
+          if (uh) x = dst + dAd[t] * uh[c] * kr[i];
+          else dst = x = dst + dAd[t] * kr[i];
+          val[i] = x;
+          rv[i] = qr[i] * x;
+          pv[i] = qr[i] * dst;
         }
-        float dst = intra + scale * sc2[r * kScrLd + c0 + i] * eq;
-        float x;
-        if (uh) x = dst + dAd[t] * uh[c] * kr[i];
-        else dst = x = dst + dAd[t] * kr[i];
-        val[i] = x;
-        rv[i] = qr[i] * x;
-        pv[i] = qr[i] * dst;
-      }
-      store8(dq + gi, val);
-      if (rbuf) store8f(rbuf + gi, rv);
-      if (pbuf) store8f(pbuf + gi, pv);
+        store8(dq + gi, val);
+        if (rbuf) store8f(rbuf + gi, rv);
+        if (pbuf) store8f(pbuf + gi, pv);
+      });
     });
-    __syncwarp();
   }
   __syncthreads();  // rbuf rows are written (read-modify-write below); SH is free
   load_state(SH, ldk, dstates + bhn * int64_t(Dv) * Dk, Dv, Dk);  // dH_{n+1}
@@ -655,38 +614,36 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
         mma16<wm::col_major, wm::row_major>(a1, dA + ti * 16 * ldc + si * 16, ldc, q + ti * 16 * ldk + cj * 16, ldk);
     for (int d0 = 0; d0 < Dv; d0 += 16)
       mma16<wm::row_major, wm::row_major>(a2, v + si * 16 * ldv + d0, ldv, SH + d0 * ldk + cj * 16, ldk);
-    wm::store_matrix_sync(sc, a1, kScrLd, wm::mem_row_major);
-    wm::store_matrix_sync(sc2, a2, kScrLd, wm::mem_row_major);
-    __syncwarp();
-    for_pieces(w, [&](int r, int c0) {
-      const int s = si * 16 + r;
-      if (s >= L) return;
-      const int64_t gi = int64_t(s) * rowk + cj * 16 + c0;
-      float qr[8], kr[8], val[8], rv[8];
-      load8(qr, qraw + gi);
-      load8(kr, kraw + gi);
-      if (rbuf) load8f(rv, rbuf + gi);
+    through_scratch(sc, a1, sc2, a2, [&] {
+      for_pieces(w, [&](int r, int c0) {
+        const int s = si * 16 + r;
+        if (s >= L) return;
+        const int64_t gi = int64_t(s) * rowk + cj * 16 + c0;
+        float qr[8], kr[8], val[8], rv[8];
+        load8(qr, qraw + gi);
+        load8(kr, kraw + gi);
+        if (rbuf) load8f(rv, rbuf + gi);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int c = cj * 16 + c0 + i;
-        const float carry = sc2[r * kScrLd + c0 + i] * (MODE > 0 ? __expf(dec.g(L - 1, c) - dec.g(s, c)) : 1.f);
-        float intra;
-        if (MODE == 2 && factored) {
-          intra = sc[r * kScrLd + c0 + i] * __expf(-dec.g(s, c));
-        } else if (MODE == 2) {  // pairwise: sum_{t>s} dA_ts q_tc exp(Gq_tc - G_sc)
-          intra = 0.f;
-          for (int t = s + 1; t < L; ++t) intra += bf(dA[t * ldc + s]) * bf(q[t * ldk + c]) * __expf(dec.gq(t, c) - dec.g(s, c));
-        } else {
-          intra = sc[r * kScrLd + c0 + i];
+        for (int i = 0; i < 8; ++i) {
+          const int c = cj * 16 + c0 + i;
+          const float carry = sc2[r * kScrLd + c0 + i] * (MODE > 0 ? __expf(dec.g(L - 1, c) - dec.g(s, c)) : 1.f);
+          float intra;
+          if (MODE == 2 && factored) {
+            intra = sc[r * kScrLd + c0 + i] * __expf(-dec.g(s, c));
+          } else if (MODE == 2) {  // pairwise: sum_{t>s} dA_ts q_tc exp(Gq_tc - G_sc)
+            intra = 0.f;
+            for (int t = s + 1; t < L; ++t) intra += bf(dA[t * ldc + s]) * bf(q[t * ldk + c]) * __expf(dec.gq(t, c) - dec.g(s, c));
+          } else {
+            intra = sc[r * kScrLd + c0 + i];
+          }
+          const float x = intra + carry + dAd[s] * (uh ? uh[c] : 1.f) * qr[i];
+          val[i] = x;
+          if (rbuf) rv[i] -= kr[i] * x;
         }
-        const float x = intra + carry + dAd[s] * (uh ? uh[c] : 1.f) * qr[i];
-        val[i] = x;
-        if (rbuf) rv[i] -= kr[i] * x;
-      }
-      store8(dk + gi, val);
-      if (rbuf) store8f(rbuf + gi, rv);
+        store8(dk + gi, val);
+        if (rbuf) store8f(rbuf + gi, rv);
+      });
     });
-    __syncwarp();
   }
   // du (bonus): per-chunk sum of dA_tt q_tc k_tc (raw values from global memory)
   if (bo.du) {
@@ -698,12 +655,8 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
   }
   __syncthreads();
   // k -> k exp(G_last - G) for the carried term of dv; chunk sums of r for dg
-  if constexpr (MODE > 0) {
-    for (int idx = threadIdx.x; idx < L * Dk; idx += blockDim.x) {
-      const int t = idx / Dk, c = idx - t * Dk;
-      k[t * ldk + c] = __float2bfloat16_rn(bf(k[t * ldk + c]) * __expf(dec.g(L - 1, c) - (MODE == 2 && factored ? 0.f : dec.g(t, c))));
-    }
-  }
+  if constexpr (MODE > 0)
+    scale_tile(k, ldk, L, Dk, [&](int t, int c) { return __expf(dec.g(L - 1, c) - (MODE == 2 && factored ? 0.f : dec.g(t, c))); });
   if (bo.ctot) {
     for (int c = threadIdx.x; c < Dk; c += blockDim.x) {
       float s = 0.f;
@@ -724,17 +677,7 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
       mma16<wm::col_major, wm::row_major>(acc, A + ti * 16 * ldc + si * 16, ldc, dO + ti * 16 * ldv + dj * 16, ldv);
     for (int c0 = 0; c0 < Dk; c0 += 16)
       mma16<wm::row_major, wm::col_major>(acc, k + si * 16 * ldk + c0, ldk, SH + dj * 16 * ldk + c0, ldk);
-    wm::store_matrix_sync(sc, acc, kScrLd, wm::mem_row_major);
-    __syncwarp();
-    for_pieces(w, [&](int r, int c0) {
-      const int s = si * 16 + r;
-      if (s >= L) return;
-      float x[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) x[i] = sc[r * kScrLd + c0 + i];
-      store8(dv + int64_t(s) * rowv + dj * 16 + c0, x);
-    });
-    __syncwarp();
+    through_scratch(sc, acc, [&] { store_scratch_rows(dv + dj * 16, rowv, sc, si * 16, L, w); });
   }
 }
 
