@@ -14,6 +14,7 @@
 
 #include "core/ops.h"
 #include "layers/mixers/attention/attention_op.h"
+#include "support/gpu_compare.h"
 #include "support/test_util.h"
 
 using namespace seqmix;
@@ -21,7 +22,12 @@ using seqmix::mixers::AttentionForward;
 using seqmix::mixers::AttentionGrads;
 using seqmix::mixers::attention_backward;
 using seqmix::mixers::attention_forward;
+using seqmix::testing::kBF;
+using seqmix::testing::kF32;
+using seqmix::testing::random_rounded;
 using seqmix::testing::rel_error;
+using seqmix::testing::to_cpu_f32;
+using seqmix::testing::to_gpu;
 
 namespace {
 
@@ -34,17 +40,6 @@ std::ostream& operator<<(std::ostream& os, const GpuCase& c) {
   return os << "B=" << c.B << " Tq=" << c.Tq << " Tk=" << c.Tk << " H=" << c.H << " Hkv=" << c.Hkv << " D=" << c.D
             << " window=" << c.window << " " << dtype_name(c.dtype);
 }
-
-// Random values rounded to `dt` (on the CPU), returned as f32 CPU tensors.
-Tensor random_rounded(const Shape& s, uint64_t seed, DType dt) {
-  Generator g(seed);
-  Tensor t = randn(s, g, DType::F32);
-  return dt == DType::F32 ? t : t.to(dt).to(DType::F32);
-}
-
-// Moves an f32 CPU tensor to the GPU in dtype dt (conversion on the CPU, then a plain copy).
-Tensor to_gpu(const Tensor& t, DType dt) { return t.to(dt).to(Device::cuda()); }
-Tensor to_cpu_f32(const Tensor& t) { return t.to(Device::cpu()).to(DType::F32); }
 
 double tolerance(DType dt) { return dt == DType::BF16 ? 2e-2 : 1e-4; }
 
@@ -121,12 +116,9 @@ void check_against_cpu(const GpuCase& c, bool fused = false) {
 class AttentionGpuVsCpu : public ::testing::TestWithParam<GpuCase> {};
 
 TEST_P(AttentionGpuVsCpu, OutputLseAndGradientsMatch) {
-  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  SKIP_WITHOUT_CUDA();
   check_against_cpu(GetParam());
 }
-
-constexpr DType kBF = DType::BF16;
-constexpr DType kF32 = DType::F32;
 
 INSTANTIATE_TEST_SUITE_P(
     TensorCores, AttentionGpuVsCpu,

@@ -20,9 +20,11 @@
 #include "core/ops.h"
 #include "layers/mixers/common/delta_rule.h"
 #include "layers/mixers/common/delta_rule_cuda.h"
+#include "support/gpu_compare.h"
 #include "support/test_util.h"
 
 using namespace seqmix;
+using namespace seqmix::testing;
 using seqmix::mixers::delta_rule;
 using seqmix::mixers::delta_rule_cuda;
 using seqmix::mixers::delta_rule_reference;
@@ -42,36 +44,10 @@ std::ostream& operator<<(std::ostream& os, const DrCase& c) {
             << " init=" << c.init << " " << dtype_name(c.dtype);
 }
 
-// Random normal values times `mul`, rounded to dt, as an f32 CPU tensor.
-Tensor random_rounded(const Shape& s, uint64_t seed, DType dt, double mul = 1.0) {
-  Generator g(seed);
-  Tensor t = randn(s, g, DType::F32) * mul;
-  return dt == DType::F32 ? t : t.to(dt).to(DType::F32);
-}
-
-Tensor to_gpu(const Tensor& t, DType dt) { return t.to(dt).to(Device::cuda()); }
-Tensor to_cpu_f32(const Tensor& t) { return t.to(Device::cpu()).to(DType::F32); }
-
 double tolerance(const DrCase& c) { return c.dtype == DType::F32 && c.Dk <= 64 && c.Dv <= 64 ? 1e-3 : 3e-2; }
 
 // Relative error; where the reference is (near) zero everywhere, the absolute error.
-double err(const Tensor& got, const Tensor& want) {
-  std::vector<float> g = to_cpu_f32(got).to_vector<float>(), w = to_cpu_f32(want).to_vector<float>();
-  EXPECT_EQ(g.size(), w.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < g.size() && i < w.size(); ++i) {
-    if (!std::isfinite(g[i])) return INFINITY;
-    num = std::max(num, double(std::abs(g[i] - w[i])));
-    den = std::max(den, double(std::abs(w[i])));
-  }
-  return num / std::max(den, 1e-3);
-}
-
-Tensor leaf(const Tensor& t) {
-  Tensor x = t.detach();
-  x.requires_grad_(true);
-  return x;
-}
+double err(const Tensor& got, const Tensor& want) { return floored_rel_err(got, want); }
 
 struct Leaves {
   Tensor q, k, v, beta, g, s0;
@@ -101,30 +77,14 @@ void check_against_cpu(const DrCase& c) {
            g.defined() ? leaf(to_gpu(g, DType::F32)) : Tensor(), s0.defined() ? leaf(to_gpu(s0, DType::F32)) : Tensor()};
   ASSERT_TRUE(mixers::delta_rule_cuda_supported(d.q, d.k, d.v, d.beta, d.g, d.s0, opt));
   DeltaResult got = delta_rule_cuda(d.q, d.k, d.v, d.beta, d.g, d.s0, opt);
-  ASSERT_TRUE(got.o.is_cuda());
-  ASSERT_EQ(got.o.dtype(), dt);
-  ASSERT_EQ(got.o.shape(), (Shape{B, T, H, Dv}));
-  ASSERT_TRUE(got.final_state.defined());
-  ASSERT_EQ(got.final_state.dtype(), DType::F32);
+  ASSERT_NO_FATAL_FAILURE(assert_mixer_result(got, dt, {B, T, H, Dv}));
   autograd::backward({got.o, got.final_state}, {to_gpu(dout, dt), to_gpu(dfin, DType::F32)});
 
   const double tol = tolerance(c);
-  EXPECT_LT(err(got.o, ref.o), tol) << "o";
-  EXPECT_LT(err(got.final_state, ref.final_state), tol) << "final state";
-  EXPECT_LT(err(d.q.grad(), r.q.grad()), tol) << "dq";
-  EXPECT_LT(err(d.k.grad(), r.k.grad()), tol) << "dk";
-  EXPECT_LT(err(d.v.grad(), r.v.grad()), tol) << "dv";
-  ASSERT_TRUE(d.beta.grad().defined());
-  EXPECT_LT(err(d.beta.grad(), r.beta.grad()), tol) << "dbeta";
-  if (g.defined()) {
-    ASSERT_TRUE(d.g.grad().defined());
-    EXPECT_EQ(d.g.grad().shape(), g.shape());
-    EXPECT_LT(err(d.g.grad(), r.g.grad()), tol) << "dg";
-  }
-  if (s0.defined()) {
-    ASSERT_TRUE(d.s0.grad().defined());
-    EXPECT_LT(err(d.s0.grad(), r.s0.grad()), tol) << "d initial state";
-  }
+  expect_mixer_close(got, ref, d, r, tol);
+  ASSERT_NO_FATAL_FAILURE(expect_grad_close(d.beta, r.beta, tol, "dbeta"));
+  ASSERT_NO_FATAL_FAILURE(expect_grad_close(d.g, r.g, tol, "dg", /*same_shape=*/true));
+  expect_grad_close(d.s0, r.s0, tol, "d initial state");
 }
 
 }  // namespace
@@ -132,13 +92,9 @@ void check_against_cpu(const DrCase& c) {
 class DeltaRuleGpuVsCpu : public ::testing::TestWithParam<DrCase> {};
 
 TEST_P(DeltaRuleGpuVsCpu, OutputStateAndGradientsMatch) {
-  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  SKIP_WITHOUT_CUDA();
   check_against_cpu(GetParam());
 }
-
-constexpr DType kBF = DType::BF16;
-constexpr DType kF16 = DType::F16;
-constexpr DType kF32 = DType::F32;
 
 INSTANTIATE_TEST_SUITE_P(
     Bf16, DeltaRuleGpuVsCpu,
@@ -237,19 +193,13 @@ TEST(DeltaRuleGpu, LongSequenceExtremeGatesStayFinite) {
   Tensor dout = randn({1, T, H, D}, gen, DType::F32).to(DType::BF16).to(Device::cuda());
   Tensor dfin = randn({1, H, D, D}, gen, DType::F32).to(Device::cuda());
   autograd::backward({r.o, r.final_state}, {dout, dfin});
-  auto all_finite = [](const Tensor& t, const char* what) {
-    std::vector<float> x = to_cpu_f32(t).to_vector<float>();
-    size_t bad = 0;
-    for (float e : x) bad += !std::isfinite(e);
-    EXPECT_EQ(bad, 0u) << what;
-  };
-  all_finite(r.o, "o");
-  all_finite(r.final_state, "final state");
-  all_finite(qd.grad(), "dq");
-  all_finite(kd.grad(), "dk");
-  all_finite(vd.grad(), "dv");
-  all_finite(bd.grad(), "dbeta");
-  all_finite(gd.grad(), "dg");
+  expect_all_finite(r.o, "o");
+  expect_all_finite(r.final_state, "final state");
+  expect_all_finite(qd.grad(), "dq");
+  expect_all_finite(kd.grad(), "dk");
+  expect_all_finite(vd.grad(), "dv");
+  expect_all_finite(bd.grad(), "dbeta");
+  expect_all_finite(gd.grad(), "dg");
   // the op composition (chunked WY form as ops, f32) on the same inputs
   const char* old = std::getenv("SEQMIX_DELTA_CUDA");
   const std::string saved = old ? old : "";

@@ -15,9 +15,11 @@
 #include "core/ops.h"
 #include "layers/mixers/common/linear_recurrence.h"
 #include "layers/mixers/common/linear_recurrence_cuda.h"
+#include "support/gpu_compare.h"
 #include "support/test_util.h"
 
 using namespace seqmix;
+using namespace seqmix::testing;
 using seqmix::mixers::linear_recurrence_cuda;
 using seqmix::mixers::linear_recurrence_reference;
 using seqmix::mixers::RecurrenceOptions;
@@ -41,21 +43,11 @@ std::ostream& operator<<(std::ostream& os, const LrCase& c) {
             << " bonus=" << c.bonus << " init=" << c.init << " " << dtype_name(c.dtype) << " strength=" << c.strength;
 }
 
-// Random normal values times `mul`, rounded to dt, as an f32 CPU tensor.
-Tensor random_rounded(const Shape& s, uint64_t seed, DType dt, double mul = 1.0) {
-  Generator g(seed);
-  Tensor t = randn(s, g, DType::F32) * mul;
-  return dt == DType::F32 ? t : t.to(dt).to(DType::F32);
-}
-
 // Log-decays in (-inf, 0): log(sigmoid(x + 2)) * strength, f32 (typical value -0.13 per token).
 Tensor random_log_decay(const Shape& s, uint64_t seed, double strength) {
   Generator g(seed);
   return logsigmoid(randn(s, g, DType::F32) + 2.0) * strength;
 }
-
-Tensor to_gpu(const Tensor& t, DType dt) { return t.to(dt).to(Device::cuda()); }
-Tensor to_cpu_f32(const Tensor& t) { return t.to(Device::cpu()).to(DType::F32); }
 
 // f32 with strong decays (strength > 1): the cumulative log-decays reach |G| ~ 170 within a chunk, whose f32
 // rounding (~1e-5 absolute) enters every exponent exp(G_t - G_s) of the chunked form, while the reference
@@ -66,23 +58,7 @@ double tolerance(DType dt, double strength = 1.0) {
 }
 
 // Relative error; where the reference is (near) zero everywhere, the absolute error.
-double err(const Tensor& got, const Tensor& want) {
-  std::vector<float> g = to_cpu_f32(got).to_vector<float>(), w = to_cpu_f32(want).to_vector<float>();
-  EXPECT_EQ(g.size(), w.size());
-  double num = 0, den = 1e-6;
-  for (size_t i = 0; i < g.size() && i < w.size(); ++i) {
-    if (!std::isfinite(g[i])) return INFINITY;
-    num = std::max(num, double(std::abs(g[i] - w[i])));
-    den = std::max(den, double(std::abs(w[i])));
-  }
-  return num / std::max(den, 1e-3);
-}
-
-Tensor leaf(const Tensor& t) {
-  Tensor x = t.detach();
-  x.requires_grad_(true);
-  return x;
-}
+double err(const Tensor& got, const Tensor& want) { return floored_rel_err(got, want); }
 
 struct Leaves {
   Tensor q, k, v, g, u, s0;
@@ -139,32 +115,14 @@ void check_against_cpu(const LrCase& c, bool strided = false) {
   if (u.defined()) d.u = leaf(to_gpu(u, DType::F32));
   if (s0.defined()) d.s0 = leaf(to_gpu(s0, DType::F32));
   RecurrenceResult got = linear_recurrence_cuda(d.q, d.k, d.v, d.g, d.u, d.s0, opt);
-  ASSERT_TRUE(got.o.is_cuda());
-  ASSERT_EQ(got.o.dtype(), dt);
-  ASSERT_EQ(got.o.shape(), (Shape{B, T, H, Dv}));
-  ASSERT_TRUE(got.final_state.defined());
-  ASSERT_EQ(got.final_state.dtype(), DType::F32);
+  ASSERT_NO_FATAL_FAILURE(assert_mixer_result(got, dt, {B, T, H, Dv}));
   autograd::backward({got.o, got.final_state}, {to_gpu(dout, dt), to_gpu(dfin, DType::F32)});
 
   const double tol = tolerance(dt, c.strength);
-  EXPECT_LT(err(got.o, ref.o), tol) << "o";
-  EXPECT_LT(err(got.final_state, ref.final_state), tol) << "final state";
-  EXPECT_LT(err(d.q.grad(), r.q.grad()), tol) << "dq";
-  EXPECT_LT(err(d.k.grad(), r.k.grad()), tol) << "dk";
-  EXPECT_LT(err(d.v.grad(), r.v.grad()), tol) << "dv";
-  if (g.defined()) {
-    ASSERT_TRUE(d.g.grad().defined());
-    EXPECT_EQ(d.g.grad().shape(), g.shape());
-    EXPECT_LT(err(d.g.grad(), r.g.grad()), tol) << "dg";
-  }
-  if (u.defined()) {
-    ASSERT_TRUE(d.u.grad().defined());
-    EXPECT_LT(err(d.u.grad(), r.u.grad()), tol) << "d bonus";
-  }
-  if (s0.defined()) {
-    ASSERT_TRUE(d.s0.grad().defined());
-    EXPECT_LT(err(d.s0.grad(), r.s0.grad()), tol) << "d initial state";
-  }
+  expect_mixer_close(got, ref, d, r, tol);
+  ASSERT_NO_FATAL_FAILURE(expect_grad_close(d.g, r.g, tol, "dg", /*same_shape=*/true));
+  ASSERT_NO_FATAL_FAILURE(expect_grad_close(d.u, r.u, tol, "d bonus"));
+  expect_grad_close(d.s0, r.s0, tol, "d initial state");
 }
 
 }  // namespace
@@ -172,12 +130,10 @@ void check_against_cpu(const LrCase& c, bool strided = false) {
 class LinearRecurrenceGpuVsCpu : public ::testing::TestWithParam<LrCase> {};
 
 TEST_P(LinearRecurrenceGpuVsCpu, OutputStateAndGradientsMatch) {
-  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  SKIP_WITHOUT_CUDA();
   check_against_cpu(GetParam());
 }
 
-constexpr DType kBF = DType::BF16;
-constexpr DType kF32 = DType::F32;
 constexpr DecayKind kNone = DecayKind::None, kHead = DecayKind::Head, kChan = DecayKind::Channel;
 
 INSTANTIATE_TEST_SUITE_P(
@@ -250,19 +206,13 @@ TEST(LinearRecurrenceGpu, LongSequenceStrongDecaysStayFinite) {
   Tensor gd = leaf(g.to(Device::cuda())), ud = leaf(u.to(Device::cuda()));
   RecurrenceResult r = linear_recurrence_cuda(qd, kd, vd, gd, ud, Tensor(), RecurrenceOptions{});
   autograd::backward({r.o, r.final_state}, {ones_like(r.o), ones_like(r.final_state)});
-  auto all_finite = [](const Tensor& t, const char* what) {
-    std::vector<float> x = to_cpu_f32(t).to_vector<float>();
-    size_t bad = 0;
-    for (float e : x) bad += !std::isfinite(e);
-    EXPECT_EQ(bad, 0u) << what;
-  };
-  all_finite(r.o, "o");
-  all_finite(r.final_state, "final state");
-  all_finite(qd.grad(), "dq");
-  all_finite(kd.grad(), "dk");
-  all_finite(vd.grad(), "dv");
-  all_finite(gd.grad(), "dg");
-  all_finite(ud.grad(), "d bonus");
+  expect_all_finite(r.o, "o");
+  expect_all_finite(r.final_state, "final state");
+  expect_all_finite(qd.grad(), "dq");
+  expect_all_finite(kd.grad(), "dk");
+  expect_all_finite(vd.grad(), "dv");
+  expect_all_finite(gd.grad(), "dg");
+  expect_all_finite(ud.grad(), "d bonus");
   // The tail against the reference (f32 on the CPU, the same bf16-rounded inputs).
   auto last = [&](const Tensor& t) { return t.narrow(1, T - tail, tail).to(DType::F32).contiguous(); };
   RecurrenceResult ref = linear_recurrence_reference(last(q), last(k), last(v), last(g), u, Tensor(), RecurrenceOptions{});
