@@ -42,9 +42,34 @@ int32_t TokenSplit::at(uint64_t i) const {
   return v;
 }
 
-// ---- IndexPermutation: balanced Feistel network over 2*h bits, cycle-walking into [0, n) ----
-namespace {
-inline uint64_t mix64(uint64_t x) {
+// ---- RankedBatchSource ----
+void RankedBatchSource::check_rank_layout() const {
+  SEQMIX_CHECK(cfg_.global_batch >= 1, "the global batch size must be >= 1, got ", cfg_.global_batch);
+  SEQMIX_CHECK(cfg_.world >= 1 && cfg_.rank >= 0 && cfg_.rank < cfg_.world, "bad data-parallel rank ", cfg_.rank,
+               " of world size ", cfg_.world);
+  SEQMIX_CHECK(cfg_.global_batch % cfg_.world == 0, "the global batch size ", cfg_.global_batch,
+               " is not divisible by the number of data-parallel ranks ", cfg_.world,
+               "; choose a batch size that is a multiple of the GPU count");
+}
+
+uint64_t RankedBatchSource::start_batch(int64_t step, int64_t target_count, HostBatch& out) const {
+  const int32_t T = cfg_.seq_len, rows = rows_per_rank();
+  out.step = step;
+  out.rows = rows;
+  out.seq_len = T;
+  out.row_begin = static_cast<int64_t>(cfg_.rank) * rows;
+  out.target_count = target_count;
+  out.buffer.resize(2 * static_cast<size_t>(rows) * T);
+  return static_cast<uint64_t>(step) * static_cast<uint64_t>(cfg_.global_batch) + static_cast<uint64_t>(out.row_begin);
+}
+
+HostBatch RankedBatchSource::batch(int64_t step) const {
+  HostBatch b;
+  fill(step, b);
+  return b;
+}
+
+uint64_t mix64(uint64_t x) {
   x ^= x >> 30;
   x *= 0xBF58476D1CE4E5B9ull;
   x ^= x >> 27;
@@ -52,8 +77,8 @@ inline uint64_t mix64(uint64_t x) {
   x ^= x >> 31;
   return x;
 }
-}  // namespace
 
+// ---- IndexPermutation: balanced Feistel network over 2*h bits, cycle-walking into [0, n) ----
 IndexPermutation::IndexPermutation(uint64_t n, uint64_t key) : n_(n), key_(mix64(key ^ 0x5EC3A1D0F00Dull)) {
   int bits = 0;
   while (bits < 64 && (uint64_t(1) << bits) < n) ++bits;
@@ -84,14 +109,9 @@ uint64_t IndexPermutation::operator()(uint64_t i) const {
 
 // ---- TrainLoader ----
 TrainLoader::TrainLoader(std::shared_ptr<const TokenSplit> split, TrainLoaderConfig cfg)
-    : split_(std::move(split)), cfg_(cfg) {
+    : RankedBatchSource(cfg), split_(std::move(split)) {
   SEQMIX_CHECK(cfg_.seq_len >= 1, "data.seq_len must be >= 1, got ", cfg_.seq_len);
-  SEQMIX_CHECK(cfg_.global_batch >= 1, "the global batch size must be >= 1, got ", cfg_.global_batch);
-  SEQMIX_CHECK(cfg_.world >= 1 && cfg_.rank >= 0 && cfg_.rank < cfg_.world, "bad data-parallel rank ", cfg_.rank,
-               " of world size ", cfg_.world);
-  SEQMIX_CHECK(cfg_.global_batch % cfg_.world == 0, "the global batch size ", cfg_.global_batch,
-               " is not divisible by the number of data-parallel ranks ", cfg_.world,
-               "; choose a batch size that is a multiple of the GPU count");
+  check_rank_layout();
   const uint64_t n = split_->size();
   windows_ = n > 0 ? (n - 1) / static_cast<uint64_t>(cfg_.seq_len) : 0;
   SEQMIX_CHECK(windows_ >= 1, "the training split has ", n, " tokens, fewer than seq_len + 1 = ", cfg_.seq_len + 1,
@@ -111,18 +131,13 @@ uint64_t TrainLoader::window_start(uint64_t g) const {
 void TrainLoader::fill(int64_t step, HostBatch& out) const {
   SEQMIX_CHECK(step >= 0, "TrainLoader: step must be >= 0, got ", step);
   const int32_t T = cfg_.seq_len, rows = rows_per_rank();
-  out.step = step;
-  out.rows = rows;
-  out.seq_len = T;
-  out.row_begin = static_cast<int64_t>(cfg_.rank) * rows;
-  out.target_count = static_cast<int64_t>(rows) * T;
-  out.buffer.resize(2 * static_cast<size_t>(rows) * T);
+  const uint64_t first = start_batch(step, static_cast<int64_t>(rows) * T, out);
   std::vector<int32_t> win(T + 1);
   // One permutation per epoch; a batch spans at most a few epochs.
   uint64_t cached_epoch = ~0ull;
   std::unique_ptr<IndexPermutation> perm;
   for (int32_t r = 0; r < rows; ++r) {
-    const uint64_t g = static_cast<uint64_t>(step) * cfg_.global_batch + out.row_begin + r;
+    const uint64_t g = first + r;
     const uint64_t epoch = g / windows_;
     if (epoch != cached_epoch) {
       perm = std::make_unique<IndexPermutation>(windows_, mix64(cfg_.seed) ^ mix64(epoch + 0x1234567ull));
@@ -133,12 +148,6 @@ void TrainLoader::fill(int64_t step, HostBatch& out) const {
     std::copy(win.begin(), win.end() - 1, out.inputs() + static_cast<size_t>(r) * T);
     std::copy(win.begin() + 1, win.end(), out.targets() + static_cast<size_t>(r) * T);
   }
-}
-
-HostBatch TrainLoader::batch(int64_t step) const {
-  HostBatch b;
-  fill(step, b);
-  return b;
 }
 
 // ---- Prefetcher ----

@@ -77,6 +77,28 @@ struct TrainLoaderConfig {
   int32_t world = 1;         // must divide global_batch
 };
 
+// A BatchSource whose global batch of a step (cfg.global_batch rows) is split over cfg.world data-parallel
+// ranks: rank r of R takes rows [r*B/R, (r+1)*B/R), and row `row` of step s is global sample s * B + row.
+class RankedBatchSource : public BatchSource {
+ public:
+  const TrainLoaderConfig& config() const { return cfg_; }
+  int32_t rows_per_rank() const override { return cfg_.global_batch / cfg_.world; }
+  // This rank's rows of `step`.
+  HostBatch batch(int64_t step) const;
+
+ protected:
+  explicit RankedBatchSource(TrainLoaderConfig cfg) : cfg_(cfg) {}
+  // Checks the global batch size and the data-parallel rank layout of the config.
+  void check_rank_layout() const;
+  // Sets out's step, rows, seq_len, row_begin and target_count for this rank's rows of `step` and sizes its
+  // buffer; returns the global sample of its first row.
+  uint64_t start_batch(int64_t step, int64_t target_count, HostBatch& out) const;
+  TrainLoaderConfig cfg_;
+};
+
+// A 64-bit mixing function (the splitmix64 finalizer): the keys of the loaders' permutations.
+uint64_t mix64(uint64_t x);
+
 // A keyed pseudo-random permutation of [0, n).
 class IndexPermutation {
  public:
@@ -91,22 +113,18 @@ class IndexPermutation {
   uint64_t half_mask_ = 0;
 };
 
-class TrainLoader : public BatchSource {
+class TrainLoader : public RankedBatchSource {
  public:
   TrainLoader(std::shared_ptr<const TokenSplit> split, TrainLoaderConfig cfg);
-  const TrainLoaderConfig& config() const { return cfg_; }
   uint64_t windows_per_epoch() const { return windows_; }
-  int32_t rows_per_rank() const override { return cfg_.global_batch / cfg_.world; }
   // Start token of the window used by global sample g (= step * global_batch + row).
   uint64_t window_start(uint64_t global_sample) const;
   int64_t epoch_of_step(int64_t step) const;
   // This rank's rows of `step`.
   void fill(int64_t step, HostBatch& out) const override;
-  HostBatch batch(int64_t step) const;
 
  private:
   std::shared_ptr<const TokenSplit> split_;
-  TrainLoaderConfig cfg_;
   uint64_t windows_ = 0;
 };
 

@@ -7,15 +7,6 @@
 
 namespace seqmix::data {
 
-namespace {
-uint64_t mix(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-}  // namespace
-
 int32_t task_default_vocab(const std::string& name) {
   if (name == "mqar") return MqarConfig{}.vocab_size;
   if (name == "selective_copy") return SelectiveCopyConfig{}.vocab_size;
@@ -109,15 +100,10 @@ std::string TaskSource::describe() const {
 
 // ---- TaskTrainLoader ----
 TaskTrainLoader::TaskTrainLoader(std::shared_ptr<const TaskSource> task, TrainLoaderConfig cfg)
-    : task_(std::move(task)), cfg_(cfg) {
+    : RankedBatchSource(cfg), task_(std::move(task)) {
   SEQMIX_CHECK(cfg_.seq_len == task_->seq_len(), "TaskTrainLoader: seq_len ", cfg_.seq_len, " differs from the task's ",
                task_->seq_len());
-  SEQMIX_CHECK(cfg_.global_batch >= 1, "the global batch size must be >= 1, got ", cfg_.global_batch);
-  SEQMIX_CHECK(cfg_.world >= 1 && cfg_.rank >= 0 && cfg_.rank < cfg_.world, "bad data-parallel rank ", cfg_.rank,
-               " of world size ", cfg_.world);
-  SEQMIX_CHECK(cfg_.global_batch % cfg_.world == 0, "the global batch size ", cfg_.global_batch,
-               " is not divisible by the number of data-parallel ranks ", cfg_.world,
-               "; choose a batch size that is a multiple of the GPU count");
+  check_rank_layout();
 }
 
 int64_t TaskTrainLoader::train_example(uint64_t g) const {
@@ -127,32 +113,20 @@ int64_t TaskTrainLoader::train_example(uint64_t g) const {
     return int64_t(g);
   }
   const uint64_t epoch = g / n;
-  const IndexPermutation perm(n, mix(task_->config().seed ^ 0x7A5C0FFEEull) ^ mix(epoch + 0x51ED27ull));
+  const IndexPermutation perm(n, mix64(task_->config().seed ^ 0x7A5C0FFEEull) ^ mix64(epoch + 0x51ED27ull));
   return int64_t(perm(g % n));
 }
 
 void TaskTrainLoader::fill(int64_t step, HostBatch& out) const {
   SEQMIX_CHECK(step >= 0, "TaskTrainLoader: step must be >= 0, got ", step);
   const int32_t T = cfg_.seq_len, rows = rows_per_rank();
-  out.step = step;
-  out.rows = rows;
-  out.seq_len = T;
-  out.row_begin = int64_t(cfg_.rank) * rows;
-  out.target_count = 0;
-  out.buffer.resize(2 * size_t(rows) * T);
+  const uint64_t first = start_batch(step, 0, out);
   for (int32_t r = 0; r < rows; ++r) {
-    const uint64_t g = uint64_t(step) * uint64_t(cfg_.global_batch) + uint64_t(out.row_begin + r);
-    TaskBatch ex = task_->examples("train", train_example(g), 1);
+    TaskBatch ex = task_->examples("train", train_example(first + uint64_t(r)), 1);
     std::copy(ex.inputs.begin(), ex.inputs.end(), out.inputs() + size_t(r) * T);
     std::copy(ex.targets.begin(), ex.targets.end(), out.targets() + size_t(r) * T);
     out.target_count += ex.scored();
   }
-}
-
-HostBatch TaskTrainLoader::batch(int64_t step) const {
-  HostBatch b;
-  fill(step, b);
-  return b;
 }
 
 }  // namespace seqmix::data

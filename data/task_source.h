@@ -67,20 +67,16 @@ class TaskSource {
 };
 
 // Training batches of a task: the BatchSource beside the token-shard TrainLoader.
-class TaskTrainLoader : public BatchSource {
+class TaskTrainLoader : public RankedBatchSource {
  public:
   // cfg.seq_len must be the task's; cfg.seed is ignored (the task's seed is used).
   TaskTrainLoader(std::shared_ptr<const TaskSource> task, TrainLoaderConfig cfg);
-  const TrainLoaderConfig& config() const { return cfg_; }
-  int32_t rows_per_rank() const override { return cfg_.global_batch / cfg_.world; }
   // Training example (index within the training set) of global sample g.
   int64_t train_example(uint64_t global_sample) const;
   void fill(int64_t step, HostBatch& out) const override;
-  HostBatch batch(int64_t step) const;
 
  private:
   std::shared_ptr<const TaskSource> task_;
-  TrainLoaderConfig cfg_;
 };
 
 }  // namespace seqmix::data

@@ -40,6 +40,11 @@ std::string task_yaml(const std::string& out_dir, const std::string& data_extra 
          "train:\n  steps: 4\n  batch_size: 4\n  lr: 3.0e-3\n  warmup: 1\n  eval_every: 2\n  log_every: 1\n";
 }
 
+// text with the first occurrence of `from` replaced by `to`.
+std::string with_replaced(std::string text, const std::string& from, const std::string& to) {
+  return text.replace(text.find(from), from.size(), to);
+}
+
 std::unique_ptr<Config> write_and_load(const fs::path& dir, const std::string& text) {
   fs::path p = dir / "cfg.yaml";
   std::ofstream(p) << text;
@@ -176,17 +181,13 @@ TEST(TaskTraining, BadKeysNameTheKey) {
                         "data.task.num_tokens (" + (dir / "cfg.yaml").string() + " line 14) is not a setting of task mqar");
   expect_error_contains([&] { make_trainer(dir, task_yaml(out, "  tokenizer: bpe\n")); },
                         "data.tokenizer (" + (dir / "cfg.yaml").string() + " line 9) does not apply to a synthetic task source");
-  std::string no_eval = task_yaml(out);
-  no_eval.replace(no_eval.find("eval_examples: 8"), 16, "eval_examples: 0");
+  const std::string no_eval = with_replaced(task_yaml(out), "eval_examples: 8", "eval_examples: 0");
   expect_error_contains([&] { make_trainer(dir, no_eval); }, "data.task.eval_examples must be >= 1");
-  std::string big = task_yaml(out);
-  big.replace(big.find("num_kv_pairs: 2"), 15, "num_kv_pairs: 5");
+  const std::string big = with_replaced(task_yaml(out), "num_kv_pairs: 2", "num_kv_pairs: 5");
   expect_error_contains([&] { make_trainer(dir, big); }, "data.task.num_kv_pairs = 5 does not fit data.seq_len = 16");
-  std::string typo = task_yaml(out);
-  typo.replace(typo.find("task:mqar"), 9, "task:mqra");
+  const std::string typo = with_replaced(task_yaml(out), "task:mqar", "task:mqra");
   expect_error_contains([&] { make_trainer(dir, typo); }, "unknown task 'mqra'; use task:NAME with NAME one of mqar");
-  std::string wrong_type = task_yaml(out);
-  wrong_type.replace(wrong_type.find("vocab_size: 32"), 14, "vocab_size: many");
+  const std::string wrong_type = with_replaced(task_yaml(out), "vocab_size: 32", "vocab_size: many");
   expect_error_contains([&] { make_trainer(dir, wrong_type); }, "config key 'data.task.vocab_size'");
   expect_error_contains(
       [&] {
