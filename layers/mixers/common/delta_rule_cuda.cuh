@@ -374,6 +374,25 @@ __device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int ro
   }
 }
 
+// The f32 state tile S [Dk, DVT] of a sequential kernel: columns j0 .. j0 + DVT - 1 of a [Dk, Dv] f32 state
+// (src null: zeros), and back (also into an OP operand copy of stride ldop when op is given).
+__device__ __forceinline__ void state_cols_in(float* S, const float* src, const Geo& g, int j0) {
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  for (int e = tid; e < g.Dk * g.DVT; e += nthr) {
+    const int i = e / g.DVT, j = e % g.DVT;
+    S[e] = src ? src[int64_t(i) * g.Dv + j0 + j] : 0.f;
+  }
+}
+template <class OP>
+__device__ __forceinline__ void state_cols_out(float* dst, OP* op, int ldop, const float* S, const Geo& g, int j0) {
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  for (int e = tid; e < g.Dk * g.DVT; e += nthr) {
+    const int i = e / g.DVT, j = e % g.DVT;
+    dst[int64_t(i) * g.Dv + j0 + j] = S[e];
+    if (op) op[i * ldop + j] = fromf<OP>(S[e]);
+  }
+}
+
 // A (f32, strictly lower, stride lda) -> (I + A)^{-1} in place (unit diagonal and zero upper part implied), by
 // forward substitution row by row: T_ij = -(A_ij + sum_{j<m<i} A_im T_mj). Every read of row i is of columns
 // > j, so a pass writes only after all of its reads (two barriers per row). With at least 4 C threads, four
@@ -479,21 +498,12 @@ __global__ void __launch_bounds__(kThreads) fwd_state(Geo g, Ptrs<IN, OP> p) {
   OP* Up = reinterpret_cast<OP*>(smem + lay.X1);
   float* scr = reinterpret_cast<float*>(smem + lay.scr);
   const int j0 = int(blockIdx.x) * g.DVT, h = int(blockIdx.y), b = int(blockIdx.z);
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, DVT = g.DVT;
   const int64_t bh = int64_t(b * g.H + h);
-  for (int e = tid; e < Dk * DVT; e += nthr) {
-    const int i = e / DVT, j = e % DVT;
-    S[e] = p.s0 ? p.s0[bh * Dk * Dv + int64_t(i) * Dv + j0 + j] : 0.f;
-  }
+  state_cols_in(S, p.s0 ? p.s0 + bh * Dk * Dv : nullptr, g, j0);
   for (int n = 0; n < g.N; ++n) {
     __syncthreads();
-    float* Sg = p.states + state_off(g, b, h, n);
-    for (int e = tid; e < Dk * DVT; e += nthr) {
-      const int i = e / DVT, j = e % DVT;
-      Sg[int64_t(i) * Dv + j0 + j] = S[e];
-      Sop[i * ld.vt + j] = fromf<OP>(S[e]);
-    }
+    state_cols_out(p.states + state_off(g, b, h, n), Sop, ld.vt, S, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
     copy_rows(Wt, ld.k, p.W + row0 * Dk, C, Dk);
     copy_rows(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
@@ -512,10 +522,7 @@ __global__ void __launch_bounds__(kThreads) fwd_state(Geo g, Ptrs<IN, OP> p) {
            term<true, false>(Kd, ld.k, Up, ld.vt, C));
   }
   __syncthreads();
-  for (int e = tid; e < Dk * DVT; e += nthr) {
-    const int i = e / DVT, j = e % DVT;
-    p.final_s[bh * Dk * Dv + int64_t(i) * Dv + j0 + j] = S[e];
-  }
+  state_cols_out(p.final_s + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, S, g, j0);
 }
 
 // P = (Q K^T) (.) Gamma (.) lower-inclusive into P (OP), from the chunk's normalized Q, K and G.
@@ -543,7 +550,6 @@ __global__ void __launch_bounds__(kThreads) fwd_out(Geo g, Ptrs<IN, OP> p) {
   float* rk = reinterpret_cast<float*>(smem + lay.rk);
   float* G = reinterpret_cast<float*>(smem + lay.G);
   const Chunk c = chunk_of(g);
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv;
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
   load_gb(G, nullptr, g.gated ? p.g : nullptr, p.beta, g, c);
@@ -554,10 +560,7 @@ __global__ void __launch_bounds__(kThreads) fwd_out(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   form_p(P, ld.c, Q, K, ld.k, G, g, scr);
   __syncthreads();
-  for (int e = tid; e < C * Dk; e += nthr) {
-    const int t = e / Dk, j = e % Dk;
-    Q[t * ld.k + j] = fromf<OP>(tof(Q[t * ld.k + j]) * dr_exp(G[t]));
-  }
+  tc::scale_tile(Q, ld.k, C, Dk, [&](int t, int) { return dr_exp(G[t]); });
   __syncthreads();
   mm<OP>(C, Dv, scr,
          [&](int t, int j, float x) {
@@ -617,21 +620,12 @@ __global__ void __launch_bounds__(kThreads) bwd_state(Geo g, Ptrs<IN, OP> p) {
   OP* ndU = reinterpret_cast<OP*>(smem + lay.X2);
   float* scr = reinterpret_cast<float*>(smem + lay.scr);
   const int j0 = int(blockIdx.x) * g.DVT, h = int(blockIdx.y), b = int(blockIdx.z);
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, DVT = g.DVT;
   const int64_t bh = int64_t(b * g.H + h);
-  for (int e = tid; e < Dk * DVT; e += nthr) {
-    const int i = e / DVT, j = e % DVT;
-    dS[e] = p.dfinal ? p.dfinal[bh * Dk * Dv + int64_t(i) * Dv + j0 + j] : 0.f;
-  }
+  state_cols_in(dS, p.dfinal ? p.dfinal + bh * Dk * Dv : nullptr, g, j0);
   for (int n = g.N - 1; n >= 0; --n) {
     __syncthreads();
-    float* Hg = p.dH + state_off(g, b, h, n);
-    for (int e = tid; e < Dk * DVT; e += nthr) {
-      const int i = e / DVT, j = e % DVT;
-      Hg[int64_t(i) * Dv + j0 + j] = dS[e];
-      dSop[i * ld.vt + j] = fromf<OP>(dS[e]);
-    }
+    state_cols_out(p.dH + state_off(g, b, h, n), dSop, ld.vt, dS, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
     copy_rows(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
     copy_rows(Qg, ld.k, p.Qg + row0 * Dk, C, Dk);
@@ -653,10 +647,7 @@ __global__ void __launch_bounds__(kThreads) bwd_state(Geo g, Ptrs<IN, OP> p) {
            term<true, false>(Qg, ld.k, dO, ld.vt, C), term<true, false>(Wt, ld.k, ndU, ld.vt, C));
   }
   __syncthreads();
-  for (int e = tid; e < Dk * DVT; e += nthr) {
-    const int i = e / DVT, j = e % DVT;
-    p.ds0[bh * Dk * Dv + int64_t(i) * Dv + j0 + j] = dS[e];
-  }
+  state_cols_out(p.ds0 + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, dS, g, j0);
 }
 
 // (3) per chunk, the WY part: recompute A, T, W, U; dW = -dU' S_n^T; dX = T^T dW; dY = T^T dU';
@@ -816,10 +807,7 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
          [&](int t, int s, float x) { F[t * ld.c + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
          term<false, true>(dO, ld.v, Up, ld.v, Dv));
   __syncthreads();
-  for (int e = tid; e < C * Dv; e += nthr) {
-    const int t = e / Dv, j = e % Dv;
-    dO[t * ld.v + j] = fromf<OP>(tof(dO[t * ld.v + j]) * dr_exp(G[t]));
-  }
+  tc::scale_tile(dO, ld.v, C, Dv, [&](int t, int) { return dr_exp(G[t]); });
   __syncthreads();
   mm_rows<OP>(C, Dk, scr,
               [&](int t, int j, float x) {
@@ -840,10 +828,7 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   for (int t = tid; t < C; t += nthr) yrow[t] = 0.f;
   load_f32(S, ld.v, Hn, Dv, Dk, Dv);  // dS_{n+1} replaces S_n
   const float GC = G[C - 1];
-  for (int e = tid; e < C * Dv; e += nthr) {
-    const int t = e / Dv, j = e % Dv;
-    Up[t * ld.v + j] = fromf<OP>(tof(Up[t * ld.v + j]) * dr_exp(GC - G[t]));
-  }
+  tc::scale_tile(Up, ld.v, C, Dv, [&](int t, int) { return dr_exp(GC - G[t]); });
   __syncthreads();
   mm_rows<OP>(C, Dk, scr,
               [&](int t, int j, float x) {
