@@ -9,16 +9,9 @@
 # reference (scripts/delta_emulate_ref.cpp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CUDA_INC=${CUDA_INC:-/usr/local/cuda/include}
+source scripts/emulate/flags.sh
 CUDA_LIB=${CUDA_LIB:-/usr/local/cuda/lib}
 BUILD=${BUILD:-build-delta}
-SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
-DEFS=""
-[[ "${SAN:-1}" == 0 ]] && SANFLAGS=""
-if [[ "${THREADS:-0}" == 1 ]]; then
-  SANFLAGS="-fsanitize=thread"
-  DEFS="-DSEQMIX_EMU_THREADS=1"
-fi
 mkdir -p build-emu-delta
 g++ -std=c++20 -O1 -g -Wall -Wno-attributes -Wno-unknown-pragmas -Wno-unused-function -Wno-class-memaccess $SANFLAGS $DEFS \
   -I. -isystem "$CUDA_INC" -c scripts/delta_emulate.cc -o build-emu-delta/delta_emulate.o

@@ -9,14 +9,7 @@
 #                                                       missing barrier shows as wrong results, not as a report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CUDA_INC=${CUDA_INC:-/usr/local/cuda/include}
-SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
-DEFS=""
-[[ "${SAN:-1}" == 0 ]] && SANFLAGS=""
-if [[ "${THREADS:-0}" == 1 ]]; then
-  SANFLAGS="-fsanitize=thread"
-  DEFS="-DSEQMIX_EMU_THREADS=1"
-fi
+source scripts/emulate/flags.sh
 mkdir -p build-emu
 g++ -std=c++20 -O1 -g -fno-strict-aliasing -Wall -Wno-attributes -Wno-unknown-pragmas -Wno-unused-function \
   -Wno-class-memaccess $SANFLAGS $DEFS -I. -isystem "$CUDA_INC" scripts/lr_tc_emulate.cc -o build-emu/lr_tc_emulate -pthread
