@@ -131,36 +131,10 @@ class NcclComm : public Communicator {
   Device device() const override { return Device::cuda(dev_); }
   std::string backend() const override { return "nccl"; }
 
-  WorkPtr all_reduce_sum_async(Tensor& t) override {
-    check(t, "all_reduce");
-    return launch("all_reduce", [&](cudaStream_t s) {
-      SEQMIX_NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), size_t(t.numel()), nccl_dtype(t.dtype()), ncclSum, comm_, s));
-    });
-  }
-  WorkPtr all_reduce_mean_async(Tensor& t) override {
-    check(t, "all_reduce");
-    return launch("all_reduce", [&](cudaStream_t s) {
-      SEQMIX_NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), size_t(t.numel()), nccl_dtype(t.dtype()), ncclAvg, comm_, s));
-    });
-  }
-  WorkPtr reduce_scatter_mean_async(const Tensor& in, Tensor& out) override {
-    check(in, "reduce_scatter");
-    check(out, "reduce_scatter");
-    SEQMIX_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * world(), "reduce_scatter: input of ", in.numel(),
-                 " elements for an output of ", out.numel(), " on ", world(), " ranks");
-    return launch("reduce_scatter", [&](cudaStream_t s) {
-      SEQMIX_NCCL_CHECK(ncclReduceScatter(in.data_ptr(), out.data_ptr(), size_t(out.numel()), nccl_dtype(in.dtype()), ncclAvg, comm_, s));
-    });
-  }
-  WorkPtr reduce_scatter_sum_async(const Tensor& in, Tensor& out) override {
-    check(in, "reduce_scatter");
-    check(out, "reduce_scatter");
-    SEQMIX_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * world(), "reduce_scatter: input of ", in.numel(),
-                 " elements for an output of ", out.numel(), " on ", world(), " ranks");
-    return launch("reduce_scatter", [&](cudaStream_t s) {
-      SEQMIX_NCCL_CHECK(ncclReduceScatter(in.data_ptr(), out.data_ptr(), size_t(out.numel()), nccl_dtype(in.dtype()), ncclSum, comm_, s));
-    });
-  }
+  WorkPtr all_reduce_sum_async(Tensor& t) override { return all_reduce(t, ncclSum); }
+  WorkPtr all_reduce_mean_async(Tensor& t) override { return all_reduce(t, ncclAvg); }
+  WorkPtr reduce_scatter_sum_async(const Tensor& in, Tensor& out) override { return reduce_scatter(in, out, ncclSum); }
+  WorkPtr reduce_scatter_mean_async(const Tensor& in, Tensor& out) override { return reduce_scatter(in, out, ncclAvg); }
   WorkPtr all_gather_async(const Tensor& in, Tensor& out) override {
     check(in, "all_gather");
     check(out, "all_gather");
@@ -189,6 +163,21 @@ class NcclComm : public Communicator {
   void check(const Tensor& t, const char* what) {
     SEQMIX_CHECK(t.defined() && t.is_contiguous() && t.device() == device(), "NCCL ", what, ": tensors must be contiguous on ",
                  device().str());
+  }
+  WorkPtr all_reduce(Tensor& t, ncclRedOp_t op) {
+    check(t, "all_reduce");
+    return launch("all_reduce", [&](cudaStream_t s) {
+      SEQMIX_NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), size_t(t.numel()), nccl_dtype(t.dtype()), op, comm_, s));
+    });
+  }
+  WorkPtr reduce_scatter(const Tensor& in, Tensor& out, ncclRedOp_t op) {
+    check(in, "reduce_scatter");
+    check(out, "reduce_scatter");
+    SEQMIX_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() * world(), "reduce_scatter: input of ", in.numel(),
+                 " elements for an output of ", out.numel(), " on ", world(), " ranks");
+    return launch("reduce_scatter", [&](cudaStream_t s) {
+      SEQMIX_NCCL_CHECK(ncclReduceScatter(in.data_ptr(), out.data_ptr(), size_t(out.numel()), nccl_dtype(in.dtype()), op, comm_, s));
+    });
   }
   template <typename F>
   WorkPtr launch(const char* op, F&& issue) {
