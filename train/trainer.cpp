@@ -422,10 +422,10 @@ double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad
   }
   prof.mark(StepProfiler::kForwardBackward);
   if (ddp_) {  // gradients averaged over the ranks, the same norm and loss on every rank
-    ddp_->finish_backward();
+    ddp_->finish_backward(loss_sum);
     prof.mark(StepProfiler::kReduceWait);
     double gn = ddp_->clip_grad_norm(s_.grad_clip);
-    double loss = ddp_->mean_over_ranks(loss_sum.item());
+    double loss = ddp_->mean_loss();
     *grad_norm_out = gn;
     prof.mark(StepProfiler::kNormLoss);
     if (std::isfinite(loss) && std::isfinite(gn)) ddp_->step(lr);

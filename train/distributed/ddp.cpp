@@ -197,7 +197,7 @@ void DataParallel::launch_ready() {
   }
 }
 
-void DataParallel::finish_backward() {
+void DataParallel::finish_backward(const Tensor& local_loss) {
   autograd::NoGradGuard ng;
   if (!sync_) prepare_backward(true);  // backward ran without prepare_backward(true): pack everything now
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -212,10 +212,13 @@ void DataParallel::finish_backward() {
   if (opt_.gemm_sm_margin > 0) set_gemm_margin(comm_, 0);
   // How many ranks saw a gradient for each parameter (queued after the buckets; tiny): a parameter no rank
   // saw is left without one, so the optimizer skips it as a single process would.
-  std::vector<float> seen(params_.size());
-  for (size_t i = 0; i < params_.size(); ++i) seen[i] = had_grad_[i] ? 1.f : 0.f;
-  Tensor seen_t = Tensor::from_vector<float>(seen, {int64_t(seen.size())});
+  // The step's loss rides along (one collective and one host wait for both).
+  const int64_t n = int64_t(params_.size());
+  std::vector<double> seen(size_t(n) + 1, 0.0);
+  for (int64_t i = 0; i < n; ++i) seen[size_t(i)] = had_grad_[size_t(i)] ? 1.0 : 0.0;
+  Tensor seen_t = Tensor::from_vector<double>(seen, {n + 1});
   if (!comm_.device().is_cpu()) seen_t = seen_t.to(comm_.device());
+  if (local_loss.defined()) make_view(seen_t, {1}, {1}, seen_t.offset() + n).copy_(local_loss.reshape({1}));
   WorkPtr seen_work = comm_.all_reduce_sum_async(seen_t);
   for (Bucket& b : buckets_) {
     b.work->wait();  // the collective averaged over the ranks
@@ -234,7 +237,8 @@ void DataParallel::finish_backward() {
     }
   }
   seen_work->wait();
-  seen = seen_t.cpu().to_vector<float>();
+  seen = seen_t.cpu().to_vector<double>();
+  mean_loss_ = local_loss.defined() ? seen[size_t(n)] / double(comm_.world()) : NAN;
   if (opt_.zero1) {
     // The full gradients are no longer needed: the owned chunks hold what the update reads.
     for (auto& np : params_) np.second.set_grad(Tensor());
@@ -354,7 +358,5 @@ const AdamW& DataParallel::full_optimizer() {
   full_->load_state(full_state, shard_adamw_->steps());
   return *full_;
 }
-
-double DataParallel::mean_over_ranks(double v) { return comm_.all_reduce_sum(v) / double(comm_.world()); }
 
 }  // namespace seqmix::train::dist

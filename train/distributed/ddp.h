@@ -56,7 +56,10 @@ class DataParallel {
   // become ready); the others only accumulate locally.
   void prepare_backward(bool sync);
   // After the last backward of a step: every gradient is reduced and averaged over the ranks.
-  void finish_backward();
+  // `local_loss` (optional, a scalar tensor on any device): this rank's loss, whose mean over the ranks
+  // mean_loss() then returns (reduced with the per-parameter gradient flags, no extra collective).
+  void finish_backward(const Tensor& local_loss = Tensor());
+  double mean_loss() const { return mean_loss_; }
   // The global gradient norm (every rank gets the same value); clips to max_norm when > 0
   // (as train::clip_grad_norm).
   double clip_grad_norm(double max_norm);
@@ -67,8 +70,6 @@ class DataParallel {
   void load_state(const NamedTensors& full_state, int64_t steps);
   // Collective (every rank must call it): an AdamW holding the full state, for save_checkpoint.
   const AdamW& full_optimizer();
-  // The mean of `v` over the ranks.
-  double mean_over_ranks(double v);
 
   Communicator& comm() { return comm_; }
   bool zero1() const { return opt_.zero1; }
@@ -112,6 +113,7 @@ class DataParallel {
   std::vector<Bucket> buckets_;
   std::vector<int> bucket_of_;
   std::vector<bool> ready_;
+  double mean_loss_ = 0;
   std::vector<bool> had_grad_;  // this rank produced a gradient for the parameter in this step
   int next_launch_ = 0;
   bool sync_ = false;
