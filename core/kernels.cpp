@@ -177,6 +177,10 @@ void fft_conv_backward(const Tensor& g, const Tensor& x, const Tensor& k, Tensor
   same_device("fft_conv_backward", {&g, &x, &k});
   SEQMIX_ROUTE(x.device(), fft_conv_backward(g, x, k, dx, dk));
 }
+MaxplusScanResult maxplus_scan(const Tensor& logf, const Tensor& ig, const Tensor& m0, DType out_dtype) {
+  same_device("maxplus_scan", {&logf, &ig, &m0});
+  SEQMIX_ROUTE(ig.device(), maxplus_scan(logf, ig, m0, out_dtype));
+}
 
 }  // namespace kernels
 

@@ -30,6 +30,11 @@ struct CrossEntropyResult {
   Tensor lse;    // f32 [N]: logsumexp of each row, kept for backward
   Tensor count;  // f32 0-d: number of targets that count (kept on the device: no host sync)
 };
+struct MaxplusScanResult {
+  Tensor m;       // [B, T, H] m_t, in the requested dtype
+  Tensor m_prev;  // [B, T, H] m_{t-1} (m_0 at t = 0), in the requested dtype
+  Tensor m_last;  // [B, H] f64: m_T, the state to carry
+};
 
 // Broadcast shape of two shapes (numpy rules); throws naming both shapes when incompatible.
 Shape broadcast_shapes(const Shape& a, const Shape& b);
@@ -111,7 +116,11 @@ Shape broadcast_shapes(const Shape& a, const Shape& b);
   /* causal long convolution: x [B, T, C], k [C, L] with L <= T (shorter filters are zero-padded):  \
      y[b,t,c] = sum_{s<=t, s<L} k[c,s] * x[b,t-s,c]; FFT-based (cuFFT on CUDA), f32 math */          \
   Tensor fft_conv(const Tensor& x, const Tensor& k);                                                \
-  void fft_conv_backward(const Tensor& g, const Tensor& x, const Tensor& k, Tensor* dx, Tensor* dk);
+  void fft_conv_backward(const Tensor& g, const Tensor& x, const Tensor& k, Tensor* dx, Tensor* dk);       \
+  /* max-plus scan over T (the mLSTM stabilizer): m_t = max(logf_t + m_{t-1}, ig_t) in f64, per (b, h);  \
+     logf, ig [B, T, H] of one float dtype, m0 [B, H] f64 or undefined (zeros); out_dtype any float.    \
+     Sequential in f64 on every backend, so all backends agree bitwise. No gradient. */                 \
+  MaxplusScanResult maxplus_scan(const Tensor& logf, const Tensor& ig, const Tensor& m0, DType out_dtype);
 
 namespace cpu {
 SEQMIX_BACKEND_KERNELS

@@ -114,6 +114,9 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen);
 Tensor cumsum(const Tensor& x, int dim, bool reverse = false);
 Tensor conv1d_causal(const Tensor& x, const Tensor& w, const Tensor& bias = Tensor());
 Tensor fft_conv(const Tensor& x, const Tensor& k);
+// Max-plus scan over dim 1 of logf, ig [B, T, H]: m_t = max(logf_t + m_{t-1}, ig_t), m_0 = m0 [B, H] f64
+// (zeros when undefined), in f64 (core/kernels.h). Not differentiable: the results carry no gradient.
+MaxplusScanResult maxplus_scan(const Tensor& logf, const Tensor& ig, const Tensor& m0 = Tensor(), DType out_dtype = DType::F64);
 
 // ---- joining, splitting, indexing ----
 Tensor cat(const std::vector<Tensor>& xs, int dim);

@@ -156,6 +156,11 @@ Tensor cumsum(const Tensor& x, int dim, bool reverse) {
   return y;
 }
 
+MaxplusScanResult maxplus_scan(const Tensor& logf, const Tensor& ig, const Tensor& m0, DType out_dtype) {
+  // a constant: nothing is recorded, and detached inputs keep the kernels' contiguous() copies off the graph
+  return kernels::maxplus_scan(logf.detach(), ig.detach(), m0.defined() ? m0.detach() : Tensor(), out_dtype);
+}
+
 Tensor conv1d_causal(const Tensor& x, const Tensor& w, const Tensor& bias) {
   SEQMIX_CHECK(x.dim() == 3 && w.dim() == 2 && x.size(2) == w.size(0), "conv1d_causal: x must be [B, T, C] and w [C, K]; got ",
                shape_str(x.shape()), " and ", shape_str(w.shape()));
