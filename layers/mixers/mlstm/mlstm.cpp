@@ -1,7 +1,7 @@
 #include "layers/mixers/mlstm/mlstm.h"
 
-#include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace seqmix::mixers {
 
@@ -10,29 +10,18 @@ Tensor mlstm_cell(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3);
   DType gdt = ig.dtype();
 
-  // the max-stabilizer m_t = max(log f_t + m_{t-1}, i~_t), m_0 = 0 (or the carried one): constant, f64 scan
-  std::vector<double> igv = ig.detach().contiguous().to_vector<double>(), lfv = logf.detach().contiguous().to_vector<double>();
-  std::vector<double> m0(static_cast<size_t>(B * H), 0.0);
-  if (st && st->m.defined()) m0 = st->m.to_vector<double>();
-  std::vector<double> mv(igv.size()), mprev(igv.size()), emin(igv.size());
-  const double cap = gdt == DType::F64 ? 700.0 : 80.0;  // exp(-m) stays finite in the compute dtype
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h) {
-      double m = m0[size_t(b * H + h)];
-      for (int64_t t = 0; t < T; ++t) {
-        size_t i = size_t((b * T + t) * H + h);
-        mprev[i] = m;
-        m = std::max(lfv[i] + m, igv[i]);
-        mv[i] = m;
-        emin[i] = std::exp(std::min(-m, cap));
-      }
-      m0[size_t(b * H + h)] = m;
-    }
-  if (st) st->m = Tensor::from_vector<double>(m0, {B, H});
+  // the max-stabilizer m_t = max(log f_t + m_{t-1}, i~_t), m_0 = 0 (or the carried one): a constant, scanned in
+  // f64 on the inputs' device (no host round trip). The floor exp(min(-m_t, cap)) is taken in f64 where the
+  // backend has f64 math (the CPU: bitwise the former host values); the CUDA elementwise kernels have no f64,
+  // so there it is taken in f32 from m_t rounded to f32 (m_t and m_{t-1} in the gate dtype are unchanged:
+  // f64 -> f32 -> gate dtype is the conversion the host upload made).
   Device dev = q.device();
-  Tensor m_t = Tensor::from_vector<double>(mv, {B, T, H}).to(dev, gdt);
-  Tensor m_prev = Tensor::from_vector<double>(mprev, {B, T, H}).to(dev, gdt);
-  Tensor floor = Tensor::from_vector<double>(emin, {B, T, H, 1}).to(dev, gdt);
+  const DType sdt = dev.is_cpu() || gdt == DType::F64 ? DType::F64 : DType::F32;
+  MaxplusScanResult sc = maxplus_scan(logf, ig, st && st->m.defined() ? st->m.to(dev) : Tensor(), sdt);
+  if (st) st->m = sc.m_last;
+  const double cap = gdt == DType::F64 ? 700.0 : 80.0;  // exp(-m) stays finite in the compute dtype
+  Tensor m_t = cast(sc.m, gdt), m_prev = cast(sc.m_prev, gdt);
+  Tensor floor = cast(exp(clamp(neg(sc.m), -std::numeric_limits<double>::infinity(), cap)), gdt).unsqueeze(-1);
 
   Tensor g = sub(add(logf, m_prev), m_t);                    // log f_t + m_{t-1} - m_t
   Tensor kscale = exp(sub(ig, m_t)) * (1.0 / std::sqrt(double(D)));  // exp(i~_t - m_t) / sqrt(d_k)
