@@ -16,7 +16,7 @@ struct RecurrentState : MixerState {
   Tensor S;                  // [B, H, Dk, Dv] f32 recurrent state
   std::vector<Tensor> conv;  // per short convolution: its last kernel-1 inputs [B, <=K-1, C]
   Tensor shift;              // token shift: the last input [B, 1, C]
-  Tensor m;                  // mLSTM stabilizer [B, H] (f64, on the mixer's device)
+  Tensor m;                  // mLSTM stabilizer [B, H] (f64, where its scan runs)
   int64_t pos = 0;           // tokens seen (rotary positions)
 };
 

@@ -1,6 +1,8 @@
 #include "layers/mixers/mlstm/mlstm.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <limits>
 
 namespace seqmix::mixers {
@@ -15,13 +17,17 @@ Tensor mlstm_cell(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   // backend has f64 math (the CPU: bitwise the former host values); the CUDA elementwise kernels have no f64,
   // so there it is taken in f32 from m_t rounded to f32 (m_t and m_{t-1} in the gate dtype are unchanged:
   // f64 -> f32 -> gate dtype is the conversion the host upload made).
+  // Until the CUDA scan has run on a GPU (tests/gpu/test_maxplus_scan_gpu.cpp), CUDA inputs are still scanned
+  // on the host as before (one device -> host wait per call); SEQMIX_MAXPLUS_CUDA=1 scans on the device.
   Device dev = q.device();
-  const DType sdt = dev.is_cpu() || gdt == DType::F64 ? DType::F64 : DType::F32;
-  MaxplusScanResult sc = maxplus_scan(logf, ig, st && st->m.defined() ? st->m.to(dev) : Tensor(), sdt);
+  const char* on_gpu = std::getenv("SEQMIX_MAXPLUS_CUDA");
+  const Device sdev = dev.is_cpu() || (on_gpu && std::string(on_gpu) == "1") ? dev : Device::cpu();
+  const DType sdt = sdev.is_cpu() || gdt == DType::F64 ? DType::F64 : DType::F32;
+  MaxplusScanResult sc = maxplus_scan(logf.to(sdev), ig.to(sdev), st && st->m.defined() ? st->m.to(sdev) : Tensor(), sdt);
   if (st) st->m = sc.m_last;
   const double cap = gdt == DType::F64 ? 700.0 : 80.0;  // exp(-m) stays finite in the compute dtype
-  Tensor m_t = cast(sc.m, gdt), m_prev = cast(sc.m_prev, gdt);
-  Tensor floor = cast(exp(clamp(neg(sc.m), -std::numeric_limits<double>::infinity(), cap)), gdt).unsqueeze(-1);
+  Tensor m_t = cast(sc.m, gdt).to(dev), m_prev = cast(sc.m_prev, gdt).to(dev);
+  Tensor floor = cast(exp(clamp(neg(sc.m), -std::numeric_limits<double>::infinity(), cap)), gdt).to(dev).unsqueeze(-1);
 
   Tensor g = sub(add(logf, m_prev), m_t);                    // log f_t + m_{t-1} - m_t
   Tensor kscale = exp(sub(ig, m_t)) * (1.0 / std::sqrt(double(D)));  // exp(i~_t - m_t) / sqrt(d_k)

@@ -11,8 +11,8 @@
 // scaled recurrence C~_t = C_t exp(-m_t):
 //   log-decay g'_t = log f_t + m_{t-1} - m_t <= 0,   key k'_t = exp(i~_t - m_t) k_t (factor <= 1),
 // and h_t = C~_t q_t / max(|n~_t . q_t|, exp(-m_t)), which equals the unstabilized C_t q_t / max(|n_t . q_t|, 1)
-// for ANY m. Since the result does not depend on m, m is computed without gradient (maxplus_scan, on the
-// inputs' device, in f64) and treated as a constant: the gradient is exact. In the chunked engine all decays are exp of
+// for ANY m. Since the result does not depend on m, m is computed without gradient (maxplus_scan, in f64)
+// and treated as a constant: the gradient is exact. In the chunked engine all decays are exp of
 // differences of cumulative g' (<= 0), so nothing overflows whatever the gate values.
 #pragma once
 #include "layers/mixers/common/recurrent_mixer.h"
