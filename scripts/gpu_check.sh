@@ -78,6 +78,8 @@ if has lrtc; then
     SEQMIX_LR_TC=1 timeout 240 compute-sanitizer --tool racecheck ./build-gpu/tests/test_gpu \
       --gtest_filter='Bf16/LinearRecurrenceGpuVsCpu.*/2:Bf16/LinearRecurrenceGpuVsCpu.*/7' 2>&1 | tail -6
     echo "== bench"; timeout 300 ./build-gpu/seqmix_bench recurrence --compare-ffma 2>&1
+    echo "== attention at the same shapes (per-token time at T = 4096 and 65536)"
+    timeout 200 ./build-gpu/seqmix_bench attention --T 4096,65536 --tokens 65536 --H 16 --D 128 2>&1 | tail -8
   } > "$OUT/lrtc.log" 2>&1
   summary+=("lrtc: $(grep -E 'PASSED|FAILED' "$OUT/lrtc.log" | head -2 | tr '\n' ' ')")
 fi
