@@ -301,8 +301,9 @@ DeltaResult generalized_delta_rule_reference(const Tensor& q, const Tensor& k, c
 //   => Z = (I - Mab)^{-1} (Atilde S_0 + Mak V) = W S_0 + U
 //   o_t = (q_t e^{L_t})^T S_0 + sum_{s<=t} [q_t . e^{L_t-L_s} b_s] z_s + [q_t . e^{L_t-L_s} k_s] v_s
 //   S_C = diag(e^{L_last}) S_0 + (b e^{L_last - L})^T Z + (k e^{L_last - L})^T V
-// The pairwise decays D[t, s, c] = e^{L_t - L_s} (s <= t) are formed explicitly ([.., C, C, Dk]), so any
-// decay in (0, 1] is safe; the strict form e^{L_{t-1} - L_s} is D shifted down one row.
+// The pairwise decays e^{L_t - L_s} (s <= t; strict: e^{L_{t-1} - L_s}, s < t) are never a product of
+// e^{L} and e^{-L}: diagonal sub-blocks form them explicitly, the rest factor through a reference point
+// between the two rows (see `pair` below), so any decay in (0, 1] is safe.
 DeltaResult generalized_delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw, const Tensor& a,
                                    const Tensor& b, const Tensor& initial_state, const DeltaOptions& opt) {
   check_qkv(q, k, v);
@@ -330,15 +331,37 @@ DeltaResult generalized_delta_rule(const Tensor& q, const Tensor& k, const Tenso
   Tensor LW = to_heads_padded(as_work(lw, dt), Tp).view({B, H, N, C, Dk});
   Tensor L = cumsum(LW, 3);        // inclusive
   Tensor Lex = sub(L, LW);         // exclusive (L_{t-1})
-  Tensor incl = tri_mask(C, true, dt, dev).view({C, C, 1});
-  // D[t, s, c] = e^{L_t - L_s} for s <= t, 0 above: [B, H, N, C, C, Dk]
-  Tensor D = mul(exp(mul(sub(L.unsqueeze(4), L.unsqueeze(3)), incl)), incl);
-  Tensor Dstrict = cat({zeros({B, H, N, 1, C, Dk}, dt, dev), D.narrow(3, 0, C - 1)}, 3);  // e^{L_{t-1} - L_s}, s < t
-  auto pair = [](const Tensor& x, const Tensor& Dm, const Tensor& y) {  // sum_c x[t,c] Dm[t,s,c] y[s,c]
-    return sum(mul(mul(x.unsqueeze(4), Dm), y.unsqueeze(3)), -1);
+  // M[t, s] = sum_c x[t,c] y[s,c] e^{P_tc - L_sc} (P = L with s <= t, or P = Lex with s < t), in sub-chunks of
+  // `sb` rows: a diagonal block forms its pairwise decays explicitly ([.., sb, sb, Dk]); the pairs of block
+  // I with all earlier rows go through one matmul with the reference R = L at the last row before I, as
+  // (x e^{P - R}) (y e^{R - L})^T: both exponents <= 0 (L falls along the chunk), so nothing overflows, and
+  // the memory is C * sb * Dk per chunk instead of C * C * Dk.
+  const int64_t sb = std::max<int64_t>(1, std::min<int64_t>(16, C / 4)), nsub = C / sb;
+  Tensor diag_incl = tri_mask(sb, true, dt, dev).view({sb, sb, 1});
+  Tensor diag_strict = tri_mask(sb, false, dt, dev).view({sb, sb, 1});
+  auto pair = [&](const Tensor& x, const Tensor& y, bool strict) {
+    const Tensor& P = strict ? Lex : L;
+    const Tensor& mask = strict ? diag_strict : diag_incl;
+    std::vector<Tensor> rows;
+    for (int64_t i = 0; i < nsub; ++i) {
+      const int64_t r0 = i * sb;
+      Tensor xi = x.narrow(3, r0, sb), Pi = P.narrow(3, r0, sb), Li = L.narrow(3, r0, sb), yi = y.narrow(3, r0, sb);
+      Tensor Dii = mul(exp(mul(sub(Pi.unsqueeze(4), Li.unsqueeze(3)), mask)), mask);  // [.., sb, sb, Dk]
+      Tensor diagb = sum(mul(mul(xi.unsqueeze(4), Dii), yi.unsqueeze(3)), -1);       // [.., sb, sb]
+      std::vector<Tensor> parts;
+      if (i > 0) {
+        Tensor R = L.narrow(3, r0 - 1, 1);
+        Tensor xs = mul(xi, exp(sub(Pi, R))), ys = mul(y.narrow(3, 0, r0), exp(sub(R, L.narrow(3, 0, r0))));
+        parts.push_back(matmul(xs, ys.transpose(-1, -2)));  // [.., sb, r0]
+      }
+      parts.push_back(diagb);
+      if (r0 + sb < C) parts.push_back(zeros({B, H, N, sb, C - r0 - sb}, dt, dev));
+      rows.push_back(parts.size() == 1 ? parts[0] : cat(parts, 4));
+    }
+    return nsub == 1 ? rows[0] : cat(rows, 3);
   };
-  Tensor Mab = pair(Aa, Dstrict, Bb), Mak = pair(Aa, Dstrict, K);
-  Tensor Mqb = pair(Q, D, Bb), Mqk = pair(Q, D, K);
+  Tensor Mab = pair(Aa, Bb, true), Mak = pair(Aa, K, true);
+  Tensor Mqb = pair(Q, Bb, false), Mqk = pair(Q, K, false);
   Tensor Tinv = unit_lower_inverse(neg(Mab));
   Tensor W = matmul(Tinv, mul(Aa, exp(Lex)));  // [B, H, N, C, Dk]
   Tensor U = matmul(Tinv, matmul(Mak, V));     // [B, H, N, C, Dv]
