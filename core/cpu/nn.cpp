@@ -2,6 +2,7 @@
 // Philox random fills and dropout. Rows are the last dim of contiguous tensors.
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "core/cpu/cpu_utils.h"
@@ -23,89 +24,64 @@ int64_t index_at(const Tensor& idx, int64_t i) {
 }
 }  // namespace
 
-Tensor softmax(const Tensor& x) {
-  need_contiguous(x, "softmax");
-  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  int64_t rows = rows_of(x), n = cols_of(x);
-  SEQMIX_DISPATCH_FLOAT(x.dtype(), "softmax", [&]<typename T>() {
-    using A = acc_t<T>;
-    const T* p = static_cast<const T*>(x.data_ptr());
+namespace {
+// out[r, :] = row_fn(out row, n, row r of each input) for the rows of contiguous inputs; out is shaped and
+// typed like the last input. Rows run in parallel when `parallel` and the work is large enough.
+template <typename F, typename... In>
+Tensor map_rows(const char* op, bool parallel, F row_fn, const In&... in) {
+  (need_contiguous(in, op), ...);
+  const Tensor& like = std::get<sizeof...(In) - 1>(std::tie(in...));
+  Tensor out = Tensor::empty(like.shape(), like.dtype(), like.device());
+  int64_t rows = rows_of(like), n = cols_of(like);
+  SEQMIX_DISPATCH_FLOAT(like.dtype(), op, [&]<typename T>() {
     T* o = static_cast<T*>(out.data_ptr());
-_Pragma("omp parallel for if (rows * n > kParallelWork)")
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* row = p + r * n;
-      A m = -std::numeric_limits<A>::infinity();
-      for (int64_t i = 0; i < n; ++i) m = std::max(m, load_as<A>(row[i]));
-      A s = 0;
-      for (int64_t i = 0; i < n; ++i) s += std::exp(load_as<A>(row[i]) - m);
-      for (int64_t i = 0; i < n; ++i) o[r * n + i] = store_as<T>(std::exp(load_as<A>(row[i]) - m) / s);
-    }
+_Pragma("omp parallel for if (parallel && rows * n > kParallelWork)")
+    for (int64_t r = 0; r < rows; ++r) row_fn(o + r * n, n, static_cast<const T*>(in.data_ptr()) + r * n...);
   });
   return out;
 }
 
-Tensor log_softmax(const Tensor& x) {
-  need_contiguous(x, "log_softmax");
-  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  int64_t rows = rows_of(x), n = cols_of(x);
-  SEQMIX_DISPATCH_FLOAT(x.dtype(), "log_softmax", [&]<typename T>() {
+// softmax (Log = false) or log_softmax (Log = true) of each row
+template <bool Log>
+Tensor softmax_rows(const Tensor& x, const char* op) {
+  return map_rows(op, true, [&]<typename T>(T* o, int64_t n, const T* row) {
     using A = acc_t<T>;
-    const T* p = static_cast<const T*>(x.data_ptr());
-    T* o = static_cast<T*>(out.data_ptr());
-_Pragma("omp parallel for if (rows * n > kParallelWork)")
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* row = p + r * n;
-      A m = -std::numeric_limits<A>::infinity();
-      for (int64_t i = 0; i < n; ++i) m = std::max(m, load_as<A>(row[i]));
-      A s = 0;
-      for (int64_t i = 0; i < n; ++i) s += std::exp(load_as<A>(row[i]) - m);
+    A m = -std::numeric_limits<A>::infinity();
+    for (int64_t i = 0; i < n; ++i) m = std::max(m, load_as<A>(row[i]));
+    A s = 0;
+    for (int64_t i = 0; i < n; ++i) s += std::exp(load_as<A>(row[i]) - m);
+    if constexpr (Log) {
       A lse = m + std::log(s);
-      for (int64_t i = 0; i < n; ++i) o[r * n + i] = store_as<T>(load_as<A>(row[i]) - lse);
+      for (int64_t i = 0; i < n; ++i) o[i] = store_as<T>(load_as<A>(row[i]) - lse);
+    } else {
+      for (int64_t i = 0; i < n; ++i) o[i] = store_as<T>(std::exp(load_as<A>(row[i]) - m) / s);
     }
-  });
-  return out;
+  }, x);
 }
+}  // namespace
+
+Tensor softmax(const Tensor& x) { return softmax_rows<false>(x, "softmax"); }
+
+Tensor log_softmax(const Tensor& x) { return softmax_rows<true>(x, "log_softmax"); }
 
 // dx = y * (g - sum(g * y))
 Tensor softmax_backward(const Tensor& g, const Tensor& y) {
-  need_contiguous(g, "softmax_backward");
-  need_contiguous(y, "softmax_backward");
-  Tensor out = Tensor::empty(y.shape(), y.dtype(), y.device());
-  int64_t rows = rows_of(y), n = cols_of(y);
-  SEQMIX_DISPATCH_FLOAT(y.dtype(), "softmax_backward", [&]<typename T>() {
+  return map_rows("softmax_backward", false, [&]<typename T>(T* o, int64_t n, const T* pg, const T* py) {
     using A = acc_t<T>;
-    const T* pg = static_cast<const T*>(g.data_ptr());
-    const T* py = static_cast<const T*>(y.data_ptr());
-    T* o = static_cast<T*>(out.data_ptr());
-    for (int64_t r = 0; r < rows; ++r) {
-      A dot = 0;
-      for (int64_t i = 0; i < n; ++i) dot += load_as<A>(pg[r * n + i]) * load_as<A>(py[r * n + i]);
-      for (int64_t i = 0; i < n; ++i)
-        o[r * n + i] = store_as<T>(load_as<A>(py[r * n + i]) * (load_as<A>(pg[r * n + i]) - dot));
-    }
-  });
-  return out;
+    A dot = 0;
+    for (int64_t i = 0; i < n; ++i) dot += load_as<A>(pg[i]) * load_as<A>(py[i]);
+    for (int64_t i = 0; i < n; ++i) o[i] = store_as<T>(load_as<A>(py[i]) * (load_as<A>(pg[i]) - dot));
+  }, g, y);
 }
 
 // dx = g - exp(y) * sum(g)
 Tensor log_softmax_backward(const Tensor& g, const Tensor& y) {
-  need_contiguous(g, "log_softmax_backward");
-  need_contiguous(y, "log_softmax_backward");
-  Tensor out = Tensor::empty(y.shape(), y.dtype(), y.device());
-  int64_t rows = rows_of(y), n = cols_of(y);
-  SEQMIX_DISPATCH_FLOAT(y.dtype(), "log_softmax_backward", [&]<typename T>() {
+  return map_rows("log_softmax_backward", false, [&]<typename T>(T* o, int64_t n, const T* pg, const T* py) {
     using A = acc_t<T>;
-    const T* pg = static_cast<const T*>(g.data_ptr());
-    const T* py = static_cast<const T*>(y.data_ptr());
-    T* o = static_cast<T*>(out.data_ptr());
-    for (int64_t r = 0; r < rows; ++r) {
-      A s = 0;
-      for (int64_t i = 0; i < n; ++i) s += load_as<A>(pg[r * n + i]);
-      for (int64_t i = 0; i < n; ++i)
-        o[r * n + i] = store_as<T>(load_as<A>(pg[r * n + i]) - std::exp(load_as<A>(py[r * n + i])) * s);
-    }
-  });
-  return out;
+    A s = 0;
+    for (int64_t i = 0; i < n; ++i) s += load_as<A>(pg[i]);
+    for (int64_t i = 0; i < n; ++i) o[i] = store_as<T>(load_as<A>(pg[i]) - std::exp(load_as<A>(py[i])) * s);
+  }, g, y);
 }
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
@@ -176,38 +152,49 @@ _Pragma("omp parallel for if (rows * v > kParallelWork)")
   return out;
 }
 
-NormResult layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
-  need_contiguous(x, "layer_norm");
+// Shared by layernorm (Centered: with mean and bias) and rmsnorm:
+// y = (x - [mean]) * rstd [* w] [+ b], rstd = 1 / sqrt(mean((x - [mean])^2) + eps)
+template <bool Centered>
+static NormResult norm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, const char* op) {
+  need_contiguous(x, op);
   int64_t rows = rows_of(x), d = cols_of(x);
   NormResult r;
   r.y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  r.mean = Tensor::empty({rows}, DType::F32, x.device());
+  if (Centered) r.mean = Tensor::empty({rows}, DType::F32, x.device());
   r.rstd = Tensor::empty({rows}, DType::F32, x.device());
-  SEQMIX_DISPATCH_FLOAT(x.dtype(), "layer_norm", [&]<typename T>() {
+  SEQMIX_DISPATCH_FLOAT(x.dtype(), op, [&]<typename T>() {
     using A = acc_t<T>;
     const T* p = static_cast<const T*>(x.data_ptr());
     const T* w = weight.defined() ? static_cast<const T*>(weight.data_ptr()) : nullptr;
     const T* b = bias.defined() ? static_cast<const T*>(bias.data_ptr()) : nullptr;
     T* o = static_cast<T*>(r.y.data_ptr());
-    float* pm = r.mean.data<float>();
+    float* pm = Centered ? r.mean.data<float>() : nullptr;
     float* pr = r.rstd.data<float>();
 _Pragma("omp parallel for if (rows * d > kParallelWork)")
     for (int64_t i = 0; i < rows; ++i) {
       const T* row = p + i * d;
-      A mean = 0;
-      for (int64_t j = 0; j < d; ++j) mean += load_as<A>(row[j]);
-      mean /= A(d);
-      A var = 0;
-      for (int64_t j = 0; j < d; ++j) {
-        A c = load_as<A>(row[j]) - mean;
-        var += c * c;
+      A mean = 0, rstd;
+      if constexpr (Centered) {
+        for (int64_t j = 0; j < d; ++j) mean += load_as<A>(row[j]);
+        mean /= A(d);
+        A var = 0;
+        for (int64_t j = 0; j < d; ++j) {
+          A c = load_as<A>(row[j]) - mean;
+          var += c * c;
+        }
+        var /= A(d);
+        rstd = A(1) / std::sqrt(var + A(eps));
+        pm[i] = float(mean);
+      } else {
+        A ss = 0;
+        for (int64_t j = 0; j < d; ++j) ss += load_as<A>(row[j]) * load_as<A>(row[j]);
+        rstd = A(1) / std::sqrt(ss / A(d) + A(eps));
       }
-      var /= A(d);
-      A rstd = A(1) / std::sqrt(var + A(eps));
-      pm[i] = float(mean);
       pr[i] = float(rstd);
       for (int64_t j = 0; j < d; ++j) {
-        A v = (load_as<A>(row[j]) - mean) * rstd;
+        A v;
+        if constexpr (Centered) v = (load_as<A>(row[j]) - mean) * rstd;
+        else v = load_as<A>(row[j]) * rstd;
         if (w) v *= load_as<A>(w[j]);
         if (b) v += load_as<A>(b[j]);
         o[i * d + j] = store_as<T>(v);
@@ -215,6 +202,10 @@ _Pragma("omp parallel for if (rows * d > kParallelWork)")
     }
   });
   return r;
+}
+
+NormResult layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  return norm_forward<true>(x, weight, bias, eps, "layer_norm");
 }
 
 // Shared by layernorm (with mean) and rmsnorm (mean == nullptr):
@@ -275,32 +266,7 @@ NormGrads layernorm_backward(const Tensor& g, const Tensor& x, const Tensor& wei
 }
 
 NormResult rmsnorm(const Tensor& x, const Tensor& weight, double eps) {
-  need_contiguous(x, "rms_norm");
-  int64_t rows = rows_of(x), d = cols_of(x);
-  NormResult r;
-  r.y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  r.rstd = Tensor::empty({rows}, DType::F32, x.device());
-  SEQMIX_DISPATCH_FLOAT(x.dtype(), "rms_norm", [&]<typename T>() {
-    using A = acc_t<T>;
-    const T* p = static_cast<const T*>(x.data_ptr());
-    const T* w = weight.defined() ? static_cast<const T*>(weight.data_ptr()) : nullptr;
-    T* o = static_cast<T*>(r.y.data_ptr());
-    float* pr = r.rstd.data<float>();
-_Pragma("omp parallel for if (rows * d > kParallelWork)")
-    for (int64_t i = 0; i < rows; ++i) {
-      const T* row = p + i * d;
-      A ss = 0;
-      for (int64_t j = 0; j < d; ++j) ss += load_as<A>(row[j]) * load_as<A>(row[j]);
-      A rstd = A(1) / std::sqrt(ss / A(d) + A(eps));
-      pr[i] = float(rstd);
-      for (int64_t j = 0; j < d; ++j) {
-        A v = load_as<A>(row[j]) * rstd;
-        if (w) v *= load_as<A>(w[j]);
-        o[i * d + j] = store_as<T>(v);
-      }
-    }
-  });
-  return r;
+  return norm_forward<false>(x, weight, Tensor(), eps, "rms_norm");
 }
 
 NormGrads rmsnorm_backward(const Tensor& g, const Tensor& x, const Tensor& weight, const Tensor& rstd, bool need_weight_grad) {
