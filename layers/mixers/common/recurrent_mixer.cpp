@@ -61,6 +61,22 @@ Tensor run_recurrence(const Tensor& q, const Tensor& k, const Tensor& v, const T
   return r.o;
 }
 
+Tensor split_heads(const Tensor& x, int64_t heads) { return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}); }
+
+Tensor merge_heads(const Tensor& x) { return x.reshape({x.size(0), x.size(1), x.size(2) * x.size(3)}); }
+
+Tensor run_head_recurrence(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& bonus, int64_t heads,
+                           RecurrentState* st, double scale, int64_t chunk) {
+  return run_recurrence(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), g.defined() ? split_heads(g, heads) : g,
+                        bonus, st, scale, chunk);
+}
+
+Tensor head_rms_norm(const Tensor& o, const Tensor& weight, double eps) { return merge_heads(rms_norm(o, weight, eps)); }
+
+Tensor group_norm(const Tensor& o, const Tensor& weight, const Tensor& bias, double eps) {
+  return add(mul(merge_heads(head_norm(o, false, eps)), weight), bias);
+}
+
 double recurrence_flops(int64_t heads, int64_t dk, int64_t dv, int64_t chunk) {
   return double(heads) * (4.0 * double(dk) * double(dv) + double(chunk) * double(dk + dv));
 }

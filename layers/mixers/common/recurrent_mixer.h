@@ -1,6 +1,8 @@
-// Pieces shared by the mixers built on the gated-linear-recurrence engine (linear_attention, retnet, gla,
-// hgrn2, rwkv6, mlstm): their generation state, short causal convolutions and token shift that carry their
-// context across step() calls, per-head group norms, and the engine call that reads/writes the state.
+// Pieces shared by the recurrent mixers. The gated-linear-recurrence ones (linear_attention, retnet, gla,
+// hgrn2, rwkv6, mlstm) share everything here: their base class, generation state, short causal convolutions
+// and token shift that carry their context across step() calls, per-head norms, and the engine call that
+// reads/writes the state. The delta-rule ones (deltanet, gated_deltanet, rwkv7) share the base class (and
+// deltanet the state).
 #pragma once
 #include <memory>
 #include <vector>
@@ -18,6 +20,25 @@ struct RecurrentState : MixerState {
   Tensor shift;              // token shift: the last input [B, 1, C]
   Tensor m;                  // mLSTM stabilizer [B, H] (f64, where its scan runs)
   int64_t pos = 0;           // tokens seen (rotary positions)
+};
+
+// Base of the mixers whose whole math is one function run(x, st) (the one place to read a mixer's
+// forward): forward() calls it without state (training), step() continues the carried State (generation).
+template <class State>
+class StatefulMixer : public Mixer {
+ public:
+  Tensor forward(const Tensor& x) override { return run(x, nullptr); }
+  Tensor step(const Tensor& x, MixerState& state) override { return run(x, &dynamic_cast<State&>(state)); }
+
+ protected:
+  // x [B, T, d_model] -> [B, T, d_model]; `st` is null (no state kept) or continued and updated.
+  virtual Tensor run(const Tensor& x, State* st) = 0;
+};
+
+// A StatefulMixer on a RecurrentState that starts empty (every field created on first use).
+class RecurrentMixer : public StatefulMixer<RecurrentState> {
+ public:
+  std::unique_ptr<MixerState> init_state(int64_t, int64_t, Device, DType) const override { return std::make_unique<RecurrentState>(); }
 };
 
 // Depthwise causal convolution over time (kernel K per channel), followed by SiLU unless `activation` is
@@ -49,6 +70,21 @@ Tensor head_norm(const Tensor& x, bool rms, double eps);
 // linear_recurrence without a state (training), or continuing from and updating st->S (generation).
 Tensor run_recurrence(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& bonus, RecurrentState* st,
                       double scale, int64_t chunk);
+
+// The channels of x [B, T, H * D] as H heads [B, T, H, D] (a view), and heads [B, T, H, D] back to [B, T, H * D].
+Tensor split_heads(const Tensor& x, int64_t heads);
+Tensor merge_heads(const Tensor& x);
+
+// run_recurrence on projections [B, T, H * D] split into `heads` heads (q, k and the log-decay g per key
+// channel, v; g may be undefined); returns o [B, T, H, Dv].
+Tensor run_head_recurrence(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g, const Tensor& bonus, int64_t heads,
+                           RecurrentState* st, double scale, int64_t chunk);
+
+// Output norms of o [B, T, H, Dv], returned merged [B, T, H * Dv]: a per-head RMSNorm with one weight [Dv]
+// for all heads (GLA, HGRN2), or GroupNorm: a LayerNorm per head, then a per-channel affine [H * Dv]
+// (RetNet, RWKV6).
+Tensor head_rms_norm(const Tensor& o, const Tensor& weight, double eps);
+Tensor group_norm(const Tensor& o, const Tensor& weight, const Tensor& bias, double eps);
 
 // Forward FLOPs per token of the chunked recurrence for H heads (2 per multiply-add): the state update and
 // readout (4 Dk Dv) plus the causal intra-chunk scores and their product with V (C (Dk + Dv) on average).

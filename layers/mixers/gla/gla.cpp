@@ -33,7 +33,6 @@ std::string GLA::type_name() const {
 }
 
 Tensor GLA::run(const Tensor& x, RecurrentState* st) {
-  int64_t B = x.size(0), T = x.size(1), H = heads_;
   Tensor q = q_proj->forward(x), k = k_proj->forward(x), v = v_proj->forward(x);
   if (cfg_.use_short_conv) {
     if (st && st->conv.size() < 3) st->conv.resize(3);
@@ -44,15 +43,10 @@ Tensor GLA::run(const Tensor& x, RecurrentState* st) {
   // log-decay per key channel in f32: logsigmoid(.) / tau
   Tensor g = gate_precision(gk_up->forward(gk_down->forward(x)));
   g = logsigmoid(g) * (1.0 / cfg_.gate_logit_normalizer);
-  Tensor o = run_recurrence(q.view({B, T, H, dk_}), k.view({B, T, H, dk_}), v.view({B, T, H, dv_}), g.view({B, T, H, dk_}), Tensor(),
-                            st, 1.0 / std::sqrt(double(dk_)), cfg_.chunk);
-  o = rms_norm(o, cast_param(norm_weight), cfg_.norm_eps).reshape({B, T, H * dv_});
+  Tensor o = run_head_recurrence(q, k, v, g, Tensor(), heads_, st, 1.0 / std::sqrt(double(dk_)), cfg_.chunk);  // [B, T, H, dv]
+  o = head_rms_norm(o, cast_param(norm_weight), cfg_.norm_eps);
   return out_proj->forward(mul(o, silu(g_proj->forward(x))));
 }
-
-std::unique_ptr<MixerState> GLA::init_state(int64_t, int64_t, Device, DType) const { return std::make_unique<RecurrentState>(); }
-
-Tensor GLA::step(const Tensor& x, MixerState& state) { return run(x, &dynamic_cast<RecurrentState&>(state)); }
 
 int64_t GLA::state_bytes(int64_t, int64_t dtype_bytes) const {
   int64_t conv = cfg_.use_short_conv ? (cfg_.conv_size - 1) * heads_ * (2 * dk_ + dv_) * dtype_bytes : 0;

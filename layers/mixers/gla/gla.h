@@ -20,13 +20,10 @@ struct GLAConfig {
   int64_t chunk = 64;
 };
 
-class GLA : public Mixer {
+class GLA : public RecurrentMixer {
  public:
   GLA(const MixerContext& ctx, const GLAConfig& cfg);
   std::string type_name() const override;
-  Tensor forward(const Tensor& x) override { return run(x, nullptr); }
-  std::unique_ptr<MixerState> init_state(int64_t batch, int64_t max_len, Device device, DType dtype) const override;
-  Tensor step(const Tensor& x, MixerState& state) override;
   int64_t state_bytes(int64_t seq_len, int64_t dtype_bytes) const override;
   double flops_per_token(int64_t seq_len) const override;
 
@@ -35,7 +32,7 @@ class GLA : public Mixer {
   Tensor norm_weight;                                  // [dv], shared by the heads
 
  private:
-  Tensor run(const Tensor& x, RecurrentState* st);
+  Tensor run(const Tensor& x, RecurrentState* st) override;
   int64_t d_model_, heads_, dk_, dv_;
   GLAConfig cfg_;
 };

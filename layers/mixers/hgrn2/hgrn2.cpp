@@ -32,7 +32,6 @@ std::string HGRN2::type_name() const {
 }
 
 Tensor HGRN2::run(const Tensor& x, RecurrentState* st) {
-  int64_t B = x.size(0), T = x.size(1), H = heads_;
   Tensor q = q_proj->forward(x), f = f_proj->forward(x), i = i_proj->forward(x);
   if (cfg_.use_short_conv) {
     if (st && st->conv.size() < 3) st->conv.resize(3);
@@ -54,15 +53,9 @@ Tensor HGRN2::run(const Tensor& x, RecurrentState* st) {
     k = affine(sigmoid(f), -(1.0 - lb_), 1.0 - lb_);  // 1 - a
   }
   k = k.dtype() == q.dtype() ? k : cast(k, q.dtype());
-  Tensor o = run_recurrence(q.view({B, T, H, dk_}), k.view({B, T, H, dk_}), i.view({B, T, H, dv_}), g.view({B, T, H, dk_}), Tensor(),
-                            st, 1.0 / std::sqrt(double(dk_)), cfg_.chunk);
-  o = rms_norm(o, cast_param(norm_weight), cfg_.norm_eps).reshape({B, T, H * dv_});
-  return out_proj->forward(o);
+  Tensor o = run_head_recurrence(q, k, i, g, Tensor(), heads_, st, 1.0 / std::sqrt(double(dk_)), cfg_.chunk);  // [B, T, H, dv]
+  return out_proj->forward(head_rms_norm(o, cast_param(norm_weight), cfg_.norm_eps));
 }
-
-std::unique_ptr<MixerState> HGRN2::init_state(int64_t, int64_t, Device, DType) const { return std::make_unique<RecurrentState>(); }
-
-Tensor HGRN2::step(const Tensor& x, MixerState& state) { return run(x, &dynamic_cast<RecurrentState&>(state)); }
 
 int64_t HGRN2::state_bytes(int64_t, int64_t dtype_bytes) const {
   int64_t conv = cfg_.use_short_conv ? (cfg_.conv_size - 1) * (2 * heads_ * dk_ + d_model_) * dtype_bytes : 0;

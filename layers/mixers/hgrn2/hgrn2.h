@@ -21,13 +21,10 @@ struct HGRN2Config {
   int64_t chunk = 64;
 };
 
-class HGRN2 : public Mixer {
+class HGRN2 : public RecurrentMixer {
  public:
   HGRN2(const MixerContext& ctx, const HGRN2Config& cfg);
   std::string type_name() const override;
-  Tensor forward(const Tensor& x) override { return run(x, nullptr); }
-  std::unique_ptr<MixerState> init_state(int64_t batch, int64_t max_len, Device device, DType dtype) const override;
-  Tensor step(const Tensor& x, MixerState& state) override;
   int64_t state_bytes(int64_t seq_len, int64_t dtype_bytes) const override;
   double flops_per_token(int64_t seq_len) const override;
   double lower_bound() const { return lb_; }
@@ -37,7 +34,7 @@ class HGRN2 : public Mixer {
   Tensor norm_weight;  // [dv], shared by the heads
 
  private:
-  Tensor run(const Tensor& x, RecurrentState* st);
+  Tensor run(const Tensor& x, RecurrentState* st) override;
   int64_t d_model_, heads_, dk_, dv_;
   double lb_;
   HGRN2Config cfg_;

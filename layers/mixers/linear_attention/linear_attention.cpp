@@ -20,9 +20,9 @@ std::string LinearAttention::type_name() const {
 Tensor LinearAttention::run(const Tensor& x, RecurrentState* st) {
   int64_t B = x.size(0), T = x.size(1), H = heads_, D = head_dim_;
   Tensor qkv = qkv_proj->forward(x);
-  Tensor q = elu_plus_one(qkv.narrow(2, 0, d_model_).view({B, T, H, D}));
-  Tensor k = elu_plus_one(qkv.narrow(2, d_model_, d_model_).view({B, T, H, D}));
-  Tensor v = qkv.narrow(2, 2 * d_model_, d_model_).view({B, T, H, D});
+  Tensor q = elu_plus_one(split_heads(qkv.narrow(2, 0, d_model_), H));
+  Tensor k = elu_plus_one(split_heads(qkv.narrow(2, d_model_, d_model_), H));
+  Tensor v = split_heads(qkv.narrow(2, 2 * d_model_, d_model_), H);
   Tensor o;
   if (cfg_.normalize) {
     // the normalizer z_t . phi(q_t) is the output column of a value of ones
@@ -32,14 +32,8 @@ Tensor LinearAttention::run(const Tensor& x, RecurrentState* st) {
   } else {
     o = run_recurrence(q, k, v, Tensor(), Tensor(), st, 1.0 / std::sqrt(double(D)), cfg_.chunk);
   }
-  return out_proj->forward(o.reshape({B, T, H * D}));
+  return out_proj->forward(merge_heads(o));
 }
-
-std::unique_ptr<MixerState> LinearAttention::init_state(int64_t, int64_t, Device, DType) const {
-  return std::make_unique<RecurrentState>();
-}
-
-Tensor LinearAttention::step(const Tensor& x, MixerState& state) { return run(x, &dynamic_cast<RecurrentState&>(state)); }
 
 int64_t LinearAttention::state_bytes(int64_t, int64_t) const {
   return heads_ * head_dim_ * (head_dim_ + (cfg_.normalize ? 1 : 0)) * 4;  // the f32 state (with the normalizer column)

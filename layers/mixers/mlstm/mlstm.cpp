@@ -68,22 +68,17 @@ std::string MLSTM::type_name() const {
 }
 
 Tensor MLSTM::run(const Tensor& x, RecurrentState* st) {
-  const int64_t B = x.size(0), T = x.size(1), H = heads_, D = dh_;
   if (st && st->conv.size() < 1) st->conv.resize(1);
   Tensor xc = conv->forward(x, st ? &st->conv[0] : nullptr);  // SiLU(conv(x))
   Tensor q = q_proj->forward(xc), k = k_proj->forward(xc), v = v_proj->forward(x);
   Tensor qkv = cat({q, k, v}, 2);
   Tensor ig = gate_precision(igate->forward(qkv));              // [B, T, H] pre-activation i~
   Tensor logf = logsigmoid(gate_precision(fgate->forward(qkv)));  // [B, T, H]
-  Tensor h = mlstm_cell(q.view({B, T, H, D}), k.view({B, T, H, D}), v.view({B, T, H, D}), ig, logf, st, cfg_.chunk);
-  h = head_norm(h, false, cfg_.norm_eps).reshape({B, T, d_model_});
+  Tensor h = mlstm_cell(split_heads(q, heads_), split_heads(k, heads_), split_heads(v, heads_), ig, logf, st, cfg_.chunk);
+  h = merge_heads(head_norm(h, false, cfg_.norm_eps));
   h = add(mul(h, cast_param(norm_weight)), mul(xc, cast_param(skip)));
   return out_proj->forward(mul(h, silu(z_proj->forward(x))));
 }
-
-std::unique_ptr<MixerState> MLSTM::init_state(int64_t, int64_t, Device, DType) const { return std::make_unique<RecurrentState>(); }
-
-Tensor MLSTM::step(const Tensor& x, MixerState& state) { return run(x, &dynamic_cast<RecurrentState&>(state)); }
 
 int64_t MLSTM::state_bytes(int64_t, int64_t dtype_bytes) const {
   // f32 C and n (n as the extra column), the f64 stabilizer, the conv inputs

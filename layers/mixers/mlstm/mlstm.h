@@ -27,13 +27,10 @@ struct MLSTMConfig {
   int64_t chunk = 64;
 };
 
-class MLSTM : public Mixer {
+class MLSTM : public RecurrentMixer {
  public:
   MLSTM(const MixerContext& ctx, const MLSTMConfig& cfg);
   std::string type_name() const override;
-  Tensor forward(const Tensor& x) override { return run(x, nullptr); }
-  std::unique_ptr<MixerState> init_state(int64_t batch, int64_t max_len, Device device, DType dtype) const override;
-  Tensor step(const Tensor& x, MixerState& state) override;
   int64_t state_bytes(int64_t seq_len, int64_t dtype_bytes) const override;
   double flops_per_token(int64_t seq_len) const override;
 
@@ -42,7 +39,7 @@ class MLSTM : public Mixer {
   Tensor norm_weight, skip;  // [d]
 
  private:
-  Tensor run(const Tensor& x, RecurrentState* st);
+  Tensor run(const Tensor& x, RecurrentState* st) override;
   int64_t d_model_, heads_, dh_;
   MLSTMConfig cfg_;
 };

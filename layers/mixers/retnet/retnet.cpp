@@ -36,9 +36,7 @@ std::vector<double> RetNet::log_decays() const {
 
 Tensor RetNet::run(const Tensor& x, RecurrentState* st) {
   int64_t B = x.size(0), T = x.size(1), H = heads_;
-  Tensor q = q_proj->forward(x).view({B, T, H, dk_});
-  Tensor k = k_proj->forward(x).view({B, T, H, dk_});
-  Tensor v = v_proj->forward(x).view({B, T, H, dv_});
+  Tensor q = split_heads(q_proj->forward(x), H), k = split_heads(k_proj->forward(x), H), v = split_heads(v_proj->forward(x), H);
   if (cfg_.rope) {
     int64_t start = st ? st->pos : 0;
     q = rotary_.apply(q, start);
@@ -48,15 +46,10 @@ Tensor RetNet::run(const Tensor& x, RecurrentState* st) {
   DType gdt = x.dtype() == DType::F64 ? DType::F64 : DType::F32;
   Tensor g = Tensor::from_vector<double>(log_decays(), {1, 1, H}).to(x.device(), gdt).expand({B, T, H}).contiguous();
   Tensor o = run_recurrence(q, k, v, g, Tensor(), st, 1.0 / std::sqrt(double(dk_)), cfg_.chunk);  // [B, T, H, dv]
-  o = head_norm(o, false, cfg_.norm_eps).reshape({B, T, H * dv_});
-  o = add(mul(o, cast_param(norm_weight)), cast_param(norm_bias));
+  o = group_norm(o, cast_param(norm_weight), cast_param(norm_bias), cfg_.norm_eps);
   o = mul(silu(g_proj->forward(x)), o);
   return out_proj->forward(o);
 }
-
-std::unique_ptr<MixerState> RetNet::init_state(int64_t, int64_t, Device, DType) const { return std::make_unique<RecurrentState>(); }
-
-Tensor RetNet::step(const Tensor& x, MixerState& state) { return run(x, &dynamic_cast<RecurrentState&>(state)); }
 
 int64_t RetNet::state_bytes(int64_t, int64_t) const { return heads_ * dk_ * dv_ * 4; }  // the f32 state
 

@@ -16,13 +16,10 @@ struct RetNetConfig {
   int64_t chunk = 64;
 };
 
-class RetNet : public Mixer {
+class RetNet : public RecurrentMixer {
  public:
   RetNet(const MixerContext& ctx, const RetNetConfig& cfg);
   std::string type_name() const override;
-  Tensor forward(const Tensor& x) override { return run(x, nullptr); }
-  std::unique_ptr<MixerState> init_state(int64_t batch, int64_t max_len, Device device, DType dtype) const override;
-  Tensor step(const Tensor& x, MixerState& state) override;
   int64_t state_bytes(int64_t seq_len, int64_t dtype_bytes) const override;
   double flops_per_token(int64_t seq_len) const override;
   std::vector<double> log_decays() const;  // log gamma_h per head
@@ -31,7 +28,7 @@ class RetNet : public Mixer {
   Tensor norm_weight, norm_bias;  // GroupNorm affine [H * dv]
 
  private:
-  Tensor run(const Tensor& x, RecurrentState* st);
+  Tensor run(const Tensor& x, RecurrentState* st) override;
   int64_t d_model_, heads_, dk_, dv_;
   RetNetConfig cfg_;
   Rotary rotary_;

@@ -52,7 +52,7 @@ std::string RWKV6::type_name() const {
 }
 
 Tensor RWKV6::run(const Tensor& x, RecurrentState* st) {
-  const int64_t B = x.size(0), T = x.size(1), H = heads_, R = cfg_.mix_low_rank;
+  const int64_t R = cfg_.mix_low_rank;
   Tensor xx = sub(token_shift(x, st ? &st->shift : nullptr), x);  // x_{t-1} - x_t
   // ddlerp: five data-dependent interpolations between x_t and x_{t-1}
   Tensor xxx = add(x, mul(xx, cast_param(maa_x)));
@@ -70,16 +70,10 @@ Tensor RWKV6::run(const Tensor& x, RecurrentState* st) {
   Tensor g = neg(exp(w));
   Tensor r = r_proj->forward(xs[3]), k = k_proj->forward(xs[1]), v = v_proj->forward(xs[2]);
   Tensor gate = silu(g_proj->forward(xs[4]));
-  Tensor o = run_recurrence(r.view({B, T, H, hs_}), k.view({B, T, H, hs_}), v.view({B, T, H, hs_}), g.view({B, T, H, hs_}),
-                            cast_param(bonus), st, 1.0, cfg_.chunk);
-  o = head_norm(o, false, cfg_.norm_eps).reshape({B, T, d_model_});
-  o = add(mul(o, cast_param(ln_weight)), cast_param(ln_bias));
+  Tensor o = run_head_recurrence(r, k, v, g, cast_param(bonus), heads_, st, 1.0, cfg_.chunk);  // [B, T, H, head_size]
+  o = group_norm(o, cast_param(ln_weight), cast_param(ln_bias), cfg_.norm_eps);
   return out_proj->forward(mul(o, gate));
 }
-
-std::unique_ptr<MixerState> RWKV6::init_state(int64_t, int64_t, Device, DType) const { return std::make_unique<RecurrentState>(); }
-
-Tensor RWKV6::step(const Tensor& x, MixerState& state) { return run(x, &dynamic_cast<RecurrentState&>(state)); }
 
 int64_t RWKV6::state_bytes(int64_t, int64_t dtype_bytes) const {
   return heads_ * hs_ * hs_ * 4 + d_model_ * dtype_bytes;  // f32 state + the shifted token

@@ -20,13 +20,10 @@ struct RWKV6Config {
   int64_t chunk = 64;
 };
 
-class RWKV6 : public Mixer {
+class RWKV6 : public RecurrentMixer {
  public:
   RWKV6(const MixerContext& ctx, const RWKV6Config& cfg);
   std::string type_name() const override;
-  Tensor forward(const Tensor& x) override { return run(x, nullptr); }
-  std::unique_ptr<MixerState> init_state(int64_t batch, int64_t max_len, Device device, DType dtype) const override;
-  Tensor step(const Tensor& x, MixerState& state) override;
   int64_t state_bytes(int64_t seq_len, int64_t dtype_bytes) const override;
   double flops_per_token(int64_t seq_len) const override;
 
@@ -38,7 +35,7 @@ class RWKV6 : public Mixer {
   Tensor ln_weight, ln_bias;   // GroupNorm affine [d]
 
  private:
-  Tensor run(const Tensor& x, RecurrentState* st);
+  Tensor run(const Tensor& x, RecurrentState* st) override;
   int64_t d_model_, heads_, hs_;
   RWKV6Config cfg_;
 };
