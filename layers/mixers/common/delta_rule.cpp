@@ -61,6 +61,40 @@ void check_qkv(const Tensor& q, const Tensor& k, const Tensor& v) {
                shape_str(k.shape()), ", ", shape_str(v.shape()));
 }
 
+// o scaled by opt.scale, in v's dtype.
+Tensor scaled_like_v(Tensor o, const Tensor& v, const DeltaOptions& opt) {
+  if (opt.scale != 1.0) o = o * opt.scale;
+  return o.dtype() == v.dtype() ? o : cast(o, v.dtype());
+}
+
+DeltaResult make_result(const Tensor& o, const Tensor& S, const DeltaOptions& opt) {
+  DeltaResult r;
+  r.o = o;
+  if (opt.want_final_state) r.final_state = S;
+  return r;
+}
+
+// The token-by-token references: S from the initial state, o_t = step(t, S) (which advances S), stacked.
+template <typename Step>
+DeltaResult run_steps(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& initial_state,
+                      const DeltaOptions& opt, Step step) {
+  check_qkv(q, k, v);
+  DType dt = work_dtype(q);
+  int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3), Dv = v.size(3);
+  Tensor S = initial_or_zeros(initial_state, B, H, Dk, Dv, dt, q.device());
+  std::vector<Tensor> outs;
+  outs.reserve(size_t(T));
+  for (int64_t t = 0; t < T; ++t) outs.push_back(step(t, S));
+  return make_result(T > 0 ? stack(outs, 1) : zeros({B, 0, H, Dv}, v.dtype(), v.device()), S, opt);
+}
+
+// The chunked forms' result from the per-chunk outputs [B, H, C, Dv] of the padded length Tp.
+DeltaResult chunked_result(const std::vector<Tensor>& outs, int64_t B, int64_t H, int64_t Tp, int64_t T, int64_t Dv,
+                           const Tensor& v, const Tensor& S, const DeltaOptions& opt) {
+  Tensor o = stack(outs, 2).reshape({B, H, Tp, Dv}).narrow(2, 0, T).permute({0, 2, 1, 3});
+  return make_result(scaled_like_v(o, v, opt).contiguous(), S, opt);
+}
+
 // Slices of x along `dim` as one autograd node whose backward stacks the slices' gradients (per-slice
 // select() would each scatter into a full-size zero gradient: quadratic in the number of chunks).
 struct UnbindFn : autograd::CustomFunction {
@@ -152,26 +186,15 @@ Tensor delta_rule_step(const Tensor& q, const Tensor& k, const Tensor& v, const 
   Tensor u = mul(bw.view({B, H, 1, 1}), sub(vw.unsqueeze(2), kS));
   S = add(S, matmul(kw.unsqueeze(3), u));
   state = S;
-  Tensor o = matmul(qw.unsqueeze(2), S).squeeze(2);
-  if (opt.scale != 1.0) o = o * opt.scale;
-  return o.dtype() == v.dtype() ? o : cast(o, v.dtype());
+  return scaled_like_v(matmul(qw.unsqueeze(2), S).squeeze(2), v, opt);
 }
 
 DeltaResult delta_rule_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta, const Tensor& g,
                                  const Tensor& initial_state, const DeltaOptions& opt) {
-  check_qkv(q, k, v);
-  DType dt = work_dtype(q);
-  int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3), Dv = v.size(3);
-  Tensor S = initial_or_zeros(initial_state, B, H, Dk, Dv, dt, q.device());
-  std::vector<Tensor> outs;
-  outs.reserve(size_t(T));
-  for (int64_t t = 0; t < T; ++t)
-    outs.push_back(delta_rule_step(q.select(1, t), k.select(1, t), v.select(1, t), beta.select(1, t),
-                                   g.defined() ? g.select(1, t) : Tensor(), S, opt));
-  DeltaResult r;
-  r.o = T > 0 ? stack(outs, 1) : zeros({B, 0, H, Dv}, v.dtype(), v.device());
-  if (opt.want_final_state) r.final_state = S;
-  return r;
+  return run_steps(q, k, v, initial_state, opt, [&](int64_t t, Tensor& S) {
+    return delta_rule_step(q.select(1, t), k.select(1, t), v.select(1, t), beta.select(1, t),
+                           g.defined() ? g.select(1, t) : Tensor(), S, opt);
+  });
 }
 
 DeltaResult delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta, const Tensor& g,
@@ -193,12 +216,7 @@ DeltaResult delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const 
     return delta_rule_cuda(q, k, v, beta, g, initial_state, opt);
 #endif
   Tensor S = initial_or_zeros(initial_state, B, H, Dk, Dv, dt, dev);
-  if (T == 0) {
-    DeltaResult r;
-    r.o = zeros({B, 0, H, Dv}, v.dtype(), dev);
-    if (opt.want_final_state) r.final_state = S;
-    return r;
-  }
+  if (T == 0) return make_result(zeros({B, 0, H, Dv}, v.dtype(), dev), S, opt);
   int64_t N = (T + C - 1) / C, Tp = N * C;
   Tensor qw = as_work(q, dt), kw = as_work(k, dt);
   if (opt.normalize_qk) {
@@ -251,12 +269,7 @@ DeltaResult delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const 
     Tensor upd = matmul(KendTs[n], Un);
     S = dend.defined() ? add(mul(S, dends[n]), upd) : add(S, upd);
   }
-  Tensor o = stack(outs, 2).reshape({B, H, Tp, Dv}).narrow(2, 0, T).permute({0, 2, 1, 3});
-  if (opt.scale != 1.0) o = o * opt.scale;
-  DeltaResult r;
-  r.o = o.dtype() == v.dtype() ? o.contiguous() : cast(o, v.dtype());
-  if (opt.want_final_state) r.final_state = S;
-  return r;
+  return chunked_result(outs, B, H, Tp, T, Dv, v, S, opt);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -271,27 +284,16 @@ Tensor generalized_delta_rule_step(const Tensor& q, const Tensor& k, const Tenso
   S = add(mul(S, exp(as_work(lw, dt)).unsqueeze(3)),
           add(matmul(as_work(b, dt).unsqueeze(3), aS), matmul(as_work(k, dt).unsqueeze(3), as_work(v, dt).unsqueeze(2))));
   state = S;
-  Tensor o = matmul(as_work(q, dt).unsqueeze(2), S).squeeze(2);
-  if (opt.scale != 1.0) o = o * opt.scale;
-  return o.dtype() == v.dtype() ? o : cast(o, v.dtype());
+  return scaled_like_v(matmul(as_work(q, dt).unsqueeze(2), S).squeeze(2), v, opt);
 }
 
 DeltaResult generalized_delta_rule_reference(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw,
                                              const Tensor& a, const Tensor& b, const Tensor& initial_state,
                                              const DeltaOptions& opt) {
-  check_qkv(q, k, v);
-  DType dt = work_dtype(q);
-  int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3), Dv = v.size(3);
-  Tensor S = initial_or_zeros(initial_state, B, H, Dk, Dv, dt, q.device());
-  std::vector<Tensor> outs;
-  outs.reserve(size_t(T));
-  for (int64_t t = 0; t < T; ++t)
-    outs.push_back(generalized_delta_rule_step(q.select(1, t), k.select(1, t), v.select(1, t), lw.select(1, t),
-                                               a.select(1, t), b.select(1, t), S, opt));
-  DeltaResult r;
-  r.o = T > 0 ? stack(outs, 1) : zeros({B, 0, H, Dv}, v.dtype(), v.device());
-  if (opt.want_final_state) r.final_state = S;
-  return r;
+  return run_steps(q, k, v, initial_state, opt, [&](int64_t t, Tensor& S) {
+    return generalized_delta_rule_step(q.select(1, t), k.select(1, t), v.select(1, t), lw.select(1, t), a.select(1, t),
+                                       b.select(1, t), S, opt);
+  });
 }
 
 // Within a chunk (local t, L_t = inclusive cumulative log decay per key channel, L_{-1} = 0), with
@@ -316,12 +318,7 @@ DeltaResult generalized_delta_rule(const Tensor& q, const Tensor& k, const Tenso
     SEQMIX_CHECK(t->shape() == q.shape(), "generalized_delta_rule: lw, a, b must be [B, T, H, Dk] like q, got ",
                  shape_str(t->shape()));
   Tensor S = initial_or_zeros(initial_state, B, H, Dk, Dv, dt, dev);
-  if (T == 0) {
-    DeltaResult r;
-    r.o = zeros({B, 0, H, Dv}, v.dtype(), dev);
-    if (opt.want_final_state) r.final_state = S;
-    return r;
-  }
+  if (T == 0) return make_result(zeros({B, 0, H, Dv}, v.dtype(), dev), S, opt);
   int64_t N = (T + C - 1) / C, Tp = N * C;
   Tensor Q = to_heads_padded(as_work(q, dt), Tp).view({B, H, N, C, Dk});
   Tensor K = to_heads_padded(as_work(k, dt), Tp).view({B, H, N, C, Dk});
@@ -381,12 +378,7 @@ DeltaResult generalized_delta_rule(const Tensor& q, const Tensor& k, const Tenso
     outs.push_back(add(add(matmul(Qss[n], S), matmul(Mqbs[n], Zn)), OVs[n]));
     S = add(add(mul(S, dends[n]), matmul(BendTs[n], Zn)), KVs[n]);
   }
-  Tensor o = stack(outs, 2).reshape({B, H, Tp, Dv}).narrow(2, 0, T).permute({0, 2, 1, 3});
-  if (opt.scale != 1.0) o = o * opt.scale;
-  DeltaResult r;
-  r.o = o.dtype() == v.dtype() ? o.contiguous() : cast(o, v.dtype());
-  if (opt.want_final_state) r.final_state = S;
-  return r;
+  return chunked_result(outs, B, H, Tp, T, Dv, v, S, opt);
 }
 
 }  // namespace seqmix::mixers
