@@ -184,14 +184,10 @@ int attention_main(const std::vector<std::string>& args) {
     return 1;
   }
   if (c.iters < 10) c.iters = 10;
+  if (!cuda_bench_ready("attention")) return 1;
 #ifndef SEQMIX_WITH_CUDA
-  std::fprintf(stderr, "bench attention: the CUDA backend is not built (configure with -DSEQMIX_CUDA=ON)\n");
   return 1;
 #else
-  if (!cuda_available()) {
-    std::fprintf(stderr, "bench attention: no CUDA device is visible\n");
-    return 1;
-  }
   try {
     const Device dev = Device::cuda(0);
     cuda::select_device(0);

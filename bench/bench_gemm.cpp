@@ -81,17 +81,13 @@ int gemm_main(const std::vector<std::string>& args) {
     return 1;
   }
   if (iters < 20) iters = 20;
+  if (!cuda_bench_ready("gemm")) return 1;
 #ifndef SEQMIX_WITH_CUDA
   (void)warmup;
   (void)conv;
   (void)gemm;
-  std::fprintf(stderr, "bench gemm: the CUDA backend is not built (configure with -DSEQMIX_CUDA=ON)\n");
   return 1;
 #else
-  if (!cuda_available()) {
-    std::fprintf(stderr, "bench gemm: no CUDA device is visible\n");
-    return 1;
-  }
   try {
     const Device dev = Device::cuda(0);
     cuda::select_device(0);

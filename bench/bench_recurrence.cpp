@@ -169,14 +169,10 @@ int recurrence_main(const std::vector<std::string>& args) {
     return 1;
   }
   if (c.iters < 10) c.iters = 10;
+  if (!cuda_bench_ready("recurrence")) return 1;
 #ifndef SEQMIX_WITH_CUDA
-  std::fprintf(stderr, "bench recurrence: the CUDA backend is not built (configure with -DSEQMIX_CUDA=ON)\n");
   return 1;
 #else
-  if (!cuda_available()) {
-    std::fprintf(stderr, "bench recurrence: no CUDA device is visible\n");
-    return 1;
-  }
   try {
     cuda::select_device(0);
     Generator gen(1234);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -71,6 +72,19 @@ bool parse_mixer_option(const std::string& a, Value& value, MixerBenchConfig& c)
   else if (a == "--no-long") c.long_run = false;
   else return false;
   return true;
+}
+
+// Whether `bench NAME` can time CUDA kernels here; where not (no CUDA backend in this build, or no device
+// visible), says which on stderr.
+inline bool cuda_bench_ready(const char* name) {
+#ifndef SEQMIX_WITH_CUDA
+  std::fprintf(stderr, "bench %s: the CUDA backend is not built (configure with -DSEQMIX_CUDA=ON)\n", name);
+  return false;
+#else
+  if (cuda_available()) return true;
+  std::fprintf(stderr, "bench %s: no CUDA device is visible\n", name);
+  return false;
+#endif
 }
 
 // Rates from a time in milliseconds.
