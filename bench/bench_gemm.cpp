@@ -42,14 +42,14 @@ std::vector<int64_t> parse_sizes(const std::string& s) {
   return out;
 }
 
-void print_json(const Row& r) {
+[[maybe_unused]] void print_json(const Row& r) {  // used only with CUDA
   std::printf("{\"bench\":\"gemm\",\"op\":\"%s\",\"shape\":\"%s\",\"ms\":%.4f", r.op.c_str(), r.shape.c_str(), r.ms);
   if (r.tflops > 0) std::printf(",\"tflops\":%.1f", r.tflops);
   if (r.gbps > 0) std::printf(",\"gbps\":%.1f", r.gbps);
   std::printf(",\"impl\":\"seqmix\"}\n");
 }
 
-void print_table(const std::vector<Row>& rows) {
+[[maybe_unused]] void print_table(const std::vector<Row>& rows) {
   std::printf("\n%-28s %-26s %10s %10s %10s\n", "op", "shape", "ms", "TFLOP/s", "GB/s");
   for (const Row& r : rows) {
     char tf[32] = "-", gb[32] = "-";
