@@ -43,6 +43,10 @@ Tensor gate_precision(const Tensor& x) {
   return cast(x, DType::F32);
 }
 
+DType gate_dtype(const Tensor& x) { return x.dtype() == DType::F64 ? DType::F64 : DType::F32; }
+
+Tensor as_dtype(const Tensor& t, DType dt) { return t.dtype() == dt ? t : cast(t, dt); }
+
 Tensor head_norm(const Tensor& x, bool rms, double eps) {
   return rms ? rms_norm(x, Tensor(), eps) : layer_norm(x, Tensor(), Tensor(), eps);
 }

@@ -62,6 +62,10 @@ Tensor token_shift(const Tensor& x, Tensor* last);
 
 // Gates and decays are computed in f32 (f64 when the compute dtype is f64: gradient checks).
 Tensor gate_precision(const Tensor& x);
+// The same rule by the input: the gate dtype of a mixer whose input is x (f64 for f64 inputs, else f32),
+// and t converted to dtype dt (t itself when it has it).
+DType gate_dtype(const Tensor& x);
+Tensor as_dtype(const Tensor& t, DType dt);
 
 // Normalizes each head's features of x [B, T, H, D] (layer norm: rms = false; RMS norm: rms = true)
 // without affine; the caller applies its own weight.

@@ -6,11 +6,6 @@
 
 namespace seqmix::mixers {
 
-struct DeltaNet::State : MixerState {
-  Tensor S;                       // [B, H, Dk, Dv] f32 (f64 in f64 runs)
-  Tensor q_cache, k_cache, v_cache;  // last conv_size - 1 pre-conv projections [B, K-1, channels]
-};
-
 namespace {
 Tensor conv_init(int64_t channels, int64_t K, Generator& gen) {
   // PyTorch's Conv1d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = K for a depthwise conv
@@ -30,10 +25,6 @@ Tensor short_conv(const Tensor& x, const Tensor& w, Tensor* cache) {
   *cache = xin.narrow(1, xin.size(1) - (K - 1), K - 1).detach().contiguous();
   return y;
 }
-
-// Gates and decays are computed in f32 (f64 in f64 runs) whatever the compute dtype (DESIGN: precision).
-DType gate_dtype(const Tensor& x) { return x.dtype() == DType::F64 ? DType::F64 : DType::F32; }
-Tensor as_dtype(const Tensor& t, DType dt) { return t.dtype() == dt ? t : cast(t, dt); }
 }  // namespace
 
 DeltaNet::DeltaNet(const MixerContext& ctx, const DeltaNetConfig& cfg)
@@ -85,19 +76,19 @@ std::string DeltaNet::type_name() const {
          ")";
 }
 
-Tensor DeltaNet::run(const Tensor& x, State* st) {
+Tensor DeltaNet::run(const Tensor& x, RecurrentState* st) {
   int64_t B = x.size(0), T = x.size(1);
   bool conv = cfg_.conv_size > 1;
   Tensor q = q_proj->forward(x), k = k_proj->forward(x), v = v_proj->forward(x);
   if (conv) {
-    q = short_conv(q, cast_param(q_conv), st ? &st->q_cache : nullptr);
-    k = short_conv(k, cast_param(k_conv), st ? &st->k_cache : nullptr);
-    v = short_conv(v, cast_param(v_conv), st ? &st->v_cache : nullptr);
+    q = short_conv(q, cast_param(q_conv), st ? &st->conv[0] : nullptr);
+    k = short_conv(k, cast_param(k_conv), st ? &st->conv[1] : nullptr);
+    v = short_conv(v, cast_param(v_conv), st ? &st->conv[2] : nullptr);
   }
   q = silu(q).view({B, T, heads_, dk_});
   k = silu(k).view({B, T, heads_, dk_});
   v = silu(v).view({B, T, heads_, dv_});
-  DType gd = gate_dtype(x);
+  DType gd = gate_dtype(x);  // gates and decays in f32 (f64 in f64 runs) whatever the compute dtype
   Tensor beta = sigmoid(as_dtype(b_proj->forward(x), gd));  // [B, T, H]
   Tensor g;
   if (cfg_.gated) {
@@ -119,20 +110,15 @@ Tensor DeltaNet::run(const Tensor& x, State* st) {
   return o_proj->forward(o.reshape({B, T, heads_ * dv_}));
 }
 
-Tensor DeltaNet::forward(const Tensor& x) { return run(x, nullptr); }
-
 std::unique_ptr<MixerState> DeltaNet::init_state(int64_t batch, int64_t, Device device, DType dtype) const {
-  auto s = std::make_unique<State>();
+  // the state S and the conv caches (last conv_size - 1 pre-conv q, k, v projections), zeros
+  auto s = std::make_unique<RecurrentState>();
   s->S = zeros({batch, heads_, dk_, dv_}, dtype == DType::F64 ? DType::F64 : DType::F32, device);
-  if (cfg_.conv_size > 1) {
-    s->q_cache = zeros({batch, cfg_.conv_size - 1, heads_ * dk_}, dtype, device);
-    s->k_cache = zeros({batch, cfg_.conv_size - 1, heads_ * dk_}, dtype, device);
-    s->v_cache = zeros({batch, cfg_.conv_size - 1, heads_ * dv_}, dtype, device);
-  }
+  if (cfg_.conv_size > 1)
+    for (int64_t channels : {heads_ * dk_, heads_ * dk_, heads_ * dv_})
+      s->conv.push_back(zeros({batch, cfg_.conv_size - 1, channels}, dtype, device));
   return s;
 }
-
-Tensor DeltaNet::step(const Tensor& x, MixerState& state) { return run(x, &dynamic_cast<State&>(state)); }
 
 int64_t DeltaNet::state_bytes(int64_t, int64_t dtype_bytes) const {
   int64_t conv = cfg_.conv_size > 1 ? (cfg_.conv_size - 1) * heads_ * (2 * dk_ + dv_) : 0;

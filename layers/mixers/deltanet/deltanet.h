@@ -10,8 +10,7 @@
 // The recurrence runs in layers/mixers/common/delta_rule (chunked WY form for training and prompts, the
 // one-token step for generation).
 #pragma once
-#include "layers/layers.h"
-#include "layers/mixers/mixer.h"
+#include "layers/mixers/common/recurrent_mixer.h"
 
 namespace seqmix::mixers {
 
@@ -26,13 +25,11 @@ struct DeltaNetConfig {
   double norm_eps = 1e-5;
 };
 
-class DeltaNet : public Mixer {
+class DeltaNet : public RecurrentMixer {
  public:
   DeltaNet(const MixerContext& ctx, const DeltaNetConfig& cfg);
   std::string type_name() const override;
-  Tensor forward(const Tensor& x) override;
   std::unique_ptr<MixerState> init_state(int64_t batch, int64_t max_len, Device device, DType dtype) const override;
-  Tensor step(const Tensor& x, MixerState& state) override;
   int64_t state_bytes(int64_t seq_len, int64_t dtype_bytes) const override;
   double flops_per_token(int64_t seq_len) const override;
 
@@ -42,8 +39,7 @@ class DeltaNet : public Mixer {
   Tensor o_norm;                  // [Dv] head RMSNorm weight
 
  private:
-  struct State;
-  Tensor run(const Tensor& x, State* st);
+  Tensor run(const Tensor& x, RecurrentState* st) override;  // st: S and conv (q, k, v caches)
   int64_t d_model_, heads_, dk_, dv_;
   DeltaNetConfig cfg_;
 };

@@ -43,8 +43,7 @@ Tensor RetNet::run(const Tensor& x, RecurrentState* st) {
     k = rotary_.apply(k, start);
   }
   if (st) st->pos += T;
-  DType gdt = x.dtype() == DType::F64 ? DType::F64 : DType::F32;
-  Tensor g = Tensor::from_vector<double>(log_decays(), {1, 1, H}).to(x.device(), gdt).expand({B, T, H}).contiguous();
+  Tensor g = Tensor::from_vector<double>(log_decays(), {1, 1, H}).to(x.device(), gate_dtype(x)).expand({B, T, H}).contiguous();
   Tensor o = run_recurrence(q, k, v, g, Tensor(), st, 1.0 / std::sqrt(double(dk_)), cfg_.chunk);  // [B, T, H, dv]
   o = group_norm(o, cast_param(norm_weight), cast_param(norm_bias), cfg_.norm_eps);
   o = mul(silu(g_proj->forward(x)), o);

@@ -7,22 +7,8 @@
 
 namespace seqmix::mixers {
 
-struct Rwkv7::State : MixerState {
-  Tensor S;        // [B, H, N, N] f32 (f64 in f64 runs)
-  Tensor prev_tm;  // [B, 1, d]: the last input of the time mix
-  Tensor prev_cm;  // [B, 1, d]: the last (normed) input of the channel mix
-};
-
 namespace {
 int64_t lora_dim(double v) { return std::max<int64_t>(32, int64_t(std::llround(v / 32.0)) * 32); }
-
-// [B, T, d] -> the previous token of each position (`prev` [B, 1, d] before the first; zeros when undefined).
-Tensor shift(const Tensor& x, const Tensor& prev) {
-  int64_t B = x.size(0), T = x.size(1), d = x.size(2);
-  Tensor p = prev.defined() ? prev : zeros({B, 1, d}, x.dtype(), x.device());
-  if (T == 1) return p;
-  return cat({p, x.narrow(1, 0, T - 1)}, 1);
-}
 
 Tensor vec_param(int64_t d, const std::function<double(int64_t)>& f) {
   std::vector<float> v(static_cast<size_t>(d));
@@ -83,18 +69,16 @@ std::string Rwkv7::type_name() const {
          std::to_string(da_) + "/" + std::to_string(dg_) + ", cm_hidden=" + std::to_string(hidden_) + ")";
 }
 
-Tensor Rwkv7::run(const Tensor& x, State* st) {
+Tensor Rwkv7::run(const Tensor& x, Rwkv7State* st) {
   int64_t B = x.size(0), T = x.size(1), H = heads_, N = n_;
   // ---- time mix ----
-  Tensor xx = sub(shift(x, st ? st->prev_tm : Tensor()), x);
-  if (st) st->prev_tm = x.narrow(1, T - 1, 1).detach().contiguous();
+  Tensor xx = sub(token_shift(x, st ? &st->prev_tm : nullptr), x);
   auto mix = [&](const Tensor& mu) { return add(x, mul(xx, cast_param(mu))); };
   Tensor xr = mix(mu_r), xw = mix(mu_w), xk = mix(mu_k), xv = mix(mu_v), xa = mix(mu_a), xg = mix(mu_g);
   Tensor r = receptance->forward(xr), k = key->forward(xk), v = value->forward(xv);
   // the log decay in f32 (f64 in f64 runs) whatever the compute dtype: in (-e^{-1/2}, 0)
-  DType gd = x.dtype() == DType::F64 ? DType::F64 : DType::F32;
-  auto as_gd = [gd](const Tensor& t) { return t.dtype() == gd ? t : cast(t, gd); };
-  Tensor wr = add(as_gd(w0), as_gd(matmul(tanh(matmul(xw, cast_param(w1))), cast_param(w2))));
+  DType gd = gate_dtype(x);
+  Tensor wr = add(as_dtype(w0, gd), as_dtype(matmul(tanh(matmul(xw, cast_param(w1))), cast_param(w2)), gd));
   Tensor lw = neg(exp(affine(neg(softplus(neg(wr))), 1.0, -0.5)));
   Tensor iclr = sigmoid(add(cast_param(a0), matmul(matmul(xa, cast_param(a1)), cast_param(a2))));
   Tensor g = matmul(sigmoid(matmul(xg, cast_param(g1))), cast_param(g2));
@@ -123,23 +107,18 @@ Tensor Rwkv7::run(const Tensor& x, State* st) {
   Tensor tm = output->forward(mul(o.reshape({B, T, d_}), g));
   // ---- channel mix ----
   Tensor h = cm_norm->forward(add(x, tm));
-  Tensor hx = sub(shift(h, st ? st->prev_cm : Tensor()), h);
-  if (st) st->prev_cm = h.narrow(1, T - 1, 1).detach().contiguous();
+  Tensor hx = sub(token_shift(h, st ? &st->prev_cm : nullptr), h);
   Tensor ck = square(relu(cm_key->forward(add(h, mul(hx, cast_param(cm_mu_k))))));
   return add(tm, cm_value->forward(ck));
 }
 
-Tensor Rwkv7::forward(const Tensor& x) { return run(x, nullptr); }
-
 std::unique_ptr<MixerState> Rwkv7::init_state(int64_t batch, int64_t, Device device, DType dtype) const {
-  auto s = std::make_unique<State>();
+  auto s = std::make_unique<Rwkv7State>();
   s->S = zeros({batch, heads_, n_, n_}, dtype == DType::F64 ? DType::F64 : DType::F32, device);
   s->prev_tm = zeros({batch, 1, d_}, dtype, device);
   s->prev_cm = zeros({batch, 1, d_}, dtype, device);
   return s;
 }
-
-Tensor Rwkv7::step(const Tensor& x, MixerState& state) { return run(x, &dynamic_cast<State&>(state)); }
 
 int64_t Rwkv7::state_bytes(int64_t, int64_t dtype_bytes) const { return (heads_ * n_ * n_ + 2 * d_) * dtype_bytes; }
 

@@ -17,8 +17,7 @@
 // thing up to the first norm). Not included: RWKV-7's value residual across layers (v mixed with the first
 // layer's v), which needs state shared between layers that the mixer interface does not carry.
 #pragma once
-#include "layers/layers.h"
-#include "layers/mixers/mixer.h"
+#include "layers/mixers/common/recurrent_mixer.h"
 
 namespace seqmix::mixers {
 
@@ -31,13 +30,18 @@ struct Rwkv7Config {
   int64_t chunk = 16;       // chunk length of the chunked form (power of two)
 };
 
-class Rwkv7 : public Mixer {
+// Generation state: zeros from init_state().
+struct Rwkv7State : MixerState {
+  Tensor S;        // [B, H, N, N] f32 (f64 in f64 runs)
+  Tensor prev_tm;  // [B, 1, d]: the last input of the time mix
+  Tensor prev_cm;  // [B, 1, d]: the last (normed) input of the channel mix
+};
+
+class Rwkv7 : public StatefulMixer<Rwkv7State> {
  public:
   Rwkv7(const MixerContext& ctx, const Rwkv7Config& cfg);
   std::string type_name() const override;
-  Tensor forward(const Tensor& x) override;
   std::unique_ptr<MixerState> init_state(int64_t batch, int64_t max_len, Device device, DType dtype) const override;
-  Tensor step(const Tensor& x, MixerState& state) override;
   bool uses_mlp() const override { return false; }
   int64_t state_bytes(int64_t seq_len, int64_t dtype_bytes) const override;
   double flops_per_token(int64_t seq_len) const override;
@@ -54,8 +58,7 @@ class Rwkv7 : public Mixer {
   std::shared_ptr<Linear> cm_key, cm_value;
 
  private:
-  struct State;
-  Tensor run(const Tensor& x, State* st);
+  Tensor run(const Tensor& x, Rwkv7State* st) override;
   int64_t d_, heads_, n_, dw_, da_, dg_, hidden_;
   Rwkv7Config cfg_;
 };
