@@ -1,18 +1,11 @@
 // The deltanet mixer: f64 gradient check of the module (chunked path, odd length), generation step by
 // step == full forward, and its registry entry.
-#include <gtest/gtest.h>
-
-#include "autograd/gradcheck.h"
 #include "layers/mixers/deltanet/deltanet.h"
 #include "models/lm.h"
-#include "mixers/recurrent_mixer_testing.h"
-#include "support/module_testing.h"
-#include "support/test_util.h"
+#include "recurrent_mixer_testing.h"
 
 using namespace seqmix;
-using autograd::Tensors;
-using seqmix::testing::random_f64;
-using seqmix::testing::rel_error;
+using namespace seqmix::testing;
 
 namespace {
 mixers::DeltaNetConfig small_deltanet_config() {
@@ -30,23 +23,23 @@ TEST(DeltaNetMixer, Gradcheck) {
   for (int64_t conv : {0, 4}) {
     mixers::DeltaNetConfig cfg = small_deltanet_config();
     cfg.conv_size = conv;
-    mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 6), cfg);
-    seqmix::testing::expect_mixer_gradcheck(m, 2, 7, 6, 4);
+    mixers::DeltaNet m(tiny_mixer_ctx(g, 6), cfg);
+    expect_mixer_gradcheck(m, 2, 7, 6, 4);
   }
 }
 
 TEST(DeltaNetMixer, StepByStepEqualsFullForward) {
   Generator g(5);
-  mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 8), small_deltanet_config());
+  mixers::DeltaNet m(tiny_mixer_ctx(g, 8), small_deltanet_config());
   // a prompt of 5 tokens (chunked path: 5 >= chunk 4), then one token at a time
-  seqmix::testing::expect_steps_equal_forward(m, 2, 13, 8, 5, 6, 1e-5);
+  expect_steps_equal_forward(m, 2, 13, 8, 5, 6, 1e-5);
 }
 
 TEST(DeltaNetMixer, RegisteredWithStateAndFlops) {
   register_builtin_mixers();
   ASSERT_TRUE(mixer_registered("deltanet"));
   Generator g(7);
-  mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 8), small_deltanet_config());
+  mixers::DeltaNet m(tiny_mixer_ctx(g, 8), small_deltanet_config());
   // state: H Dk Dv + conv caches (K - 1) H (2 Dk + Dv), independent of the length
   EXPECT_EQ(m.state_bytes(1000, 4), (2 * 3 * 5 + 3 * 2 * (2 * 3 + 5)) * 4);
   EXPECT_EQ(m.state_bytes(10, 2), m.state_bytes(100000, 2));

@@ -1,18 +1,11 @@
 // The gated_deltanet mixer: f64 gradient check of the module (decay, output gate, short convs; chunked
 // path over an odd length), generation step by step == full forward, and its registry entry.
-#include <gtest/gtest.h>
-
-#include "autograd/gradcheck.h"
 #include "layers/mixers/gated_deltanet/gated_deltanet.h"
 #include "models/lm.h"
-#include "mixers/recurrent_mixer_testing.h"
-#include "support/module_testing.h"
-#include "support/test_util.h"
+#include "recurrent_mixer_testing.h"
 
 using namespace seqmix;
-using autograd::Tensors;
-using seqmix::testing::random_f64;
-using seqmix::testing::rel_error;
+using namespace seqmix::testing;
 
 namespace {
 mixers::DeltaNetConfig small_gdn_config() {
@@ -27,16 +20,16 @@ mixers::DeltaNetConfig small_gdn_config() {
 
 TEST(GatedDeltaNetMixer, Gradcheck) {
   Generator g(13);
-  mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 6), small_gdn_config());
+  mixers::DeltaNet m(tiny_mixer_ctx(g, 6), small_gdn_config());
   ASSERT_TRUE(m.A_log.defined() && m.g_proj);
-  seqmix::testing::expect_mixer_gradcheck(m, 2, 7, 6, 14);
+  expect_mixer_gradcheck(m, 2, 7, 6, 14);
 }
 
 TEST(GatedDeltaNetMixer, StepByStepEqualsFullForward) {
   Generator g(15);
-  mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 8), small_gdn_config());
+  mixers::DeltaNet m(tiny_mixer_ctx(g, 8), small_gdn_config());
   // chunked prompt (6 >= chunk 4)
-  seqmix::testing::expect_steps_equal_forward(m, 2, 13, 8, 6, 16, 1e-5);
+  expect_steps_equal_forward(m, 2, 13, 8, 6, 16, 1e-5);
 }
 
 TEST(GatedDeltaNetMixer, RegisteredInAHybridModel) {
@@ -71,7 +64,7 @@ model:
 TEST(GatedDeltaNetMixer, Bf16ComputeMatchesF32) {
   // the mixed-precision path (bf16 activations, f32 gates, decays and state) against f32
   Generator g(17);
-  mixers::DeltaNet m(seqmix::testing::tiny_mixer_ctx(g, 8), small_gdn_config());
+  mixers::DeltaNet m(tiny_mixer_ctx(g, 8), small_gdn_config());
   autograd::NoGradGuard ng;
   Tensor x = random_f64({2, 9, 8}, 18, false).to(DType::F32);
   Tensor ref = m.forward(x);
