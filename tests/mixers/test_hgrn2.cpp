@@ -13,7 +13,9 @@ TEST(HGRN2Mixer, LowerBoundRisesWithDepth) {
     mixers::HGRN2 m(tiny_mixer_ctx(g, 8, layer, 4), cfg);
     EXPECT_GT(m.lower_bound(), prev);
     prev = m.lower_bound();
-    if (layer == 0) EXPECT_EQ(m.lower_bound(), 0.0);
+    if (layer == 0) {
+      EXPECT_EQ(m.lower_bound(), 0.0);
+    }
   }
 }
 
