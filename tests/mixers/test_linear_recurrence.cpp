@@ -155,7 +155,9 @@ TEST(LinearRecurrence, LongSequenceStrongAndWeakDecaysStayFinite) {
     EXPECT_TRUE(finite(r.o)) << "per_channel=" << per_channel;
     EXPECT_TRUE(finite(r.final_state));
     for (const Tensor* t : {&q, &k, &v, &g}) EXPECT_TRUE(finite(t->grad())) << "per_channel=" << per_channel;
-    if (per_channel) EXPECT_TRUE(finite(u.grad()));
+    if (per_channel) {
+      EXPECT_TRUE(finite(u.grad()));
+    }
   }
 }
 
