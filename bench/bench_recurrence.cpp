@@ -34,7 +34,7 @@ namespace {
 struct Config : MixerBenchConfig {
   bool compare_ffma = false;  // also time the tensor-core and the FFMA chunk kernels (SEQMIX_LR_TC=1 / 0)
   Config() {
-    kinds = {"gla", "retnet", "linear_attention"};
+    kinds = {"gla", "hgrn2", "retnet", "linear_attention"};
     iters = 20;
     warmup = 3;
   }
@@ -54,15 +54,20 @@ struct Problem {
   Tensor q, k, v, g, dout, dfinal;  // on the device; g undefined for linear attention
 };
 
-// kind: gla (per-channel decay), retnet (per-head decay), linear_attention (none).
+// kind: gla (per-channel decay), hgrn2 (per-channel decay f with a lower bound, key k = 1 - f), retnet
+// (per-head decay), linear_attention (none).
 Problem make_problem(const std::string& kind, int64_t B, int64_t T, int64_t H, int64_t D, Generator& gen, Device dev) {
   Problem p;
   p.q = (randn({B, T, H, D}, gen, DType::F32) * (1.0 / std::sqrt(double(D)))).to(DType::BF16).to(dev);
   p.k = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
   p.v = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
   if (kind == "gla") p.g = logsigmoid(randn({B, T, H, D}, gen, DType::F32) + 2.0).to(dev);
-  else if (kind == "retnet") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32) + 2.0).to(dev);
-  else if (kind != "linear_attention") throw std::invalid_argument("unknown kind " + kind + " (gla, retnet, linear_attention)");
+  else if (kind == "hgrn2") {  // f = lb + (1 - lb) sigmoid(x) with the lower bound of a middle layer (0.5)
+    Tensor f = affine(sigmoid(randn({B, T, H, D}, gen, DType::F32)), 0.5, 0.5);
+    p.g = log(f).to(dev);
+    p.k = affine(f, -1.0, 1.0).to(DType::BF16).to(dev);
+  } else if (kind == "retnet") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32) + 2.0).to(dev);
+  else if (kind != "linear_attention") throw std::invalid_argument("unknown kind " + kind + " (gla, hgrn2, retnet, linear_attention)");
   p.dout = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
   p.dfinal = randn({B, H, D, D}, gen, DType::F32).to(dev);
   return p;
@@ -159,12 +164,12 @@ int recurrence_main(const std::vector<std::string>& args) {
     if (c.B <= 0 || c.T <= 0 || c.H <= 0 || c.D <= 0 || c.long_T <= 0)
       throw std::invalid_argument("--B, --T, --H, --D and --long must be positive");
     for (const std::string& k : c.kinds)
-      if (k != "gla" && k != "retnet" && k != "linear_attention")
-        throw std::invalid_argument("unknown kind " + k + " (gla, retnet, linear_attention)");
+      if (k != "gla" && k != "hgrn2" && k != "retnet" && k != "linear_attention")
+        throw std::invalid_argument("unknown kind " + k + " (gla, hgrn2, retnet, linear_attention)");
   } catch (const std::exception& e) {
     std::fprintf(stderr,
                  "bench recurrence: %s\nusage: seqmix bench recurrence [--B 4] [--T 4096] [--H 16] [--D 128] [--long 65536] "
-                 "[--kinds gla,retnet,linear_attention] [--iters N] [--warmup N] [--no-check] [--no-long] [--compare-ffma]\n",
+                 "[--kinds gla,hgrn2,retnet,linear_attention] [--iters N] [--warmup N] [--no-check] [--no-long] [--compare-ffma]\n",
                  e.what());
     return 1;
   }
