@@ -89,6 +89,7 @@ if has delta; then
   {
     echo "== gpu tests"; ./build-gpu/tests/test_gpu --gtest_filter='*Delta*' 2>&1 | tail -25
     echo "== bench"; timeout 300 ./build-gpu/seqmix_bench delta 2>&1
+    echo "== torch peer"; timeout 300 python3 bench/torch_delta.py 2>&1 | grep -v '^{'
   } > "$OUT/delta.log" 2>&1
   summary+=("delta: $(grep -E 'PASSED|FAILED' "$OUT/delta.log" | head -2 | tr '\n' ' ')")
 fi
