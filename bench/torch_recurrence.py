@@ -3,11 +3,12 @@
 chunked implementation of the gated linear recurrence as the side-by-side peer.
 
     python bench/torch_recurrence.py [--B 4] [--T 4096] [--H 16] [--D 128] [--long 65536]
-                                     [--kinds gla,retnet,linear_attention] [--iters 20] [--warmup 3]
+                                     [--kinds gla,hgrn2,retnet,linear_attention] [--iters 20] [--warmup 3]
                                      [--no-long] [--compile]
 
 Recurrence (per batch b, head h; state S [Dk, Dv]): S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,
-o_t = scale * S_t^T q_t. gla: per-channel log-decays g [B, T, H, Dk]; retnet: one per head [B, T, H];
+o_t = scale * S_t^T q_t. gla: per-channel log-decays g [B, T, H, Dk] (hgrn2: the same, from a forget gate f
+with lower bound 0.5, keys 1 - f); retnet: one per head [B, T, H];
 linear_attention: none.
 
 Peer implementation (chunk C = 64, all in f32 with TF32 matmuls, autograd for the backward):
@@ -100,12 +101,16 @@ def make_problem(kind, B, T, H, D, device):
     v = torch.randn(B, T, H, D, device=device).bfloat16()
     if kind == "gla":
         g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, D, device=device) + 2.0)
+    elif kind == "hgrn2":  # forget gate f with lower bound 0.5, keys 1 - f (as seqmix's bench)
+        f = 0.5 + 0.5 * torch.sigmoid(torch.randn(B, T, H, D, device=device))
+        g = torch.log(f)
+        k = (1.0 - f).bfloat16()
     elif kind == "retnet":
         g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device=device) + 2.0)
     elif kind == "linear_attention":
         g = None
     else:
-        raise ValueError(f"unknown kind {kind} (gla, retnet, linear_attention)")
+        raise ValueError(f"unknown kind {kind} (gla, hgrn2, retnet, linear_attention)")
     dout = torch.randn(B, T, H, D, device=device).bfloat16()
     dfinal = torch.randn(B, H, D, D, device=device)
     return q, k, v, g, dout, dfinal
@@ -145,7 +150,7 @@ def main():
     ap.add_argument("--H", type=int, default=16)
     ap.add_argument("--D", type=int, default=128)
     ap.add_argument("--long", type=int, default=65536)
-    ap.add_argument("--kinds", default="gla,retnet,linear_attention")
+    ap.add_argument("--kinds", default="gla,hgrn2,retnet,linear_attention")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-long", action="store_true")
