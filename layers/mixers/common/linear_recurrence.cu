@@ -121,39 +121,6 @@ __device__ __forceinline__ void load_cumsum(float* G, int ldg, const float* g, i
   }
 }
 
-// Decay accessors over the chunk's G (MODE 0: none, 1: per head, 2: per channel).
-template <int MODE>
-struct Decay {
-  const float* G;
-  int ldg;
-  bool bonus;
-  __device__ __forceinline__ float g(int t, int c) const {
-    if constexpr (MODE == 0) return 0.f;
-    else if constexpr (MODE == 1) return G[t * ldg];
-    else return G[t * ldg + c];
-  }
-  __device__ __forceinline__ float gq(int t, int c) const {  // the cumulative decay the query of row t sees
-    if (bonus) return t == 0 ? 0.f : g(t - 1, c);
-    return g(t, c);
-  }
-};
-
-// Largest |G| for which a chunk's per-channel decays may be factored out of the products:
-// exp(Gq_t - G_s) = exp(Gq_t) * exp(-G_s) with both factors within [e^-60, e^60] (f32 keeps full relative
-// precision there, and sums of Dk such terms stay far below the f32 range). Chunks with stronger decays
-// take the pairwise path (an exponential per term).
-constexpr float kFactorLimit = 60.f;
-
-// True when every |G| of the chunk is <= kFactorLimit (the same answer in every thread; a barrier).
-__device__ __forceinline__ bool chunk_factorable(const float* G, int ldg, int C, int gw) {
-  int ok = 1;
-  for (int idx = threadIdx.x; idx < C * gw; idx += blockDim.x) {
-    const int r = idx / gw, c = idx - r * gw;
-    if (!(fabsf(G[r * ldg + c]) <= kFactorLimit)) ok = 0;
-  }
-  return __syncthreads_and(ok) != 0;
-}
-
 // q -> q exp(Gq), k -> k exp(-G) in place (rows < L), for a factorable chunk with per-channel decays.
 template <int MODE>
 __device__ __forceinline__ void factor_qk(float* q, float* k, int ldk, const Decay<MODE>& dec, int L, int Dk) {
@@ -699,7 +666,6 @@ bool use_tc(const Inputs& in) {
 }
 
 lr_tc::Elem tc_elem(const Inputs& in) { return in.v.dtype() == DType::BF16 ? lr_tc::Elem::BF16 : lr_tc::Elem::F16; }
-
 
 void forward_launch(const Inputs& in, const Tensor& states, const Tensor& glast, const Tensor& o, const Tensor& final_state) {
   const Geo& geo = in.geo;

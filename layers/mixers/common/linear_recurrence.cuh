@@ -1,5 +1,6 @@
-// Device helpers of the CUDA chunked linear recurrence (linear_recurrence.cu): register-tiled block
-// matrix products over shared / global memory, for any (also odd) sizes.
+// Device helpers of the CUDA chunked linear recurrence (linear_recurrence.cu): register-tiled block matrix
+// products over shared / global memory, for any (also odd) sizes; and the chunk-decay helpers that the
+// tensor-core kernels (linear_recurrence_tc.cu) share.
 //
 // Tile mapping (every product in linear_recurrence.cu uses it): an M x N output is cut into micro-tiles of
 // TM x TN; micro-tile (tm, tn) holds rows tm + r * mt (r < TM, mt = ceil(M / TM)) and columns tn * TN + c
@@ -91,6 +92,41 @@ __device__ __forceinline__ void mm_acc_exp(float (&acc)[TM][TN], const float (&E
 #pragma unroll
       for (int c = 0; c < TN; ++c) acc[r][c] = fmaf(a[r] * b[c], __expf(E[r][c] + ea[r] - eb[c]), acc[r][c]);
   }
+}
+
+// ---- chunk decays, shared by the FFMA kernels (linear_recurrence.cu) and the tensor-core ones (_tc.cu) ----
+
+// Decay accessors over the chunk's G (MODE 0: none, 1: per head, 2: per channel).
+template <int MODE>
+struct Decay {
+  const float* G;
+  int ldg;
+  bool bonus;
+  __device__ __forceinline__ float g(int t, int c) const {
+    if constexpr (MODE == 0) return 0.f;
+    else if constexpr (MODE == 1) return G[t * ldg];
+    else return G[t * ldg + c];
+  }
+  __device__ __forceinline__ float gq(int t, int c) const {  // the cumulative decay the query of row t sees
+    if (bonus) return t == 0 ? 0.f : g(t - 1, c);
+    return g(t, c);
+  }
+};
+
+// Largest |G| for which a chunk's per-channel decays may be factored out of the products:
+// exp(Gq_t - G_s) = exp(Gq_t) * exp(-G_s) with both factors within [e^-60, e^60] (f32 keeps full relative
+// precision there, and sums of Dk such terms stay far below the f32 range). Chunks with stronger decays
+// take the pairwise path (an exponential per term).
+constexpr float kFactorLimit = 60.f;
+
+// True when every |G| of the chunk is <= kFactorLimit (the same answer in every thread; a barrier).
+__device__ __forceinline__ bool chunk_factorable(const float* G, int ldg, int C, int gw) {
+  int ok = 1;
+  for (int idx = threadIdx.x; idx < C * gw; idx += blockDim.x) {
+    const int r = idx / gw, c = idx - r * gw;
+    if (!(fabsf(G[r * ldg + c]) <= kFactorLimit)) ok = 0;
+  }
+  return __syncthreads_and(ok) != 0;
 }
 
 }  // namespace seqmix::mixers::lr_cuda

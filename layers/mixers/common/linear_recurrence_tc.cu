@@ -40,6 +40,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "layers/mixers/common/linear_recurrence.cuh"
 #include "layers/mixers/common/linear_recurrence_tc.cuh"
 #include "layers/mixers/common/tc_tiles.cuh"
 
@@ -52,11 +53,12 @@ namespace seqmix::mixers::lr_tc {
 namespace {
 
 using namespace ::seqmix::mixers::tc;  // bf16, wm, kScrLd / kScrTile, align128, tof / fromf, Lanes, FragC, mma16, ...
+using ::seqmix::mixers::lr_cuda::chunk_factorable;  // shared with the FFMA kernels (linear_recurrence.cuh)
+using ::seqmix::mixers::lr_cuda::Decay;
 
 constexpr int kStateThreads = 256;
 constexpr int kFwdThreads = 256;
 constexpr int kBwdThreads = 512;
-constexpr float kFactorLimit = 60.f;     // as in linear_recurrence.cu
 
 struct Ld {
   int ldk, ldv, ldc, ldg;
@@ -208,22 +210,6 @@ __device__ __forceinline__ void load_cumsum(float* G, int ldg, const float* __re
   }
 }
 
-template <int MODE>
-struct Decay {
-  const float* G;
-  int ldg;
-  bool bonus;
-  __device__ __forceinline__ float g(int t, int c) const {
-    if constexpr (MODE == 0) return 0.f;
-    else if constexpr (MODE == 1) return G[t * ldg];
-    else return G[t * ldg + c];
-  }
-  __device__ __forceinline__ float gq(int t, int c) const {
-    if (bonus) return t == 0 ? 0.f : g(t - 1, c);
-    return g(t, c);
-  }
-};
-
 // The chunk a block owns (grid (N, H, B)): first token t0, valid rows L (<= C), the offsets of its first row in
 // the [B, T, H, Dk] and [B, T, H, Dv] inputs (row strides rowk, rowv), and its index in the per-chunk buffers.
 struct ChunkPos {
@@ -250,15 +236,6 @@ __device__ __forceinline__ void load_chunk_decays(float* G, int ldg, const TcGeo
     const int64_t rowg = int64_t(geo.H) * geo.gw;
     load_cumsum(G, ldg, g + (int64_t(cp.b) * geo.T + cp.t0) * rowg + int64_t(cp.h) * geo.gw, rowg, cp.L, geo.C, geo.gw);
   }
-}
-
-__device__ __forceinline__ bool chunk_factorable(const float* G, int ldg, int C, int gw) {
-  int ok = 1;
-  for (int idx = threadIdx.x; idx < C * gw; idx += blockDim.x) {
-    const int r = idx / gw, c = idx - r * gw;
-    if (!(fabsf(G[r * ldg + c]) <= kFactorLimit)) ok = 0;
-  }
-  return __syncthreads_and(ok) != 0;
 }
 
 // q -> q exp(Gq), k -> k exp(-G) in place (rows < L; per-channel decays of a factorable chunk).
