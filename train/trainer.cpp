@@ -16,7 +16,6 @@
 #include "train/checkpoint.h"
 #include "train/distributed/ddp.h"
 #include "train/grad_norm.h"
-#include "train/step_profile.h"
 #ifdef SEQMIX_WITH_CUDA
 #include "core/cuda/runtime.h"
 #endif
@@ -183,9 +182,9 @@ RunSettings read_run_settings(Config& cfg, const std::string& config_path) {
   s.bucket_mb = tr.get<double>("bucket_mb", s.bucket_mb);
   s.zero1 = tr.get<bool>("zero1", s.zero1);
   s.comm_sm_margin = tr.get<int64_t>("comm_sm_margin", s.comm_sm_margin);
-  s.reduce_dtype = tr.get<std::string>("reduce_dtype", s.reduce_dtype);
-  SEQMIX_CHECK(s.reduce_dtype == "f32" || s.reduce_dtype == "bf16", "train.reduce_dtype must be f32 or bf16, got '", s.reduce_dtype,
-               "'");
+  const std::string reduce = tr.get<std::string>("reduce_dtype", "f32");
+  SEQMIX_CHECK(reduce == "f32" || reduce == "bf16", "train.reduce_dtype must be f32 or bf16, got '", reduce, "'");
+  s.reduce_dtype = reduce == "bf16" ? DType::BF16 : DType::F32;
   SEQMIX_CHECK(s.comm_sm_margin >= 0 && s.comm_sm_margin < 1024, "train.comm_sm_margin must be in [0, 1024), got ", s.comm_sm_margin);
   SEQMIX_CHECK(s.dist_timeout > 0 && s.bucket_mb > 0, "train.dist_timeout and train.bucket_mb must be positive");
   SEQMIX_CHECK(s.steps > 0 && s.batch_size > 0 && s.grad_accum > 0, "train.steps, train.batch_size and train.grad_accum must be positive");
@@ -211,10 +210,7 @@ bool owns_batch(const dist::Communicator* comm, int64_t batch_index) {
 
 EvalSums sum_over_ranks(dist::Communicator* comm, EvalSums s) {
   if (!comm || comm->world() == 1) return s;
-  Tensor t = Tensor::from_vector<double>({s.total, s.right, s.exact}, {3});
-  if (!comm->device().is_cpu()) t = t.to(comm->device());
-  comm->all_reduce_sum(t);
-  std::vector<double> v = t.cpu().to_vector<double>();
+  std::vector<double> v = comm->all_reduce_sum(std::vector<double>{s.total, s.right, s.exact});
   s.total = v[0];
   s.right = v[1];
   s.exact = v[2];
@@ -357,7 +353,7 @@ void Trainer::build(const std::string& resume) {
   if (rank_ == 0) setup_logging();
   else if (!comm_->shares_process()) spdlog::set_level(spdlog::level::warn);
   model_->to(device_);
-  if (comm_) ddp_ = std::make_unique<dist::DataParallel>(*comm_, model_->named_parameters(), s_.adamw, dist::DdpOptions{s_.bucket_mb, s_.zero1, int(s_.comm_sm_margin), s_.reduce_dtype == "bf16" ? DType::BF16 : DType::F32});
+  if (comm_) ddp_ = std::make_unique<dist::DataParallel>(*comm_, model_->named_parameters(), s_.adamw, dist::DdpOptions{s_.bucket_mb, s_.zero1, int(s_.comm_sm_margin), s_.reduce_dtype});
   else opt_ = std::make_unique<AdamW>(model_->named_parameters(), s_.adamw);
 
   int64_t global_batch = s_.batch_size * s_.grad_accum * world_;
@@ -408,8 +404,7 @@ void Trainer::build(const std::string& resume) {
 double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad_norm_out) {
   ComputeDtypeGuard cg(compute_dtype_);
   model_->train();
-  static thread_local StepProfiler prof(device_.is_cuda());  // diagnostics only (SEQMIX_STEP_PROFILE)
-  prof.start();
+  profiler_.start(device_.is_cuda());
   Tensor loss_sum;
   for (int64_t micro = 0; micro < s_.grad_accum; ++micro) {
     auto [in, tg] = to_tensors(batch, micro * s_.batch_size, s_.batch_size, device_);
@@ -420,33 +415,33 @@ double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad
     Tensor l = scaled.detach();
     loss_sum = loss_sum.defined() ? add(loss_sum, l) : l;
   }
-  prof.mark(StepProfiler::kForwardBackward);
+  profiler_.mark(StepProfiler::kForwardBackward);
   if (ddp_) {  // gradients averaged over the ranks, the same norm and loss on every rank
     ddp_->finish_backward(loss_sum);
-    prof.mark(StepProfiler::kReduceWait);
+    profiler_.mark(StepProfiler::kReduceWait);
     double gn = ddp_->clip_grad_norm(s_.grad_clip);
     double loss = ddp_->mean_loss();
     *grad_norm_out = gn;
-    prof.mark(StepProfiler::kNormLoss);
+    profiler_.mark(StepProfiler::kNormLoss);
     if (std::isfinite(loss) && std::isfinite(gn)) ddp_->step(lr);
     ddp_->zero_grad();
-    prof.mark(StepProfiler::kOptimizer);
-    prof.end_step();
+    profiler_.mark(StepProfiler::kOptimizer);
+    profiler_.end_step();
     return loss;
   }
   std::vector<Tensor> params = model_->parameters();
   double gn = s_.grad_clip > 0 ? clip_grad_norm(params, s_.grad_clip) : grad_norm(params);
   double loss = loss_sum.item();
   *grad_norm_out = gn;
-  prof.mark(StepProfiler::kNormLoss);
+  profiler_.mark(StepProfiler::kNormLoss);
   if (!std::isfinite(loss) || !std::isfinite(gn)) {
     opt_->zero_grad();
     return loss;
   }
   opt_->step(lr);
   opt_->zero_grad();
-  prof.mark(StepProfiler::kOptimizer);
-  prof.end_step();
+  profiler_.mark(StepProfiler::kOptimizer);
+  profiler_.end_step();
   return loss;
 }
 

@@ -12,6 +12,7 @@
 #include "models/lm.h"
 #include "train/config.h"
 #include "train/optimizer.h"
+#include "train/step_profile.h"
 #include "train/schedule.h"
 
 namespace seqmix::train {
@@ -45,7 +46,7 @@ struct RunSettings {
   double dist_timeout = 600, bucket_mb = 25;
   bool zero1 = false;
   int64_t comm_sm_margin = 0;  // SMs the GEMMs of a reducing backward leave to NCCL (0: all)
-  std::string reduce_dtype = "f32";  // dtype of the gradient reduction: f32 or bf16
+  DType reduce_dtype = DType::F32;  // dtype of the gradient reduction: f32 or bf16
 };
 
 // Reads run:, data: and train: (model: is read by read_model_config). Defaults fill the gaps.
@@ -98,6 +99,7 @@ class Trainer {
   int world_ = 1, rank_ = 0;
   dist::Communicator* comm_ = nullptr;
   std::unique_ptr<dist::DataParallel> ddp_;  // set when comm_ is; then opt_ is null
+  StepProfiler profiler_;                    // SEQMIX_STEP_PROFILE=1 only
 };
 
 // Builds a model from a run directory's config.yaml and loads a checkpoint's weights into it.

@@ -7,11 +7,13 @@
 
 namespace seqmix::train::dist {
 
-double Communicator::all_reduce_sum(double v) {
-  Tensor t = Tensor::from_vector<double>({v}, {1});
+double Communicator::all_reduce_sum(double v) { return all_reduce_sum(std::vector<double>{v})[0]; }
+
+std::vector<double> Communicator::all_reduce_sum(const std::vector<double>& v) {
+  Tensor t = Tensor::from_vector<double>(v, {int64_t(v.size())});
   if (!device().is_cpu()) t = t.to(device());
   all_reduce_sum(t);
-  return t.cpu().item();
+  return t.cpu().to_vector<double>();
 }
 
 namespace {

@@ -20,6 +20,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -86,6 +87,8 @@ class Communicator {
   void broadcast(Tensor& t, int root) { broadcast_async(t, root)->wait(); }
   // Host convenience: the sum of `v` over ranks (f64, through device()); synchronizes.
   double all_reduce_sum(double v);
+  // The same for several values at once (one collective).
+  std::vector<double> all_reduce_sum(const std::vector<double>& v);
 
   void set_timeout(double seconds) { timeout_s_ = seconds; }
   double timeout() const { return timeout_s_; }
