@@ -21,10 +21,11 @@ import argparse
 import json
 import math
 import os
-import statistics
 
 import torch
 import torch.nn.functional as F
+
+from torch_timing import median_ms  # bench/torch_timing.py
 
 try:
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -33,18 +34,6 @@ except ImportError:  # torch < 2.3
     sdpa_kernel = None
 
 BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
-
-
-def median_ms(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for start, stop in events:
-        start.record()
-        fn()
-        stop.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(stop) for start, stop in events)
 
 
 def forward_flops(B, T, H, D):

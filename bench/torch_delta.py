@@ -21,23 +21,12 @@ machine; the issue's figure for it there: deltanet fwd+bwd <= 3.34 ms at B=4 T=4
 import argparse
 import json
 import math
-import statistics
 
 import torch
 
+from torch_timing import median_ms  # bench/torch_timing.py
+
 CHUNK = 64
-
-
-def median_ms(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for start, stop in events:
-        start.record()
-        fn()
-        stop.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(stop) for start, stop in events)
 
 
 def l2norm(x, eps=1e-6):

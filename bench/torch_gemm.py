@@ -12,22 +12,11 @@ Every timing is the median of --iters runs, each between its own pair of CUDA ev
 """
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
 
-
-def median_ms(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for start, stop in events:
-        start.record()
-        fn()
-        stop.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(stop) for start, stop in events)
+from torch_timing import median_ms  # bench/torch_timing.py
 
 
 def fft_size(need):

@@ -28,23 +28,12 @@ forward 2 C (Dk + Dv) + 4 Dk Dv per token and head, backward 2 C (3 Dk + 2 Dv) +
 import argparse
 import json
 import math
-import statistics
 
 import torch
 
+from torch_timing import median_ms  # bench/torch_timing.py
+
 CHUNK = 64
-
-
-def median_ms(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for start, stop in events:
-        start.record()
-        fn()
-        stop.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(stop) for start, stop in events)
 
 
 def fwd_flops(B, T, H, Dk, Dv):
