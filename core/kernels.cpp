@@ -179,6 +179,15 @@ void fft_conv_backward(const Tensor& g, const Tensor& x, const Tensor& k, Tensor
 }
 MaxplusScanResult maxplus_scan(const Tensor& logf, const Tensor& ig, const Tensor& m0, DType out_dtype) {
   same_device("maxplus_scan", {&logf, &ig, &m0});
+  // the argument checks of every backend
+  SEQMIX_CHECK(logf.dim() == 3 && logf.shape() == ig.shape(), "maxplus_scan: logf and ig must be [B, T, H] of one shape; got ",
+               shape_str(logf.shape()), " and ", shape_str(ig.shape()));
+  SEQMIX_CHECK(logf.dtype() == ig.dtype() && is_floating(ig.dtype()), "maxplus_scan: logf and ig need one float dtype; got ",
+               dtype_name(logf.dtype()), " and ", dtype_name(ig.dtype()));
+  SEQMIX_CHECK(is_floating(out_dtype), "maxplus_scan: out_dtype must be floating, got ", dtype_name(out_dtype));
+  if (m0.defined())
+    SEQMIX_CHECK(m0.dtype() == DType::F64 && m0.shape() == Shape({ig.size(0), ig.size(2)}), "maxplus_scan: m0 must be f64 [",
+                 ig.size(0), ", ", ig.size(2), "]; got ", dtype_name(m0.dtype()), " ", shape_str(m0.shape()));
   SEQMIX_ROUTE(ig.device(), maxplus_scan(logf, ig, m0, out_dtype));
 }
 

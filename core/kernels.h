@@ -119,7 +119,8 @@ Shape broadcast_shapes(const Shape& a, const Shape& b);
   void fft_conv_backward(const Tensor& g, const Tensor& x, const Tensor& k, Tensor* dx, Tensor* dk);       \
   /* max-plus scan over T (the mLSTM stabilizer): m_t = max(logf_t + m_{t-1}, ig_t) in f64, per (b, h);  \
      logf, ig [B, T, H] of one float dtype, m0 [B, H] f64 or undefined (zeros); out_dtype any float.    \
-     Sequential in f64 on every backend, so all backends agree bitwise. No gradient. */                 \
+     Sequential in f64 on every backend, so all backends agree bitwise. No gradient. Arguments are      \
+     checked once, by kernels::maxplus_scan. */                                                         \
   MaxplusScanResult maxplus_scan(const Tensor& logf, const Tensor& ig, const Tensor& m0, DType out_dtype);
 
 namespace cpu {
