@@ -514,13 +514,7 @@ __global__ void __launch_bounds__(kThreads) chunk_bwd_kernel(Geo geo, const T* _
       k[t * ldk + c] *= __expf(dec.g(L - 1, c) - (MODE == 2 && factored ? 0.f : dec.g(t, c)));
     }
   }
-  if (bo.ctot) {
-    for (int c = threadIdx.x; c < Dk; c += blockDim.x) {
-      float s = 0.f;
-      for (int t = 0; t < L; ++t) s += rbuf[int64_t(t) * rowk + c];
-      bo.ctot[bhn * Dk + c] = s;
-    }
-  }
+  if (bo.ctot) chunk_column_sums(bo.ctot + bhn * Dk, rbuf, rowk, L, Dk);
   __syncthreads();
 
   // dv

@@ -129,4 +129,14 @@ __device__ __forceinline__ bool chunk_factorable(const float* G, int ldg, int C,
   return __syncthreads_and(ok) != 0;
 }
 
+// out[c] = sum over the chunk's L rows of rows[t * row_stride + c] (c < D), in row order: the chunk sums of
+// r = q dq - k dk that the dg pass turns into suffix sums (both backward kernels write them).
+__device__ __forceinline__ void chunk_column_sums(float* out, const float* rows, int64_t row_stride, int L, int D) {
+  for (int c = threadIdx.x; c < D; c += blockDim.x) {
+    float s = 0.f;
+    for (int t = 0; t < L; ++t) s += rows[int64_t(t) * row_stride + c];
+    out[c] = s;
+  }
+}
+
 }  // namespace seqmix::mixers::lr_cuda

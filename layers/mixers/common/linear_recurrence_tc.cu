@@ -53,7 +53,8 @@ namespace seqmix::mixers::lr_tc {
 namespace {
 
 using namespace ::seqmix::mixers::tc;  // bf16, wm, kScrLd / kScrTile, align128, tof / fromf, Lanes, FragC, mma16, ...
-using ::seqmix::mixers::lr_cuda::chunk_factorable;  // shared with the FFMA kernels (linear_recurrence.cuh)
+using ::seqmix::mixers::lr_cuda::chunk_column_sums;  // shared with the FFMA kernels (linear_recurrence.cuh)
+using ::seqmix::mixers::lr_cuda::chunk_factorable;
 using ::seqmix::mixers::lr_cuda::Decay;
 
 constexpr int kStateThreads = 256;
@@ -634,13 +635,7 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
   // k -> k exp(G_last - G) for the carried term of dv; chunk sums of r for dg
   if constexpr (MODE > 0)
     scale_tile(k, ldk, L, Dk, [&](int t, int c) { return __expf(dec.g(L - 1, c) - (MODE == 2 && factored ? 0.f : dec.g(t, c))); });
-  if (bo.ctot) {
-    for (int c = threadIdx.x; c < Dk; c += blockDim.x) {
-      float s = 0.f;
-      for (int t = 0; t < L; ++t) s += rbuf[int64_t(t) * rowk + c];
-      bo.ctot[bhn * Dk + c] = s;
-    }
-  }
+  if (bo.ctot) chunk_column_sums(bo.ctot + bhn * Dk, rbuf, rowk, L, Dk);
   __syncthreads();
 
   // dv = A^T dO + K~ dH^T
