@@ -42,13 +42,13 @@ Problem make_problem(const std::string& kind, int64_t B, int64_t T, int64_t H, i
   if (kind != "gated" && kind != "plain") throw std::invalid_argument("unknown kind " + kind + " (gated, plain)");
   const Device dev = Device::cuda(0);
   Problem p;
-  p.q = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
-  p.k = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
-  p.v = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
-  p.beta = sigmoid(randn({B, T, H}, gen, DType::F32)).to(dev);
-  if (kind == "gated") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32) + 2.0).to(dev);
-  p.dout = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
-  p.dfinal = randn({B, H, D, D}, gen, DType::F32).to(dev);
+  p.q = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
+  p.k = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
+  p.v = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
+  p.beta = sigmoid(randn({B, T, H}, gen, DType::F32, dev));
+  if (kind == "gated") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32, dev) + 2.0);
+  p.dout = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
+  p.dfinal = randn({B, H, D, D}, gen, DType::F32, dev);
   return p;
 }
 
@@ -58,7 +58,7 @@ mixers::DeltaOptions options(int64_t D) {
   return o;
 }
 
-// impl "kernel": delta_rule_cuda; "ops": delta_rule() without SEQMIX_DELTA_CUDA (the op composition).
+// impl "kernel": delta_rule_cuda; "ops": delta_rule() with SEQMIX_DELTA_CUDA=0 (the op composition).
 mixers::DeltaResult call(const std::string& impl, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta,
                          const Tensor& g, int64_t D) {
   if (impl == "kernel") return mixers::delta_rule_cuda(q, k, v, beta, g, Tensor(), options(D));
@@ -152,8 +152,8 @@ int delta_main(const std::vector<std::string>& args) {
     std::fprintf(stderr, "seqmix_bench delta: no CUDA device\n");
     return 1;
   }
-  // The op composition is what delta_rule() runs without SEQMIX_DELTA_CUDA=1.
-  ::unsetenv("SEQMIX_DELTA_CUDA");
+  // The op composition is what delta_rule() runs with SEQMIX_DELTA_CUDA=0.
+  ::setenv("SEQMIX_DELTA_CUDA", "0", 1);
   Generator gen(2024);
   bool ok = true;
   if (c.check)

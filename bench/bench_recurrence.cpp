@@ -58,18 +58,18 @@ struct Problem {
 // (per-head decay), linear_attention (none).
 Problem make_problem(const std::string& kind, int64_t B, int64_t T, int64_t H, int64_t D, Generator& gen, Device dev) {
   Problem p;
-  p.q = (randn({B, T, H, D}, gen, DType::F32) * (1.0 / std::sqrt(double(D)))).to(DType::BF16).to(dev);
-  p.k = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
-  p.v = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
-  if (kind == "gla") p.g = logsigmoid(randn({B, T, H, D}, gen, DType::F32) + 2.0).to(dev);
+  p.q = (randn({B, T, H, D}, gen, DType::F32, dev) * (1.0 / std::sqrt(double(D)))).to(DType::BF16);
+  p.k = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
+  p.v = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
+  if (kind == "gla") p.g = logsigmoid(randn({B, T, H, D}, gen, DType::F32, dev) + 2.0);
   else if (kind == "hgrn2") {  // f = lb + (1 - lb) sigmoid(x) with the lower bound of a middle layer (0.5)
-    Tensor f = affine(sigmoid(randn({B, T, H, D}, gen, DType::F32)), 0.5, 0.5);
-    p.g = log(f).to(dev);
-    p.k = affine(f, -1.0, 1.0).to(DType::BF16).to(dev);
-  } else if (kind == "retnet") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32) + 2.0).to(dev);
+    Tensor f = affine(sigmoid(randn({B, T, H, D}, gen, DType::F32, dev)), 0.5, 0.5);
+    p.g = log(f);
+    p.k = affine(f, -1.0, 1.0).to(DType::BF16);
+  } else if (kind == "retnet") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32, dev) + 2.0);
   else if (kind != "linear_attention") throw std::invalid_argument("unknown kind " + kind + " (gla, hgrn2, retnet, linear_attention)");
-  p.dout = randn({B, T, H, D}, gen, DType::F32).to(DType::BF16).to(dev);
-  p.dfinal = randn({B, H, D, D}, gen, DType::F32).to(dev);
+  p.dout = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
+  p.dfinal = randn({B, H, D, D}, gen, DType::F32, dev);
   return p;
 }
 
@@ -202,7 +202,7 @@ int recurrence_main(const std::vector<std::string>& args) {
       else unsetenv("SEQMIX_LR_TC");
     }
     std::printf("\ngated linear recurrence, chunked CUDA kernel, H=%lld Dk=Dv=%lld bf16 (f32 state); impl seqmix = default "
-                "dispatch (tensor cores only with SEQMIX_LR_TC=1 until verified on a GPU), seqmix-tc / seqmix-ffma = forced\n",
+                "dispatch (tensor cores unless SEQMIX_LR_TC=0), seqmix-tc / seqmix-ffma = forced\n",
                 (long long)c.H, (long long)c.D);
     std::printf("%-17s %-12s %4s %7s %10s %9s %12s %9s\n", "kind", "impl", "B", "T", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
     for (const Row& r : rows)

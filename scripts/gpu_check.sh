@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine: build, run the `gpu` tests, run the benchmarks beside their
 # PyTorch peers, and print a short table last. Logs go to $OUT (the device tool brings them back).
-#   scripts/gpu_check.sh [build] [tests] [bench] [step] [brown] [lrtc] [delta] [mqar] [extra...]
+#   scripts/gpu_check.sh [build] [tests] [bench] [step] [brown] [lrtc] [delta] [prof] [mqar] [extra...]
 #                                                                   (default: build tests bench)
 # Needs the Debian packages the machine lacks in .deps/debs (see ../shared/gpu/README.md).
 set -uo pipefail
@@ -10,6 +10,7 @@ mkdir -p "$OUT"
 stages=${*:-build tests bench}
 has() { [[ " $stages " == *" $1 "* ]]; }
 summary=()
+note() { summary+=("$1"); echo "$1" >> "$OUT/summary.txt"; }  # also on disk: a call cut off at its limit keeps it
 
 source .deps/install-debs.sh .deps/debs /opt/deps > /dev/null
 BLAS_DIR=/opt/deps/usr/lib/x86_64-linux-gnu/openblas-pthread
@@ -22,17 +23,21 @@ if has build; then
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DCMAKE_LIBRARY_PATH="$BLAS_DIR" -DCMAKE_CXX_FLAGS="-I/opt/deps/usr/include/x86_64-linux-gnu/openblas-pthread" \
     > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-  if ! cmake --build build-gpu -j 16 >> "$OUT/build.log" 2>&1; then
+  # only what runs here (the CPU test suites run in CI): BUILD_ALL=1 builds everything
+  targets="--target seqmix seqmix_bench test_gpu"
+  [ -n "${BUILD_ALL:-}" ] && targets=""
+  # shellcheck disable=SC2086
+  if ! cmake --build build-gpu -j 16 $targets >> "$OUT/build.log" 2>&1; then
     grep -E "error|Error" -A3 "$OUT/build.log" | head -80
     exit 1
   fi
-  summary+=("build: ok in $(( $(date +%s) - t0 )) s")
+  note "build: ok in $(( $(date +%s) - t0 )) s"
 fi
 
 if has tests; then
-  (cd build-gpu && ctest -L gpu --output-on-failure -j 4 --timeout 300) > "$OUT/tests.log" 2>&1
+  (cd build-gpu && timeout 200 ctest -L gpu --output-on-failure -j 4 --timeout 150) > "$OUT/tests.log" 2>&1
   line=$(grep -E "tests passed|tests failed" "$OUT/tests.log" | tail -1)
-  summary+=("gpu tests: $line")
+  note "gpu tests: $line"
   grep -E "^\s+[0-9]+ - .*\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)\)" "$OUT/tests.log" | head -40 > "$OUT/failed.txt"
   if [ -s "$OUT/failed.txt" ]; then
     echo "== failed gpu tests =="; cat "$OUT/failed.txt"
@@ -50,7 +55,7 @@ if has bench; then
     echo "== seqmix attention"; timeout 180 ./build-gpu/seqmix_bench attention 2>&1
     echo "== torch attention"; timeout 180 python3 bench/torch_attention.py 2>&1
   } > "$OUT/bench.log" 2>&1
-  summary+=("bench: see bench.log")
+  note "bench: see bench.log"
 fi
 
 if has step; then
@@ -58,50 +63,66 @@ if has step; then
     echo "== seqmix step"; timeout 300 ./build-gpu/seqmix_bench step --config configs/gpt2-124m.yaml --batch 16 --seq 1024 2>&1
     echo "== torch step"; timeout 300 python3 bench/torch_gpt2.py --batch 16 --seq 1024 2>&1
   } > "$OUT/step.log" 2>&1
-  summary+=("step: see step.log")
+  note "step: see step.log"
 fi
 
 # Brown transformer (needs data_cache/brown-word carried): trains for at most BROWN_MINUTES.
 if has brown; then
   timeout $(( ${BROWN_MINUTES:-7} * 60 )) ./build-gpu/seqmix train configs/brown-transformer.yaml --device cuda \
     ${BROWN_SET:-} > "$OUT/brown.log" 2>&1
-  summary+=("brown: exit $? ; $(grep -E 'perplexity' "$OUT/brown.log" | tail -3 | tr '\n' ' ')")
+  note "brown: exit $? ; $(grep -E 'perplexity' "$OUT/brown.log" | tail -3 | tr '\n' ' ')"
 fi
 
-# Tensor-core linear recurrence (opt-in until this passes): its GPU tests with SEQMIX_LR_TC=1, racecheck on
-# two Dk=128 per-channel cases, and tensor cores vs FFMA at B=4 T=4096 plus the long-context table.
+# Linear recurrence: the GPU tests with the FFMA kernels forced (tensor cores are the default, run by `tests`),
+# racecheck on two Dk=128 per-channel cases, tensor cores vs FFMA at B=4 T=4096, the long-context table.
 if has lrtc; then
   {
-    echo "== gpu tests, SEQMIX_LR_TC=1"
-    SEQMIX_LR_TC=1 ./build-gpu/tests/test_gpu --gtest_filter='*LinearRecurrence*' 2>&1 | tail -25
+    echo "== gpu tests, SEQMIX_LR_TC=0 (the FFMA kernels; tensor cores are the default)"
+    SEQMIX_LR_TC=0 ./build-gpu/tests/test_gpu --gtest_filter='*LinearRecurrence*' 2>&1 | tail -4
     echo "== racecheck"
-    SEQMIX_LR_TC=1 timeout 240 compute-sanitizer --tool racecheck ./build-gpu/tests/test_gpu \
+    timeout 100 compute-sanitizer --tool racecheck ./build-gpu/tests/test_gpu \
       --gtest_filter='Bf16/LinearRecurrenceGpuVsCpu.*/2:Bf16/LinearRecurrenceGpuVsCpu.*/7' 2>&1 | tail -6
     echo "== bench"; timeout 300 ./build-gpu/seqmix_bench recurrence --compare-ffma 2>&1
     echo "== attention at the same shapes (per-token time at T = 4096 and 65536)"
     timeout 200 ./build-gpu/seqmix_bench attention --T 4096,65536 --tokens 65536 --H 16 --D 128 2>&1 | tail -8
   } > "$OUT/lrtc.log" 2>&1
-  summary+=("lrtc: $(grep -E 'PASSED|FAILED' "$OUT/lrtc.log" | head -2 | tr '\n' ' ')")
+  note "lrtc: $(grep -E 'PASSED|FAILED' "$OUT/lrtc.log" | head -2 | tr '\n' ' ')"
 fi
 
-# Fused delta-rule kernel (opt-in, SEQMIX_DELTA_CUDA=1 until this passes; the GPU test calls it directly).
+# Fused delta-rule kernel: its GPU tests, the benchmark (kernel vs op composition, length scaling), the peer.
 if has delta; then
   {
     echo "== gpu tests"; ./build-gpu/tests/test_gpu --gtest_filter='*Delta*' 2>&1 | tail -25
     echo "== bench"; timeout 300 ./build-gpu/seqmix_bench delta 2>&1
-    echo "== torch peer"; timeout 300 python3 bench/torch_delta.py 2>&1 | grep -v '^{'
+    echo "== torch peer"; timeout 150 python3 bench/torch_delta.py 2>&1 | grep -v '^{'
   } > "$OUT/delta.log" 2>&1
-  summary+=("delta: $(grep -E 'PASSED|FAILED' "$OUT/delta.log" | head -2 | tr '\n' ' ')")
+  note "delta: $(grep -E 'PASSED|FAILED' "$OUT/delta.log" | head -2 | tr '\n' ' ')"
+fi
+
+# Per-kernel times (Nsight Compute) of one recurrence / delta-rule forward+backward at B=4 T=4096 H=16 D=128.
+if has prof; then
+  metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__occupancy_limit_shared_mem
+  {
+    for k in ${PROF_KINDS:-linear_attention gla}; do
+      echo "== ncu recurrence $k"
+      timeout 90 ncu --metrics "$metrics" -k 'regex:chunk|scan|dg_' --print-summary per-kernel \
+        ./build-gpu/seqmix_bench recurrence --kinds "$k" --no-check --no-long --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
+    done
+    echo "== ncu delta plain"
+    timeout 150 ncu --metrics "$metrics" -k 'regex:prep|_state|_out|_wy' --print-summary per-kernel \
+      ./build-gpu/seqmix_bench delta --kinds plain --no-check --no-long --no-ops --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
+  } > "$OUT/prof.log" 2>&1
+  note "prof: see prof.log"
 fi
 
 # MQAR table of issue #6 (scripts/mqar_sweep.sh; MQAR_STEPS etc. pass through).
 if has mqar; then
   scripts/mqar_sweep.sh build-gpu > "$OUT/mqar.log" 2>&1
-  summary+=("mqar: see mqar.log")
+  note "mqar: see mqar.log"
 fi
 
 for extra in $stages; do
-  case "$extra" in build|tests|bench|step|brown|lrtc|delta|mqar) ;; *) bash -c "$extra" > "$OUT/extra_$(echo "$extra" | tr -c 'a-zA-Z0-9' '_' | cut -c1-30).log" 2>&1 ;; esac
+  case "$extra" in build|tests|bench|step|brown|lrtc|delta|prof|mqar) ;; *) bash -c "$extra" > "$OUT/extra_$(echo "$extra" | tr -c 'a-zA-Z0-9' '_' | cut -c1-30).log" 2>&1 ;; esac
 done
 
 echo

@@ -210,9 +210,11 @@ DeltaResult delta_rule(const Tensor& q, const Tensor& k, const Tensor& v, const 
   SEQMIX_CHECK(!g.defined() || g.shape() == beta.shape(), "delta_rule: g must be [B, T, H] like beta, got ",
                shape_str(g.shape()));
 #ifdef SEQMIX_WITH_CUDA
-  // The fused chunked CUDA kernel (delta_rule_cuda.cu). Opt-in with SEQMIX_DELTA_CUDA=1 until it has been
-  // verified on a GPU (tests/gpu/test_delta_rule_gpu.cpp; so far only the CPU emulation scripts/delta_emulate.sh).
-  if (T > 0 && q.is_cuda() && delta_rule_cuda_enabled() && delta_rule_cuda_supported(q, k, v, beta, g, initial_state, opt))
+  // The fused chunked CUDA kernel (delta_rule_cuda.cu; SEQMIX_DELTA_CUDA=0 forces this op composition). f32
+  // inputs take it only where its f32 operands fit (head dims <= 64): above that it would round them to bf16.
+  const bool f32_exact = v.dtype() != DType::F32 || (Dk <= 64 && Dv <= 64);
+  if (T > 0 && q.is_cuda() && f32_exact && delta_rule_cuda_enabled() &&
+      delta_rule_cuda_supported(q, k, v, beta, g, initial_state, opt))
     return delta_rule_cuda(q, k, v, beta, g, initial_state, opt);
 #endif
   Tensor S = initial_or_zeros(initial_state, B, H, Dk, Dv, dt, dev);

@@ -2,15 +2,15 @@
 // backward (see delta_rule.h for the semantics, delta_rule_cuda.cu for the algorithm and the gradients).
 // Differentiable (a CustomFunction) in q, k, v, beta, g and initial_state. Only in builds with SEQMIX_WITH_CUDA.
 //
-// delta_rule() dispatches here only when SEQMIX_DELTA_CUDA=1 is set in the environment and
-// delta_rule_cuda_supported() holds: the kernels have been verified by CPU emulation only (scripts/
-// delta_emulate.sh), not yet on a GPU; tests/gpu/test_delta_rule_gpu.cpp is the check to run first.
+// delta_rule() dispatches here when delta_rule_cuda_supported() holds (f32 inputs: head dims <= 64) unless
+// SEQMIX_DELTA_CUDA=0 is set; verified on the lent H100 (tests/gpu/test_delta_rule_gpu.cpp) and by CPU
+// emulation (scripts/delta_emulate.sh).
 #pragma once
 #include "layers/mixers/common/delta_rule.h"
 
 namespace seqmix::mixers {
 
-// True when SEQMIX_DELTA_CUDA=1 (read on every call, so a benchmark can time both paths).
+// True unless SEQMIX_DELTA_CUDA=0 (read on every call, so a benchmark can time both paths).
 bool delta_rule_cuda_enabled();
 
 // CUDA tensors; q, k, v of bf16, f16 or f32 (cast to v's dtype); beta [B, T, H]; g [B, T, H] or undefined;

@@ -51,8 +51,8 @@
 // overflows). The choice is per chunk and uniform over the CTA. Per-head decays fold one factor per (t, s).
 //
 // Tensor cores: linear_recurrence_tc.cu has the same three chunk kernels with every product on WMMA (bf16
-// operands, f32 accumulation), opt-in with SEQMIX_LR_TC=1 until run on a GPU (checked in CPU emulation,
-// scripts/lr_tc_emulate.sh). Not yet: the state pass fused into the chunk kernels, bf16 states. CPU emulation used during development: every kernel body compiles for the
+// operands, f32 accumulation), the default for bf16 / f16 inputs (SEQMIX_LR_TC=0 forces FFMA; verified on the H100 and in CPU
+// emulation, scripts/lr_tc_emulate.sh). Not yet: the state pass fused into the chunk kernels, bf16 states. CPU emulation used during development: every kernel body compiles for the
 // host with SEQMIX_LR_EMULATE defined: with one thread per block (syncs as no-ops) it matched a double-precision
 // token-by-token forward + BPTT to 1e-5 over 69 shape / decay / bonus / chunk cases, and with 256 std::threads
 // per block (__syncthreads as a std::barrier) under ThreadSanitizer it reported no data race.
@@ -637,8 +637,7 @@ struct Inputs {
 
 // The tensor-core chunk kernels (linear_recurrence_tc.cu) take bf16 / f16 inputs with Dk, Dv multiples of 16
 // (<= 128) and C a multiple of 16, when their shared memory fits and the pointers suit their vector accesses;
-// for now only with SEQMIX_LR_TC=1 (not yet run on a GPU: see linear_recurrence_tc.cuh). f32 always takes
-// the FFMA kernels. Sequences shorter than one chunk
+// unless SEQMIX_LR_TC=0. f32 always takes the FFMA kernels. Sequences shorter than one chunk
 // stay on FFMA too: a grid of B * H CTAs gains nothing from tensor cores, and there (T = 1 without an initial
 // state) dg is exactly 0 while its bf16-operand value keeps ~1e-2 of noise from q dq - k dk + dS_T . S_T.
 lr_tc::TcGeo tc_geo(const Geo& g) { return {g.B, g.T, g.H, g.Dk, g.Dv, g.C, g.N, g.gw, g.scale, g.bonus}; }

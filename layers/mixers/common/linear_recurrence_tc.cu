@@ -660,7 +660,7 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
 // ---------------------------------------------------------------------------------------------
 bool env_enabled() {
   const char* e = std::getenv("SEQMIX_LR_TC");
-  return e && e[0] == '1' && e[1] == '\0';
+  return !(e && e[0] == '0' && e[1] == '\0');
 }
 
 bool shape_ok(const TcGeo& g) {
