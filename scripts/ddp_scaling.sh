@@ -3,6 +3,8 @@
 # the same call), the per-phase step profile (SEQMIX_STEP_PROFILE), NCCL channel counts, and ZeRO-1 vs
 # plain data parallel with and without gradient clipping. Builds only the seqmix binary.
 #   scripts/ddp_scaling.sh            (needs .deps and data_cache/brown-word carried)
+# Environment: STEPS (60), CHANNELS ("4 8 16"), MARGINS ("8 16 32"; empty skips), SKIP_ZERO=1 (no ZeRO-1 part),
+# EXTRA="..." (more bash run lines, e.g. 'run x $B train ...', evaluated before the ZeRO-1 part).
 set -uo pipefail
 OUT=${OUT:-/tmp/seqmix_out}
 mkdir -p "$OUT"
@@ -25,9 +27,9 @@ tps() { grep -oE '[0-9.]+[KM]? tok/s' "$1" | tail -1; }
 run() { local name=$1; shift; "$@" --set run.name=$name > "$OUT/$name.log" 2>&1; echo "$name: $(tps "$OUT/$name.log") $(grep -o 'step profile.*' "$OUT/$name.log" | tail -1)"; }
 run tp1 $B train configs/gpt2-124m.yaml "${G[@]}" --device cuda
 run tp2 $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2
-for ch in ${CHANNELS:-4 8 16}; do NCCL_MAX_NCHANNELS=$ch run tp2_ch$ch $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2; done
+for ch in ${CHANNELS-4 8 16}; do NCCL_MAX_NCHANNELS=$ch run tp2_ch$ch $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2; done
 # GEMMs leaving SMs to NCCL while buckets are reduced (train.comm_sm_margin), NCCL held to as many channels
-for m in ${MARGINS:-8 16 32}; do
+for m in ${MARGINS-8 16 32}; do
   NCCL_MAX_NCHANNELS=$m SEQMIX_STEP_PROFILE=1 run tp2_m$m $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2 --set train.comm_sm_margin=$m
 done
 # gradients reduced in bf16 (train.reduce_dtype: half the bytes), alone and with the best-guess margin
@@ -40,6 +42,8 @@ SEQMIX_STEP_PROFILE=1 run tp2_prof $B train configs/gpt2-124m.yaml "${G[@]}" --g
 timeout 200 python3 bench/torch_gpt2.py --no-compile --steps 30 --vocab 14114 2>&1 | tail -1
 timeout 200 torchrun --standalone --nproc_per_node 2 bench/torch_gpt2.py --no-compile --steps 30 --vocab 14114 2>&1 | grep -v Warning | tail -1
 
+[ -n "${EXTRA:-}" ] && eval "$EXTRA"
+[ -n "${SKIP_ZERO:-}" ] && exit 0
 # ZeRO-1 vs plain data parallel on 2 GPUs, 200 steps, with the default clipping and without
 Q=(--set model.dropout=0 --set train.steps=200 --set train.eval_every=0 --set train.ckpt_every=0 --set train.log_every=10)
 for clip in 1.0 0; do
