@@ -5,7 +5,8 @@
 // 16 x 16 tiles in f32 (bf16 operands are exact in f32; only the summation order differs from the GPU).
 // The CUDA built-ins, launches, buffers and comparison are scripts/emulate/cuda_host.h's, the WMMA emulation
 // layers/mixers/common/tc_tiles.cuh's (shared with scripts/delta_emulate.cc).
-// The state scans and dg kernels are linear_recurrence.cu's own (compiled the same way). The forward and
+// The state scans and dg kernels are linear_recurrence.cu's own (compiled the same way; the scans at their
+// real block size, 4 elements per thread as dispatched, 1 in every other case). The forward and
 // backward (o, final state, dq, dk, dv, dg, du, d initial state) are compared with a double-precision
 // token-by-token forward and BPTT on the same (bf16- or f16-rounded) inputs.
 // Shared memory is filled with NaN before each block and the outputs before each run, so a read of an
@@ -186,19 +187,23 @@ Errs run_case(const Case& cs, uint32_t seed) {
     launch(grid, ts, lr_tc::smem_state(tg), [&] {
       lr_tc::chunk_state_tc<T, MODE, false>(tg, kd.p, vd.p, gp, states.p, glast.p);
     });
-    const int64_t DDi = int64_t(DD);
-    launch(dim3(unsigned((DDi + 255) / 256), B * H), 256, 0, [&] {
-      lr_cuda::state_scan_kernel<false>(geo, states.p, MODE > 0 ? glast.p : nullptr, cs.s0 ? s0d.p : nullptr, fin.p);
-    });
+    // The state scan as linear_recurrence.cu launches it (4 elements per thread here), and every other case
+    // with 1 element per thread (the path of Dk % 4 != 0 or unaligned buffers); both at the real block size.
+    auto scan = [&](bool rev, float* buf, const float* gl, const float* ein, float* eout) {
+      const int vec = seed % 2 ? 1 : lr_cuda::scan_vec(geo, buf, gl);
+      launch(lr_cuda::scan_grid(geo, vec), lr_cuda::kThreads, 0, [&] {
+        if (vec == 4) (rev ? lr_cuda::state_scan_kernel<true, 4> : lr_cuda::state_scan_kernel<false, 4>)(geo, buf, gl, ein, eout);
+        else (rev ? lr_cuda::state_scan_kernel<true, 1> : lr_cuda::state_scan_kernel<false, 1>)(geo, buf, gl, ein, eout);
+      });
+    };
+    scan(false, states.p, MODE > 0 ? glast.p : nullptr, cs.s0 ? s0d.p : nullptr, fin.p);
     launch(grid, tf, lr_tc::smem_fwd(tg), [&] {
       lr_tc::chunk_fwd_tc<T, MODE>(tg, qd.p, kd.p, vd.p, gp, ud.p, states.p, o.p);
     });
     launch(grid, ts, lr_tc::smem_state(tg), [&] {
       lr_tc::chunk_state_tc<T, MODE, true>(tg, qd.p, dod.p, gp, dstates.p, nullptr);
     });
-    launch(dim3(unsigned((DDi + 255) / 256), B * H), 256, 0, [&] {
-      lr_cuda::state_scan_kernel<true>(geo, dstates.p, MODE > 0 ? glast.p : nullptr, dfd.p, ds0.p);
-    });
+    scan(true, dstates.p, MODE > 0 ? glast.p : nullptr, dfd.p, ds0.p);
     lr_tc::TcBwdOut bo{MODE > 0 ? rbuf.p : nullptr, MODE > 0 && cs.bonus ? pbuf.p : nullptr, MODE > 0 ? ctot.p : nullptr,
                        cs.bonus ? dubuf.p : nullptr};
     launch(grid, tb, lr_tc::smem_bwd(tg), [&] {

@@ -16,8 +16,9 @@
 // Forward, three kernels:
 //   1. chunk_state_kernel:  U_n = sum_s (k_s exp(G_last - G_s)) v_s^T per chunk (parallel over chunks) and
 //                           G_last per chunk.
-//   2. state_scan_kernel:   S_{n+1} = exp(G_last,n) S_n + U_n, sequential over chunks, one thread per state
-//                           element; stores S_n (the state entering chunk n) over U_n and the final state.
+//   2. state_scan_kernel:   S_{n+1} = exp(G_last,n) S_n + U_n, sequential over chunks, one thread per 4 state
+//                           elements (float4; 1 when Dk % 4 != 0), the loads of 8 chunks issued before their
+//                           FMAs and stores; stores S_n (the state entering chunk n) over U_n and the final state.
 //   3. chunk_fwd_kernel:    A, then o (parallel over chunks).
 // Backward (the states S_n are kept from the forward, f32 [B, H, N, Dv, Dk]: O(T / C * Dk * Dv)):
 //   1. chunk_state_kernel:  dU_n = scale * sum_t (q_t exp(Gq_t)) do_t^T.
@@ -233,41 +234,93 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Geo geo, const T*
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2. The sequential pass over chunks, one thread per state element (c, d) of one (b, h).
+// 2. The sequential pass over chunks, VEC (1 or 4) consecutive state elements of one (b, h) per thread.
 //    forward:  buf[n] = U_n -> S_n;            S_{n+1} = exp(G_last,n) S_n + U_n;  end -> edge_out (final)
 //    backward: buf[n] = dU_n -> dH_{n+1};      dH_n = exp(G_last,n) dH_{n+1} + dU_n; end -> edge_out (d init)
 //    edge_in / edge_out are [B, H, Dk, Dv] (row-major); buf is [B, H, N, Dv, Dk].
+//    Memory-bound (every U_n read once, every S_n written once): the chunks go in batches of kScanBatch, all
+//    of a batch's loads (U and the decays) issued before its dependent FMAs and stores, since a load placed
+//    after a store to the same buffer cannot be hoisted by the compiler (one load in flight per thread ran at
+//    ~12% of the H100's DRAM bandwidth). VEC = 4 (Dk % 4 == 0, 16-byte aligned buffers): float4 accesses, the
+//    4 elements share one row d, so per-channel decays are 4 consecutive G_last entries. Same arithmetic in the
+//    same order as one element per thread: bitwise identical results.
 // ---------------------------------------------------------------------------------------------
-template <bool REVERSE>
+constexpr int kScanBatch = 8;
+
+template <int VEC>
+struct ScanVec;
+template <>
+struct ScanVec<1> {
+  __device__ __forceinline__ static void load(float (&x)[1], const float* p) { x[0] = *p; }
+  __device__ __forceinline__ static void store(float* p, const float (&x)[1]) { *p = x[0]; }
+};
+template <>
+struct ScanVec<4> {
+  __device__ __forceinline__ static void load(float (&x)[4], const float* p) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
+  }
+  __device__ __forceinline__ static void store(float* p, const float (&x)[4]) {
+    *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+  }
+};
+
+template <bool REVERSE, int VEC>
 __global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, float* __restrict__ buf, const float* __restrict__ glast,
                                                               const float* __restrict__ edge_in, float* __restrict__ edge_out) {
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t DD = int64_t(geo.Dk) * geo.Dv;
+  const int64_t e = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (e >= DD) return;
   const int bh = blockIdx.y;
-  const int c = int(e % geo.Dk), d = int(e / geo.Dk);
-  const int64_t rm = int64_t(bh) * DD + int64_t(c) * geo.Dv + d;  // row-major [Dk][Dv] index
+  const int c = int(e % geo.Dk), d = int(e / geo.Dk);  // VEC | Dk: elements c .. c + VEC - 1 of row d
+  const int64_t rm = int64_t(bh) * DD + int64_t(c) * geo.Dv + d;  // row-major [Dk][Dv] index of element c
   float* p = buf + int64_t(bh) * geo.N * DD + e;
   const float* gl = glast ? glast + int64_t(bh) * geo.N * geo.gw + (geo.gw > 1 ? c : 0) : nullptr;
-  float s = edge_in ? edge_in[rm] : 0.f;
-  if constexpr (!REVERSE) {
-#pragma unroll 4
-    for (int n = 0; n < geo.N; ++n) {
-      const float u = p[int64_t(n) * DD];
-      p[int64_t(n) * DD] = s;
-      const float a = gl ? __expf(gl[int64_t(n) * geo.gw]) : 1.f;
-      s = fmaf(a, s, u);
+  const bool per_channel = geo.gw > 1;
+  float s[VEC];
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) s[j] = edge_in ? edge_in[rm + int64_t(j) * geo.Dv] : 0.f;
+  for (int n0 = 0; n0 < geo.N; n0 += kScanBatch) {
+    float u[kScanBatch][VEC], a[kScanBatch][VEC];
+#pragma unroll
+    for (int i = 0; i < kScanBatch; ++i) {
+      const int n = REVERSE ? geo.N - 1 - (n0 + i) : n0 + i;
+      if (n0 + i < geo.N) {
+        ScanVec<VEC>::load(u[i], p + int64_t(n) * DD);
+        if (!gl) {
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) a[i][j] = 1.f;
+        } else if (per_channel) {
+          ScanVec<VEC>::load(a[i], gl + int64_t(n) * geo.gw);
+        } else {
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) a[i][j] = gl[int64_t(n) * geo.gw];
+        }
+      }
     }
-  } else {
-#pragma unroll 4
-    for (int n = geo.N - 1; n >= 0; --n) {
-      const float u = p[int64_t(n) * DD];
-      p[int64_t(n) * DD] = s;
-      const float a = gl ? __expf(gl[int64_t(n) * geo.gw]) : 1.f;
-      s = fmaf(a, s, u);
+#pragma unroll
+    for (int i = 0; i < kScanBatch; ++i) {
+      const int n = REVERSE ? geo.N - 1 - (n0 + i) : n0 + i;
+      if (n0 + i < geo.N) {
+        ScanVec<VEC>::store(p + int64_t(n) * DD, s);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) s[j] = fmaf(gl ? __expf(a[i][j]) : 1.f, s[j], u[i][j]);
+      }
     }
   }
-  if (edge_out) edge_out[rm] = s;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j)
+    if (edge_out) edge_out[rm + int64_t(j) * geo.Dv] = s[j];
+}
+
+// Elements per thread of state_scan_kernel: 4 when Dk % 4 == 0 and the buffers suit float4 accesses.
+inline int scan_vec(const Geo& g, const void* buf, const void* glast) {
+  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return g.Dk % 4 == 0 && al(buf) && (g.gw <= 1 || !glast || al(glast)) ? 4 : 1;
+}
+inline dim3 scan_grid(const Geo& g, int vec) {
+  const int64_t per_thread = int64_t(kThreads) * vec;
+  return dim3(unsigned((int64_t(g.Dk) * g.Dv + per_thread - 1) / per_thread), unsigned(g.B * g.H));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,6 +660,14 @@ void set_smem(K kernel, size_t bytes) {
     SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
+template <bool REVERSE>
+void launch_scan(const Geo& geo, float* buf, const float* glast, const float* edge_in, float* edge_out, cudaStream_t st) {
+  const int vec = scan_vec(geo, buf, glast);
+  auto kern = vec == 4 ? state_scan_kernel<REVERSE, 4> : state_scan_kernel<REVERSE, 1>;
+  kern<<<scan_grid(geo, vec), kThreads, 0, st>>>(geo, buf, glast, edge_in, edge_out);
+  SEQMIX_CUDA_CHECK_LAUNCH(REVERSE ? "linear_recurrence state_scan_kernel (backward)" : "linear_recurrence state_scan_kernel");
+}
+
 template <typename T>
 const T* cptr(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
@@ -679,11 +740,8 @@ void forward_launch(const Inputs& in, const Tensor& states, const Tensor& glast,
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_kernel");
       }
       {
-        const int64_t DD = int64_t(geo.Dk) * geo.Dv;
-        dim3 g2(unsigned((DD + kThreads - 1) / kThreads), unsigned(geo.B * geo.H));
-        state_scan_kernel<false><<<g2, kThreads, 0, st>>>(geo, mptr<float>(states), MODE > 0 ? cptr<float>(glast) : nullptr,
-                                                          cptr<float>(in.s0), mptr<float>(final_state));
-        SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence state_scan_kernel");
+        launch_scan<false>(geo, mptr<float>(states), MODE > 0 ? cptr<float>(glast) : nullptr, cptr<float>(in.s0),
+                           mptr<float>(final_state), st);
       }
       if (tc) {
         lr_tc::chunk_fwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
@@ -739,11 +797,8 @@ Grads backward_launch(const Inputs& in, const Tensor& states, const Tensor& glas
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_kernel (backward)");
       }
       {
-        const int64_t DD = int64_t(geo.Dk) * geo.Dv;
-        dim3 g2(unsigned((DD + kThreads - 1) / kThreads), unsigned(geo.B * geo.H));
-        state_scan_kernel<true><<<g2, kThreads, 0, st>>>(geo, mptr<float>(dstates), MODE > 0 ? cptr<float>(glast) : nullptr,
-                                                         cptr<float>(dfinal), mptr<float>(gr.ds0));
-        SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence state_scan_kernel (backward)");
+        launch_scan<true>(geo, mptr<float>(dstates), MODE > 0 ? cptr<float>(glast) : nullptr, cptr<float>(dfinal),
+                          mptr<float>(gr.ds0), st);
       }
       if (tc) {
         lr_tc::chunk_bwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(), dout.data_ptr(),
