@@ -6,7 +6,7 @@
 // The CUDA built-ins, launches, buffers and comparison are scripts/emulate/cuda_host.h's, the WMMA emulation
 // layers/mixers/common/tc_tiles.cuh's (shared with scripts/delta_emulate.cc).
 // The state scans and dg kernels are linear_recurrence.cu's own (compiled the same way; the scans at their
-// real block size, 4 elements per thread as dispatched, 1 in every other case). The forward and
+// real block size; the states as bf16 or f32, 4 elements or 1 per thread: see scan below). The forward and
 // backward (o, final state, dq, dk, dv, dg, du, d initial state) are compared with a double-precision
 // token-by-token forward and BPTT on the same (bf16- or f16-rounded) inputs.
 // Shared memory is filled with NaN before each block and the outputs before each run, so a read of an
@@ -177,6 +177,7 @@ Errs run_case(const Case& cs, uint32_t seed) {
   const size_t DD = size_t(Dk) * Dv;
   Buf<float> states(size_t(B) * H * N * DD), dstates(size_t(B) * H * N * DD), glast(size_t(B) * H * N * std::max(gw, 1));
   Buf<float> fin(size_t(B) * H * DD), ds0(size_t(B) * H * DD);
+  Buf<bf16> states16(size_t(B) * H * N * DD), dstates16(size_t(B) * H * N * DD);
   Buf<T> o(nv), dq(nk), dk(nk), dv(nv);
   Buf<float> rbuf(nk), pbuf(nk), ctot(size_t(B) * H * N * Dk), dubuf(size_t(B) * H * N * Dk), dg32(nk);
   const dim3 grid(N, H, B);
@@ -187,27 +188,34 @@ Errs run_case(const Case& cs, uint32_t seed) {
     launch(grid, ts, lr_tc::smem_state(tg), [&] {
       lr_tc::chunk_state_tc<T, MODE, false>(tg, kd.p, vd.p, gp, states.p, glast.p);
     });
-    // The state scan as linear_recurrence.cu launches it (4 elements per thread here), and every other case
-    // with 1 element per thread (the path of Dk % 4 != 0 or unaligned buffers); both at the real block size.
-    auto scan = [&](bool rev, float* buf, const float* gl, const float* ein, float* eout) {
-      const int vec = seed % 2 ? 1 : lr_cuda::scan_vec(geo, buf, gl);
+    // The state scan as linear_recurrence.cu launches it for the tensor-core kernels (4 elements per thread
+    // here, the states written as bf16 to out16), and in the other cases 1 element per thread (the path of
+    // Dk % 4 != 0 or unaligned buffers) and / or the f32 states written in place (the FFMA path's) and
+    // rounded to bf16 here (as linear_recurrence.cu's backward does when the forward took the FFMA path);
+    // all at the real block size.
+    auto scan = [&](bool rev, float* buf, const float* gl, const float* ein, float* eout, bf16* out16) {
+      const bool f32 = (seed / 2) % 2;
+      const int vec = seed % 2 ? 1 : lr_cuda::scan_vec(geo, buf, gl, out16);
+      bf16* o16 = f32 ? nullptr : out16;
       launch(lr_cuda::scan_grid(geo, vec), lr_cuda::kThreads, 0, [&] {
-        if (vec == 4) (rev ? lr_cuda::state_scan_kernel<true, 4> : lr_cuda::state_scan_kernel<false, 4>)(geo, buf, gl, ein, eout);
-        else (rev ? lr_cuda::state_scan_kernel<true, 1> : lr_cuda::state_scan_kernel<false, 1>)(geo, buf, gl, ein, eout);
+        if (vec == 4) (rev ? lr_cuda::state_scan_kernel<true, 4> : lr_cuda::state_scan_kernel<false, 4>)(geo, buf, gl, ein, eout, o16);
+        else (rev ? lr_cuda::state_scan_kernel<true, 1> : lr_cuda::state_scan_kernel<false, 1>)(geo, buf, gl, ein, eout, o16);
       });
+      if (f32)
+        for (size_t i = 0; i < size_t(B) * H * N * DD; ++i) out16[i] = __float2bfloat16_rn(buf[i]);
     };
-    scan(false, states.p, MODE > 0 ? glast.p : nullptr, cs.s0 ? s0d.p : nullptr, fin.p);
+    scan(false, states.p, MODE > 0 ? glast.p : nullptr, cs.s0 ? s0d.p : nullptr, fin.p, states16.p);
     launch(grid, tf, lr_tc::smem_fwd(tg), [&] {
-      lr_tc::chunk_fwd_tc<T, MODE>(tg, qd.p, kd.p, vd.p, gp, ud.p, states.p, o.p);
+      lr_tc::chunk_fwd_tc<T, MODE>(tg, qd.p, kd.p, vd.p, gp, ud.p, states16.p, o.p);
     });
     launch(grid, ts, lr_tc::smem_state(tg), [&] {
       lr_tc::chunk_state_tc<T, MODE, true>(tg, qd.p, dod.p, gp, dstates.p, nullptr);
     });
-    scan(true, dstates.p, MODE > 0 ? glast.p : nullptr, dfd.p, ds0.p);
+    scan(true, dstates.p, MODE > 0 ? glast.p : nullptr, dfd.p, ds0.p, dstates16.p);
     lr_tc::TcBwdOut bo{MODE > 0 ? rbuf.p : nullptr, MODE > 0 && cs.bonus ? pbuf.p : nullptr, MODE > 0 ? ctot.p : nullptr,
                        cs.bonus ? dubuf.p : nullptr};
     launch(grid, tb, lr_tc::smem_bwd(tg), [&] {
-      lr_tc::chunk_bwd_tc<T, MODE>(tg, qd.p, kd.p, vd.p, dod.p, gp, ud.p, states.p, dstates.p, dq.p, dk.p, dv.p, bo);
+      lr_tc::chunk_bwd_tc<T, MODE>(tg, qd.p, kd.p, vd.p, dod.p, gp, ud.p, states16.p, dstates16.p, dq.p, dk.p, dv.p, bo);
     });
     if (MODE > 0) {
       launch(dim3(unsigned((Dk + 127) / 128), B * H), 128, 0, [&] { lr_cuda::dg_suffix_kernel(geo, ctot.p, dfd.p, fin.p); });

@@ -20,7 +20,8 @@
 //                           elements (float4; 1 when Dk % 4 != 0), the loads of 8 chunks issued before their
 //                           FMAs and stores; stores S_n (the state entering chunk n) over U_n and the final state.
 //   3. chunk_fwd_kernel:    A, then o (parallel over chunks).
-// Backward (the states S_n are kept from the forward, f32 [B, H, N, Dv, Dk]: O(T / C * Dk * Dv)):
+// Backward (the states S_n are kept from the forward, [B, H, N, Dv, Dk]: O(T / C * Dk * Dv); f32, or bf16 for
+// the tensor-core kernels, see below):
 //   1. chunk_state_kernel:  dU_n = scale * sum_t (q_t exp(Gq_t)) do_t^T.
 //   2. state_scan_kernel:   dH_n = exp(G_last,n) dH_{n+1} + dU_n backwards from dH_N = d final_state;
 //                           stores dH_{n+1} (the gradient of the state leaving chunk n) and d initial_state.
@@ -53,7 +54,10 @@
 //
 // Tensor cores: linear_recurrence_tc.cu has the same three chunk kernels with every product on WMMA (bf16
 // operands, f32 accumulation), the default for bf16 / f16 inputs (SEQMIX_LR_TC=0 forces FFMA; verified on the H100 and in CPU
-// emulation, scripts/lr_tc_emulate.sh). Not yet: the state pass fused into the chunk kernels, bf16 states. CPU emulation used during development: every kernel body compiles for the
+// emulation, scripts/lr_tc_emulate.sh). Their operands are bf16, so on that path the state scans write S_n and
+// dH_{n+1} as bf16 to a separate buffer (the f32 one keeps U_n / dU_n): the scan writes, and the chunk kernels
+// read, half the bytes, with the same rounding the chunk kernels applied to f32 states before (results
+// unchanged). Not yet: the state pass fused into the chunk kernels. CPU emulation used during development: every kernel body compiles for the
 // host with SEQMIX_LR_EMULATE defined: with one thread per block (syncs as no-ops) it matched a double-precision
 // token-by-token forward + BPTT to 1e-5 over 69 shape / decay / bonus / chunk cases, and with 256 std::threads
 // per block (__syncthreads as a std::barrier) under ThreadSanitizer it reported no data race.
@@ -65,6 +69,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <memory>
 
@@ -238,6 +243,9 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Geo geo, const T*
 //    forward:  buf[n] = U_n -> S_n;            S_{n+1} = exp(G_last,n) S_n + U_n;  end -> edge_out (final)
 //    backward: buf[n] = dU_n -> dH_{n+1};      dH_n = exp(G_last,n) dH_{n+1} + dU_n; end -> edge_out (d init)
 //    edge_in / edge_out are [B, H, Dk, Dv] (row-major); buf is [B, H, N, Dv, Dk].
+//    out16 (the tensor-core path, whose chunk kernels take the states as bf16 operands): S_n / dH_{n+1} go
+//    there, rounded to bf16 ([B, H, N, Dv, Dk]), instead of over buf (then left holding U_n / dU_n): the
+//    scan writes half the bytes and the chunk kernels read half.
 //    Memory-bound (every U_n read once, every S_n written once): the chunks go in batches of kScanBatch, all
 //    of a batch's loads (U and the decays) issued before its dependent FMAs and stores, since a load placed
 //    after a store to the same buffer cannot be hoisted by the compiler (one load in flight per thread ran at
@@ -253,6 +261,7 @@ template <>
 struct ScanVec<1> {
   __device__ __forceinline__ static void load(float (&x)[1], const float* p) { x[0] = *p; }
   __device__ __forceinline__ static void store(float* p, const float (&x)[1]) { *p = x[0]; }
+  __device__ __forceinline__ static void store(__nv_bfloat16* p, const float (&x)[1]) { *p = __float2bfloat16_rn(x[0]); }
 };
 template <>
 struct ScanVec<4> {
@@ -263,11 +272,18 @@ struct ScanVec<4> {
   __device__ __forceinline__ static void store(float* p, const float (&x)[4]) {
     *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
   }
+  __device__ __forceinline__ static void store(__nv_bfloat16* p, const float (&x)[4]) {  // 8 bytes
+    __nv_bfloat162 h[2] = {__floats2bfloat162_rn(x[0], x[1]), __floats2bfloat162_rn(x[2], x[3])};
+    uint2 raw;
+    memcpy(&raw, h, sizeof(raw));
+    *reinterpret_cast<uint2*>(p) = raw;
+  }
 };
 
 template <bool REVERSE, int VEC>
 __global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, float* __restrict__ buf, const float* __restrict__ glast,
-                                                              const float* __restrict__ edge_in, float* __restrict__ edge_out) {
+                                                              const float* __restrict__ edge_in, float* __restrict__ edge_out,
+                                                              __nv_bfloat16* __restrict__ out16) {
   const int64_t DD = int64_t(geo.Dk) * geo.Dv;
   const int64_t e = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (e >= DD) return;
@@ -275,6 +291,7 @@ __global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, float* __
   const int c = int(e % geo.Dk), d = int(e / geo.Dk);  // VEC | Dk: elements c .. c + VEC - 1 of row d
   const int64_t rm = int64_t(bh) * DD + int64_t(c) * geo.Dv + d;  // row-major [Dk][Dv] index of element c
   float* p = buf + int64_t(bh) * geo.N * DD + e;
+  __nv_bfloat16* p16 = out16 ? out16 + int64_t(bh) * geo.N * DD + e : nullptr;
   const float* gl = glast ? glast + int64_t(bh) * geo.N * geo.gw + (geo.gw > 1 ? c : 0) : nullptr;
   const bool per_channel = geo.gw > 1;
   float s[VEC];
@@ -302,7 +319,8 @@ __global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, float* __
     for (int i = 0; i < kScanBatch; ++i) {
       const int n = REVERSE ? geo.N - 1 - (n0 + i) : n0 + i;
       if (n0 + i < geo.N) {
-        ScanVec<VEC>::store(p + int64_t(n) * DD, s);
+        if (p16) ScanVec<VEC>::store(p16 + int64_t(n) * DD, s);
+        else ScanVec<VEC>::store(p + int64_t(n) * DD, s);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) s[j] = fmaf(gl ? __expf(a[i][j]) : 1.f, s[j], u[i][j]);
       }
@@ -314,9 +332,9 @@ __global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, float* __
 }
 
 // Elements per thread of state_scan_kernel: 4 when Dk % 4 == 0 and the buffers suit float4 accesses.
-inline int scan_vec(const Geo& g, const void* buf, const void* glast) {
-  auto al = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  return g.Dk % 4 == 0 && al(buf) && (g.gw <= 1 || !glast || al(glast)) ? 4 : 1;
+inline int scan_vec(const Geo& g, const void* buf, const void* glast, const void* out16) {
+  auto al = [](const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
+  return g.Dk % 4 == 0 && al(buf, 16) && (g.gw <= 1 || !glast || al(glast, 16)) && al(out16, 8) ? 4 : 1;
 }
 inline dim3 scan_grid(const Geo& g, int vec) {
   const int64_t per_thread = int64_t(kThreads) * vec;
@@ -661,10 +679,11 @@ void set_smem(K kernel, size_t bytes) {
 }
 
 template <bool REVERSE>
-void launch_scan(const Geo& geo, float* buf, const float* glast, const float* edge_in, float* edge_out, cudaStream_t st) {
-  const int vec = scan_vec(geo, buf, glast);
+void launch_scan(const Geo& geo, float* buf, const float* glast, const float* edge_in, float* edge_out, __nv_bfloat16* out16,
+                 cudaStream_t st) {
+  const int vec = scan_vec(geo, buf, glast, out16);
   auto kern = vec == 4 ? state_scan_kernel<REVERSE, 4> : state_scan_kernel<REVERSE, 1>;
-  kern<<<scan_grid(geo, vec), kThreads, 0, st>>>(geo, buf, glast, edge_in, edge_out);
+  kern<<<scan_grid(geo, vec), kThreads, 0, st>>>(geo, buf, glast, edge_in, edge_out, out16);
   SEQMIX_CUDA_CHECK_LAUNCH(REVERSE ? "linear_recurrence state_scan_kernel (backward)" : "linear_recurrence state_scan_kernel");
 }
 
@@ -721,11 +740,21 @@ bool use_tc(const Inputs& in) {
 
 lr_tc::Elem tc_elem(const Inputs& in) { return in.v.dtype() == DType::BF16 ? lr_tc::Elem::BF16 : lr_tc::Elem::F16; }
 
-void forward_launch(const Inputs& in, const Tensor& states, const Tensor& glast, const Tensor& o, const Tensor& final_state) {
+// Returns the states S_n kept for the backward ([B, H, N, Dv, Dk]): f32 (FFMA), or bf16 (tensor cores: the
+// operand precision of their chunk kernels; the f32 buffer is then scratch for U_n).
+Tensor forward_launch(const Inputs& in, const Tensor& glast, const Tensor& o, const Tensor& final_state) {
   const Geo& geo = in.geo;
   cudaStream_t st = ::seqmix::cuda::current_stream();
   dim3 grid(unsigned(geo.N), unsigned(geo.H), unsigned(geo.B));
-  const bool tc = use_tc(in) && tc_aligned({&states, &o}, 32);
+  const Device dev = in.v.device();
+  const Shape sshape{geo.B, geo.H, int64_t(geo.N), geo.Dv, geo.Dk};
+  const Tensor states = Tensor::empty(sshape, DType::F32, dev);
+  bool tc = use_tc(in) && tc_aligned({&states, &o}, 32);
+  Tensor states16;
+  if (tc) {
+    states16 = Tensor::empty(sshape, DType::BF16, dev);
+    tc = tc_aligned({&states16}, 32);
+  }
   SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence", [&]<typename T>() {
     with_mode(in.mode, [&]<int MODE>() {
       if (tc) {
@@ -741,11 +770,11 @@ void forward_launch(const Inputs& in, const Tensor& states, const Tensor& glast,
       }
       {
         launch_scan<false>(geo, mptr<float>(states), MODE > 0 ? cptr<float>(glast) : nullptr, cptr<float>(in.s0),
-                           mptr<float>(final_state), st);
+                           mptr<float>(final_state), tc ? mptr<__nv_bfloat16>(states16) : nullptr, st);
       }
       if (tc) {
         lr_tc::chunk_fwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
-                         cptr<float>(in.u), cptr<float>(states), o.data_ptr(), st);
+                         cptr<float>(in.u), states16.data_ptr(), o.data_ptr(), st);
       } else {
         auto kern = chunk_fwd_kernel<T, MODE>;
         const size_t sb = smem_fwd(geo);
@@ -756,13 +785,17 @@ void forward_launch(const Inputs& in, const Tensor& states, const Tensor& glast,
       }
     });
   });
+  return tc ? states16 : states;
 }
 
 struct Grads {
   Tensor dq, dk, dv, dg, du, ds0;
 };
 
-Grads backward_launch(const Inputs& in, const Tensor& states, const Tensor& glast, const Tensor& final_state,
+// states: forward_launch's (f32 or bf16). Should this call take the other path than the forward did (the
+// environment changed in between, or a buffer's alignment), the states are converted: bf16 ones for FFMA
+// then carry the bf16 rounding.
+Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, const Tensor& final_state,
                       const Tensor& dout, const Tensor& dfinal) {
   const Geo& geo = in.geo;
   const Device dev = in.v.device();
@@ -782,8 +815,14 @@ Grads backward_launch(const Inputs& in, const Tensor& states, const Tensor& glas
     if (geo.bonus) pbuf = Tensor::empty({geo.B, geo.T, geo.H, geo.Dk}, DType::F32, dev);
   }
   if (geo.bonus) dubuf = Tensor::empty({geo.B, geo.H, geo.N, geo.Dk}, DType::F32, dev);
-  const bool tc = use_tc(in) && tc_aligned({&dout, &gr.dq, &gr.dk, &gr.dv, &rbuf, &pbuf}, 16) &&
-                  tc_aligned({&states, &dstates}, 32);
+  bool tc = use_tc(in) && tc_aligned({&dout, &gr.dq, &gr.dk, &gr.dv, &rbuf, &pbuf}, 16) && tc_aligned({&dstates}, 32);
+  Tensor dstates16;
+  if (tc) {
+    dstates16 = Tensor::empty(states.shape(), DType::BF16, dev);
+    if (states.dtype() != DType::BF16) states = states.to(DType::BF16);
+    tc = tc_aligned({&states, &dstates16}, 32);
+  }
+  if (!tc && states.dtype() != DType::F32) states = states.to(DType::F32);
   SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence backward", [&]<typename T>() {
     with_mode(in.mode, [&]<int MODE>() {
       if (tc) {
@@ -798,11 +837,11 @@ Grads backward_launch(const Inputs& in, const Tensor& states, const Tensor& glas
       }
       {
         launch_scan<true>(geo, mptr<float>(dstates), MODE > 0 ? cptr<float>(glast) : nullptr, cptr<float>(dfinal),
-                          mptr<float>(gr.ds0), st);
+                          mptr<float>(gr.ds0), tc ? mptr<__nv_bfloat16>(dstates16) : nullptr, st);
       }
       if (tc) {
         lr_tc::chunk_bwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(), dout.data_ptr(),
-                         cptr<float>(in.g), cptr<float>(in.u), cptr<float>(states), cptr<float>(dstates), gr.dq.data_ptr(),
+                         cptr<float>(in.g), cptr<float>(in.u), states.data_ptr(), dstates16.data_ptr(), gr.dq.data_ptr(),
                          gr.dk.data_ptr(), gr.dv.data_ptr(),
                          lr_tc::TcBwdOut{mptr<float>(rbuf), mptr<float>(pbuf), mptr<float>(ctot), mptr<float>(dubuf)}, st);
       } else {
@@ -962,9 +1001,8 @@ RecurrenceResult linear_recurrence_cuda(const Tensor& q_in, const Tensor& k_in, 
       if (in.s0.defined()) res.final_state.copy_(in.s0);
       else res.final_state.zero_();
     } else {
-      states = Tensor::empty({B, H, int64_t(geo.N), Dv, Dk}, DType::F32, dev);
       if (mode > 0) glast = Tensor::empty({B, H, int64_t(geo.N), int64_t(geo.gw)}, DType::F32, dev);
-      forward_launch(in, states, glast, res.o, res.final_state);
+      states = forward_launch(in, glast, res.o, res.final_state);
     }
   }
   const Tensor final_out = opt.want_final_state ? res.final_state : Tensor();

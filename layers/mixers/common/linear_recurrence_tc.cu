@@ -6,7 +6,10 @@
 // dq = dA K + dO S, dk = dA^T Q + V dH, dv = A^T dO + K~ dH^T. Operands live in shared memory as bf16 with
 // row strides padded by 8 elements (16 bytes: the 8 rows of an ldmatrix phase fall on distinct banks);
 // f16 inputs are converted to bf16 too (the factored per-channel operands q e^Gq, k e^-G reach e^60, far
-// beyond f16's range). The f32 states S_n / dH_{n+1} are converted to bf16 when a chunk loads them.
+// beyond f16's range). The states S_n / dH_{n+1} come as bf16 (the state scan rounds them: half the bytes of
+// f32); a chunk issues their global loads into registers at its start (S_n) or before dq (dH_{n+1}), so they
+// overlap the preceding phases, and stores them to shared memory where the old contents are dead. The q, k,
+// v, dO loads are batched (4 per thread in flight) for the same reason.
 // A warp owns whole 16 x 16 output tiles (tile = warp, warp + nwarps, ...); its accumulators go through a
 // per-warp 16 x 20 f32 scratch where the lanes apply masks, decays, scale and the elementwise terms (8
 // consecutive columns per lane: 16-byte stores) before writing bf16 operands or the outputs.
@@ -162,35 +165,68 @@ __device__ __forceinline__ void store_scratch_rows(T* dst, int64_t ld, const flo
   });
 }
 
-// C rows of D elements (rows >= L zero) from global rows of the input type into bf16 rows of stride ld.
+// C rows of D elements (rows >= L zero) from global rows of the input type into bf16 rows of stride ld,
+// kRowBatch 16-byte pieces per thread loaded before any is stored (independent loads in flight; a store to
+// shared memory in between would keep the compiler from hoisting the next load).
+constexpr int kRowBatch = 4;
 template <typename T>
-__device__ __forceinline__ void load_rows(bf16* dst, int ld, const T* src, int64_t row_stride, int L, int C, int D) {
-  const int nv = D >> 3;
-  for (int idx = threadIdx.x; idx < C * nv; idx += blockDim.x) {
-    const int r = idx / nv, c = (idx - r * nv) << 3;
-    float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    if (r < L) {
+__device__ __forceinline__ void load_rows(bf16* dst, int ld, const T* __restrict__ src, int64_t row_stride, int L, int C, int D) {
+  static_assert(sizeof(T) == 2, "16-bit inputs");
+  const int nv = D >> 3, total = C * nv, nt = int(blockDim.x);
+  for (int base = int(threadIdx.x); base < total; base += kRowBatch * nt) {
+    uint4 raw[kRowBatch];
+#pragma unroll
+    for (int i = 0; i < kRowBatch; ++i) {
+      const int idx = base + i * nt, r = idx / nv, c = (idx - r * nv) << 3;
+      raw[i] = make_uint4(0u, 0u, 0u, 0u);  // +0 in bf16 and f16
+      if (idx < total && r < L) raw[i] = *reinterpret_cast<const uint4*>(src + int64_t(r) * row_stride + c);
+    }
+#pragma unroll
+    for (int i = 0; i < kRowBatch; ++i) {
+      const int idx = base + i * nt, r = idx / nv, c = (idx - r * nv) << 3;
+      if (idx >= total) break;
       if constexpr (std::is_same_v<T, bf16>) {  // a plain copy
-        *reinterpret_cast<uint4*>(dst + r * ld + c) = *reinterpret_cast<const uint4*>(src + int64_t(r) * row_stride + c);
-        continue;
+        *reinterpret_cast<uint4*>(dst + r * ld + c) = raw[i];
       } else {
-        load8(x, src + int64_t(r) * row_stride + c);
+        float x[8];
+        load8(x, reinterpret_cast<const T*>(&raw[i]));
+        store8(dst + r * ld + c, x);
       }
     }
-    store8(dst + r * ld + c, x);
   }
 }
 
-// A [Dv][Dk] f32 state from global memory into bf16 rows of stride ld.
-__device__ __forceinline__ void load_state(bf16* dst, int ld, const float* src, int Dv, int Dk) {
-  const int nv = Dk >> 3;
-  for (int idx = threadIdx.x; idx < Dv * nv; idx += blockDim.x) {
-    const int r = idx / nv, c = (idx - r * nv) << 3;
-    float x[8];
-    load8f(x, src + int64_t(r) * Dk + c);
-    store8(dst + r * ld + c, x);
+// A chunk's [Dv][Dk] bf16 state (global; the state scan rounded it) into bf16 shared rows of stride ld, in
+// two steps so that its global loads overlap earlier work: fetch() loads this thread's first NPF 16-byte
+// pieces into registers, put() stores them and copies any further pieces directly (only when NPF * blockDim
+// does not cover the state: the one-thread CPU emulation). A thread's pieces are idx = tid + i * blockDim.
+template <int NPF>
+struct StateFetch {
+  uint4 r[NPF];
+  __device__ __forceinline__ void fetch(const bf16* __restrict__ src, int Dv, int Dk) {
+    const int nv = Dk >> 3, total = Dv * nv;
+#pragma unroll
+    for (int i = 0; i < NPF; ++i) {
+      const int idx = int(threadIdx.x) + i * int(blockDim.x), row = idx / nv, c = (idx - row * nv) << 3;
+      if (idx < total) r[i] = *reinterpret_cast<const uint4*>(src + int64_t(row) * Dk + c);
+    }
   }
-}
+  __device__ __forceinline__ void put(bf16* dst, int ld, const bf16* __restrict__ src, int Dv, int Dk) const {
+    const int nv = Dk >> 3, total = Dv * nv;
+#pragma unroll
+    for (int i = 0; i < NPF; ++i) {
+      const int idx = int(threadIdx.x) + i * int(blockDim.x), row = idx / nv, c = (idx - row * nv) << 3;
+      if (idx < total) *reinterpret_cast<uint4*>(dst + row * ld + c) = r[i];
+    }
+    for (int idx = int(threadIdx.x) + NPF * int(blockDim.x); idx < total; idx += int(blockDim.x)) {
+      const int row = idx / nv, c = (idx - row * nv) << 3;
+      *reinterpret_cast<uint4*>(dst + row * ld + c) = *reinterpret_cast<const uint4*>(src + int64_t(row) * Dk + c);
+    }
+  }
+};
+// Pieces per thread: a 128 x 128 state is 2048 pieces.
+constexpr int kFwdStatePf = 2048 / kFwdThreads;
+constexpr int kBwdStatePf = 2048 / kBwdThreads;
 
 // Inclusive cumulative log-decays over the chunk's rows (as linear_recurrence.cu's load_cumsum), 16 rows'
 // loads issued together (C is a multiple of 16 here): a column's 64 loads are not 64 serial latencies.
@@ -383,7 +419,7 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_tc(TcGeo geo, const
 template <typename T, int MODE>
 __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* __restrict__ qg, const T* __restrict__ kg,
                                                             const T* __restrict__ vg, const float* __restrict__ g,
-                                                            const float* __restrict__ u, const float* __restrict__ states,
+                                                            const float* __restrict__ u, const bf16* __restrict__ states,
                                                             T* __restrict__ og) {
   TC_SMEM(smem);
   const Ld ld(geo);
@@ -401,6 +437,9 @@ __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* 
   const int h = cp.h, L = cp.L;
   const int C = geo.C, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv, ldc = ld.ldc;
   const int64_t rowk = cp.rowk, rowv = cp.rowv, offk = cp.offk, offv = cp.offv;
+  const bf16* Sg = states + cp.bhn * int64_t(Dv) * Dk;
+  StateFetch<kFwdStatePf> sf;
+  sf.fetch(Sg, Dv, Dk);  // in flight until S is stored below
   load_rows(q, ldk, qg + offk, rowk, L, C, Dk);
   load_rows(k, ldk, kg + offk, rowk, L, C, Dk);
   load_rows(v, ldv, vg + offv, rowv, L, C, Dv);
@@ -422,8 +461,7 @@ __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* 
     q[t * ldk + c] = __float2bfloat16_rn(bf(q[t * ldk + c]) * geo.scale * (MODE > 0 && !factored ? __expf(dec.gq(t, c)) : 1.f));
   }
   __syncthreads();  // k and G are dead from here: S overwrites them
-  const int64_t bhn = cp.bhn;
-  load_state(S, ldk, states + bhn * int64_t(Dv) * Dk, Dv, Dk);
+  sf.put(S, ldk, Sg, Dv, Dk);
   __syncthreads();
   T* o = og + offv;
   const int nrt = (L + 15) >> 4, nj = Dv >> 4;
@@ -446,7 +484,7 @@ template <typename T, int MODE>
 __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* __restrict__ qg, const T* __restrict__ kg,
                                                             const T* __restrict__ vg, const T* __restrict__ dog,
                                                             const float* __restrict__ g, const float* __restrict__ u,
-                                                            const float* __restrict__ states, const float* __restrict__ dstates,
+                                                            const bf16* __restrict__ states, const bf16* __restrict__ dstates,
                                                             T* __restrict__ dqg, T* __restrict__ dkg, T* __restrict__ dvg,
                                                             TcBwdOut bo) {
   TC_SMEM(smem);
@@ -470,6 +508,10 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
   const int C = geo.C, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv, ldc = ld.ldc;
   const float scale = geo.scale;
   const int64_t rowk = cp.rowk, rowv = cp.rowv, offk = cp.offk, offv = cp.offv;
+  const bf16* Sg = states + cp.bhn * int64_t(Dv) * Dk;    // S_n
+  const bf16* dHg = dstates + cp.bhn * int64_t(Dv) * Dk;  // dH_{n+1}
+  StateFetch<kBwdStatePf> sf;
+  sf.fetch(Sg, Dv, Dk);  // in flight until S_n is stored after A
   load_rows(q, ldk, qg + offk, rowk, L, C, Dk);
   load_rows(k, ldk, kg + offk, rowk, L, C, Dk);
   load_rows(v, ldv, vg + offv, rowv, L, C, Dv);
@@ -520,8 +562,9 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
     __syncthreads();
   }
   build_A<MODE>(A, ldc, q, k, ldk, dec, diagA, L, C, Dk, scale, factored, sc, w);  // read by dv only
-  load_state(SH, ldk, states + bhn * int64_t(Dv) * Dk, Dv, Dk);                    // S_n
+  sf.put(SH, ldk, Sg, Dv, Dk);                                                      // S_n
   __syncthreads();
+  sf.fetch(dHg, Dv, Dk);  // dH_{n+1}, in flight during dq
 
   const T* qraw = qg + offk;
   const T* kraw = kg + offk;
@@ -577,7 +620,7 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
     });
   }
   __syncthreads();  // rbuf rows are written (read-modify-write below); SH is free
-  load_state(SH, ldk, dstates + bhn * int64_t(Dv) * Dk, Dv, Dk);  // dH_{n+1}
+  sf.put(SH, ldk, dHg, Dv, Dk);  // dH_{n+1}
   __syncthreads();
 
   // dk = [dA^T Q] + e^(G_last - G) (V dH) + dA_ss w q_s
@@ -712,7 +755,7 @@ void chunk_state(Elem e, int mode, bool bwd, const TcGeo& g, const void* x, cons
 }
 
 void chunk_fwd(Elem e, int mode, const TcGeo& g, const void* q, const void* k, const void* v, const float* gdec,
-               const float* u, const float* states, void* o, cudaStream_t st) {
+               const float* u, const void* states, void* o, cudaStream_t st) {
   const dim3 grid(unsigned(g.N), unsigned(g.H), unsigned(g.B));
   const size_t sb = smem_fwd(g);
   with_type(e, [&]<typename T>() {
@@ -720,14 +763,14 @@ void chunk_fwd(Elem e, int mode, const TcGeo& g, const void* q, const void* k, c
       auto kern = chunk_fwd_tc<T, MODE>;
       set_smem(kern, sb);
       kern<<<grid, kFwdThreads, sb, st>>>(g, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), gdec,
-                                          u, states, static_cast<T*>(o));
+                                          u, static_cast<const bf16*>(states), static_cast<T*>(o));
       SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_fwd_tc");
     });
   });
 }
 
 void chunk_bwd(Elem e, int mode, const TcGeo& g, const void* q, const void* k, const void* v, const void* dout,
-               const float* gdec, const float* u, const float* states, const float* dstates, void* dq, void* dk, void* dv,
+               const float* gdec, const float* u, const void* states, const void* dstates, void* dq, void* dk, void* dv,
                TcBwdOut bo, cudaStream_t st) {
   const dim3 grid(unsigned(g.N), unsigned(g.H), unsigned(g.B));
   const size_t sb = smem_bwd(g);
@@ -736,7 +779,8 @@ void chunk_bwd(Elem e, int mode, const TcGeo& g, const void* q, const void* k, c
       auto kern = chunk_bwd_tc<T, MODE>;
       set_smem(kern, sb);
       kern<<<grid, kBwdThreads, sb, st>>>(g, static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v),
-                                          static_cast<const T*>(dout), gdec, u, states, dstates, static_cast<T*>(dq),
+                                          static_cast<const T*>(dout), gdec, u, static_cast<const bf16*>(states),
+                                          static_cast<const bf16*>(dstates), static_cast<T*>(dq),
                                           static_cast<T*>(dk), static_cast<T*>(dv), bo);
       SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_bwd_tc");
     });

@@ -38,13 +38,14 @@ size_t smem_fwd(const TcGeo& g);
 size_t smem_bwd(const TcGeo& g);
 
 // Pointers as in linear_recurrence.cu's kernels; x, y, q, k, v, dout, o, dq, dk, dv are of the element type
-// (16-byte aligned), out / states / dstates are f32 (32-byte aligned).
+// (16-byte aligned), out is f32 and states / dstates (S_n, dH_{n+1}: [B, H, N, Dv, Dk]) are bf16, the state
+// scan's rounding of the f32 states (32-byte aligned).
 void chunk_state(Elem e, int mode, bool bwd, const TcGeo& g, const void* x, const void* y, const float* gdec, float* out,
                  float* glast, cudaStream_t st);
 void chunk_fwd(Elem e, int mode, const TcGeo& g, const void* q, const void* k, const void* v, const float* gdec,
-               const float* u, const float* states, void* o, cudaStream_t st);
+               const float* u, const void* states, void* o, cudaStream_t st);
 void chunk_bwd(Elem e, int mode, const TcGeo& g, const void* q, const void* k, const void* v, const void* dout,
-               const float* gdec, const float* u, const float* states, const float* dstates, void* dq, void* dk, void* dv,
+               const float* gdec, const float* u, const void* states, const void* dstates, void* dq, void* dk, void* dv,
                TcBwdOut bo, cudaStream_t st);
 
 }  // namespace seqmix::mixers::lr_tc
