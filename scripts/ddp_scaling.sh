@@ -3,7 +3,8 @@
 # the same call), the per-phase step profile (SEQMIX_STEP_PROFILE), NCCL channel counts, and ZeRO-1 vs
 # plain data parallel with and without gradient clipping. Builds only the seqmix binary.
 #   scripts/ddp_scaling.sh            (needs .deps and data_cache/brown-word carried)
-# Environment: STEPS (60), CHANNELS ("4 8 16"), MARGINS ("8 16 32"; empty skips), SKIP_ZERO=1 (no ZeRO-1 part),
+# Environment: STEPS (60), CHANNELS ("4 8 16"), MARGINS ("8 16 32"; empty skips), SOLO ("0 1"; empty skips), NOBASE=1
+# (no plain 2-GPU run), NOPROF=1 (no profiled runs), NOTORCH=1 (no PyTorch DDP), SKIP_ZERO=1 (no ZeRO-1 part),
 # EXTRA="..." (more bash run lines, e.g. 'run x $B train ...', evaluated before the ZeRO-1 part).
 set -uo pipefail
 OUT=${OUT:-/tmp/seqmix_out}
@@ -26,21 +27,21 @@ G=(--set data.source=brown --set data.tokenizer=word --set data.vocab_size=0 --s
 tps() { grep -oE '[0-9.]+[KM]? tok/s' "$1" | tail -1; }
 run() { local name=$1; shift; "$@" --set run.name=$name > "$OUT/$name.log" 2>&1; echo "$name: $(tps "$OUT/$name.log") $(grep -o 'step profile.*' "$OUT/$name.log" | tail -1)"; }
 run tp1 $B train configs/gpt2-124m.yaml "${G[@]}" --device cuda
-run tp2 $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2
+[ -z "${NOBASE:-}" ] && run tp2 $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2
 for ch in ${CHANNELS-4 8 16}; do NCCL_MAX_NCHANNELS=$ch run tp2_ch$ch $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2; done
 # GEMMs leaving SMs to NCCL while buckets are reduced (train.comm_sm_margin), NCCL held to as many channels
 for m in ${MARGINS-8 16 32}; do
   NCCL_MAX_NCHANNELS=$m SEQMIX_STEP_PROFILE=1 run tp2_m$m $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2 --set train.comm_sm_margin=$m
 done
 # gradients reduced in bf16 (train.reduce_dtype: half the bytes), alone and with the best-guess margin
-SEQMIX_STEP_PROFILE=1 run tp2_bf16 $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2 --set train.reduce_dtype=bf16
-NCCL_MAX_NCHANNELS=16 SEQMIX_STEP_PROFILE=1 run tp2_bf16_m16 $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2 --set train.reduce_dtype=bf16 --set train.comm_sm_margin=16
+[ -z "${NOPROF:-}" ] && SEQMIX_STEP_PROFILE=1 run tp2_bf16 $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2 --set train.reduce_dtype=bf16
+[ -z "${NOPROF:-}" ] && NCCL_MAX_NCHANNELS=16 SEQMIX_STEP_PROFILE=1 run tp2_bf16_m16 $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2 --set train.reduce_dtype=bf16 --set train.comm_sm_margin=16
 # each GPU alone (the two GPUs of one machine need not be equally fast; data parallel waits for the slower)
-for i in 0 1; do CUDA_VISIBLE_DEVICES=$i SEQMIX_STEP_PROFILE=1 run solo$i $B train configs/gpt2-124m.yaml "${G[@]}" --device cuda; done
-SEQMIX_STEP_PROFILE=1 run tp1_prof $B train configs/gpt2-124m.yaml "${G[@]}" --device cuda
-SEQMIX_STEP_PROFILE=1 run tp2_prof $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2
-timeout 200 python3 bench/torch_gpt2.py --no-compile --steps 30 --vocab 14114 2>&1 | tail -1
-timeout 200 torchrun --standalone --nproc_per_node 2 bench/torch_gpt2.py --no-compile --steps 30 --vocab 14114 2>&1 | grep -v Warning | tail -1
+for i in ${SOLO-0 1}; do CUDA_VISIBLE_DEVICES=$i SEQMIX_STEP_PROFILE=1 run solo$i $B train configs/gpt2-124m.yaml "${G[@]}" --device cuda; done
+[ -z "${NOPROF:-}" ] && SEQMIX_STEP_PROFILE=1 run tp1_prof $B train configs/gpt2-124m.yaml "${G[@]}" --device cuda
+[ -z "${NOPROF:-}" ] && SEQMIX_STEP_PROFILE=1 run tp2_prof $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2
+[ -z "${NOTORCH:-}" ] && timeout 200 python3 bench/torch_gpt2.py --no-compile --steps 30 --vocab 14114 2>&1 | tail -1
+[ -z "${NOTORCH:-}" ] && timeout 200 torchrun --standalone --nproc_per_node 2 bench/torch_gpt2.py --no-compile --steps 30 --vocab 14114 2>&1 | grep -v Warning | tail -1
 
 [ -n "${EXTRA:-}" ] && eval "$EXTRA"
 [ -n "${SKIP_ZERO:-}" ] && exit 0
