@@ -86,17 +86,20 @@ if has lrtc; then
     echo "== attention at the same shapes (per-token time at T = 4096 and 65536)"
     timeout 200 ./build-gpu/seqmix_bench attention --T 4096,65536 --tokens 65536 --H 16 --D 128 2>&1 | tail -8
   } > "$OUT/lrtc.log" 2>&1
-  note "lrtc: $(grep -E 'PASSED|FAILED' "$OUT/lrtc.log" | head -2 | tr '\n' ' ')"
+  note "lrtc: $(grep -E 'PASSED|FAILED|hazards' "$OUT/lrtc.log" | head -3 | tr '\n' ' ')"
 fi
 
 # Fused delta-rule kernel: its GPU tests, the benchmark (kernel vs op composition, length scaling), the peer.
 if has delta; then
   {
     echo "== gpu tests"; ./build-gpu/tests/test_gpu --gtest_filter='*Delta*' 2>&1 | tail -25
+    echo "== racecheck"
+    timeout 120 compute-sanitizer --tool racecheck ./build-gpu/tests/test_gpu \
+      --gtest_filter='Bf16/DeltaRuleGpuVsCpu.*/2:Bf16/DeltaRuleGpuVsCpu.*/7:F32/DeltaRuleGpuVsCpu.*/1' 2>&1 | tail -6
     echo "== bench"; timeout 300 ./build-gpu/seqmix_bench delta 2>&1
-    echo "== torch peer"; timeout 150 python3 bench/torch_delta.py 2>&1 | grep -v '^{'
+    [ -z "${NO_PEER:-}" ] && { echo "== torch peer"; timeout 150 python3 bench/torch_delta.py 2>&1 | grep -v '^{'; }
   } > "$OUT/delta.log" 2>&1
-  note "delta: $(grep -E 'PASSED|FAILED' "$OUT/delta.log" | head -2 | tr '\n' ' ')"
+  note "delta: $(grep -E 'PASSED|FAILED|hazards' "$OUT/delta.log" | head -3 | tr '\n' ' ')"
 fi
 
 # Per-kernel times (Nsight Compute) of one recurrence / delta-rule forward+backward at B=4 T=4096 H=16 D=128.
