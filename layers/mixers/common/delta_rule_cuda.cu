@@ -7,7 +7,8 @@
 // q = k = v = b = g = 0: such tokens leave the state alone); S_n is the state entering chunk n; inside a chunk
 // (local t, s) G_t = sum_{s<=t} g_s (inclusive, f32), Gamma_ts = e^{G_t - G_s} (s <= t: exponent <= 0),
 // G_C = G_{C-1}:
-//     A   = strict_lower(diag(b) K K^T (.) Gamma),   T = (I + A)^{-1}   (forward substitution, f32)
+//     A   = strict_lower(diag(b) K K^T (.) Gamma),   T = (I + A)^{-1}   (f32, blocked: the 16 x 16 diagonal
+//           blocks by forward substitution, a thread per column; then the off-diagonal blocks by block distance)
 //     X   = diag(b e^G) K,   Y = diag(b) V,   W = T X,   U = T Y
 //     U'  = U - W S_n                                       (the "new values" b_t (v_t - a_t.. S^T k_t))
 //     P   = (Q K^T) (.) Gamma (.) lower-inclusive,   Qg = diag(e^G) Q,   Kd = diag(e^{G_C - G}) K
@@ -40,7 +41,9 @@
 // per chunk (S_n saved; dS_{n+1} in the backward).
 // Products: every C x C, C x D and D x D product in shared memory; WMMA m16n16k16 bf16 -> f32 (a warp per
 // 16 x 16 output tile, its epilogue through a per-warp f32 scratch tile), or plain f32 products for f32
-// operands. 256 threads per CTA. Dynamic shared memory (bytes, C = 64; delta_cuda::Lay*):
+// operands. Row-wise work (the L2 normalization and its backward) takes a warp per row with shuffle sums; the
+// epilogues that add to a global f32 buffer (dk^) load a lane's 8 values together before storing.
+// 256 threads per CTA. Dynamic shared memory (bytes, C = 64; delta_cuda::Lay*):
 //                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
 //     fwd_prep          (N, H, B)            55,296          71,680            82,944
 //     fwd_state         (Dv/32, H, B)        61,440          99,328           104,448

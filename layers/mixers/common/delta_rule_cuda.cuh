@@ -191,6 +191,29 @@ __device__ __forceinline__ void dr_atomic_add(float* p, float v) {
 #endif
 }
 
+// The sum of v over the lanes of the calling warp, returned to every lane (all lanes of the warp call it, in
+// converged code). GPU: butterfly shuffles. Emulation: through a per-warp exchange row between __syncwarp()s
+// (one thread per block: v itself).
+#ifdef DELTA_EMULATE
+inline float emu_xch[kThreads / 32][32];
+#endif
+__device__ __forceinline__ float warp_sum(float v, const tc::Lanes& w) {
+#ifdef DELTA_EMULATE
+  if (w.nlanes == 1) return v;
+  __syncwarp();
+  emu_xch[w.warp][w.lane] = v;
+  __syncwarp();
+  float s = 0.f;
+  for (int i = 0; i < w.nlanes; ++i) s += emu_xch[w.warp][i];
+  __syncwarp();
+  return s;
+#else
+  (void)w;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+#endif
+}
+
 // ---- block-level products on shared-memory operands ----
 // A term of a product: sum_k A(i, k) B(k, j) with A(i, k) = TA ? a[k * lda + i] : a[i * lda + k] and
 // B(k, j) = TB ? b[j * ldb + k] : b[k * ldb + j] (so TB reads B^T of a row-major matrix).
@@ -287,6 +310,43 @@ __device__ __forceinline__ void mm_rows(int M, int N, float* scr, Epi&& epi, Row
       [&](int i, int j, float v) { rowfn(i, epi(i, j, v)); }, terms...);
 }
 
+// As mm_rows, with the epilogue on pieces of a row: piece(i, j, v, n) gets v[0 .. n) = out(i, j .. j + n)
+// (bf16: n = 8, a lane per piece, so that the piece's global loads issue together before its stores; float:
+// n = 1), may rewrite v, and returns the row contribution of the piece; rowfn(i, sum) as in mm_rows.
+template <class OP, class Piece, class RowFn, class... Terms>
+__device__ __forceinline__ void mm_pieces(int M, int N, float* scr, Piece&& piece, RowFn&& rowfn, const Terms&... terms) {
+  mm_walk<OP>(
+      M, N, scr,
+      [&](const tc::Lanes& w, int i0, int j0, float* s) {
+        tc::for_pieces(w, [&](int r, int c0) {
+          float v[8];
+#pragma unroll
+          for (int c = 0; c < 8; ++c) v[c] = s[r * kScrLd + c0 + c];
+          s[r * kScrLd + c0] = piece(i0 + r, j0 + c0, v, 8);  // only this lane reads s[r][c0 .. c0 + 7]
+        });
+        __syncwarp();
+        for (int r = w.lane; r < 16; r += w.nlanes) rowfn(i0 + r, s[r * kScrLd] + s[r * kScrLd + 8]);
+      },
+      [&](int i, int j, float v) { rowfn(i, piece(i, j, &v, 1)); }, terms...);
+}
+
+// piece for mm_pieces: dst[0 .. n) += v (f32 global, loaded together first); returns sum_c v[c] * k[c].
+template <class OP>
+__device__ __forceinline__ float add_rows_dot(float* dst, const float* v, int n, const OP* k) {
+  float old[8];
+#pragma unroll
+  for (int c = 0; c < 8; ++c)
+    if (c < n) old[c] = dst[c];
+  float r = 0.f;
+#pragma unroll
+  for (int c = 0; c < 8; ++c)
+    if (c < n) {
+      dst[c] = old[c] + v[c];
+      r += v[c] * tof(k[c]);
+    }
+  return r;
+}
+
 // ---- per-chunk loads ----
 struct Chunk {
   int b, h, n, t0, L;  // batch, head, chunk, first token, valid tokens (<= C)
@@ -309,26 +369,25 @@ __device__ __forceinline__ int64_t state_off(const Geo& g, int b, int h, int n) 
 }
 
 // x / sqrt(|x|^2 + eps) per row into dst (OP, stride ld); rows >= L are zeros; r[row] = 1 / sqrt(|x|^2 + eps).
+// A warp per row (coalesced loads, the sum of squares through warp_sum). No __syncthreads inside.
 template <class IN, class OP>
 __device__ __forceinline__ void load_normalized(OP* dst, int ld, float* r, const IN* x, const Geo& g, const Chunk& c, int D) {
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  for (int t = tid; t < g.C; t += nthr) {
-    float ss = 0.f;
-    if (t < c.L) {
+  const tc::Lanes w = tc::lanes();
+  for (int t = w.warp; t < g.C; t += w.nwarps) {
+    if (t < c.L) {  // uniform over the warp
       const IN* row = x + tok(g, c.b, c.t0 + t, c.h) * D;
-      for (int j = 0; j < D; ++j) {
+      float ss = 0.f;
+      for (int j = w.lane; j < D; j += w.nlanes) {
         const float v = tof(row[j]);
         ss += v * v;
       }
-      r[t] = dr_rsqrt(ss + g.eps);
+      const float rn = dr_rsqrt(warp_sum(ss, w) + g.eps);
+      for (int j = w.lane; j < D; j += w.nlanes) dst[t * ld + j] = fromf<OP>(tof(row[j]) * rn);
+      if (w.lane == 0) r[t] = rn;
     } else {
-      r[t] = 0.f;
+      for (int j = w.lane; j < D; j += w.nlanes) dst[t * ld + j] = fromf<OP>(0.f);
+      if (w.lane == 0) r[t] = 0.f;
     }
-  }
-  __syncthreads();
-  for (int e = tid; e < g.C * D; e += nthr) {
-    const int t = e / D, j = e % D;
-    dst[t * ld + j] = fromf<OP>(t < c.L ? tof(x[tok(g, c.b, c.t0 + t, c.h) * D + j]) * r[t] : 0.f);
   }
 }
 
@@ -343,15 +402,23 @@ __device__ __forceinline__ void load_rows(OP* dst, int ld, const IN* x, const Ge
   }
 }
 
-// G (inclusive cumulative log decay inside the chunk; zeros without g) and beta (0 on padded rows).
+// G (inclusive cumulative log decay inside the chunk; zeros without g) and beta (0 on padded rows): the loads
+// spread over the block, one __syncthreads, then thread 0's running sum in shared memory (the same order of
+// f32 sums in every kernel). The caller syncs before reading G.
 __device__ __forceinline__ void load_gb(float* G, float* bb, const float* gptr, const float* beta, const Geo& g,
                                         const Chunk& c) {
-  if (threadIdx.x == 0) {
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  for (int t = tid; t < g.C; t += nthr) {
+    const bool in = t < c.L;
+    G[t] = in && gptr ? gptr[tok(g, c.b, c.t0 + t, c.h)] : 0.f;
+    if (bb) bb[t] = in ? beta[tok(g, c.b, c.t0 + t, c.h)] : 0.f;
+  }
+  __syncthreads();
+  if (tid == 0) {
     float acc = 0.f;
     for (int t = 0; t < g.C; ++t) {
-      if (t < c.L && gptr) acc += gptr[tok(g, c.b, c.t0 + t, c.h)];
+      acc += G[t];
       G[t] = acc;
-      if (bb) bb[t] = t < c.L ? beta[tok(g, c.b, c.t0 + t, c.h)] : 0.f;
     }
   }
 }
@@ -393,11 +460,98 @@ __device__ __forceinline__ void state_cols_out(float* dst, OP* op, int ldop, con
   }
 }
 
-// A (f32, strictly lower, stride lda) -> (I + A)^{-1} in place (unit diagonal and zero upper part implied), by
-// forward substitution row by row: T_ij = -(A_ij + sum_{j<m<i} A_im T_mj). Every read of row i is of columns
+// A (f32, strictly lower, stride lda) -> (I + A)^{-1} in place (unit diagonal and zero upper part implied).
+// C = 64 (kInvC): blocked over 16 x 16 blocks, 8 barriers in all. (1) each diagonal block inverted by forward
+// substitution, a thread per column (independent triangular solves, the column in registers), written in place
+// after a barrier; (2) by block distance d = 1, 2, 3: M = sum_{j <= m < i} A_im T_mj, then T_ij = -T_ii M, every
+// element of the distance's blocks in parallel (f32 FFMA), the off-diagonal T blocks in `part` (which needs
+// kInvPart floats) until (3) they are copied over A's (A's own blocks are read until the last distance).
+// Other C: the row-by-row substitution below.
+constexpr int kInvC = 64, kInvB = kInvC / 16, kInvLd = 17;
+constexpr int kInvOff = kInvB * (kInvB - 1) / 2;            // off-diagonal blocks
+constexpr int kInvPart = (kInvOff + kInvB - 1) * 16 * kInvLd;  // those, and M for the blocks of one distance
+static_assert(kInvPart <= (kThreads / 32) * kScrTile, "the blocked inverse's buffers must fit in the scratch tiles");
+
+__device__ __forceinline__ void unit_lower_inverse_blocked(float* A, int lda, float* part) {
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  constexpr int nb = kInvB, bs = 16 * kInvLd;
+  float* Toff = part;                  // block (bi, bj), bi > bj, at slot bi (bi - 1) / 2 + bj
+  float* M = part + kInvOff * bs;      // block (bi, bi - d) of the current distance at slot bi - d
+  // (1) diagonal blocks: column jl of block b solves (I + A_bb) x = e_jl; x_i = -sum_{m<i} A_im x_m for i > jl
+  auto solve_col = [&](int col, float (&x)[16]) {
+    const int r0 = (col / 16) * 16, jl = col % 16;
+    const float* Ab = A + r0 * lda + r0;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      float s = 0.f;
+#pragma unroll
+      for (int m = 0; m < i; ++m) s += Ab[i * lda + m] * x[m];
+      x[i] = i < jl ? 0.f : (i == jl ? 1.f : -s);
+    }
+  };
+  auto write_col = [&](int col, const float (&x)[16]) {
+    const int r0 = (col / 16) * 16, jl = col % 16;
+#pragma unroll
+    for (int i = 0; i < 16; ++i)
+      if (i > jl) A[(r0 + i) * lda + col] = x[i];
+  };
+  // all solves of a round before its writes (a column reads the columns to its right in its block; the ones
+  // to its left, written by earlier rounds, only times x_m = 0): one round with >= 64 threads
+  for (int c0 = 0; c0 < kInvC; c0 += nthr) {
+    const int col = c0 + tid;
+    float x[16];
+    if (col < kInvC) solve_col(col, x);
+    __syncthreads();
+    if (col < kInvC) write_col(col, x);
+  }
+  __syncthreads();
+  // T block (bm, bj), bm >= bj, element (r, c)
+  auto tb = [&](int bm, int bj, int r, int c) -> float {
+    if (bm > bj) return Toff[(bm * (bm - 1) / 2 + bj) * bs + r * kInvLd + c];
+    return r > c ? A[(bm * 16 + r) * lda + bj * 16 + c] : (r == c ? 1.f : 0.f);
+  };
+  // (2) off-diagonal blocks by distance
+  for (int d = 1; d < nb; ++d) {
+    const int nblk = nb - d;
+    for (int e = tid; e < nblk * 256; e += nthr) {
+      const int bj = e / 256, r = (e / 16) % 16, c = e % 16, bi = bj + d;
+      const float* Arow = A + (bi * 16 + r) * lda;
+      float s = 0.f;
+      for (int bm = bj; bm < bi; ++bm)
+#pragma unroll 4
+        for (int k = 0; k < 16; ++k) s += Arow[bm * 16 + k] * tb(bm, bj, k, c);
+      M[bj * bs + r * kInvLd + c] = s;
+    }
+    __syncthreads();
+    for (int e = tid; e < nblk * 256; e += nthr) {
+      const int bj = e / 256, r = (e / 16) % 16, c = e % 16, bi = bj + d;
+      const float* Arow = A + (bi * 16 + r) * lda + bi * 16;  // T_ii row r: A (k < r), 1 (k = r)
+      const float* Mb = M + bj * bs;
+      float s = Mb[r * kInvLd + c];
+      for (int k = 0; k < r; ++k) s += Arow[k] * Mb[k * kInvLd + c];
+      Toff[(bi * (bi - 1) / 2 + bj) * bs + r * kInvLd + c] = -s;
+    }
+    __syncthreads();
+  }
+  // (3) the off-diagonal T blocks over A's
+  for (int e = tid; e < kInvOff * 256; e += nthr) {
+    const int blk = e / 256, r = (e / 16) % 16, c = e % 16;
+    int bi = 1;
+    while ((bi + 1) * bi / 2 <= blk) ++bi;
+    const int bj = blk - bi * (bi - 1) / 2;
+    A[(bi * 16 + r) * lda + bj * 16 + c] = Toff[blk * bs + r * kInvLd + c];
+  }
+  __syncthreads();
+}
+
+// Other C: forward substitution row by row: T_ij = -(A_ij + sum_{j<m<i} A_im T_mj). Every read of row i is of columns
 // > j, so a pass writes only after all of its reads (two barriers per row). With at least 4 C threads, four
 // threads share a column's sum (partial sums through `part`, 4 C floats); otherwise one thread per column.
 __device__ __forceinline__ void unit_lower_inverse(float* A, int lda, int C, float* part) {
+  if (C == kInvC) {
+    unit_lower_inverse_blocked(A, lda, part);
+    return;
+  }
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   if (nthr >= 4 * C) {
     const int j = tid / 4, r = tid % 4;
@@ -723,15 +877,25 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
               },
               term<true, false>(T, ld.c, dW, ld.k, C));
   // dY = T^T dU': dv = b dY, dbeta += dY.v (Y = diag(b) V)
-  mm_rows<OP>(C, Dv, scr,
-              [&](int t, int j, float x) {
-                Y[t * ld.v + j] = fromf<OP>(x);
-                if (t >= c.L) return 0.f;
-                const int64_t o = tok(g, c.b, c.t0 + t, c.h) * Dv + j;
-                p.dv[o] = fromf<IN>(bb[t] * x);
-                return x * tof(p.v[o]);
-              },
-              [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<true, false>(T, ld.c, dU, ld.v, C));
+  mm_pieces<OP>(C, Dv, scr,
+                [&](int t, int j, const float* x, int n) {
+                  for (int e = 0; e < n; ++e) Y[t * ld.v + j + e] = fromf<OP>(x[e]);
+                  if (t >= c.L) return 0.f;
+                  const int64_t o = tok(g, c.b, c.t0 + t, c.h) * Dv + j;
+                  float vv[8];
+#pragma unroll
+                  for (int e = 0; e < 8; ++e)
+                    if (e < n) vv[e] = tof(p.v[o + e]);
+                  float r = 0.f;
+#pragma unroll
+                  for (int e = 0; e < 8; ++e)
+                    if (e < n) {
+                      p.dv[o + e] = fromf<IN>(bb[t] * x[e]);
+                      r += x[e] * vv[e];
+                    }
+                  return r;
+                },
+                [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<true, false>(T, ld.c, dU, ld.v, C));
   __syncthreads();
   // dA = -(dX W^T + dY U^T), strictly lower; A_ts = b_t (k_t.k_s) e^{G_t - G_s}
   mm_rows<OP>(C, C, scr,
@@ -749,19 +913,13 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
               term<false, true>(Y, ld.v, Ut, ld.v, Dv));
   __syncthreads();
   // k_t enters A_ts (row, + G_t) and A_st (column, - G_s)
-  mm_rows<OP>(C, Dk, scr,
-              [&](int t, int j, float x) {
-                p.dkh[(row0 + t) * Dk + j] += x;
-                return x * tof(K[t * ld.k + j]);
-              },
-              [&](int t, float r) { dr_atomic_add(&dG[t], r); }, term<false, false>(T, ld.c, K, ld.k, C));
+  mm_pieces<OP>(C, Dk, scr,
+                [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
+                [&](int t, float r) { dr_atomic_add(&dG[t], r); }, term<false, false>(T, ld.c, K, ld.k, C));
   __syncthreads();
-  mm_rows<OP>(C, Dk, scr,
-              [&](int t, int j, float x) {
-                p.dkh[(row0 + t) * Dk + j] += x;
-                return x * tof(K[t * ld.k + j]);
-              },
-              [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, term<true, false>(T, ld.c, K, ld.k, C));
+  mm_pieces<OP>(C, Dk, scr,
+                [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
+                [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, term<true, false>(T, ld.c, K, ld.k, C));
   __syncthreads();
   for (int t = tid; t < C; t += nthr) {
     p.dGp[row0 + t] = dG[t];
@@ -822,40 +980,41 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   // the same rounded y on both sides so that they cancel where they should (dg = 0 at T = 1 without S_0).
   const float* Hn = p.dH + state_off(g, c.b, c.h, c.n);
   const float* Sn = p.states + state_off(g, c.b, c.h, c.n);
+  const tc::Lanes w = tc::lanes();
   float part = 0.f;
   for (int e = tid; e < Dk * Dv; e += nthr) part += Hn[e] * Sn[e];
-  red[tid] = part;
+  part = warp_sum(part, w);
+  if (w.lane == 0) red[w.warp] = part;
   for (int t = tid; t < C; t += nthr) yrow[t] = 0.f;
   load_f32(S, ld.v, Hn, Dv, Dk, Dv);  // dS_{n+1} replaces S_n
   const float GC = G[C - 1];
   tc::scale_tile(Up, ld.v, C, Dv, [&](int t, int) { return dr_exp(GC - G[t]); });
   __syncthreads();
-  mm_rows<OP>(C, Dk, scr,
-              [&](int t, int j, float x) {
-                p.dkh[(row0 + t) * Dk + j] += x;
-                return x * tof(K[t * ld.k + j]);
-              },
-              [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, term<true, false>(F, ld.c, Q, ld.k, C));
+  mm_pieces<OP>(C, Dk, scr,
+                [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
+                [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, term<true, false>(F, ld.c, Q, ld.k, C));
   __syncthreads();
-  mm_rows<OP>(C, Dk, scr,
-              [&](int t, int j, float x) {
-                p.dkh[(row0 + t) * Dk + j] += x;
-                return x * tof(K[t * ld.k + j]);
-              },
-              [&](int t, float r) { dr_atomic_add(&yrow[t], r); }, term<false, true>(Up, ld.v, S, ld.v, Dv));
+  mm_pieces<OP>(C, Dk, scr,
+                [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
+                [&](int t, float r) { dr_atomic_add(&yrow[t], r); }, term<false, true>(Up, ld.v, S, ld.v, Dv));
   __syncthreads();
-  if (tid == 0) {
-    float s = 0.f, ys = 0.f;
-    for (int i = 0; i < nthr; ++i) s += red[i];
-    for (int t = 0; t < C; ++t) {
+  if (w.warp == 0) {  // one warp: dG_t -= y_t, dG_{C-1} += e^{G_C} <dS', S_n> + sum_t y_t
+    float ys = 0.f;
+    for (int t = w.lane; t < C; t += w.nlanes) {
       ys += yrow[t];
       dG[t] -= yrow[t];
     }
-    dG[C - 1] += dr_exp(GC) * s + ys;
+    ys = warp_sum(ys, w);
+    __syncwarp();
+    if (w.lane == 0) {
+      float s = 0.f;
+      for (int i = 0; i < w.nwarps; ++i) s += red[i];
+      dG[C - 1] += dr_exp(GC) * s + ys;
+    }
   }
   __syncthreads();
-  // L2 normalization backward: dx = r (dx^ - x^ (x^.dx^)), with x^ = x r in f32 from the input
-  for (int t = tid; t < 2 * c.L; t += nthr) {
+  // L2 normalization backward: dx = r (dx^ - x^ (x^.dx^)), with x^ = x r in f32 from the input; a warp per row
+  for (int t = w.warp; t < 2 * c.L; t += w.nwarps) {
     const bool isq = t < c.L;
     const int r = isq ? t : t - c.L;
     const IN* x = (isq ? p.q : p.k) + tok(g, c.b, c.t0 + r, c.h) * Dk;
@@ -863,8 +1022,9 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
     IN* out = (isq ? p.dq : p.dk) + tok(g, c.b, c.t0 + r, c.h) * Dk;
     const float rn = isq ? rq[r] : rk[r];
     float dot = 0.f;
-    for (int j = 0; j < Dk; ++j) dot += tof(x[j]) * rn * dx[j];
-    for (int j = 0; j < Dk; ++j) out[j] = fromf<IN>(rn * (dx[j] - tof(x[j]) * rn * dot));
+    for (int j = w.lane; j < Dk; j += w.nlanes) dot += tof(x[j]) * rn * dx[j];
+    dot = warp_sum(dot, w);
+    for (int j = w.lane; j < Dk; j += w.nlanes) out[j] = fromf<IN>(rn * (dx[j] - tof(x[j]) * rn * dot));
   }
   if (g.gated && tid == 0) {  // G_t = sum_{s<=t} g_s inside the chunk: dg_t = sum_{t'>=t} dG_t'
     float acc = 0.f;
