@@ -9,7 +9,7 @@
 // beyond f16's range). The states S_n / dH_{n+1} come as bf16 (the state scan rounds them: half the bytes of
 // f32); a chunk issues their global loads into registers at its start (S_n) or before dq (dH_{n+1}), so they
 // overlap the preceding phases, and stores them to shared memory where the old contents are dead. The q, k,
-// v, dO loads are batched (4 per thread in flight) for the same reason.
+// v, dO loads of a chunk are all issued before any is stored (RowFetch), for the same reason.
 // A warp owns whole 16 x 16 output tiles (tile = warp, warp + nwarps, ...); its accumulators go through a
 // per-warp 16 x 20 f32 scratch where the lanes apply masks, decays, scale and the elementwise terms (8
 // consecutive columns per lane: 16-byte stores) before writing bf16 operands or the outputs.
@@ -165,68 +165,62 @@ __device__ __forceinline__ void store_scratch_rows(T* dst, int64_t ld, const flo
   });
 }
 
-// C rows of D elements (rows >= L zero) from global rows of the input type into bf16 rows of stride ld,
-// kRowBatch 16-byte pieces per thread loaded before any is stored (independent loads in flight; a store to
-// shared memory in between would keep the compiler from hoisting the next load).
-constexpr int kRowBatch = 4;
-template <typename T>
-__device__ __forceinline__ void load_rows(bf16* dst, int ld, const T* __restrict__ src, int64_t row_stride, int L, int C, int D) {
+// Global rows (row stride row_stride, D elements of a 16-bit type T, rows >= L read as 0) into bf16 shared
+// rows of stride ld, in two steps so that the global loads of several arrays are in flight together and can
+// overlap earlier work: fetch() loads this thread's first NPF 16-byte pieces (idx = tid + i * blockDim) into
+// registers, put() stores them (f16 converted to bf16) and copies any further pieces directly (only when
+// NPF * blockDim does not cover the rows: the one-thread CPU emulation). A store to shared memory between two
+// loads would keep the compiler from hoisting the second: one latency per piece.
+template <int NPF, typename T>
+struct RowFetch {
   static_assert(sizeof(T) == 2, "16-bit inputs");
-  const int nv = D >> 3, total = C * nv, nt = int(blockDim.x);
-  for (int base = int(threadIdx.x); base < total; base += kRowBatch * nt) {
-    uint4 raw[kRowBatch];
-#pragma unroll
-    for (int i = 0; i < kRowBatch; ++i) {
-      const int idx = base + i * nt, r = idx / nv, c = (idx - r * nv) << 3;
-      raw[i] = make_uint4(0u, 0u, 0u, 0u);  // +0 in bf16 and f16
-      if (idx < total && r < L) raw[i] = *reinterpret_cast<const uint4*>(src + int64_t(r) * row_stride + c);
-    }
-#pragma unroll
-    for (int i = 0; i < kRowBatch; ++i) {
-      const int idx = base + i * nt, r = idx / nv, c = (idx - r * nv) << 3;
-      if (idx >= total) break;
-      if constexpr (std::is_same_v<T, bf16>) {  // a plain copy
-        *reinterpret_cast<uint4*>(dst + r * ld + c) = raw[i];
-      } else {
-        float x[8];
-        load8(x, reinterpret_cast<const T*>(&raw[i]));
-        store8(dst + r * ld + c, x);
-      }
-    }
-  }
-}
-
-// A chunk's [Dv][Dk] bf16 state (global; the state scan rounded it) into bf16 shared rows of stride ld, in
-// two steps so that its global loads overlap earlier work: fetch() loads this thread's first NPF 16-byte
-// pieces into registers, put() stores them and copies any further pieces directly (only when NPF * blockDim
-// does not cover the state: the one-thread CPU emulation). A thread's pieces are idx = tid + i * blockDim.
-template <int NPF>
-struct StateFetch {
   uint4 r[NPF];
-  __device__ __forceinline__ void fetch(const bf16* __restrict__ src, int Dv, int Dk) {
-    const int nv = Dk >> 3, total = Dv * nv;
+  __device__ __forceinline__ void fetch(const T* __restrict__ src, int64_t row_stride, int L, int rows, int D) {
+    const int nv = D >> 3, total = rows * nv;
 #pragma unroll
     for (int i = 0; i < NPF; ++i) {
       const int idx = int(threadIdx.x) + i * int(blockDim.x), row = idx / nv, c = (idx - row * nv) << 3;
-      if (idx < total) r[i] = *reinterpret_cast<const uint4*>(src + int64_t(row) * Dk + c);
+      r[i] = make_uint4(0u, 0u, 0u, 0u);  // +0 in bf16 and f16
+      if (idx < total && row < L) r[i] = *reinterpret_cast<const uint4*>(src + int64_t(row) * row_stride + c);
     }
   }
-  __device__ __forceinline__ void put(bf16* dst, int ld, const bf16* __restrict__ src, int Dv, int Dk) const {
-    const int nv = Dk >> 3, total = Dv * nv;
+  __device__ __forceinline__ static void put1(bf16* dst, const uint4& raw) {
+    if constexpr (std::is_same_v<T, bf16>) {  // a plain copy
+      *reinterpret_cast<uint4*>(dst) = raw;
+    } else {
+      float x[8];
+      load8(x, reinterpret_cast<const T*>(&raw));
+      store8(dst, x);
+    }
+  }
+  // The same source arguments as fetch().
+  __device__ __forceinline__ void put(bf16* dst, int ld, const T* __restrict__ src, int64_t row_stride, int L, int rows, int D) const {
+    const int nv = D >> 3, total = rows * nv;
 #pragma unroll
     for (int i = 0; i < NPF; ++i) {
       const int idx = int(threadIdx.x) + i * int(blockDim.x), row = idx / nv, c = (idx - row * nv) << 3;
-      if (idx < total) *reinterpret_cast<uint4*>(dst + row * ld + c) = r[i];
+      if (idx < total) put1(dst + row * ld + c, r[i]);
     }
     for (int idx = int(threadIdx.x) + NPF * int(blockDim.x); idx < total; idx += int(blockDim.x)) {
       const int row = idx / nv, c = (idx - row * nv) << 3;
-      *reinterpret_cast<uint4*>(dst + row * ld + c) = *reinterpret_cast<const uint4*>(src + int64_t(row) * Dk + c);
+      put1(dst + row * ld + c, row < L ? *reinterpret_cast<const uint4*>(src + int64_t(row) * row_stride + c) : make_uint4(0u, 0u, 0u, 0u));
     }
   }
 };
-// Pieces per thread: a 128 x 128 state is 2048 pieces.
-constexpr int kFwdStatePf = 2048 / kFwdThreads;
-constexpr int kBwdStatePf = 2048 / kBwdThreads;
+// Pieces per thread: a chunk's 64 rows of 128 elements, or a 128 x 128 state, are 1024 / 2048 pieces.
+template <int THREADS>
+constexpr int kRowPf = 1024 / THREADS;
+template <int THREADS>
+constexpr int kStatePf = 2048 / THREADS;
+// A chunk's [Dv][Dk] bf16 state (the state scan rounded it).
+template <int THREADS>
+using StateFetch = RowFetch<kStatePf<THREADS>, bf16>;
+template <int NPF>
+__device__ __forceinline__ void fetch_state(RowFetch<NPF, bf16>& f, const bf16* src, int Dv, int Dk) { f.fetch(src, Dk, Dv, Dv, Dk); }
+template <int NPF>
+__device__ __forceinline__ void put_state(const RowFetch<NPF, bf16>& f, bf16* dst, int ld, const bf16* src, int Dv, int Dk) {
+  f.put(dst, ld, src, Dk, Dv, Dv, Dk);
+}
 
 // Inclusive cumulative log-decays over the chunk's rows (as linear_recurrence.cu's load_cumsum), 16 rows'
 // loads issued together (C is a multiple of 16 here): a column's 64 loads are not 64 serial latencies.
@@ -384,8 +378,13 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_tc(TcGeo geo, const
   float* G = reinterpret_cast<float*>(smem + sl.G);
   const ChunkPos cp(geo);
   const int L = cp.L, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv;
-  load_rows(X, ldk, xsrc + cp.offk, cp.rowk, L, geo.C, Dk);
-  load_rows(Y, ldv, ysrc + cp.offv, cp.rowv, L, geo.C, Dv);
+  {  // one array at a time: both at once would take this kernel past 85 registers (3 CTAs / SM)
+    RowFetch<kRowPf<kStateThreads>, T> f;
+    f.fetch(xsrc + cp.offk, cp.rowk, L, geo.C, Dk);
+    f.put(X, ldk, xsrc + cp.offk, cp.rowk, L, geo.C, Dk);
+    f.fetch(ysrc + cp.offv, cp.rowv, L, geo.C, Dv);
+    f.put(Y, ldv, ysrc + cp.offv, cp.rowv, L, geo.C, Dv);
+  }
   load_chunk_decays<MODE>(G, ld.ldg, geo, g, cp);
   __syncthreads();
   const Decay<MODE> dec{G, ld.ldg, geo.bonus};
@@ -438,11 +437,17 @@ __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* 
   const int C = geo.C, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv, ldc = ld.ldc;
   const int64_t rowk = cp.rowk, rowv = cp.rowv, offk = cp.offk, offv = cp.offv;
   const bf16* Sg = states + cp.bhn * int64_t(Dv) * Dk;
-  StateFetch<kFwdStatePf> sf;
-  sf.fetch(Sg, Dv, Dk);  // in flight until S is stored below
-  load_rows(q, ldk, qg + offk, rowk, L, C, Dk);
-  load_rows(k, ldk, kg + offk, rowk, L, C, Dk);
-  load_rows(v, ldv, vg + offv, rowv, L, C, Dv);
+  StateFetch<kFwdThreads> sf;
+  fetch_state(sf, Sg, Dv, Dk);  // in flight until S is stored below
+  {
+    RowFetch<kRowPf<kFwdThreads>, T> fq, fk, fv;
+    fq.fetch(qg + offk, rowk, L, C, Dk);
+    fk.fetch(kg + offk, rowk, L, C, Dk);
+    fv.fetch(vg + offv, rowv, L, C, Dv);
+    fq.put(q, ldk, qg + offk, rowk, L, C, Dk);
+    fk.put(k, ldk, kg + offk, rowk, L, C, Dk);
+    fv.put(v, ldv, vg + offv, rowv, L, C, Dv);
+  }
   load_chunk_decays<MODE>(G, ld.ldg, geo, g, cp);
   __syncthreads();
   const Decay<MODE> dec{G, ld.ldg, geo.bonus};
@@ -461,7 +466,7 @@ __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* 
     q[t * ldk + c] = __float2bfloat16_rn(bf(q[t * ldk + c]) * geo.scale * (MODE > 0 && !factored ? __expf(dec.gq(t, c)) : 1.f));
   }
   __syncthreads();  // k and G are dead from here: S overwrites them
-  sf.put(S, ldk, Sg, Dv, Dk);
+  put_state(sf, S, ldk, Sg, Dv, Dk);
   __syncthreads();
   T* o = og + offv;
   const int nrt = (L + 15) >> 4, nj = Dv >> 4;
@@ -510,12 +515,19 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
   const int64_t rowk = cp.rowk, rowv = cp.rowv, offk = cp.offk, offv = cp.offv;
   const bf16* Sg = states + cp.bhn * int64_t(Dv) * Dk;    // S_n
   const bf16* dHg = dstates + cp.bhn * int64_t(Dv) * Dk;  // dH_{n+1}
-  StateFetch<kBwdStatePf> sf;
-  sf.fetch(Sg, Dv, Dk);  // in flight until S_n is stored after A
-  load_rows(q, ldk, qg + offk, rowk, L, C, Dk);
-  load_rows(k, ldk, kg + offk, rowk, L, C, Dk);
-  load_rows(v, ldv, vg + offv, rowv, L, C, Dv);
-  load_rows(dO, ldv, dog + offv, rowv, L, C, Dv);
+  StateFetch<kBwdThreads> sf;
+  fetch_state(sf, Sg, Dv, Dk);  // in flight until S_n is stored after A
+  {
+    RowFetch<kRowPf<kBwdThreads>, T> fq, fk, fv, fo;
+    fq.fetch(qg + offk, rowk, L, C, Dk);
+    fk.fetch(kg + offk, rowk, L, C, Dk);
+    fv.fetch(vg + offv, rowv, L, C, Dv);
+    fo.fetch(dog + offv, rowv, L, C, Dv);
+    fq.put(q, ldk, qg + offk, rowk, L, C, Dk);
+    fk.put(k, ldk, kg + offk, rowk, L, C, Dk);
+    fv.put(v, ldv, vg + offv, rowv, L, C, Dv);
+    fo.put(dO, ldv, dog + offv, rowv, L, C, Dv);
+  }
   load_chunk_decays<MODE>(G, ld.ldg, geo, g, cp);
   __syncthreads();
   const Decay<MODE> dec{G, ld.ldg, geo.bonus};
@@ -562,9 +574,9 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
     __syncthreads();
   }
   build_A<MODE>(A, ldc, q, k, ldk, dec, diagA, L, C, Dk, scale, factored, sc, w);  // read by dv only
-  sf.put(SH, ldk, Sg, Dv, Dk);                                                      // S_n
+  put_state(sf, SH, ldk, Sg, Dv, Dk);  // S_n
   __syncthreads();
-  sf.fetch(dHg, Dv, Dk);  // dH_{n+1}, in flight during dq
+  fetch_state(sf, dHg, Dv, Dk);  // dH_{n+1}, in flight during dq
 
   const T* qraw = qg + offk;
   const T* kraw = kg + offk;
@@ -620,7 +632,7 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
     });
   }
   __syncthreads();  // rbuf rows are written (read-modify-write below); SH is free
-  sf.put(SH, ldk, dHg, Dv, Dk);  // dH_{n+1}
+  put_state(sf, SH, ldk, dHg, Dv, Dk);  // dH_{n+1}
   __syncthreads();
 
   // dk = [dA^T Q] + e^(G_last - G) (V dH) + dA_ss w q_s
