@@ -18,7 +18,8 @@
 // any other chunk computes A and the intra-chunk parts of dq, dk pairwise on CUDA cores (one exp per term;
 // slow but never overflows, and only strongly decaying chunks take it). The choice is uniform per CTA.
 // Elementwise terms that need the raw q, k (dA_tt's diagonal terms, r = q dq - k dk, du) read them from
-// global memory, exact in the input type.
+// global memory, exact in the input type (from shared memory where that holds them unchanged: bf16 inputs,
+// unless a per-channel chunk was factored).
 //
 // Shared memory at C = 64, Dk = Dv = 128 (per-channel decay; per head / none is smaller):
 //   chunk_state_tc  66.3 KB (X, Y bf16, G f32)                                  256 threads, 3 CTAs / SM
@@ -580,6 +581,9 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
 
   const T* qraw = qg + offk;
   const T* kraw = kg + offk;
+  // bf16 inputs: shared q, k hold the raw values (exact copies) until the factoring / k's rescale for dv, so
+  // the epilogues read them there instead of from global memory (a latency per tile).
+  const bool raw_smem = std::is_same_v<T, bf16> && !(MODE == 2 && factored);
   float* rbuf = bo.r ? bo.r + offk : nullptr;
   float* pbuf = bo.p ? bo.p + offk : nullptr;
   const int nc = Dk >> 4;
@@ -602,8 +606,13 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
         if (t >= L) return;
         const int64_t gi = int64_t(t) * rowk + cj * 16 + c0;
         float qr[8], kr[8], val[8], rv[8], pv[8];
-        load8(qr, qraw + gi);
-        load8(kr, kraw + gi);
+        if (raw_smem) {
+          load8(qr, q + t * ldk + cj * 16 + c0);
+          load8(kr, k + t * ldk + cj * 16 + c0);
+        } else {
+          load8(qr, qraw + gi);
+          load8(kr, kraw + gi);
+        }
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
           const int c = cj * 16 + c0 + i;
@@ -653,8 +662,13 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
         if (s >= L) return;
         const int64_t gi = int64_t(s) * rowk + cj * 16 + c0;
         float qr[8], kr[8], val[8], rv[8];
-        load8(qr, qraw + gi);
-        load8(kr, kraw + gi);
+        if (raw_smem) {
+          load8(qr, q + s * ldk + cj * 16 + c0);
+          load8(kr, k + s * ldk + cj * 16 + c0);
+        } else {
+          load8(qr, qraw + gi);
+          load8(kr, kraw + gi);
+        }
         if (rbuf) load8f(rv, rbuf + gi);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -682,7 +696,10 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
   if (bo.du) {
     for (int c = threadIdx.x; c < Dk; c += blockDim.x) {
       float s = 0.f;
-      for (int t = 0; t < L; ++t) s += dAd[t] * tof(qraw[int64_t(t) * rowk + c]) * tof(kraw[int64_t(t) * rowk + c]);
+      if (raw_smem)
+        for (int t = 0; t < L; ++t) s += dAd[t] * bf(q[t * ldk + c]) * bf(k[t * ldk + c]);
+      else
+        for (int t = 0; t < L; ++t) s += dAd[t] * tof(qraw[int64_t(t) * rowk + c]) * tof(kraw[int64_t(t) * rowk + c]);
       bo.du[bhn * Dk + c] = s;
     }
   }
