@@ -24,6 +24,7 @@
 #include "core/cuda/cuda_check.h"
 #else
 #include <atomic>
+#include <cstring>
 #include <functional>
 #endif
 
@@ -424,20 +425,40 @@ __device__ __forceinline__ void load_gb(float* G, float* bb, const float* gptr, 
 }
 
 // f32 [rows, D] (row stride srcld) -> OP tile (stride ld)
+// (16-byte loads: cols and srcld multiples of 4, src 16-byte aligned)
 template <class OP>
 __device__ __forceinline__ void load_f32(OP* dst, int ld, const float* src, int64_t srcld, int rows, int cols, float mul = 1.f) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  for (int e = tid; e < rows * cols; e += nthr) {
-    const int r = e / cols, j = e % cols;
-    dst[r * ld + j] = fromf<OP>(mul * src[int64_t(r) * srcld + j]);
+  const int vc = cols / 4;
+  for (int e = tid; e < rows * vc; e += nthr) {
+    const int r = e / vc, j = (e % vc) * 4;
+    float x[4];
+#ifdef DELTA_EMULATE
+    std::memcpy(x, src + int64_t(r) * srcld + j, 16);
+#else
+    const float4 v4 = *reinterpret_cast<const float4*>(src + int64_t(r) * srcld + j);
+    x[0] = v4.x;
+    x[1] = v4.y;
+    x[2] = v4.z;
+    x[3] = v4.w;
+#endif
+#pragma unroll
+    for (int i = 0; i < 4; ++i) dst[r * ld + j + i] = fromf<OP>(mul * x[i]);
   }
 }
+// 16-byte pieces: cols and ld multiples of 8 elements (16 / sizeof(OP) divides them), src and dst 16-byte aligned.
 template <class OP>
 __device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int rows, int cols) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  for (int e = tid; e < rows * cols; e += nthr) {
-    const int r = e / cols, j = e % cols;
-    dst[r * ld + j] = src[int64_t(r) * cols + j];
+  constexpr int per = 16 / int(sizeof(OP));
+  const int vc = cols / per;
+  for (int e = tid; e < rows * vc; e += nthr) {
+    const int r = e / vc, j = (e % vc) * per;
+#ifdef DELTA_EMULATE
+    std::memcpy(dst + r * ld + j, src + int64_t(r) * cols + j, 16);
+#else
+    *reinterpret_cast<uint4*>(dst + r * ld + j) = *reinterpret_cast<const uint4*>(src + int64_t(r) * cols + j);
+#endif
   }
 }
 
@@ -662,14 +683,23 @@ __global__ void __launch_bounds__(kThreads) fwd_state(Geo g, Ptrs<IN, OP> p) {
     copy_rows(Wt, ld.k, p.W + row0 * Dk, C, Dk);
     copy_rows(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
     __syncthreads();
-    mm<OP>(C, DVT, scr,
-           [&](int t, int j, float x) {
-             float* u = p.U + (row0 + t) * Dv + j0 + j;
-             const float up = *u - x;
-             *u = up;
-             Up[t * ld.vt + j] = fromf<OP>(up);
-           },
-           term<false, false>(Wt, ld.k, Sop, ld.vt, Dk));
+    mm_pieces<OP>(C, DVT, scr,
+                  [&](int t, int j, const float* x, int n) {
+                    float* u = p.U + (row0 + t) * Dv + j0 + j;
+                    float old[8];
+#pragma unroll
+                    for (int e = 0; e < 8; ++e)
+                      if (e < n) old[e] = u[e];
+#pragma unroll
+                    for (int e = 0; e < 8; ++e)
+                      if (e < n) {
+                        const float up = old[e] - x[e];
+                        u[e] = up;
+                        Up[t * ld.vt + j + e] = fromf<OP>(up);
+                      }
+                    return 0.f;
+                  },
+                  [](int, float) {}, term<false, false>(Wt, ld.k, Sop, ld.vt, Dk));
     __syncthreads();
     const float eC = dr_exp(p.gC[bh * g.N + n]);
     mm<OP>(Dk, DVT, scr, [&](int i, int j, float x) { S[i * DVT + j] = eC * S[i * DVT + j] + x; },
@@ -787,14 +817,23 @@ __global__ void __launch_bounds__(kThreads) bwd_state(Geo g, Ptrs<IN, OP> p) {
     const Chunk c{b, h, n, n * C, g.T - n * C < C ? g.T - n * C : C};
     load_rows(dO, ld.vt, p.dout, g, c, Dv, j0, DVT, g.scale);
     __syncthreads();
-    mm<OP>(C, DVT, scr,
-           [&](int t, int j, float x) {
-             float* d = p.dU + (row0 + t) * Dv + j0 + j;
-             const float du = *d + x;
-             *d = du;
-             ndU[t * ld.vt + j] = fromf<OP>(-du);
-           },
-           term<false, false>(Kd, ld.k, dSop, ld.vt, Dk));
+    mm_pieces<OP>(C, DVT, scr,
+                  [&](int t, int j, const float* x, int n) {
+                    float* d = p.dU + (row0 + t) * Dv + j0 + j;
+                    float old[8];
+#pragma unroll
+                    for (int e = 0; e < 8; ++e)
+                      if (e < n) old[e] = d[e];
+#pragma unroll
+                    for (int e = 0; e < 8; ++e)
+                      if (e < n) {
+                        const float du = old[e] + x[e];
+                        d[e] = du;
+                        ndU[t * ld.vt + j + e] = fromf<OP>(-du);
+                      }
+                    return 0.f;
+                  },
+                  [](int, float) {}, term<false, false>(Kd, ld.k, dSop, ld.vt, Dk));
     __syncthreads();
     const float eC = dr_exp(p.gC[bh * g.N + n]);
     mm<OP>(Dk, DVT, scr, [&](int i, int j, float x) { dS[i * DVT + j] = eC * dS[i * DVT + j] + x; },
