@@ -23,7 +23,8 @@
 //
 // Shared memory at C = 64, Dk = Dv = 128 (per-channel decay; per head / none is smaller):
 //   chunk_state_tc  66.3 KB (X, Y bf16, G f32)                                  256 threads, 3 CTAs / SM
-//   chunk_fwd_tc   102.5 KB (q, v, A bf16; k + G overlaid by S bf16 later)      256 threads, 2 CTAs / SM
+//   chunk_fwd_tc   102.5 KB (q, A bf16; k, v bf16 + G overlaid by S bf16 later)  256 threads, 2 CTAs / SM
+//                   (per head / none: 70.3 KB, 3 CTAs / SM; two passes, A V then Q~ S^T, see FwdLay)
 //   chunk_bwd_tc   192.8 KB (q, k, v, dO, A, dA bf16, G f32, S then dH bf16)    512 threads, 1 CTA / SM
 // Precision: bf16 operands (8-bit mantissa) with f32 accumulation; at bf16 inputs the products of raw
 // inputs are exact, the derived operands (A, dA, factored q / k, states) carry one bf16 rounding each.
@@ -84,23 +85,33 @@ struct StateLay {
   }
 };
 
-// k and G are dead once A and Q~ are formed; S (the chunk's state, bf16) then takes their place.
+// The output is formed in two passes so that S can take the place of k, v and G: A V into each warp's
+// accumulators (k, G are dead once A and Q~ are formed), then, once every warp is past v, S (the chunk's
+// state, bf16) overwrites k, v, G and Q~ S^T is added. Without per-channel decays that is ~70 KB at C = 64,
+// D = 128: 3 CTAs / SM instead of 2.
 struct FwdLay {
-  size_t q, v, A, diag, scr, k, G, S, total;
+  size_t q, A, diag, scr, k, v, G, S, total;
   __host__ __device__ explicit FwdLay(const TcGeo& g) {
     const Ld l(g);
     size_t o = 0;
     q = o; o = align128(o + size_t(g.C) * l.ldk * 2);
-    v = o; o = align128(o + size_t(g.C) * l.ldv * 2);
     A = o; o = align128(o + size_t(g.C) * l.ldc * 2);
     diag = o; o = align128(o + size_t(g.C) * 4);
     scr = o; o = align128(o + size_t(kFwdThreads / 32) * kScrTile * 4);
     k = S = o;
-    G = align128(o + size_t(g.C) * l.ldk * 2);
-    const size_t kg = G + align128(size_t(g.C) * l.ldg * 4), s = align128(o + size_t(g.Dv) * l.ldk * 2);
-    total = kg > s ? kg : s;
+    v = align128(o + size_t(g.C) * l.ldk * 2);
+    G = align128(v + size_t(g.C) * l.ldv * 2);
+    const size_t kvg = G + align128(size_t(g.C) * l.ldg * 4), s = align128(o + size_t(g.Dv) * l.ldk * 2);
+    total = kvg > s ? kvg : s;
   }
 };
+// Output tiles a warp of chunk_fwd_tc holds in registers between the two passes (C <= 64, Dv <= 128: at most
+// 32 tiles over 8 warps; the one-thread CPU emulation is one warp holding all of them).
+#ifdef SEQMIX_LR_EMULATE
+constexpr int kFwdAcc = 32;
+#else
+constexpr int kFwdAcc = 32 / (kFwdThreads / 32);
+#endif
 
 // SH holds S_n (bf16) for dq, then dH_{n+1} for dk and dv.
 struct BwdLay {
@@ -417,10 +428,10 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_tc(TcGeo geo, const
 // 2. Forward output of one chunk: o = A V + Q~ S_n^T.
 // ---------------------------------------------------------------------------------------------
 template <typename T, int MODE>
-__global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* __restrict__ qg, const T* __restrict__ kg,
-                                                            const T* __restrict__ vg, const float* __restrict__ g,
-                                                            const float* __restrict__ u, const bf16* __restrict__ states,
-                                                            T* __restrict__ og) {
+__global__ void __launch_bounds__(kFwdThreads, MODE == 2 ? 2 : 3)
+    chunk_fwd_tc(TcGeo geo, const T* __restrict__ qg, const T* __restrict__ kg, const T* __restrict__ vg,
+                 const float* __restrict__ g, const float* __restrict__ u, const bf16* __restrict__ states,
+                 T* __restrict__ og) {
   TC_SMEM(smem);
   const Ld ld(geo);
   const FwdLay fl(geo);
@@ -438,8 +449,11 @@ __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* 
   const int C = geo.C, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv, ldc = ld.ldc;
   const int64_t rowk = cp.rowk, rowv = cp.rowv, offk = cp.offk, offv = cp.offv;
   const bf16* Sg = states + cp.bhn * int64_t(Dv) * Dk;
+  // Per-channel decays (2 CTAs / SM, registers to spare): S_n's loads are issued here and stay in flight
+  // until S is stored. Otherwise (3 CTAs / SM, <= 85 registers) they are issued where S is stored: the other
+  // CTAs of the SM cover that latency.
   StateFetch<kFwdThreads> sf;
-  fetch_state(sf, Sg, Dv, Dk);  // in flight until S is stored below
+  if constexpr (MODE == 2) fetch_state(sf, Sg, Dv, Dk);
   {
     RowFetch<kRowPf<kFwdThreads>, T> fq, fk, fv;
     fq.fetch(qg + offk, rowk, L, C, Dk);
@@ -466,20 +480,34 @@ __global__ void __launch_bounds__(kFwdThreads) chunk_fwd_tc(TcGeo geo, const T* 
     const int t = idx / Dk, c = idx - t * Dk;
     q[t * ldk + c] = __float2bfloat16_rn(bf(q[t * ldk + c]) * geo.scale * (MODE > 0 && !factored ? __expf(dec.gq(t, c)) : 1.f));
   }
-  __syncthreads();  // k and G are dead from here: S overwrites them
+  // pass 1: A V (reads A, v; q is rescaled meanwhile)
+  const int nrt = (L + 15) >> 4, nj = Dv >> 4, ntile = nrt * nj;
+  FragC acc[kFwdAcc];
+#pragma unroll
+  for (int j = 0; j < kFwdAcc; ++j) {
+    const int tile = w.warp + j * w.nwarps;
+    wm::fill_fragment(acc[j], 0.f);
+    if (tile < ntile) {
+      const int ti = tile / nj, dj = tile - ti * nj;
+      for (int si = 0; si <= ti; ++si)
+        mma16<wm::row_major, wm::row_major>(acc[j], A + ti * 16 * ldc + si * 16, ldc, v + si * 16 * ldv + dj * 16, ldv);
+    }
+  }
+  __syncthreads();  // k, v and G are dead from here: S overwrites them
+  if constexpr (MODE != 2) fetch_state(sf, Sg, Dv, Dk);
   put_state(sf, S, ldk, Sg, Dv, Dk);
   __syncthreads();
+  // pass 2: + Q~ S^T, and the output
   T* o = og + offv;
-  const int nrt = (L + 15) >> 4, nj = Dv >> 4;
-  for (int tile = w.warp; tile < nrt * nj; tile += w.nwarps) {
-    const int ti = tile / nj, dj = tile - ti * nj;
-    FragC acc;
-    wm::fill_fragment(acc, 0.f);
-    for (int si = 0; si <= ti; ++si)
-      mma16<wm::row_major, wm::row_major>(acc, A + ti * 16 * ldc + si * 16, ldc, v + si * 16 * ldv + dj * 16, ldv);
-    for (int c0 = 0; c0 < Dk; c0 += 16)
-      mma16<wm::row_major, wm::col_major>(acc, q + ti * 16 * ldk + c0, ldk, S + dj * 16 * ldk + c0, ldk);
-    through_scratch(sc, acc, [&] { store_scratch_rows(o + dj * 16, rowv, sc, ti * 16, L, w); });
+#pragma unroll
+  for (int j = 0; j < kFwdAcc; ++j) {
+    const int tile = w.warp + j * w.nwarps;
+    if (tile < ntile) {
+      const int ti = tile / nj, dj = tile - ti * nj;
+      for (int c0 = 0; c0 < Dk; c0 += 16)
+        mma16<wm::row_major, wm::col_major>(acc[j], q + ti * 16 * ldk + c0, ldk, S + dj * 16 * ldk + c0, ldk);
+      through_scratch(sc, acc[j], [&] { store_scratch_rows(o + dj * 16, rowv, sc, ti * 16, L, w); });
+    }
   }
 }
 
