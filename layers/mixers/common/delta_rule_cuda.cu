@@ -47,14 +47,16 @@
 //                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
 //     fwd_prep          (N, H, B)            55,296          71,680            82,944
 //     fwd_state         (Dv/32, H, B)        61,440          99,328           104,448
-//     fwd_out           (N, H, B)            58,624         108,800           104,704
-//     bwd_prep          (N, H, B)            49,408          73,984            86,272
+//     fwd_out           (N, H, B)            57,728         107,904           103,808
+//     bwd_prep          (N, H, B)            48,512          73,088            85,376
 //     bwd_state         (Dv/32, H, B)        61,440          99,328           104,448
 //     bwd_wy            (N, H, B)           118,528         175,872           192,256
-//     bwd_out           (N, H, B)            67,840         126,208           123,136
-// (Dv/16 column tiles when Dv is not a multiple of 32.) f32 operands at Dk = Dv = 128 would need 307 KB, so f32
-// inputs with a head dim above 64 run on bf16 operands. The per-row dot products of the epilogues (dbeta, dG)
-// are shared-memory atomics: the backward's dbeta and dg are not bitwise deterministic (f32 order of sums).
+//     bwd_out           (N, H, B)            57,728         107,904           103,808
+// (Dv/16 column tiles when Dv is not a multiple of 32.) bwd_out keeps U' in the state's buffer until S_n is loaded
+// and diag(e^{G_C - G}) U' in dO's once dq^ is done, so that two of its CTAs fit on an H100 SM at Dk = Dv = 128.
+// f32 operands at Dk = Dv = 128 would need 307 KB, so f32 inputs with a head dim above 64 run on bf16 operands.
+// The per-row dot products of the epilogues (dbeta, dG) are shared-memory atomics: the backward's dbeta and dg
+// are not bitwise deterministic (f32 order of sums).
 //
 // Status: verified on the lent H100 (tests/gpu/test_delta_rule_gpu.cpp: outputs, final state and every gradient
 // against the CPU reference, f32 / bf16 / f16, odd lengths, initial states; 65,536 tokens with extreme gates) and

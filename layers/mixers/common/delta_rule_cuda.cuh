@@ -122,27 +122,28 @@ struct LaySeq {  // fwd_state and bwd_state: one f32 state tile [Dk, DVT], three
   }
 };
 enum class OutKind { FwdOut, BwdPrep, BwdOut };
-// fwd_out (Q, K, P, S, U'), bwd_prep (Q, K, P, dO), bwd_out (Q, K, F, S / dS', dO, U'): Q, K, a C x C operand,
-// the Dk x Dv state when needed, one or two C x Dv operands (unused buffers take no space).
+// fwd_out (Q, K, P, S, U'), bwd_prep (Q, K, P, dO), bwd_out (Q, K, F, U' / S_n / dS', dO / U'): Q, K, a C x C
+// operand, the Dk x Dv state when needed (bwd_out: max(Dk, C) rows, U' before S_n), one C x Dv operand (unused
+// buffers take no space).
 template <class OP>
 struct LayOut {
-  size_t Q, K, P, S, V1, V2, scr, rq, rk, G, dG, y, red, total;
+  size_t Q, K, P, S, V1, scr, rq, rk, G, dG, y, red, total;
   __host__ __device__ LayOut(const Geo& g, OutKind kind) {
     const Ld l(g);
     Bump m;
     Q = m.take(size_t(g.C) * l.k * sizeof(OP));
     K = m.take(size_t(g.C) * l.k * sizeof(OP));
     P = m.take(size_t(g.C) * l.c * sizeof(OP));
-    S = m.take(kind == OutKind::BwdPrep ? 0 : size_t(g.Dk) * l.v * sizeof(OP));
+    const int srows = kind == OutKind::BwdPrep ? 0 : kind == OutKind::BwdOut && g.C > g.Dk ? g.C : g.Dk;
+    S = m.take(size_t(srows) * l.v * sizeof(OP));
     V1 = m.take(size_t(g.C) * l.v * sizeof(OP));
-    V2 = m.take(kind == OutKind::BwdOut ? size_t(g.C) * l.v * sizeof(OP) : 0);
     scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
     rq = m.take(size_t(g.C) * 4);
     rk = m.take(size_t(g.C) * 4);
     G = m.take(size_t(g.C) * 4);
     dG = m.take(size_t(g.C) * 4);
     y = m.take(size_t(g.C) * 4);
-    red = m.take(size_t(kThreads) * 4);
+    red = m.take(size_t(kThreads / 32) * 4);
     total = m.o;
   }
 };
@@ -424,10 +425,10 @@ __device__ __forceinline__ void load_gb(float* G, float* bb, const float* gptr, 
   }
 }
 
-// f32 [rows, D] (row stride srcld) -> OP tile (stride ld)
-// (16-byte loads: cols and srcld multiples of 4, src 16-byte aligned)
-template <class OP>
-__device__ __forceinline__ void load_f32(OP* dst, int ld, const float* src, int64_t srcld, int rows, int cols, float mul = 1.f) {
+// f32 [rows, cols] (row stride srcld) -> OP tile (stride ld); load_f32_rows: element (r, j) = conv(r, value)
+// rounded to OP. 16-byte loads: cols and srcld multiples of 4, src 16-byte aligned.
+template <class OP, class Conv>
+__device__ __forceinline__ void load_f32_rows(OP* dst, int ld, const float* src, int64_t srcld, int rows, int cols, Conv&& conv) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   const int vc = cols / 4;
   for (int e = tid; e < rows * vc; e += nthr) {
@@ -443,8 +444,12 @@ __device__ __forceinline__ void load_f32(OP* dst, int ld, const float* src, int6
     x[3] = v4.w;
 #endif
 #pragma unroll
-    for (int i = 0; i < 4; ++i) dst[r * ld + j + i] = fromf<OP>(mul * x[i]);
+    for (int i = 0; i < 4; ++i) dst[r * ld + j + i] = fromf<OP>(conv(r, x[i]));
   }
+}
+template <class OP>
+__device__ __forceinline__ void load_f32(OP* dst, int ld, const float* src, int64_t srcld, int rows, int cols) {
+  load_f32_rows(dst, ld, src, srcld, rows, cols, [](int, float x) { return x; });
 }
 // 16-byte pieces: cols and ld multiples of 8 elements (16 / sizeof(OP) divides them), src and dst 16-byte aligned.
 template <class OP>
@@ -977,9 +982,9 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   OP* Q = reinterpret_cast<OP*>(smem + lay.Q);
   OP* K = reinterpret_cast<OP*>(smem + lay.K);
   OP* F = reinterpret_cast<OP*>(smem + lay.P);
-  OP* S = reinterpret_cast<OP*>(smem + lay.S);  // S_n, then dS_{n+1}
-  OP* dO = reinterpret_cast<OP*>(smem + lay.V1);
-  OP* Up = reinterpret_cast<OP*>(smem + lay.V2);
+  OP* S = reinterpret_cast<OP*>(smem + lay.S);  // U', then S_n, then dS_{n+1}
+  OP* Up = S;
+  OP* dO = reinterpret_cast<OP*>(smem + lay.V1);  // dO, then diag(e^{G_C - G}) U'
   float* scr = reinterpret_cast<float*>(smem + lay.scr);
   float* rq = reinterpret_cast<float*>(smem + lay.rq);
   float* rk = reinterpret_cast<float*>(smem + lay.rk);
@@ -991,6 +996,7 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv;
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
+  const tc::Lanes w = tc::lanes();
 
   load_gb(G, nullptr, g.gated ? p.g : nullptr, p.beta, g, c);
   for (int t = tid; t < C; t += nthr) dG[t] = p.dGp[row0 + t];
@@ -998,13 +1004,27 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
   load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   load_f32(Up, ld.v, p.U + row0 * Dv, Dv, C, Dv);
-  load_f32(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dv, Dk, Dv);
   __syncthreads();
   mm<OP>(C, C, scr,
          [&](int t, int s, float x) { F[t * ld.c + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
          term<false, true>(dO, ld.v, Up, ld.v, Dv));
   __syncthreads();
+  // dk^ += F^T Q (k_s enters F_ts through Gamma_ts with - G_s); meanwhile dO -> diag(e^G) dO and S_n over U'
+  mm_pieces<OP>(C, Dk, scr,
+                [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
+                [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, term<true, false>(F, ld.c, Q, ld.k, C));
   tc::scale_tile(dO, ld.v, C, Dv, [&](int t, int) { return dr_exp(G[t]); });
+  const float* Hn = p.dH + state_off(g, c.b, c.h, c.n);
+  const float* Sn = p.states + state_off(g, c.b, c.h, c.n);
+  load_f32(S, ld.v, Sn, Dv, Dk, Dv);
+  // G_C (= G_{C-1}) scales S_n in S_{n+1} = e^{G_C} S_n + Kd^T U' and appears in Kd = diag(e^{G_C - G}) K:
+  // dG_{C-1} += e^{G_C} <dS_{n+1}, S_n> (f32, from global) + sum_t y_t and dG_t -= y_t with y_t = k_t . dKs_t,
+  // the same rounded y on both sides so that they cancel where they should (dg = 0 at T = 1 without S_0).
+  float part = 0.f;
+  for (int e = tid; e < Dk * Dv; e += nthr) part += Hn[e] * Sn[e];
+  part = warp_sum(part, w);
+  if (w.lane == 0) red[w.warp] = part;
+  for (int t = tid; t < C; t += nthr) yrow[t] = 0.f;
   __syncthreads();
   mm_rows<OP>(C, Dk, scr,
               [&](int t, int j, float x) {
@@ -1014,28 +1034,14 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
               [&](int t, float r) { dr_atomic_add(&dG[t], r); }, term<false, true>(dO, ld.v, S, ld.v, Dv),
               term<false, false>(F, ld.c, K, ld.k, C));
   __syncthreads();
-  // G_C (= G_{C-1}) scales S_n in S_{n+1} = e^{G_C} S_n + Kd^T U' and appears in Kd = diag(e^{G_C - G}) K:
-  // dG_{C-1} += e^{G_C} <dS_{n+1}, S_n> (f32, from global) + sum_t y_t and dG_t -= y_t with y_t = k_t . dKs_t,
-  // the same rounded y on both sides so that they cancel where they should (dg = 0 at T = 1 without S_0).
-  const float* Hn = p.dH + state_off(g, c.b, c.h, c.n);
-  const float* Sn = p.states + state_off(g, c.b, c.h, c.n);
-  const tc::Lanes w = tc::lanes();
-  float part = 0.f;
-  for (int e = tid; e < Dk * Dv; e += nthr) part += Hn[e] * Sn[e];
-  part = warp_sum(part, w);
-  if (w.lane == 0) red[w.warp] = part;
-  for (int t = tid; t < C; t += nthr) yrow[t] = 0.f;
-  load_f32(S, ld.v, Hn, Dv, Dk, Dv);  // dS_{n+1} replaces S_n
   const float GC = G[C - 1];
-  tc::scale_tile(Up, ld.v, C, Dv, [&](int t, int) { return dr_exp(GC - G[t]); });
+  // dS_{n+1} replaces S_n; diag(e^{G_C - G}) U' replaces dO (U' rounded to OP first, as in F and the forward)
+  load_f32(S, ld.v, Hn, Dv, Dk, Dv);
+  load_f32_rows(dO, ld.v, p.U + row0 * Dv, Dv, C, Dv, [&](int t, float x) { return tof(fromf<OP>(x)) * dr_exp(GC - G[t]); });
   __syncthreads();
   mm_pieces<OP>(C, Dk, scr,
                 [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
-                [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, term<true, false>(F, ld.c, Q, ld.k, C));
-  __syncthreads();
-  mm_pieces<OP>(C, Dk, scr,
-                [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
-                [&](int t, float r) { dr_atomic_add(&yrow[t], r); }, term<false, true>(Up, ld.v, S, ld.v, Dv));
+                [&](int t, float r) { dr_atomic_add(&yrow[t], r); }, term<false, true>(dO, ld.v, S, ld.v, Dv));
   __syncthreads();
   if (w.warp == 0) {  // one warp: dG_t -= y_t, dG_{C-1} += e^{G_C} <dS', S_n> + sum_t y_t
     float ys = 0.f;
