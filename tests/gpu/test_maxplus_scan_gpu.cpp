@@ -95,12 +95,13 @@ TEST(MaxplusScanGpu, StridedInputs) {
   expect_exact(got.m_last, want.m_last, "strided m_last");
 }
 
-// mlstm_cell scans on the GPU only with SEQMIX_MAXPLUS_CUDA=1 (opt-in until this file has passed on a GPU);
-// both settings must match the CPU.
+// mlstm_cell scans on the GPU by default (SEQMIX_MAXPLUS_CUDA unset or 1) and on the host with
+// SEQMIX_MAXPLUS_CUDA=0; every setting must match the CPU.
 TEST(MaxplusScanGpu, MlstmCellMatchesCpuAndKeepsStateOnDevice) {
   SKIP_WITHOUT_CUDA();
-  for (const char* on_gpu : {"1", "0"}) {
-    setenv("SEQMIX_MAXPLUS_CUDA", on_gpu, 1);
+  for (const char* on_gpu : {"", "1", "0"}) {
+    if (on_gpu[0]) setenv("SEQMIX_MAXPLUS_CUDA", on_gpu, 1);
+    else unsetenv("SEQMIX_MAXPLUS_CUDA");
     const int64_t B = 2, T = 45, H = 3, D = 16;
     Generator g(5);
     Tensor q = randn({B, T, H, D}, g), k = randn({B, T, H, D}, g), v = randn({B, T, H, D}, g);
@@ -125,7 +126,7 @@ TEST(MaxplusScanGpu, MlstmCellMatchesCpuAndKeepsStateOnDevice) {
     EXPECT_LT(floored_rel_err(got2, want2), 5e-4);
     EXPECT_LT(floored_rel_err(got2, want), 5e-4);
     ASSERT_TRUE(sg.m.defined());
-    EXPECT_EQ(sg.m.is_cuda(), on_gpu[0] == '1');
+    EXPECT_EQ(sg.m.is_cuda(), on_gpu[0] != '0');
     if (sg.m.is_cuda()) expect_exact(sg.m, sc.m, "carried m");
     else EXPECT_EQ(sg.m.to_vector<double>(), sc.m.to_vector<double>());
   }

@@ -17,11 +17,11 @@ Tensor mlstm_cell(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   // backend has f64 math (the CPU: bitwise the former host values); the CUDA elementwise kernels have no f64,
   // so there it is taken in f32 from m_t rounded to f32 (m_t and m_{t-1} in the gate dtype are unchanged:
   // f64 -> f32 -> gate dtype is the conversion the host upload made).
-  // Until the CUDA scan has run on a GPU (tests/gpu/test_maxplus_scan_gpu.cpp), CUDA inputs are still scanned
-  // on the host as before (one device -> host wait per call); SEQMIX_MAXPLUS_CUDA=1 scans on the device.
+  // CUDA inputs are scanned on the device (tests/gpu/test_maxplus_scan_gpu.cpp passed on the H100);
+  // SEQMIX_MAXPLUS_CUDA=0 scans them on the host instead (one device -> host wait per call).
   Device dev = q.device();
   const char* on_gpu = std::getenv("SEQMIX_MAXPLUS_CUDA");
-  const Device sdev = dev.is_cpu() || (on_gpu && std::string(on_gpu) == "1") ? dev : Device::cpu();
+  const Device sdev = dev.is_cpu() || !(on_gpu && std::string(on_gpu) == "0") ? dev : Device::cpu();
   const DType sdt = sdev.is_cpu() || gdt == DType::F64 ? DType::F64 : DType::F32;
   MaxplusScanResult sc = maxplus_scan(logf.to(sdev), ig.to(sdev), st && st->m.defined() ? st->m.to(sdev) : Tensor(), sdt);
   if (st) st->m = sc.m_last;
