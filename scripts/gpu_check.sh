@@ -96,10 +96,13 @@ if has delta; then
     echo "== racecheck"
     timeout 120 compute-sanitizer --tool racecheck ./build-gpu/tests/test_gpu \
       --gtest_filter='Bf16/DeltaRuleGpuVsCpu.*/2:Bf16/DeltaRuleGpuVsCpu.*/7:F32/DeltaRuleGpuVsCpu.*/1' 2>&1 | tail -6
+    echo "== synccheck"
+    timeout 60 compute-sanitizer --tool synccheck ./build-gpu/tests/test_gpu \
+      --gtest_filter='Bf16/DeltaRuleGpuVsCpu.*/7' 2>&1 | tail -3
     echo "== bench"; timeout 300 ./build-gpu/seqmix_bench delta 2>&1
     [ -z "${NO_PEER:-}" ] && { echo "== torch peer"; timeout 150 python3 bench/torch_delta.py 2>&1 | grep -v '^{'; }
   } > "$OUT/delta.log" 2>&1
-  note "delta: $(grep -E 'PASSED|FAILED|hazards' "$OUT/delta.log" | head -3 | tr '\n' ' ')"
+  note "delta: $(grep -E 'PASSED|FAILED|hazards|SYNCCHECK|ERROR SUMMARY' "$OUT/delta.log" | head -5 | tr '\n' ' ')"
 fi
 
 # Per-kernel times (Nsight Compute) of one recurrence / delta-rule forward+backward at B=4 T=4096 H=16 D=128.
