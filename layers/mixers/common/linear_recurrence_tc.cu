@@ -273,13 +273,64 @@ struct ChunkPos {
 };
 
 // The chunk's inclusive cumulative log decays into G (row stride ldg); nothing without decays (MODE 0).
+// Two steps, as RowFetch: fetch() issues the global loads into registers, before a kernel's row loads are
+// stored, so their latency overlaps those (load_cumsum after the rows cost four more serial latencies per
+// CTA); put() forms the sums. Per head (MODE 1, one decay per row, C <= 64): warp 0 loads rows lane and
+// lane + 32, stores them, and lane 0 sums them in row order (the same f32 sums as load_cumsum). Per channel
+// (MODE 2): put() runs load_cumsum (one column per thread).
 template <int MODE>
-__device__ __forceinline__ void load_chunk_decays(float* G, int ldg, const TcGeo& geo, const float* g, const ChunkPos& cp) {
-  if constexpr (MODE > 0) {
+struct DecayFetch {
+  float x[2];
+  __device__ __forceinline__ static const float* src(const TcGeo& geo, const float* g, const ChunkPos& cp) {
     const int64_t rowg = int64_t(geo.H) * geo.gw;
-    load_cumsum(G, ldg, g + (int64_t(cp.b) * geo.T + cp.t0) * rowg + int64_t(cp.h) * geo.gw, rowg, cp.L, geo.C, geo.gw);
+    return g + (int64_t(cp.b) * geo.T + cp.t0) * rowg + int64_t(cp.h) * geo.gw;
   }
-}
+  __device__ __forceinline__ void fetch(const TcGeo& geo, const float* __restrict__ g, const ChunkPos& cp) {
+    if constexpr (MODE == 1) {
+      const int tid = int(threadIdx.x);
+      if (tid < 32) {
+        const float* s = src(geo, g, cp);
+        const int64_t rowg = int64_t(geo.H) * geo.gw;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int r = tid + 32 * i;
+          x[i] = r < cp.L ? s[int64_t(r) * rowg] : 0.f;
+        }
+      }
+    }
+  }
+  __device__ __forceinline__ void put(float* G, int ldg, const TcGeo& geo, const float* __restrict__ g, const ChunkPos& cp) const {
+    if constexpr (MODE == 1) {
+      const int tid = int(threadIdx.x), C = geo.C;
+      if (tid < 32) {
+        const int nl = int(blockDim.x) < 32 ? int(blockDim.x) : 32;  // 1 in the one-thread CPU emulation
+        const int64_t rowg = int64_t(geo.H) * geo.gw;
+        const float* s = src(geo, g, cp);
+        if (tid < C) G[tid * ldg] = x[0];
+        if (tid + 32 < C) G[(tid + 32) * ldg] = x[1];
+        for (int r = tid + nl; r < C; r += nl)  // rows fetch() did not cover (only with nl < 32)
+          if (r != tid + 32) G[r * ldg] = r < cp.L ? s[int64_t(r) * rowg] : 0.f;
+        __syncwarp();
+        if (tid == 0) {
+          float acc = 0.f;
+          for (int r0 = 0; r0 < C; r0 += 16) {
+            float v[16];
+#pragma unroll
+            for (int i = 0; i < 16; ++i) v[i] = G[(r0 + i) * ldg];
+#pragma unroll
+            for (int i = 0; i < 16; ++i) {
+              acc += v[i];
+              G[(r0 + i) * ldg] = acc;
+            }
+          }
+        }
+      }
+    } else if constexpr (MODE == 2) {
+      const int64_t rowg = int64_t(geo.H) * geo.gw;
+      load_cumsum(G, ldg, src(geo, g, cp), rowg, cp.L, geo.C, geo.gw);
+    }
+  }
+};
 
 // q -> q exp(Gq), k -> k exp(-G) in place (rows < L; per-channel decays of a factorable chunk).
 template <int MODE>
@@ -390,6 +441,8 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_tc(TcGeo geo, const
   float* G = reinterpret_cast<float*>(smem + sl.G);
   const ChunkPos cp(geo);
   const int L = cp.L, Dk = geo.Dk, Dv = geo.Dv, ldk = ld.ldk, ldv = ld.ldv;
+  DecayFetch<MODE> df;
+  df.fetch(geo, g, cp);
   {  // one array at a time: both at once would take this kernel past 85 registers (3 CTAs / SM)
     RowFetch<kRowPf<kStateThreads>, T> f;
     f.fetch(xsrc + cp.offk, cp.rowk, L, geo.C, Dk);
@@ -397,7 +450,7 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_tc(TcGeo geo, const
     f.fetch(ysrc + cp.offv, cp.rowv, L, geo.C, Dv);
     f.put(Y, ldv, ysrc + cp.offv, cp.rowv, L, geo.C, Dv);
   }
-  load_chunk_decays<MODE>(G, ld.ldg, geo, g, cp);
+  df.put(G, ld.ldg, geo, g, cp);
   __syncthreads();
   const Decay<MODE> dec{G, ld.ldg, geo.bonus};
   const int64_t bhn = cp.bhn;
@@ -454,6 +507,8 @@ __global__ void __launch_bounds__(kFwdThreads, MODE == 2 ? 2 : 3)
   // CTAs of the SM cover that latency.
   StateFetch<kFwdThreads> sf;
   if constexpr (MODE == 2) fetch_state(sf, Sg, Dv, Dk);
+  DecayFetch<MODE> df;
+  df.fetch(geo, g, cp);
   {
     RowFetch<kRowPf<kFwdThreads>, T> fq, fk, fv;
     fq.fetch(qg + offk, rowk, L, C, Dk);
@@ -463,7 +518,7 @@ __global__ void __launch_bounds__(kFwdThreads, MODE == 2 ? 2 : 3)
     fk.put(k, ldk, kg + offk, rowk, L, C, Dk);
     fv.put(v, ldv, vg + offv, rowv, L, C, Dv);
   }
-  load_chunk_decays<MODE>(G, ld.ldg, geo, g, cp);
+  df.put(G, ld.ldg, geo, g, cp);
   __syncthreads();
   const Decay<MODE> dec{G, ld.ldg, geo.bonus};
   const bool factored = MODE == 2 && chunk_factorable(G, ld.ldg, C, geo.gw);
@@ -546,6 +601,8 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
   const bf16* dHg = dstates + cp.bhn * int64_t(Dv) * Dk;  // dH_{n+1}
   StateFetch<kBwdThreads> sf;
   fetch_state(sf, Sg, Dv, Dk);  // in flight until S_n is stored after A
+  DecayFetch<MODE> df;
+  df.fetch(geo, g, cp);
   {
     RowFetch<kRowPf<kBwdThreads>, T> fq, fk, fv, fo;
     fq.fetch(qg + offk, rowk, L, C, Dk);
@@ -557,7 +614,7 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
     fv.put(v, ldv, vg + offv, rowv, L, C, Dv);
     fo.put(dO, ldv, dog + offv, rowv, L, C, Dv);
   }
-  load_chunk_decays<MODE>(G, ld.ldg, geo, g, cp);
+  df.put(G, ld.ldg, geo, g, cp);
   __syncthreads();
   const Decay<MODE> dec{G, ld.ldg, geo.bonus};
   const float* uh = geo.bonus ? u + int64_t(h) * Dk : nullptr;
