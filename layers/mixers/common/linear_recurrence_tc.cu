@@ -370,7 +370,8 @@ __device__ __forceinline__ void lower_tile(int tile, int& ti, int& si) {
 }
 
 // The chunk's A (C x C bf16, ld ldc): scale * decayed Q K^T below the diagonal, diag on it, 0 above it and
-// outside [0, L)^2 (tiles wholly above the diagonal are left unwritten: never read). q, k hold the factored
+// outside [0, L)^2 (tiles wholly above the diagonal are left unwritten: never read). diag == nullptr (the
+// product path only): 0 on the diagonal, for the caller to fill in once diag is complete. q, k hold the factored
 // operands for a factored chunk; a per-channel chunk that is not factorable is done pairwise.
 template <int MODE>
 __device__ __forceinline__ void build_A(bf16* A, int ldc, const bf16* q, const bf16* k, int ldk, const Decay<MODE>& dec,
@@ -413,7 +414,7 @@ __device__ __forceinline__ void build_A(bf16* A, int ldc, const bf16* q, const b
             if (s < t) {
               val = scale * sc[r * kScrLd + c0 + i];
               if constexpr (MODE == 1) val *= __expf(dec.gq(t, 0) - dec.g(s, 0));
-            } else if (s == t) {
+            } else if (s == t && diag) {
               val = diag[t];
             }
           }
@@ -654,14 +655,24 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
     });
   }
   diag_qk(diagA, q, k, ldk, uh, L, C, Dk, scale);  // raw q, k
+  if constexpr (MODE < 2) {
+    // No per-channel decay: A needs no factored operands, so it is built in this phase too (one barrier
+    // fewer, 2 C/16 (C/16 + 1)/2 tiles over the warps together), its diagonal below once diagA is complete.
+    build_A<MODE>(A, ldc, q, k, ldk, dec, nullptr, L, C, Dk, scale, false, sc, w);  // read by dv only
+    put_state(sf, SH, ldk, Sg, Dv, Dk);  // S_n
+  }
   __syncthreads();
-  if (factored) {  // from here on q, k hold q exp(Gq), k exp(-G)
-    factor_qk<MODE>(q, k, ldk, dec, L, Dk);
+  if constexpr (MODE < 2) {
+    for (int t = threadIdx.x; t < C; t += blockDim.x) A[t * ldc + t] = __float2bfloat16_rn(diagA[t]);  // 0 for t >= L
+  } else {
+    if (factored) {  // from here on q, k hold q exp(Gq), k exp(-G)
+      factor_qk<MODE>(q, k, ldk, dec, L, Dk);
+      __syncthreads();
+    }
+    build_A<MODE>(A, ldc, q, k, ldk, dec, diagA, L, C, Dk, scale, factored, sc, w);  // read by dv only
+    put_state(sf, SH, ldk, Sg, Dv, Dk);  // S_n
     __syncthreads();
   }
-  build_A<MODE>(A, ldc, q, k, ldk, dec, diagA, L, C, Dk, scale, factored, sc, w);  // read by dv only
-  put_state(sf, SH, ldk, Sg, Dv, Dk);  // S_n
-  __syncthreads();
   fetch_state(sf, dHg, Dv, Dk);  // dH_{n+1}, in flight during dq
 
   const T* qraw = qg + offk;
