@@ -799,12 +799,16 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
       bo.du[bhn * Dk + c] = s;
     }
   }
-  __syncthreads();
-  // k -> k exp(G_last - G) for the carried term of dv; chunk sums of r for dg
-  if constexpr (MODE > 0)
+  if constexpr (MODE > 0) {
+    __syncthreads();
+    // k -> k exp(G_last - G) for the carried term of dv; chunk sums of r for dg
     scale_tile(k, ldk, L, Dk, [&](int t, int c) { return __expf(dec.g(L - 1, c) - (MODE == 2 && factored ? 0.f : dec.g(t, c))); });
-  if (bo.ctot) chunk_column_sums(bo.ctot + bhn * Dk, rbuf, rowk, L, Dk);
-  __syncthreads();
+    if (bo.ctot) chunk_column_sums(bo.ctot + bhn * Dk, rbuf, rowk, L, Dk);
+    __syncthreads();
+  } else if (bo.ctot) {  // no decay: dv reads nothing the dk phase writes, so warps go on to dv without a barrier
+    __syncthreads();     // (rbuf rows of other threads)
+    chunk_column_sums(bo.ctot + bhn * Dk, rbuf, rowk, L, Dk);
+  }
 
   // dv = A^T dO + K~ dH^T
   T* dv = dvg + offv;
