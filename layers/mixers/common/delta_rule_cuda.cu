@@ -50,11 +50,14 @@
 //     fwd_out           (N, H, B)            57,728         107,904           103,808
 //     bwd_prep          (N, H, B)            48,512          73,088            85,376
 //     bwd_state         (Dv/32, H, B)        61,440          99,328           104,448
-//     bwd_wy            (N, H, B)           118,528         175,872           192,256
+//     bwd_wy            (N, H, B)            99,584         107,776           122,112
 //     bwd_out           (N, H, B)            57,728         107,904           103,808
 // (Dv/16 column tiles when Dv is not a multiple of 32.) bwd_out keeps U' in the state's buffer until S_n is loaded
 // and diag(e^{G_C - G}) U' in dO's once dq^ is done, so that two of its CTAs fit on an H100 SM at Dk = Dv = 128.
-// f32 operands at Dk = Dv = 128 would need 307 KB, so f32 inputs with a head dim above 64 run on bf16 operands.
+// bwd_wy keeps K and T (then E) for the whole kernel and four C x D slots whose contents follow its phases (S_n,
+// then A, W, X / dX, Y / dY, U, dW, P = dX W^T in f32; dA continues from P), so that it also runs two CTAs per SM.
+// f32 operands stay limited to the shapes where bwd_wy's former layout fitted (307 KB at Dk = Dv = 128: f32
+// inputs with a head dim above 64 run on bf16 operands; see op_f32_fits).
 // The per-row dot products of the epilogues (dbeta, dG) are shared-memory atomics: the backward's dbeta and dg
 // are not bitwise deterministic (f32 order of sums).
 //
@@ -123,7 +126,24 @@ Geo make_geo(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const Delt
   return g;
 }
 
-bool op_f32_fits(const Geo& g) { return delta_cuda::max_smem<float>(g) <= smem_limit(); }
+// The shared memory bwd_wy took with f32 operands before its buffers were shared (K, dU', max(S_n, W + U), X, Y,
+// dW, T, A, K K^T, scratch, five rows). f32 operands stay limited to the shapes where that fitted: bwd_wy now fits
+// in less (Dk = Dv = 128: 204 KB), but the f32 FFMA products at one CTA per SM would be slower than bf16 tensor
+// cores for those shapes, and they have not run on a GPU there.
+size_t legacy_wy_f32_bytes(const Geo& g) {
+  const delta_cuda::Ld l(g);
+  delta_cuda::Bump m;
+  const size_t C = size_t(g.C), ck = C * l.k * 4, cv = C * l.v * 4, s = size_t(g.Dk) * l.v * 4;
+  const size_t wu = delta_cuda::align128(ck) + cv;
+  for (size_t b : {ck, cv, s > wu ? s : wu, ck, cv, ck, C * l.c * 4, C * l.cf * 4, C * l.cf * 4,
+                   size_t(delta_cuda::kThreads / 32) * delta_cuda::kScrTile * 4, C * 4, C * 4, C * 4, C * 4, C * 4})
+    m.take(b);
+  return m.o;
+}
+
+bool op_f32_fits(const Geo& g) {
+  return delta_cuda::max_smem<float>(g) <= smem_limit() && legacy_wy_f32_bytes(g) <= smem_limit();
+}
 
 template <typename T>
 T* ptr(const Tensor& t) {

@@ -147,26 +147,28 @@ struct LayOut {
     total = m.o;
   }
 };
+// bwd_wy: K, T (then E) and the reduction rows for the whole kernel; four C x D slots (a slot also holds a C x C
+// f32 tile) whose contents follow the phases (S2 and S3 are contiguous and first hold S_n):
+//     S1: dU'                          S2: S_n | A (f32) | W | Y, then dY
+//     S4: dW | P = dX W^T (f32)        S3: S_n | X, then dX | U
 template <class OP>
-struct LayWy {  // bwd_wy
-  size_t K, dU, R, W, U, X, Y, dW, T, A, KK, scr, rk, G, b, db, dG, total;
+struct LayWy {
+  size_t K, T, S1, S2, S3, S4, scr, rk, G, b, db, dG, total;
+  int ldp;  // row stride (floats) of P: a multiple of 4 (WMMA accumulator loads)
   __host__ __device__ explicit LayWy(const Geo& g) {
     const Ld l(g);
     Bump m;
-    K = m.take(size_t(g.C) * l.k * sizeof(OP));
-    dU = m.take(size_t(g.C) * l.v * sizeof(OP));
-    // S_n (for dW only), then W and U in the same place
+    ldp = g.C + 4;
+    size_t sz = size_t(g.C) * (l.k > l.v ? l.k : l.v) * sizeof(OP);
+    const size_t f = size_t(g.C) * (l.cf > ldp ? l.cf : ldp) * 4;
+    sz = align128(sz > f ? sz : f);
     const size_t s = size_t(g.Dk) * l.v * sizeof(OP);
-    const size_t wu = align128(size_t(g.C) * l.k * sizeof(OP)) + size_t(g.C) * l.v * sizeof(OP);
-    R = m.take(s > wu ? s : wu);
-    W = R;
-    U = R + align128(size_t(g.C) * l.k * sizeof(OP));
-    X = m.take(size_t(g.C) * l.k * sizeof(OP));
-    Y = m.take(size_t(g.C) * l.v * sizeof(OP));
-    dW = m.take(size_t(g.C) * l.k * sizeof(OP));
+    K = m.take(size_t(g.C) * l.k * sizeof(OP));
     T = m.take(size_t(g.C) * l.c * sizeof(OP));
-    A = m.take(size_t(g.C) * l.cf * 4);
-    KK = m.take(size_t(g.C) * l.cf * 4);
+    S1 = m.take(sz);
+    S2 = m.take(s > 2 * sz ? s : 2 * sz);
+    S3 = S2 + sz;
+    S4 = m.take(sz);
     scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
     rk = m.take(size_t(g.C) * 4);
     G = m.take(size_t(g.C) * 4);
@@ -252,8 +254,11 @@ __device__ __forceinline__ float dot_term(const Term<TA, TB, float>& t, int i, i
 // bf16: a warp owns whole 16 x 16 tiles; the accumulator goes through its f32 scratch s, then
 // tile_epi(w, i0, j0, s) runs on its lanes (between __syncwarp()s). float: one element per thread, f32 FFMA,
 // elem(i, j, value). No __syncthreads inside.
+// init (f32, row stride ldi, a multiple of 4; 32-byte aligned tiles), if not null, is the starting value of the
+// sums (the accumulator loaded from it: a product continued from a stored partial one gives the same f32 result).
 template <class OP, class TileEpi, class ElemFn, class... Terms>
-__device__ __forceinline__ void mm_walk(int M, int N, float* scr, TileEpi&& tile_epi, ElemFn&& elem, const Terms&... terms) {
+__device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const float* init, int ldi, TileEpi&& tile_epi, ElemFn&& elem,
+                                             const Terms&... terms) {
   if constexpr (std::is_same_v<OP, bf16>) {
     const tc::Lanes w = tc::lanes();
     const int tn = N / 16, ntiles = (M / 16) * tn;
@@ -261,7 +266,17 @@ __device__ __forceinline__ void mm_walk(int M, int N, float* scr, TileEpi&& tile
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
       const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
       tc::FragC acc;
-      wm::fill_fragment(acc, 0.f);
+      if (init == nullptr) {
+        wm::fill_fragment(acc, 0.f);
+      } else {
+#ifdef DELTA_EMULATE
+        if (emu_lane0())
+          for (int r = 0; r < 16; ++r)
+            for (int q = 0; q < 16; ++q) acc.x[r][q] = init[(i0 + r) * ldi + j0 + q];
+#else
+        wm::load_matrix_sync(acc, init + size_t(i0) * ldi + j0, unsigned(ldi), wm::mem_row_major);
+#endif
+      }
       (mma_term(acc, terms, i0, j0), ...);
       tc::through_scratch(s, acc, [&] { tile_epi(w, i0, j0, s); });
     }
@@ -270,11 +285,15 @@ __device__ __forceinline__ void mm_walk(int M, int N, float* scr, TileEpi&& tile
     const int nthr = int(blockDim.x), tid = int(threadIdx.x);
     for (int e = tid; e < M * N; e += nthr) {
       const int i = e / N, j = e % N;
-      float v = 0.f;
+      float v = init == nullptr ? 0.f : init[i * ldi + j];
       ((v += dot_term(terms, i, j)), ...);
       elem(i, j, v);
     }
   }
+}
+template <class OP, class TileEpi, class ElemFn, class... Terms>
+__device__ __forceinline__ void mm_walk(int M, int N, float* scr, TileEpi&& tile_epi, ElemFn&& elem, const Terms&... terms) {
+  mm_walk_init<OP>(M, N, scr, nullptr, 0, tile_epi, elem, terms...);
 }
 
 // out(i, j) = sum over the terms, for i < M, j < N (multiples of 16); epi(i, j, value) is called exactly
@@ -284,6 +303,17 @@ template <class OP, class Epi, class... Terms>
 __device__ __forceinline__ void mm(int M, int N, float* scr, Epi&& epi, const Terms&... terms) {
   mm_walk<OP>(
       M, N, scr,
+      [&](const tc::Lanes& w, int i0, int j0, const float* s) {
+        tc::for_elems(w, [&](int r, int c) { epi(i0 + r, j0 + c, s[r * kScrLd + c]); });
+      },
+      [&](int i, int j, float v) { epi(i, j, v); }, terms...);
+}
+
+// As mm, the sums starting from init (see mm_walk_init).
+template <class OP, class Epi, class... Terms>
+__device__ __forceinline__ void mm_init(int M, int N, float* scr, const float* init, int ldi, Epi&& epi, const Terms&... terms) {
+  mm_walk_init<OP>(
+      M, N, scr, init, ldi,
       [&](const tc::Lanes& w, int i0, int j0, const float* s) {
         tc::for_elems(w, [&](int r, int c) { epi(i0 + r, j0 + c, s[r * kScrLd + c]); });
       },
@@ -856,17 +886,18 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   TC_SMEM(smem);
   const LayWy<OP> lay(g);
   const Ld ld(g);
+  const int ldp = lay.ldp;
   OP* K = reinterpret_cast<OP*>(smem + lay.K);
-  OP* dU = reinterpret_cast<OP*>(smem + lay.dU);
-  OP* S = reinterpret_cast<OP*>(smem + lay.R);
-  OP* Wt = reinterpret_cast<OP*>(smem + lay.W);
-  OP* Ut = reinterpret_cast<OP*>(smem + lay.U);
-  OP* X = reinterpret_cast<OP*>(smem + lay.X);   // X, then dX
-  OP* Y = reinterpret_cast<OP*>(smem + lay.Y);   // Y, then dY
-  OP* dW = reinterpret_cast<OP*>(smem + lay.dW);
-  OP* T = reinterpret_cast<OP*>(smem + lay.T);   // T, then E
-  float* A = reinterpret_cast<float*>(smem + lay.A);
-  float* KK = reinterpret_cast<float*>(smem + lay.KK);
+  OP* T = reinterpret_cast<OP*>(smem + lay.T);  // T, then E
+  OP* dU = reinterpret_cast<OP*>(smem + lay.S1);
+  OP* S = reinterpret_cast<OP*>(smem + lay.S2);  // S_n over S2 and S3
+  float* A = reinterpret_cast<float*>(smem + lay.S2);
+  OP* Wt = reinterpret_cast<OP*>(smem + lay.S2);
+  OP* Y = reinterpret_cast<OP*>(smem + lay.S2);  // Y, then dY
+  OP* X = reinterpret_cast<OP*>(smem + lay.S3);  // X, then dX
+  OP* Ut = reinterpret_cast<OP*>(smem + lay.S3);
+  OP* dW = reinterpret_cast<OP*>(smem + lay.S4);
+  float* P = reinterpret_cast<float*>(smem + lay.S4);  // dX W^T, then dA (before the sign)
   float* scr = reinterpret_cast<float*>(smem + lay.scr);
   float* rk = reinterpret_cast<float*>(smem + lay.rk);
   float* G = reinterpret_cast<float*>(smem + lay.G);
@@ -884,30 +915,22 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   load_f32(dU, ld.v, p.dU + row0 * Dv, Dv, C, Dv);
   load_f32(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dv, Dk, Dv);
   __syncthreads();
-  mm<OP>(C, C, scr,
-         [&](int t, int s, float x) {
-           KK[t * ld.cf + s] = x;
-           A[t * ld.cf + s] = s < t ? bb[t] * x * dr_exp(G[t] - G[s]) : 0.f;
-         },
-         term<false, true>(K, ld.k, K, ld.k, Dk));
   mm<OP>(C, Dk, scr, [&](int t, int j, float x) { dW[t * ld.k + j] = fromf<OP>(-x); },
          term<false, true>(dU, ld.v, S, ld.v, Dv));
-  __syncthreads();  // S is dead from here: W and U take its place
+  __syncthreads();  // S_n is dead: A takes S2
+  mm<OP>(C, C, scr, [&](int t, int s, float x) { A[t * ld.cf + s] = s < t ? bb[t] * x * dr_exp(G[t] - G[s]) : 0.f; },
+         term<false, true>(K, ld.k, K, ld.k, Dk));
+  __syncthreads();
   unit_lower_inverse(A, ld.cf, C, scr);  // scr is free between products
   tri_to_op(T, ld.c, A, ld.cf, C);
   for (int e = tid; e < C * Dk; e += nthr) {
     const int t = e / Dk, j = e % Dk;
     X[t * ld.k + j] = fromf<OP>(tof(K[t * ld.k + j]) * bb[t] * dr_exp(G[t]));
   }
-  for (int e = tid; e < C * Dv; e += nthr) {
-    const int t = e / Dv, j = e % Dv;
-    Y[t * ld.v + j] = fromf<OP>(t < c.L ? bb[t] * tof(p.v[tok(g, c.b, c.t0 + t, c.h) * Dv + j]) : 0.f);
-  }
-  __syncthreads();
+  __syncthreads();  // A is dead: W takes S2
   mm<OP>(C, Dk, scr, [&](int t, int j, float x) { Wt[t * ld.k + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, X, ld.k, C));
-  mm<OP>(C, Dv, scr, [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
   __syncthreads();
-  // dX = T^T dW: dk^ += b e^G dX, dbeta += e^G dX.k, dG += b e^G dX.k (X = diag(b e^G) K)
+  // dX = T^T dW over X: dk^ = b e^G dX, dbeta += e^G dX.k, dG += b e^G dX.k (X = diag(b e^G) K)
   mm_rows<OP>(C, Dk, scr,
               [&](int t, int j, float x) {
                 X[t * ld.k + j] = fromf<OP>(x);
@@ -920,7 +943,17 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
                 dr_atomic_add(&dG[t], bb[t] * r);
               },
               term<true, false>(T, ld.c, dW, ld.k, C));
-  // dY = T^T dU': dv = b dY, dbeta += dY.v (Y = diag(b) V)
+  __syncthreads();  // dW is dead: P = dX W^T (f32) takes S4, the first half of dA = -(dX W^T + dY U^T)
+  mm<OP>(C, C, scr, [&](int t, int s, float x) { P[t * ldp + s] = x; }, term<false, true>(X, ld.k, Wt, ld.k, Dk));
+  __syncthreads();  // dX and W are dead: Y takes S2, U S3
+  for (int e = tid; e < C * Dv; e += nthr) {
+    const int t = e / Dv, j = e % Dv;
+    Y[t * ld.v + j] = fromf<OP>(t < c.L ? bb[t] * tof(p.v[tok(g, c.b, c.t0 + t, c.h) * Dv + j]) : 0.f);
+  }
+  __syncthreads();
+  mm<OP>(C, Dv, scr, [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
+  __syncthreads();
+  // dY = T^T dU' over Y: dv = b dY, dbeta += dY.v (Y = diag(b) V)
   mm_pieces<OP>(C, Dv, scr,
                 [&](int t, int j, const float* x, int n) {
                   for (int e = 0; e < n; ++e) Y[t * ld.v + j + e] = fromf<OP>(x[e]);
@@ -941,21 +974,19 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
                 },
                 [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<true, false>(T, ld.c, dU, ld.v, C));
   __syncthreads();
-  // dA = -(dX W^T + dY U^T), strictly lower; A_ts = b_t (k_t.k_s) e^{G_t - G_s}
-  mm_rows<OP>(C, C, scr,
+  // dA = -(dX W^T + dY U^T), strictly lower (the sums continue from P: the same f32 values as one product);
+  // A_ts = b_t (k_t.k_s) e^{G_t - G_s}: E = dA (.) diag(b) Gamma over T, P keeps the sums for dbeta
+  mm_init<OP>(C, C, scr, P, ldp,
               [&](int t, int s, float x) {
-                float e = 0.f, r = 0.f;
-                if (s < t) {
-                  const float gm = dr_exp(G[t] - G[s]);
-                  r = -x * KK[t * ld.cf + s] * gm;
-                  e = -x * bb[t] * gm;
-                }
-                T[t * ld.c + s] = fromf<OP>(e);
-                return r;
+                P[t * ldp + s] = x;  // this tile's own elements, already in the accumulator
+                T[t * ld.c + s] = fromf<OP>(s < t ? -x * bb[t] * dr_exp(G[t] - G[s]) : 0.f);
               },
-              [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<false, true>(X, ld.k, Wt, ld.k, Dk),
               term<false, true>(Y, ld.v, Ut, ld.v, Dv));
   __syncthreads();
+  // dbeta_t += sum_{s<t} dA_ts (k_t.k_s) Gamma_ts (K K^T again, in f32, as A's)
+  mm_rows<OP>(C, C, scr,
+              [&](int t, int s, float x) { return s < t ? -P[t * ldp + s] * x * dr_exp(G[t] - G[s]) : 0.f; },
+              [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<false, true>(K, ld.k, K, ld.k, Dk));
   // k_t enters A_ts (row, + G_t) and A_st (column, - G_s)
   mm_pieces<OP>(C, Dk, scr,
                 [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
