@@ -799,29 +799,50 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
       bo.du[bhn * Dk + c] = s;
     }
   }
-  if constexpr (MODE > 0) {
+  if constexpr (MODE == 2) {
     __syncthreads();
     // k -> k exp(G_last - G) for the carried term of dv; chunk sums of r for dg
-    scale_tile(k, ldk, L, Dk, [&](int t, int c) { return __expf(dec.g(L - 1, c) - (MODE == 2 && factored ? 0.f : dec.g(t, c))); });
+    scale_tile(k, ldk, L, Dk, [&](int t, int c) { return __expf(dec.g(L - 1, c) - (factored ? 0.f : dec.g(t, c))); });
     if (bo.ctot) chunk_column_sums(bo.ctot + bhn * Dk, rbuf, rowk, L, Dk);
     __syncthreads();
-  } else if (bo.ctot) {  // no decay: dv reads nothing the dk phase writes, so warps go on to dv without a barrier
-    __syncthreads();     // (rbuf rows of other threads)
-    chunk_column_sums(bo.ctot + bhn * Dk, rbuf, rowk, L, Dk);
+  } else if (bo.ctot) {  // no per-channel decay: dv reads nothing the dk phase writes (k stays raw; a per-head
+    __syncthreads();     // decay is a per-row factor in dv's epilogue), so warps go on to dv without a barrier
+    chunk_column_sums(bo.ctot + bhn * Dk, rbuf, rowk, L, Dk);  // (but for other threads' rbuf rows)
   }
 
-  // dv = A^T dO + K~ dH^T
+  // dv = A^T dO + K~ dH^T (per-head decay: K~ dH^T = e^(G_last - G_s) (K dH^T), the factor applied in f32 here)
   T* dv = dvg + offv;
   const int nj = Dv >> 4;
   for (int tile = w.warp; tile < nrt * nj; tile += w.nwarps) {
     const int si = tile / nj, dj = tile - si * nj;
     FragC acc;
     wm::fill_fragment(acc, 0.f);
+    if constexpr (MODE == 1) {  // K dH^T first, parked in the second scratch tile (one accumulator live)
+      for (int c0 = 0; c0 < Dk; c0 += 16)
+        mma16<wm::row_major, wm::col_major>(acc, k + si * 16 * ldk + c0, ldk, SH + dj * 16 * ldk + c0, ldk);
+      wm::store_matrix_sync(sc2, acc, kScrLd, wm::mem_row_major);  // read after through_scratch's __syncwarp
+      wm::fill_fragment(acc, 0.f);
+    }
     for (int ti = si; ti < nrt; ++ti)
       mma16<wm::col_major, wm::row_major>(acc, A + ti * 16 * ldc + si * 16, ldc, dO + ti * 16 * ldv + dj * 16, ldv);
-    for (int c0 = 0; c0 < Dk; c0 += 16)
-      mma16<wm::row_major, wm::col_major>(acc, k + si * 16 * ldk + c0, ldk, SH + dj * 16 * ldk + c0, ldk);
-    through_scratch(sc, acc, [&] { store_scratch_rows(dv + dj * 16, rowv, sc, si * 16, L, w); });
+    if constexpr (MODE != 1)
+      for (int c0 = 0; c0 < Dk; c0 += 16)
+        mma16<wm::row_major, wm::col_major>(acc, k + si * 16 * ldk + c0, ldk, SH + dj * 16 * ldk + c0, ldk);
+    if constexpr (MODE == 1) {
+      through_scratch(sc, acc, [&] {
+        for_pieces(w, [&](int r, int c0) {
+          const int s = si * 16 + r;
+          if (s >= L) return;
+          const float f = __expf(dec.g(L - 1, 0) - dec.g(s, 0));
+          float x[8];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) x[i] = sc[r * kScrLd + c0 + i] + f * sc2[r * kScrLd + c0 + i];
+          store8(dv + int64_t(s) * rowv + dj * 16 + c0, x);
+        });
+      });
+    } else {
+      through_scratch(sc, acc, [&] { store_scratch_rows(dv + dj * 16, rowv, sc, si * 16, L, w); });
+    }
   }
 }
 
