@@ -42,7 +42,9 @@
 // Products: every C x C, C x D and D x D product in shared memory; WMMA m16n16k16 bf16 -> f32 (a warp per
 // 16 x 16 output tile, its epilogue through a per-warp f32 scratch tile), or plain f32 products for f32
 // operands. Row-wise work (the L2 normalization and its backward) takes a warp per row with shuffle sums; the
-// epilogues that add to a global f32 buffer (dk^) load a lane's 8 values together before storing.
+// epilogues that add to a global f32 buffer (dk^) load a lane's 8 values together before storing. The sequential
+// kernels load the next chunk's W, Kd (and Qg) into registers while the current chunk's products run
+// (RowPrefetch; launch bounds 256 x 2: 128 registers, two CTAs per SM).
 // 256 threads per CTA. Dynamic shared memory (bytes, C = 64; delta_cuda::Lay*):
 //                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
 //     fwd_prep          (N, H, B)            55,296          71,680            82,944

@@ -497,6 +497,57 @@ __device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int ro
   }
 }
 
+// copy_rows in two halves for the sequential kernels: load() issues the next chunk's 16-byte global loads into
+// registers (R per thread) before the current chunk's products, store() writes them into shared memory after the
+// barrier that frees the buffer. Shapes with more than R pieces per thread: store() is a plain copy_rows.
+template <class OP, int R>
+struct RowPrefetch {
+  uint4 v[R];
+  __device__ __forceinline__ static bool fits(int rows, int cols) {
+    return rows * (cols / (16 / int(sizeof(OP)))) <= R * int(blockDim.x);
+  }
+  __device__ __forceinline__ void load(const OP* src, int rows, int cols) {
+    if (!fits(rows, cols)) return;
+    const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+    constexpr int per = 16 / int(sizeof(OP));
+    const int vc = cols / per, total = rows * vc;
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = tid + k * nthr;
+      if (e < total) {
+        const int r = e / vc, j = (e % vc) * per;
+#ifdef DELTA_EMULATE
+        std::memcpy(&v[k], src + int64_t(r) * cols + j, 16);
+#else
+        v[k] = *reinterpret_cast<const uint4*>(src + int64_t(r) * cols + j);
+#endif
+      }
+    }
+  }
+  __device__ __forceinline__ void store(OP* dst, int ld, const OP* src, int rows, int cols) const {
+    if (!fits(rows, cols)) {
+      copy_rows(dst, ld, src, rows, cols);
+      return;
+    }
+    const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+    constexpr int per = 16 / int(sizeof(OP));
+    const int vc = cols / per, total = rows * vc;
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = tid + k * nthr;
+      if (e < total) {
+        const int r = e / vc, j = (e % vc) * per;
+#ifdef DELTA_EMULATE
+        std::memcpy(dst + r * ld + j, &v[k], 16);
+#else
+        *reinterpret_cast<uint4*>(dst + r * ld + j) = v[k];
+#endif
+      }
+    }
+  }
+};
+constexpr int kPrefetchR = 4;  // C = 64, Dk = 128, bf16: 1024 pieces of 16 bytes = 4 per thread
+
 // The f32 state tile S [Dk, DVT] of a sequential kernel: columns j0 .. j0 + DVT - 1 of a [Dk, Dv] f32 state
 // (src null: zeros), and back (also into an OP operand copy of stride ldop when op is given).
 __device__ __forceinline__ void state_cols_in(float* S, const float* src, const Geo& g, int j0) {
@@ -697,7 +748,7 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
 // (2) sequential over chunks per (batch, head, DVT columns): S_n kept in f32; U' = U - W S_n;
 // S_{n+1} = e^{G_C} S_n + Kd^T U'. Stores every S_n and the final state.
 template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads) fwd_state(Geo g, Ptrs<IN, OP> p) {
+__global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) {
   TC_SMEM(smem);
   const LaySeq<OP> lay(g);
   const Ld ld(g);
@@ -711,13 +762,21 @@ __global__ void __launch_bounds__(kThreads) fwd_state(Geo g, Ptrs<IN, OP> p) {
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, DVT = g.DVT;
   const int64_t bh = int64_t(b * g.H + h);
   state_cols_in(S, p.s0 ? p.s0 + bh * Dk * Dv : nullptr, g, j0);
+  RowPrefetch<OP, kPrefetchR> pw, pk;  // chunk n + 1's W, Kd in flight during chunk n's products
+  pw.load(p.W + hp_row(g, b, h, 0, 0) * Dk, C, Dk);
+  pk.load(p.Kd + hp_row(g, b, h, 0, 0) * Dk, C, Dk);
   for (int n = 0; n < g.N; ++n) {
+    const float eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
     state_cols_out(p.states + state_off(g, b, h, n), Sop, ld.vt, S, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
-    copy_rows(Wt, ld.k, p.W + row0 * Dk, C, Dk);
-    copy_rows(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
+    pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
+    pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
     __syncthreads();
+    if (n + 1 < g.N) {
+      pw.load(p.W + (row0 + C) * Dk, C, Dk);
+      pk.load(p.Kd + (row0 + C) * Dk, C, Dk);
+    }
     mm_pieces<OP>(C, DVT, scr,
                   [&](int t, int j, const float* x, int n) {
                     float* u = p.U + (row0 + t) * Dv + j0 + j;
@@ -736,7 +795,6 @@ __global__ void __launch_bounds__(kThreads) fwd_state(Geo g, Ptrs<IN, OP> p) {
                   },
                   [](int, float) {}, term<false, false>(Wt, ld.k, Sop, ld.vt, Dk));
     __syncthreads();
-    const float eC = dr_exp(p.gC[bh * g.N + n]);
     mm<OP>(Dk, DVT, scr, [&](int i, int j, float x) { S[i * DVT + j] = eC * S[i * DVT + j] + x; },
            term<true, false>(Kd, ld.k, Up, ld.vt, C));
   }
@@ -826,7 +884,7 @@ __global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
 // dU' = P^T dO + Kd dS_{n+1};  dS_n = e^{G_C} dS_{n+1} + Qg^T dO - W^T dU'. Stores dS_{n+1} per chunk and
 // d initial state.
 template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads) bwd_state(Geo g, Ptrs<IN, OP> p) {
+__global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) {
   TC_SMEM(smem);
   const LaySeq<OP> lay(g);
   const Ld ld(g);
@@ -842,16 +900,29 @@ __global__ void __launch_bounds__(kThreads) bwd_state(Geo g, Ptrs<IN, OP> p) {
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, DVT = g.DVT;
   const int64_t bh = int64_t(b * g.H + h);
   state_cols_in(dS, p.dfinal ? p.dfinal + bh * Dk * Dv : nullptr, g, j0);
+  RowPrefetch<OP, kPrefetchR> pk, pq, pw;  // chunk n - 1's Kd, Qg, W in flight during chunk n's products
+  {
+    const int64_t last = hp_row(g, b, h, g.N - 1, 0);
+    pk.load(p.Kd + last * Dk, C, Dk);
+    pq.load(p.Qg + last * Dk, C, Dk);
+    pw.load(p.W + last * Dk, C, Dk);
+  }
   for (int n = g.N - 1; n >= 0; --n) {
+    const float eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
     state_cols_out(p.dH + state_off(g, b, h, n), dSop, ld.vt, dS, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
-    copy_rows(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
-    copy_rows(Qg, ld.k, p.Qg + row0 * Dk, C, Dk);
-    copy_rows(Wt, ld.k, p.W + row0 * Dk, C, Dk);
+    pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
+    pq.store(Qg, ld.k, p.Qg + row0 * Dk, C, Dk);
+    pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
     const Chunk c{b, h, n, n * C, g.T - n * C < C ? g.T - n * C : C};
     load_rows(dO, ld.vt, p.dout, g, c, Dv, j0, DVT, g.scale);
     __syncthreads();
+    if (n > 0) {
+      pk.load(p.Kd + (row0 - C) * Dk, C, Dk);
+      pq.load(p.Qg + (row0 - C) * Dk, C, Dk);
+      pw.load(p.W + (row0 - C) * Dk, C, Dk);
+    }
     mm_pieces<OP>(C, DVT, scr,
                   [&](int t, int j, const float* x, int n) {
                     float* d = p.dU + (row0 + t) * Dv + j0 + j;
@@ -870,7 +941,6 @@ __global__ void __launch_bounds__(kThreads) bwd_state(Geo g, Ptrs<IN, OP> p) {
                   },
                   [](int, float) {}, term<false, false>(Kd, ld.k, dSop, ld.vt, Dk));
     __syncthreads();
-    const float eC = dr_exp(p.gC[bh * g.N + n]);
     mm<OP>(Dk, DVT, scr, [&](int i, int j, float x) { dS[i * DVT + j] = eC * dS[i * DVT + j] + x; },
            term<true, false>(Qg, ld.k, dO, ld.vt, C), term<true, false>(Wt, ld.k, ndU, ld.vt, C));
   }
