@@ -43,15 +43,16 @@
 // 16 x 16 output tile, its epilogue through a per-warp f32 scratch tile), or plain f32 products for f32
 // operands. Row-wise work (the L2 normalization and its backward) takes a warp per row with shuffle sums; the
 // epilogues that add to a global f32 buffer (dk^) load a lane's 8 values together before storing. The sequential
-// kernels load the next chunk's W, Kd (and Qg) into registers while the current chunk's products run
-// (RowPrefetch; launch bounds 256 x 2: 128 registers, two CTAs per SM).
+// kernels load the next chunk's W, Kd (and Qg) and their f32 U / dU columns into registers while the current
+// chunk's products run (RowPrefetch; launch bounds 256 x 2: 128 registers, two CTAs per SM); the U / dU columns
+// go to shared memory, so that the epilogue's read-modify-write reads them there.
 // 256 threads per CTA. Dynamic shared memory (bytes, C = 64; delta_cuda::Lay*):
 //                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
 //     fwd_prep          (N, H, B)            55,296          71,680            82,944
-//     fwd_state         (Dv/32, H, B)        61,440          99,328           104,448
+//     fwd_state         (Dv/32, H, B)        69,632         107,520           112,640
 //     fwd_out           (N, H, B)            57,728         107,904           103,808
 //     bwd_prep          (N, H, B)            48,512          73,088            85,376
-//     bwd_state         (Dv/32, H, B)        61,440          99,328           104,448
+//     bwd_state         (Dv/32, H, B)        69,632         107,520           112,640
 //     bwd_wy            (N, H, B)            99,584         107,776           122,112
 //     bwd_out           (N, H, B)            57,728         107,904           103,808
 // (Dv/16 column tiles when Dv is not a multiple of 32.) bwd_out keeps U' in the state's buffer until S_n is loaded

@@ -105,8 +105,9 @@ struct LayPrep {  // fwd_prep
   }
 };
 template <class OP>
-struct LaySeq {  // fwd_state and bwd_state: one f32 state tile [Dk, DVT], three C x Dk operands, two C x DVT
-  size_t S, Sop, M1, M2, M3, X1, X2, scr, total;
+struct LaySeq {  // fwd_state and bwd_state: one f32 state tile [Dk, DVT], three C x Dk operands, two C x DVT,
+                // the step's f32 U / dU columns [C, DVT]
+  size_t S, Sop, M1, M2, M3, X1, X2, Uf, scr, total;
   __host__ __device__ explicit LaySeq(const Geo& g) {
     const Ld l(g);
     Bump m;
@@ -117,6 +118,7 @@ struct LaySeq {  // fwd_state and bwd_state: one f32 state tile [Dk, DVT], three
     M3 = m.take(size_t(g.C) * l.k * sizeof(OP));
     X1 = m.take(size_t(g.C) * l.vt * sizeof(OP));
     X2 = m.take(size_t(g.C) * l.vt * sizeof(OP));
+    Uf = m.take(size_t(g.C) * g.DVT * 4);
     scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
     total = m.o;
   }
@@ -483,16 +485,17 @@ __device__ __forceinline__ void load_f32(OP* dst, int ld, const float* src, int6
 }
 // 16-byte pieces: cols and ld multiples of 8 elements (16 / sizeof(OP) divides them), src and dst 16-byte aligned.
 template <class OP>
-__device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int rows, int cols) {
+__device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  if (srcld < 0) srcld = cols;
   constexpr int per = 16 / int(sizeof(OP));
   const int vc = cols / per;
   for (int e = tid; e < rows * vc; e += nthr) {
     const int r = e / vc, j = (e % vc) * per;
 #ifdef DELTA_EMULATE
-    std::memcpy(dst + r * ld + j, src + int64_t(r) * cols + j, 16);
+    std::memcpy(dst + r * ld + j, src + int64_t(r) * srcld + j, 16);
 #else
-    *reinterpret_cast<uint4*>(dst + r * ld + j) = *reinterpret_cast<const uint4*>(src + int64_t(r) * cols + j);
+    *reinterpret_cast<uint4*>(dst + r * ld + j) = *reinterpret_cast<const uint4*>(src + int64_t(r) * srcld + j);
 #endif
   }
 }
@@ -506,8 +509,9 @@ struct RowPrefetch {
   __device__ __forceinline__ static bool fits(int rows, int cols) {
     return rows * (cols / (16 / int(sizeof(OP)))) <= R * int(blockDim.x);
   }
-  __device__ __forceinline__ void load(const OP* src, int rows, int cols) {
+  __device__ __forceinline__ void load(const OP* src, int rows, int cols, int64_t srcld = -1) {
     if (!fits(rows, cols)) return;
+    if (srcld < 0) srcld = cols;
     const int nthr = int(blockDim.x), tid = int(threadIdx.x);
     constexpr int per = 16 / int(sizeof(OP));
     const int vc = cols / per, total = rows * vc;
@@ -517,16 +521,16 @@ struct RowPrefetch {
       if (e < total) {
         const int r = e / vc, j = (e % vc) * per;
 #ifdef DELTA_EMULATE
-        std::memcpy(&v[k], src + int64_t(r) * cols + j, 16);
+        std::memcpy(&v[k], src + int64_t(r) * srcld + j, 16);
 #else
-        v[k] = *reinterpret_cast<const uint4*>(src + int64_t(r) * cols + j);
+        v[k] = *reinterpret_cast<const uint4*>(src + int64_t(r) * srcld + j);
 #endif
       }
     }
   }
-  __device__ __forceinline__ void store(OP* dst, int ld, const OP* src, int rows, int cols) const {
+  __device__ __forceinline__ void store(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) const {
     if (!fits(rows, cols)) {
-      copy_rows(dst, ld, src, rows, cols);
+      copy_rows(dst, ld, src, rows, cols, srcld);
       return;
     }
     const int nthr = int(blockDim.x), tid = int(threadIdx.x);
@@ -547,6 +551,7 @@ struct RowPrefetch {
   }
 };
 constexpr int kPrefetchR = 4;  // C = 64, Dk = 128, bf16: 1024 pieces of 16 bytes = 4 per thread
+constexpr int kPrefetchRU = 2;  // the f32 U / dU columns of a step: C = 64, DVT = 32: 512 pieces = 2 per thread
 
 // The f32 state tile S [Dk, DVT] of a sequential kernel: columns j0 .. j0 + DVT - 1 of a [Dk, Dv] f32 state
 // (src null: zeros), and back (also into an OP operand copy of stride ldop when op is given).
@@ -757,14 +762,17 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
   OP* Wt = reinterpret_cast<OP*>(smem + lay.M1);
   OP* Kd = reinterpret_cast<OP*>(smem + lay.M2);
   OP* Up = reinterpret_cast<OP*>(smem + lay.X1);
+  float* Uf = reinterpret_cast<float*>(smem + lay.Uf);
   float* scr = reinterpret_cast<float*>(smem + lay.scr);
   const int j0 = int(blockIdx.x) * g.DVT, h = int(blockIdx.y), b = int(blockIdx.z);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, DVT = g.DVT;
   const int64_t bh = int64_t(b * g.H + h);
   state_cols_in(S, p.s0 ? p.s0 + bh * Dk * Dv : nullptr, g, j0);
-  RowPrefetch<OP, kPrefetchR> pw, pk;  // chunk n + 1's W, Kd in flight during chunk n's products
+  RowPrefetch<OP, kPrefetchR> pw, pk;  // chunk n + 1's W, Kd, U columns in flight during chunk n's products
+  RowPrefetch<float, kPrefetchRU> pu;
   pw.load(p.W + hp_row(g, b, h, 0, 0) * Dk, C, Dk);
   pk.load(p.Kd + hp_row(g, b, h, 0, 0) * Dk, C, Dk);
+  pu.load(p.U + hp_row(g, b, h, 0, 0) * Dv + j0, C, DVT, Dv);
   for (int n = 0; n < g.N; ++n) {
     const float eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
@@ -772,18 +780,17 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
     const int64_t row0 = hp_row(g, b, h, n, 0);
     pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
     pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
+    pu.store(Uf, DVT, p.U + row0 * Dv + j0, C, DVT, Dv);
     __syncthreads();
     if (n + 1 < g.N) {
       pw.load(p.W + (row0 + C) * Dk, C, Dk);
       pk.load(p.Kd + (row0 + C) * Dk, C, Dk);
+      pu.load(p.U + (row0 + C) * Dv + j0, C, DVT, Dv);
     }
     mm_pieces<OP>(C, DVT, scr,
                   [&](int t, int j, const float* x, int n) {
                     float* u = p.U + (row0 + t) * Dv + j0 + j;
-                    float old[8];
-#pragma unroll
-                    for (int e = 0; e < 8; ++e)
-                      if (e < n) old[e] = u[e];
+                    const float* old = Uf + t * DVT + j;
 #pragma unroll
                     for (int e = 0; e < 8; ++e)
                       if (e < n) {
@@ -895,14 +902,17 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
   OP* Wt = reinterpret_cast<OP*>(smem + lay.M3);
   OP* dO = reinterpret_cast<OP*>(smem + lay.X1);
   OP* ndU = reinterpret_cast<OP*>(smem + lay.X2);
+  float* Uf = reinterpret_cast<float*>(smem + lay.Uf);  // P^T dO columns of the step
   float* scr = reinterpret_cast<float*>(smem + lay.scr);
   const int j0 = int(blockIdx.x) * g.DVT, h = int(blockIdx.y), b = int(blockIdx.z);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, DVT = g.DVT;
   const int64_t bh = int64_t(b * g.H + h);
   state_cols_in(dS, p.dfinal ? p.dfinal + bh * Dk * Dv : nullptr, g, j0);
-  RowPrefetch<OP, kPrefetchR> pk, pq, pw;  // chunk n - 1's Kd, Qg, W in flight during chunk n's products
+  RowPrefetch<OP, kPrefetchR> pk, pq, pw;  // chunk n - 1's Kd, Qg, W, dU columns in flight during chunk n's products
+  RowPrefetch<float, kPrefetchRU> pu;
   {
     const int64_t last = hp_row(g, b, h, g.N - 1, 0);
+    pu.load(p.dU + last * Dv + j0, C, DVT, Dv);
     pk.load(p.Kd + last * Dk, C, Dk);
     pq.load(p.Qg + last * Dk, C, Dk);
     pw.load(p.W + last * Dk, C, Dk);
@@ -915,10 +925,12 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
     pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
     pq.store(Qg, ld.k, p.Qg + row0 * Dk, C, Dk);
     pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
+    pu.store(Uf, DVT, p.dU + row0 * Dv + j0, C, DVT, Dv);
     const Chunk c{b, h, n, n * C, g.T - n * C < C ? g.T - n * C : C};
     load_rows(dO, ld.vt, p.dout, g, c, Dv, j0, DVT, g.scale);
     __syncthreads();
     if (n > 0) {
+      pu.load(p.dU + (row0 - C) * Dv + j0, C, DVT, Dv);
       pk.load(p.Kd + (row0 - C) * Dk, C, Dk);
       pq.load(p.Qg + (row0 - C) * Dk, C, Dk);
       pw.load(p.W + (row0 - C) * Dk, C, Dk);
@@ -926,10 +938,7 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
     mm_pieces<OP>(C, DVT, scr,
                   [&](int t, int j, const float* x, int n) {
                     float* d = p.dU + (row0 + t) * Dv + j0 + j;
-                    float old[8];
-#pragma unroll
-                    for (int e = 0; e < 8; ++e)
-                      if (e < n) old[e] = d[e];
+                    const float* old = Uf + t * DVT + j;
 #pragma unroll
                     for (int e = 0; e < 8; ++e)
                       if (e < n) {
