@@ -16,7 +16,7 @@
 #   MQAR_EVAL=1000        held-out examples per split (val and test)
 #   MQAR_DEVICE=cuda|cpu  default cuda when nvidia-smi sees a GPU, else cpu
 #   MQAR_SET="--set k=v"  more `seqmix train` arguments
-#   MQAR_TIMEOUT=120      seconds per run before it is stopped
+#   MQAR_TIMEOUT=900      seconds per run before it is stopped
 # Logs and run directories go to $OUT/mqar_sweep (OUT defaults to /tmp/seqmix_out).
 set -uo pipefail
 build=${1:?usage: scripts/mqar_sweep.sh BUILD_DIR [MIXER ...]}
@@ -52,7 +52,7 @@ for m in "${mixers[@]}"; do
     rm -rf "${out:?}/$name"
     t0=$(date +%s.%N)
     # shellcheck disable=SC2086
-    timeout "${MQAR_TIMEOUT:-120}" "$build/seqmix" train "configs/mqar/$m.yaml" --device "$MQAR_DEVICE" \
+    timeout "${MQAR_TIMEOUT:-900}" "$build/seqmix" train "configs/mqar/$m.yaml" --device "$MQAR_DEVICE" \
       --set run.out_dir="$out" --set run.name="$name" --set data.task.num_kv_pairs="$k" \
       --set data.task.eval_examples="$eval_examples" --set train.steps="$steps" --set train.warmup="$warmup" \
       --set train.batch_size="$batch" --set train.eval_every=0 --set train.ckpt_every=0 --set train.log_every=50 \
@@ -66,7 +66,7 @@ for m in "${mixers[@]}"; do
       acc[$m,$k]=$(awk -v a="$test_acc" 'BEGIN{printf "%.1f", 100 * a}')
     else
       acc[$m,$k]="fail"
-      if [ $rc -eq 124 ]; then echo "  $name: stopped after ${MQAR_TIMEOUT:-120} s (MQAR_TIMEOUT); log $out/$name.log"
+      if [ $rc -eq 124 ]; then echo "  $name: stopped after ${MQAR_TIMEOUT:-900} s (MQAR_TIMEOUT); log $out/$name.log"
       else echo "  $name: exit $rc: $(grep -m1 -iE 'error|what' "$out/$name.log" | cut -c1-160)"; fi
     fi
     tps=$(grep -oE '[0-9.]+[KM]? tok/s' "$out/$name.log" | tail -1 | cut -d' ' -f1)
