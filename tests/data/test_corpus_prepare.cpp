@@ -11,6 +11,7 @@
 #include "data/corpus.h"
 #include "data/dataset.h"
 #include "data/prepare.h"
+#include "support/test_util.h"
 
 namespace fs = std::filesystem;
 using namespace seqmix::data;
@@ -251,7 +252,7 @@ TEST(Prepare, EnsureDatasetCachesAndNoticesChanges) {
   TempDir t;
   write(t.path / "src" / "a.txt", sample_text(100));
   write(t.path / "src" / "b.txt", sample_text(50));
-  ::setenv("SEQMIX_DATA_CACHE", (t.path / "cache").string().c_str(), 1);
+  seqmix::testing::ScopedEnv cache_env("SEQMIX_DATA_CACHE", (t.path / "cache").string().c_str());
   testing::internal::CaptureStderr();
   const std::string dir = ensure_dataset((t.path / "src").string(), "bpe", 300);
   EXPECT_EQ(fs::path(dir).parent_path(), t.path / "cache");
@@ -266,7 +267,6 @@ TEST(Prepare, EnsureDatasetCachesAndNoticesChanges) {
   EXPECT_NE(d.manifest_text().find("source_fingerprint"), std::string::npos);
   EXPECT_EQ(d.split("train")->size() + d.split("val")->size() + d.split("test")->size(),
             d.split_entry("train").tokens + d.split_entry("val").tokens + d.split_entry("test").tokens);
-  ::unsetenv("SEQMIX_DATA_CACHE");
 }
 
 TEST(Prepare, TokenizerFileReusesAnExistingTokenizer) {

@@ -13,7 +13,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <string>
 
 #include "autograd/node.h"
@@ -132,17 +131,16 @@ TEST(DeltaRuleGpu, DispatchFromDeltaRule) {
   Tensor g = logsigmoid(randn({B, T, H}, gen, DType::F32) + 2.0).to(Device::cuda());
   DeltaOptions opt;
   opt.scale = 0.125;
-  const char* old = std::getenv("SEQMIX_DELTA_CUDA");
-  const std::string saved = old ? old : "";
-  ::setenv("SEQMIX_DELTA_CUDA", "0", 1);
-  EXPECT_FALSE(mixers::delta_rule_cuda_enabled());
-  DeltaResult comp = delta_rule(q, k, v, beta, g, Tensor(), opt);
-  ::unsetenv("SEQMIX_DELTA_CUDA");
-  EXPECT_TRUE(mixers::delta_rule_cuda_enabled());
   Tensor ql = leaf(q);
-  DeltaResult fused = delta_rule(ql, k, v, beta, g, Tensor(), opt);
-  if (old) ::setenv("SEQMIX_DELTA_CUDA", saved.c_str(), 1);
-  else ::unsetenv("SEQMIX_DELTA_CUDA");
+  DeltaResult comp, fused;
+  {
+    ScopedEnv env("SEQMIX_DELTA_CUDA", "0");
+    EXPECT_FALSE(mixers::delta_rule_cuda_enabled());
+    comp = delta_rule(q, k, v, beta, g, Tensor(), opt);
+    env.set(nullptr);
+    EXPECT_TRUE(mixers::delta_rule_cuda_enabled());
+    fused = delta_rule(ql, k, v, beta, g, Tensor(), opt);
+  }
   ASSERT_TRUE(fused.o.grad_fn() != nullptr);
   EXPECT_EQ(fused.o.grad_fn()->name(), "delta_rule_cuda");
   DeltaResult direct = delta_rule_cuda(q, k, v, beta, g, Tensor(), opt);
@@ -201,14 +199,13 @@ TEST(DeltaRuleGpu, LongSequenceExtremeGatesStayFinite) {
   expect_all_finite(bd.grad(), "dbeta");
   expect_all_finite(gd.grad(), "dg");
   // the op composition (chunked WY form as ops, f32) on the same inputs
-  const char* old = std::getenv("SEQMIX_DELTA_CUDA");
-  const std::string saved = old ? old : "";
-  ::setenv("SEQMIX_DELTA_CUDA", "0", 1);
   Tensor qc = leaf(qd), kc = leaf(kd), vc = leaf(vd), bc = leaf(bd), gc = leaf(gd);
-  DeltaResult c = delta_rule(qc, kc, vc, bc, gc, Tensor(), opt);
+  DeltaResult c;
+  {
+    ScopedEnv env("SEQMIX_DELTA_CUDA", "0");
+    c = delta_rule(qc, kc, vc, bc, gc, Tensor(), opt);
+  }
   autograd::backward({c.o, c.final_state}, {dout, dfin});
-  if (old) ::setenv("SEQMIX_DELTA_CUDA", saved.c_str(), 1);
-  else ::unsetenv("SEQMIX_DELTA_CUDA");
   EXPECT_LT(err(r.o, c.o), 3e-2) << "o";
   EXPECT_LT(err(r.final_state, c.final_state), 3e-2) << "final state";
   EXPECT_LT(err(qd.grad(), qc.grad()), 3e-2) << "dq";

@@ -100,8 +100,7 @@ TEST(MaxplusScanGpu, StridedInputs) {
 TEST(MaxplusScanGpu, MlstmCellMatchesCpuAndKeepsStateOnDevice) {
   SKIP_WITHOUT_CUDA();
   for (const char* on_gpu : {"", "1", "0"}) {
-    if (on_gpu[0]) setenv("SEQMIX_MAXPLUS_CUDA", on_gpu, 1);
-    else unsetenv("SEQMIX_MAXPLUS_CUDA");
+    ScopedEnv env("SEQMIX_MAXPLUS_CUDA", on_gpu[0] ? on_gpu : nullptr);
     const int64_t B = 2, T = 45, H = 3, D = 16;
     Generator g(5);
     Tensor q = randn({B, T, H, D}, g), k = randn({B, T, H, D}, g), v = randn({B, T, H, D}, g);
@@ -130,5 +129,4 @@ TEST(MaxplusScanGpu, MlstmCellMatchesCpuAndKeepsStateOnDevice) {
     if (sg.m.is_cuda()) expect_exact(sg.m, sc.m, "carried m");
     else EXPECT_EQ(sg.m.to_vector<double>(), sc.m.to_vector<double>());
   }
-  unsetenv("SEQMIX_MAXPLUS_CUDA");
 }

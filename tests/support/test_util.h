@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "core/ops.h"
@@ -28,6 +30,27 @@ inline Tensor random_f64(const Shape& shape, uint64_t seed, bool requires_grad =
   if (requires_grad) t.requires_grad_(true);
   return t;
 }
+
+// Sets (or, with nullptr, unsets) an environment variable for its lifetime and restores the former value
+// (or its absence) when destroyed, also when an ASSERT leaves the test early. set() changes it again.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    set(value);
+  }
+  ~ScopedEnv() { set(old_ ? old_->c_str() : nullptr); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+  void set(const char* value) {
+    if (value) ::setenv(name_.c_str(), value, 1);
+    else ::unsetenv(name_.c_str());
+  }
+
+ private:
+  std::string name_;
+  std::optional<std::string> old_;
+};
 
 // Asserts that `fn` throws seqmix::Error whose message contains `needle`.
 template <typename F>
