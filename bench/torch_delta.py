@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch side of `seqmix bench delta`: a plain PyTorch chunked (WY / UT) delta rule as the side-by-side
-peer and GPU oracle, on the same shapes. Not yet run (written in a session without a GPU): it checks itself
-against a token-by-token loop in f64 before timing, and stops if they disagree.
+peer and GPU oracle, on the same shapes. It checks itself against a token-by-token loop in f64 before
+timing, and stops if they disagree (run on the lent H100: docs/PERF.md, "Delta rules").
 
     python bench/torch_delta.py [--B 4] [--T 4096] [--H 16] [--D 128] [--long 65536] [--iters 20]
                                 [--warmup 3] [--no-long] [--compile]
@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from torch_timing import median_ms  # bench/torch_timing.py
+from torch_timing import add_shape_args, median_ms  # bench/torch_timing.py
 
 CHUNK = 64
 
@@ -155,15 +155,7 @@ def fla_fn():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--B", type=int, default=4)
-    ap.add_argument("--T", type=int, default=4096)
-    ap.add_argument("--H", type=int, default=16)
-    ap.add_argument("--D", type=int, default=128)
-    ap.add_argument("--long", type=int, default=65536)
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--no-long", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the chunked function")
+    add_shape_args(ap)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("torch_delta: no CUDA device")

@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from torch_timing import median_ms  # bench/torch_timing.py
+from torch_timing import add_shape_args, median_ms  # bench/torch_timing.py
 
 CHUNK = 64
 
@@ -134,16 +134,8 @@ def measure(args, fn, kind, B, T):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--B", type=int, default=4)
-    ap.add_argument("--T", type=int, default=4096)
-    ap.add_argument("--H", type=int, default=16)
-    ap.add_argument("--D", type=int, default=128)
-    ap.add_argument("--long", type=int, default=65536)
+    add_shape_args(ap)
     ap.add_argument("--kinds", default="gla,hgrn2,retnet,linear_attention")
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--no-long", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the chunked function")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("torch_recurrence: no CUDA device")
