@@ -17,6 +17,8 @@
 #   MQAR_DEVICE=cuda|cpu  default cuda when nvidia-smi sees a GPU, else cpu
 #   MQAR_SET="--set k=v"  more `seqmix train` arguments
 #   MQAR_TIMEOUT=900      seconds per run before it is stopped
+#   MQAR_JOBS=1           runs at once on the same device (the runs are tiny and launch-bound on a GPU, so
+#                         several side by side finish sooner; train tok/s is then per run, not per GPU)
 # Logs and run directories go to $OUT/mqar_sweep (OUT defaults to /tmp/seqmix_out).
 set -uo pipefail
 build=${1:?usage: scripts/mqar_sweep.sh BUILD_DIR [MIXER ...]}
@@ -42,41 +44,53 @@ out=${OUT:-/tmp/seqmix_out}/mqar_sweep
 mkdir -p "$out"
 declare -A acc
 t_all=$(date +%s.%N)
+jobs=${MQAR_JOBS:-1}
+# One run; its result line goes to $out/<name>.result so that runs may go side by side.
+run_one() {
+  local m=$1 k=$2 steps=$3 name="$1-kv$2"
+  local warmup=$(( steps / 10 )) t0 rc wall last test_acc loss a tps
+  rm -rf "${out:?}/$name" "$out/$name.result"
+  t0=$(date +%s.%N)
+  # shellcheck disable=SC2086
+  timeout "${MQAR_TIMEOUT:-900}" "$build/seqmix" train "configs/mqar/$m.yaml" --device "$MQAR_DEVICE" \
+    --set run.out_dir="$out" --set run.name="$name" --set data.task.num_kv_pairs="$k" \
+    --set data.task.eval_examples="$eval_examples" --set train.steps="$steps" --set train.warmup="$warmup" \
+    --set train.batch_size="$batch" --set train.eval_every=0 --set train.ckpt_every=0 --set train.log_every=50 \
+    ${MQAR_SET:-} > "$out/$name.log" 2>&1
+  rc=$?
+  wall=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN{printf "%.1f", a - b}')  # no bc on the GPU machine
+  last=$(tail -1 "$out/$name/metrics.jsonl" 2>/dev/null)
+  test_acc=$(grep -oE '"test_acc": [0-9.eE+-]+' <<< "$last" | awk '{print $2}')
+  loss=$(grep -oE '"loss": [0-9.eE+-]+' <<< "$last" | awk '{printf "%.4f", $2}')
+  if [ $rc -eq 0 ] && [ -n "$test_acc" ]; then
+    a=$(awk -v a="$test_acc" 'BEGIN{printf "%.1f", 100 * a}')
+  else
+    a=fail
+    if [ $rc -eq 124 ]; then echo "  $name: stopped after ${MQAR_TIMEOUT:-900} s (MQAR_TIMEOUT); log $out/$name.log"
+    else echo "  $name: exit $rc: $(grep -m1 -iE 'error|what' "$out/$name.log" | cut -c1-160)"; fi
+  fi
+  tps=$(grep -oE '[0-9.]+[KM]? tok/s' "$out/$name.log" | tail -1 | cut -d' ' -f1)
+  echo "$a" > "$out/$name.result"
+  printf "%-16s %5s %6s %10s %9s %10s %8.1f\n" "$m" "$k" "$steps" "${loss:-?}" "$a" "${tps:-?}" "$wall"
+}
 printf "%-16s %5s %6s %10s %9s %10s %8s\n" mixer kv steps train_loss "test_acc%" train_tok/s wall_s
 for m in "${mixers[@]}"; do
   steps_var="MQAR_STEPS_$m"
   steps=${!steps_var:-${MQAR_STEPS:-10000}}
-  warmup=$(( steps / 10 ))
   for k in "${kvs[@]}"; do
-    name="$m-kv$k"
-    rm -rf "${out:?}/$name"
-    t0=$(date +%s.%N)
-    # shellcheck disable=SC2086
-    timeout "${MQAR_TIMEOUT:-900}" "$build/seqmix" train "configs/mqar/$m.yaml" --device "$MQAR_DEVICE" \
-      --set run.out_dir="$out" --set run.name="$name" --set data.task.num_kv_pairs="$k" \
-      --set data.task.eval_examples="$eval_examples" --set train.steps="$steps" --set train.warmup="$warmup" \
-      --set train.batch_size="$batch" --set train.eval_every=0 --set train.ckpt_every=0 --set train.log_every=50 \
-      ${MQAR_SET:-} > "$out/$name.log" 2>&1
-    rc=$?
-    wall=$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN{printf "%.1f", a - b}')  # no bc on the GPU machine
-    last=$(tail -1 "$out/$name/metrics.jsonl" 2>/dev/null)
-    test_acc=$(grep -oE '"test_acc": [0-9.eE+-]+' <<< "$last" | awk '{print $2}')
-    loss=$(grep -oE '"loss": [0-9.eE+-]+' <<< "$last" | awk '{printf "%.4f", $2}')
-    if [ $rc -eq 0 ] && [ -n "$test_acc" ]; then
-      acc[$m,$k]=$(awk -v a="$test_acc" 'BEGIN{printf "%.1f", 100 * a}')
-    else
-      acc[$m,$k]="fail"
-      if [ $rc -eq 124 ]; then echo "  $name: stopped after ${MQAR_TIMEOUT:-900} s (MQAR_TIMEOUT); log $out/$name.log"
-      else echo "  $name: exit $rc: $(grep -m1 -iE 'error|what' "$out/$name.log" | cut -c1-160)"; fi
-    fi
-    tps=$(grep -oE '[0-9.]+[KM]? tok/s' "$out/$name.log" | tail -1 | cut -d' ' -f1)
-    printf "%-16s %5s %6s %10s %9s %10s %8.1f\n" "$m" "$k" "$steps" "${loss:-?}" "${acc[$m,$k]}" "${tps:-?}" "$wall"
+    if [ "$jobs" -le 1 ]; then run_one "$m" "$k" "$steps"; continue; fi
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+    run_one "$m" "$k" "$steps" &
   done
+done
+wait
+for m in "${mixers[@]}"; do
+  for k in "${kvs[@]}"; do acc[$m,$k]=$(cat "$out/$m-kv$k.result" 2>/dev/null || echo fail); done
 done
 total=$(awk -v a="$(date +%s.%N)" -v b="$t_all" 'BEGIN{printf "%.0f", a - b}')
 echo
 echo "MQAR test accuracy (%), Zoology setting: 2 layers, d_model 128, vocab 8192, seq 256; $MQAR_DEVICE, batch $batch," \
-  "${MQAR_STEPS:-10000} steps (unless overridden per mixer), $eval_examples held-out test examples${MQAR_SET:+, with $MQAR_SET}; ${total%.*} s in all"
+  "${MQAR_STEPS:-10000} steps (unless overridden per mixer), $eval_examples held-out test examples${MQAR_SET:+, with $MQAR_SET}; $jobs run(s) at once, ${total%.*} s in all"
 echo
 header="| mixer |"
 rule="|---|"
