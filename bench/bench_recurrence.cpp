@@ -34,7 +34,7 @@ namespace {
 struct Config : MixerBenchConfig {
   bool compare_ffma = false;  // also time the tensor-core and the FFMA chunk kernels (SEQMIX_LR_TC=1 / 0)
   Config() {
-    kinds = {"gla", "hgrn2", "retnet", "linear_attention"};
+    kinds = {"gla", "hgrn2", "retnet", "linear_attention", "simple_gla"};
     iters = 20;
     warmup = 3;
   }
@@ -52,10 +52,13 @@ double bwd_flops(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv) {
 
 struct Problem {
   Tensor q, k, v, g, dout, dfinal;  // on the device; g undefined for linear attention
+  bool g_grad = true;               // false: constant decays (retnet), no dg
 };
 
 // kind: gla (per-channel decay), hgrn2 (per-channel decay f with a lower bound, key k = 1 - f), retnet
-// (per-head decay), linear_attention (none).
+// (RetNet's fixed per-head decays 1 - 2^(-5-h), constants without a gradient, as the peer's retention kernel
+// and seqmix's retnet mixer have them), simple_gla (a data-dependent per-head decay with its gradient),
+// linear_attention (none).
 Problem make_problem(const std::string& kind, int64_t B, int64_t T, int64_t H, int64_t D, Generator& gen, Device dev) {
   Problem p;
   p.q = (randn({B, T, H, D}, gen, DType::F32, dev) * (1.0 / std::sqrt(double(D)))).to(DType::BF16);
@@ -66,8 +69,14 @@ Problem make_problem(const std::string& kind, int64_t B, int64_t T, int64_t H, i
     Tensor f = affine(sigmoid(randn({B, T, H, D}, gen, DType::F32, dev)), 0.5, 0.5);
     p.g = log(f);
     p.k = affine(f, -1.0, 1.0).to(DType::BF16);
-  } else if (kind == "retnet") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32, dev) + 2.0);
-  else if (kind != "linear_attention") throw std::invalid_argument("unknown kind " + kind + " (gla, hgrn2, retnet, linear_attention)");
+  } else if (kind == "retnet") {
+    std::vector<double> g(size_t(H), 0.0);
+    for (int64_t h = 0; h < H; ++h) g[size_t(h)] = std::log1p(-std::exp2(-5.0 - double(h)));
+    p.g = Tensor::from_vector<double>(g, {1, 1, H}).to(dev).to(DType::F32).expand({B, T, H}).contiguous();
+    p.g_grad = false;
+  } else if (kind == "simple_gla") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32, dev) + 2.0);
+  else if (kind != "linear_attention")
+    throw std::invalid_argument("unknown kind " + kind + " (gla, hgrn2, retnet, simple_gla, linear_attention)");
   p.dout = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
   p.dfinal = randn({B, H, D, D}, gen, DType::F32, dev);
   return p;
@@ -89,7 +98,7 @@ void run_forward_backward(const Problem& p, int64_t D) {
   q.requires_grad_(true);
   k.requires_grad_(true);
   v.requires_grad_(true);
-  if (g.defined()) g.requires_grad_(true);
+  if (g.defined() && p.g_grad) g.requires_grad_(true);
   mixers::RecurrenceResult r = mixers::linear_recurrence_cuda(q, k, v, g, Tensor(), Tensor(), options(D));
   autograd::backward({r.o, r.final_state}, {p.dout, p.dfinal});
 }
@@ -103,15 +112,16 @@ bool check_small(const Config& c, const std::string& kind, Generator& gen) {
   Problem p = make_problem(kind, B, T, H, D, gen, dev);
   const auto host = host_f32;
   const auto leaf = grad_leaf;
-  Tensor qr = leaf(host(p.q)), kr = leaf(host(p.k)), vr = leaf(host(p.v)), gr = leaf(host(p.g));
+  Tensor qr = leaf(host(p.q)), kr = leaf(host(p.k)), vr = leaf(host(p.v));
+  Tensor gr = p.g_grad ? leaf(host(p.g)) : host(p.g);
   mixers::RecurrenceResult ref = mixers::linear_recurrence_reference(qr, kr, vr, gr, Tensor(), Tensor(), options(D));
   autograd::backward({ref.o, ref.final_state}, {host(p.dout), host(p.dfinal)});
-  Tensor qd = leaf(p.q), kd = leaf(p.k), vd = leaf(p.v), gd = leaf(p.g);
+  Tensor qd = leaf(p.q), kd = leaf(p.k), vd = leaf(p.v), gd = p.g_grad ? leaf(p.g) : p.g;
   mixers::RecurrenceResult got = mixers::linear_recurrence_cuda(qd, kd, vd, gd, Tensor(), Tensor(), options(D));
   autograd::backward({got.o, got.final_state}, {p.dout, p.dfinal});
   double e[6] = {rel_err(host(got.o), ref.o),       rel_err(host(got.final_state), ref.final_state),
                  rel_err(host(qd.grad()), qr.grad()), rel_err(host(kd.grad()), kr.grad()),
-                 rel_err(host(vd.grad()), vr.grad()), gd.defined() ? rel_err(host(gd.grad()), gr.grad()) : 0.0};
+                 rel_err(host(vd.grad()), vr.grad()), gd.defined() && p.g_grad ? rel_err(host(gd.grad()), gr.grad()) : 0.0};
   const bool ok = all_below(e, 2e-2);
   std::printf("{\"bench\":\"recurrence\",\"kind\":\"%s\",\"check\":\"cuda vs cpu reference\",\"B\":1,\"T\":200,\"H\":2,"
               "\"D\":%lld,\"o\":%.2e,\"final_state\":%.2e,\"dq\":%.2e,\"dk\":%.2e,\"dv\":%.2e,\"dg\":%.2e,\"ok\":%s}\n",
@@ -164,12 +174,12 @@ int recurrence_main(const std::vector<std::string>& args) {
     if (c.B <= 0 || c.T <= 0 || c.H <= 0 || c.D <= 0 || c.long_T <= 0)
       throw std::invalid_argument("--B, --T, --H, --D and --long must be positive");
     for (const std::string& k : c.kinds)
-      if (k != "gla" && k != "hgrn2" && k != "retnet" && k != "linear_attention")
-        throw std::invalid_argument("unknown kind " + k + " (gla, hgrn2, retnet, linear_attention)");
+      if (k != "gla" && k != "hgrn2" && k != "retnet" && k != "simple_gla" && k != "linear_attention")
+        throw std::invalid_argument("unknown kind " + k + " (gla, hgrn2, retnet, simple_gla, linear_attention)");
   } catch (const std::exception& e) {
     std::fprintf(stderr,
                  "bench recurrence: %s\nusage: seqmix bench recurrence [--B 4] [--T 4096] [--H 16] [--D 128] [--long 65536] "
-                 "[--kinds gla,hgrn2,retnet,linear_attention] [--iters N] [--warmup N] [--no-check] [--no-long] [--compare-ffma]\n",
+                 "[--kinds gla,hgrn2,retnet,linear_attention,simple_gla] [--iters N] [--warmup N] [--no-check] [--no-long] [--compare-ffma]\n",
                  e.what());
     return 1;
   }

@@ -1,6 +1,7 @@
 // Gated linear recurrence benchmark (CUDA): the chunked kernel of layers/mixers/common/linear_recurrence.cu,
 // forward and forward+backward, bf16, at B=4 T=4096 H=16 Dk=Dv=128 for per-channel decay (gla; hgrn2: a
-// lower-bounded forget gate f and keys 1 - f), per-head decay (retnet) and no decay (linear attention), plus
+// lower-bounded forget gate f and keys 1 - f), RetNet's fixed per-head decays (retnet), a data-dependent
+// per-head decay (simple_gla) and no decay (linear attention), plus
 // the time per token at T=65,536 B=1 against T=4,096
 // B=1 (the cost must be linear in length). bench/torch_recurrence.py runs a plain PyTorch chunked
 // implementation on the same shapes and prints the same table.
@@ -10,12 +11,12 @@
 
 namespace seqmix::bench {
 
-// seqmix bench recurrence [--B 4] [--T 4096] [--H 16] [--D 128] [--long 65536] [--kinds gla,hgrn2,retnet,linear_attention]
+// seqmix bench recurrence [--B 4] [--T 4096] [--H 16] [--D 128] [--long 65536] [--kinds gla,hgrn2,retnet,linear_attention,simple_gla]
 //                         [--iters N] [--warmup N] [--no-check] [--no-long] [--compare-ffma]
 //   --B, --T, --H   batch, length and heads of the main table (default 4, 4096, 16)
 //   --D             head dim, Dk = Dv (default 128)
 //   --long          the long length of the scaling table (default 65536; B=1), compared with --T at B=1
-//   --kinds         which recurrences (default all four)
+//   --kinds         which recurrences (default all five)
 //   --compare-ffma  also time the tensor-core and the FFMA chunk kernels, forced (SEQMIX_LR_TC=1 / 0)
 //   --iters N       timed runs per measurement (default 20, at least 10); the median is reported
 //   --warmup N      untimed runs first (default 3)

@@ -3,12 +3,13 @@
 chunked implementation of the gated linear recurrence as the side-by-side peer.
 
     python bench/torch_recurrence.py [--B 4] [--T 4096] [--H 16] [--D 128] [--long 65536]
-                                     [--kinds gla,hgrn2,retnet,linear_attention] [--iters 20] [--warmup 3]
+                                     [--kinds gla,hgrn2,retnet,linear_attention,simple_gla] [--iters 20] [--warmup 3]
                                      [--no-long] [--compile]
 
 Recurrence (per batch b, head h; state S [Dk, Dv]): S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,
 o_t = scale * S_t^T q_t. gla: per-channel log-decays g [B, T, H, Dk] (hgrn2: the same, from a forget gate f
-with lower bound 0.5, keys 1 - f); retnet: one per head [B, T, H];
+with lower bound 0.5, keys 1 - f); retnet: RetNet's fixed per-head decays [B, T, H] (no gradient);
+simple_gla: a data-dependent one per head [B, T, H];
 linear_attention: none.
 
 Peer implementation (chunk C = 64, all in f32 with TF32 matmuls, autograd for the backward):
@@ -94,12 +95,15 @@ def make_problem(kind, B, T, H, D, device):
         f = 0.5 + 0.5 * torch.sigmoid(torch.randn(B, T, H, D, device=device))
         g = torch.log(f)
         k = (1.0 - f).bfloat16()
-    elif kind == "retnet":
+    elif kind == "retnet":  # RetNet's fixed decays 1 - 2^(-5-h): constants, no gradient (see measure)
+        h = torch.arange(H, device=device, dtype=torch.float64)
+        g = torch.log1p(-torch.exp2(-5.0 - h)).float().view(1, 1, H).expand(B, T, H).contiguous()
+    elif kind == "simple_gla":  # a data-dependent per-head decay, with its gradient
         g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, device=device) + 2.0)
     elif kind == "linear_attention":
         g = None
     else:
-        raise ValueError(f"unknown kind {kind} (gla, hgrn2, retnet, linear_attention)")
+        raise ValueError(f"unknown kind {kind} (gla, hgrn2, retnet, simple_gla, linear_attention)")
     dout = torch.randn(B, T, H, D, device=device).bfloat16()
     dfinal = torch.randn(B, H, D, D, device=device)
     return q, k, v, g, dout, dfinal
@@ -108,7 +112,8 @@ def make_problem(kind, B, T, H, D, device):
 def measure(args, fn, kind, B, T):
     D, H = args.D, args.H
     q, k, v, g, dout, dfinal = make_problem(kind, B, T, H, D, "cuda")
-    leaves = [x.detach().requires_grad_(True) if x is not None else None for x in (q, k, v, g)]
+    leaves = [x.detach().requires_grad_(True) if x is not None else None for x in (q, k, v)]
+    leaves.append(None if g is None else g if kind == "retnet" else g.detach().requires_grad_(True))
     scale = 1.0 / math.sqrt(D)
 
     def fwd():
@@ -118,7 +123,7 @@ def measure(args, fn, kind, B, T):
         o, S = fn(*leaves, scale)
         torch.autograd.backward([o, S], [dout, dfinal])
         for x in leaves:
-            if x is not None:
+            if x is not None and x.requires_grad:
                 x.grad = None
 
     ms = [median_ms(fwd, args.warmup, args.iters), median_ms(fwd_bwd, args.warmup, args.iters)]
@@ -135,7 +140,7 @@ def measure(args, fn, kind, B, T):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_shape_args(ap)
-    ap.add_argument("--kinds", default="gla,hgrn2,retnet,linear_attention")
+    ap.add_argument("--kinds", default="gla,hgrn2,retnet,linear_attention,simple_gla")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("torch_recurrence: no CUDA device")

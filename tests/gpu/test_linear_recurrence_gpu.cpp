@@ -35,12 +35,14 @@ struct LrCase {
   bool bonus, init;
   DType dtype;
   double strength = 1.0;  // multiplies the log-decays
+  bool g_grad = true;      // false: g is a constant (retnet's fixed decays), the kernel skips every dg buffer
 };
 
 std::ostream& operator<<(std::ostream& os, const LrCase& c) {
   const char* d = c.decay == DecayKind::None ? "none" : c.decay == DecayKind::Head ? "head" : "channel";
   return os << "B=" << c.B << " T=" << c.T << " H=" << c.H << " Dk=" << c.Dk << " Dv=" << c.Dv << " decay=" << d
-            << " bonus=" << c.bonus << " init=" << c.init << " " << dtype_name(c.dtype) << " strength=" << c.strength;
+            << " bonus=" << c.bonus << " init=" << c.init << " " << dtype_name(c.dtype) << " strength=" << c.strength
+            << (c.g_grad ? "" : " g-constant");
 }
 
 // Log-decays in (-inf, 0): log(sigmoid(x + 2)) * strength, f32 (typical value -0.13 per token).
@@ -83,7 +85,7 @@ void check_against_cpu(const LrCase& c, bool strided = false) {
   opt.scale = 0.75;
 
   // CPU reference (f32)
-  Leaves r{leaf(q), leaf(k), leaf(v), g.defined() ? leaf(g) : Tensor(), u.defined() ? leaf(u) : Tensor(),
+  Leaves r{leaf(q), leaf(k), leaf(v), g.defined() ? (c.g_grad ? leaf(g) : g) : Tensor(), u.defined() ? leaf(u) : Tensor(),
            s0.defined() ? leaf(s0) : Tensor()};
   RecurrenceResult ref = linear_recurrence_reference(r.q, r.k, r.v, r.g, r.u, r.s0, opt);
   autograd::backward({ref.o, ref.final_state}, {dout, dfin});
@@ -111,7 +113,7 @@ void check_against_cpu(const LrCase& c, bool strided = false) {
   d.q = leaf(to_gpu(q, dt));
   d.k = leaf(to_gpu(k, dt));
   d.v = leaf(to_gpu(v, dt));
-  if (g.defined()) d.g = leaf(to_gpu(g, DType::F32));
+  if (g.defined()) d.g = c.g_grad ? leaf(to_gpu(g, DType::F32)) : to_gpu(g, DType::F32);
   if (u.defined()) d.u = leaf(to_gpu(u, DType::F32));
   if (s0.defined()) d.s0 = leaf(to_gpu(s0, DType::F32));
   RecurrenceResult got = linear_recurrence_cuda(d.q, d.k, d.v, d.g, d.u, d.s0, opt);
@@ -120,7 +122,8 @@ void check_against_cpu(const LrCase& c, bool strided = false) {
 
   const double tol = tolerance(dt, c.strength);
   expect_mixer_close(got, ref, d, r, tol);
-  ASSERT_NO_FATAL_FAILURE(expect_grad_close(d.g, r.g, tol, "dg", /*same_shape=*/true));
+  if (c.g_grad) ASSERT_NO_FATAL_FAILURE(expect_grad_close(d.g, r.g, tol, "dg", /*same_shape=*/true));
+  else if (d.g.defined()) EXPECT_FALSE(d.g.grad().defined()) << "a constant g got a gradient";
   ASSERT_NO_FATAL_FAILURE(expect_grad_close(d.u, r.u, tol, "d bonus"));
   expect_grad_close(d.s0, r.s0, tol, "d initial state");
 }
@@ -156,7 +159,10 @@ INSTANTIATE_TEST_SUITE_P(
         LrCase{2, 65, 2, 5, 33, kChan, true, true, kBF}, LrCase{1, 257, 1, 5, 33, kHead, false, true, kBF},
         LrCase{2, 63, 2, 33, 5, kNone, false, false, kBF},
         // strong decays (exp(-G) would overflow in a naive chunked form)
-        LrCase{1, 257, 2, 64, 64, kChan, false, true, kBF, 20.0}, LrCase{1, 200, 2, 64, 64, kHead, true, false, kBF, 20.0}));
+        LrCase{1, 257, 2, 64, 64, kChan, false, true, kBF, 20.0}, LrCase{1, 200, 2, 64, 64, kHead, true, false, kBF, 20.0},
+        // constant decays (no dg buffers or kernels): retnet's case, and per-channel with a bonus
+        LrCase{2, 200, 2, 128, 128, kHead, false, true, kBF, 1.0, false},
+        LrCase{1, 257, 2, 64, 64, kChan, true, true, kBF, 1.0, false}));
 
 INSTANTIATE_TEST_SUITE_P(
     F32, LinearRecurrenceGpuVsCpu,
@@ -164,7 +170,8 @@ INSTANTIATE_TEST_SUITE_P(
                       LrCase{1, 65, 2, 128, 128, kChan, true, false, kF32}, LrCase{2, 200, 1, 64, 64, kHead, false, true, kF32},
                       LrCase{1, 257, 2, 64, 64, kNone, true, true, kF32}, LrCase{2, 257, 2, 5, 33, kChan, true, true, kF32},
                       LrCase{1, 65, 2, 33, 5, kHead, true, false, kF32}, LrCase{2, 200, 2, 5, 33, kNone, false, false, kF32},
-                      LrCase{1, 257, 2, 64, 64, kChan, true, true, kF32, 20.0}));
+                      LrCase{1, 257, 2, 64, 64, kChan, true, true, kF32, 20.0},
+                      LrCase{2, 65, 2, 64, 64, kHead, true, true, kF32, 1.0, false}));
 
 TEST(LinearRecurrenceGpu, StridedInputs) {
   if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device";

@@ -794,9 +794,10 @@ struct Grads {
 
 // states: forward_launch's (f32 or bf16). Should this call take the other path than the forward did (the
 // environment changed in between, or a buffer's alignment), the states are converted: bf16 ones for FFMA
-// then carry the bf16 rounding.
+// then carry the bf16 rounding. want_dg false (g needs no gradient: retnet's fixed decays) skips every dg
+// buffer and kernel: the chunk kernels then write neither r nor its chunk sums.
 Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, const Tensor& final_state,
-                      const Tensor& dout, const Tensor& dfinal) {
+                      const Tensor& dout, const Tensor& dfinal, bool want_dg) {
   const Geo& geo = in.geo;
   const Device dev = in.v.device();
   cudaStream_t st = ::seqmix::cuda::current_stream();
@@ -808,7 +809,8 @@ Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, cons
   gr.ds0 = Tensor::empty({geo.B, geo.H, geo.Dk, geo.Dv}, DType::F32, dev);
   Tensor dstates = Tensor::empty(states.shape(), DType::F32, dev);
   Tensor rbuf, pbuf, ctot, dubuf, dg32;
-  if (in.mode > 0) {
+  const bool dg_on = in.mode > 0 && want_dg;
+  if (dg_on) {
     rbuf = Tensor::empty({geo.B, geo.T, geo.H, geo.Dk}, DType::F32, dev);
     ctot = Tensor::empty({geo.B, geo.H, geo.N, geo.Dk}, DType::F32, dev);
     dg32 = Tensor::empty({geo.B, geo.T, geo.H, geo.Dk}, DType::F32, dev);
@@ -856,7 +858,7 @@ Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, cons
       }
     });
   });
-  if (in.mode > 0) {
+  if (dg_on) {
     dim3 gs(unsigned((geo.Dk + 127) / 128), unsigned(geo.B * geo.H));
     dg_suffix_kernel<<<gs, 128, 0, st>>>(geo, mptr<float>(ctot), dfinal.defined() && final_state.defined() ? cptr<float>(dfinal) : nullptr,
                                          cptr<float>(final_state));
@@ -900,7 +902,7 @@ struct RecurrenceFunction : autograd::CustomFunction {
       dout = dout.contiguous();
       if (dfinal.defined()) dfinal = dfinal.detach().to(DType::F32).contiguous();
       ::seqmix::cuda::select_device(in.v.device().index);
-      gr = backward_launch(in, s[6], s[7], s[8], dout, dfinal);
+      gr = backward_launch(in, s[6], s[7], s[8], dout, dfinal, needs_input_grad(3));
     }
     autograd::Tensors out(6);
     if (needs_input_grad(0)) out[0] = gr.dq.dtype() == q_dtype ? gr.dq : gr.dq.to(q_dtype);
