@@ -83,6 +83,9 @@ if has lrtc; then
     timeout 100 compute-sanitizer --tool racecheck ./build-gpu/tests/test_gpu \
       --gtest_filter='Bf16/LinearRecurrenceGpuVsCpu.*/2:Bf16/LinearRecurrenceGpuVsCpu.*/7' 2>&1 | tail -6
     echo "== bench"; timeout 300 ./build-gpu/seqmix_bench recurrence ${LRTC_FFMA---compare-ffma} 2>&1
+    echo "== bench, the two-kernel state pass (SEQMIX_LR_FUSED_STATE=0)"
+    SEQMIX_LR_FUSED_STATE=0 timeout 120 ./build-gpu/seqmix_bench recurrence --no-check --no-long 2>&1 | grep -vE '^\{'
+    [ -z "${NO_PEER:-}" ] && { echo "== torch peer"; timeout 150 python3 bench/torch_recurrence.py --no-long 2>&1 | grep -vE '^\{'; }
     if [ -z "${NO_ATTN:-}" ]; then
       echo "== attention at the same shapes (per-token time at T = 4096 and 65536)"
       timeout 200 ./build-gpu/seqmix_bench attention --T 4096,65536 --tokens 65536 --H 16 --D 128 2>&1 | tail -8
@@ -125,7 +128,10 @@ fi
 
 # MQAR table of issue #6 (scripts/mqar_sweep.sh; MQAR_STEPS etc. pass through).
 if has mqar; then
-  timeout "${MQAR_BUDGET:-900}" scripts/mqar_sweep.sh build-gpu > "$OUT/mqar.log" 2>&1
+  # shellcheck disable=SC2086
+  timeout "${MQAR_BUDGET:-900}" scripts/mqar_sweep.sh build-gpu ${MQAR_MIXERS:-} > "$OUT/mqar.log" 2>&1
+  # one archive: the device tool brings back only a few files
+  tar czf "$OUT/mqar_runs.tgz" -C "$OUT" mqar_sweep && rm -rf "$OUT/mqar_sweep"
   note "mqar: see mqar.log"
 fi
 
@@ -139,6 +145,6 @@ cat "$OUT/device.txt"
 for s in "${summary[@]}"; do echo "$s"; done
 if has bench; then grep -vE '^\{' "$OUT/bench.log" | grep -E '^(==|[A-Za-z_ ]+.*(GB/s|TFLOP|ms|us))' | head -90; fi
 if has step; then grep -vE '^\{' "$OUT/step.log" | grep -E 'seqmix|torch|model step' ; fi
-if has lrtc; then grep -E '^(kind|[a-z_]+ +seqmix)' "$OUT/lrtc.log" | head -40; fi
+if has lrtc; then grep -E '^(==|kind|[a-z_]+ +(seqmix|torch))' "$OUT/lrtc.log" | head -60; fi
 if has delta; then grep -vE '^\{' "$OUT/delta.log" | tail -20; fi
 if has mqar; then tail -9 "$OUT/mqar.log"; fi

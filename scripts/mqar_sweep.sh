@@ -17,8 +17,9 @@
 #   MQAR_DEVICE=cuda|cpu  default cuda when nvidia-smi sees a GPU, else cpu
 #   MQAR_SET="--set k=v"  more `seqmix train` arguments
 #   MQAR_TIMEOUT=900      seconds per run before it is stopped
-#   MQAR_JOBS=1           runs at once on the same device (the runs are tiny and launch-bound on a GPU, so
-#                         several side by side finish sooner; train tok/s is then per run, not per GPU)
+#   MQAR_JOBS=1           runs at once on the same device (train tok/s is then per run). Leave it at 1 on a GPU:
+#                         on the H100, 8 at once ran at 450-500K tok/s each (attention, gla) against 5.4M alone,
+#                         the processes time-slice the GPU (no MPS), so the sweep took longer in all
 # Logs and run directories go to $OUT/mqar_sweep (OUT defaults to /tmp/seqmix_out).
 set -uo pipefail
 build=${1:?usage: scripts/mqar_sweep.sh BUILD_DIR [MIXER ...]}
