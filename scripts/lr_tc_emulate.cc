@@ -8,7 +8,11 @@
 // The state scans and dg kernels are linear_recurrence.cu's own (compiled the same way; the scans at their
 // real block size; the states as bf16 or f32, 4 elements or 1 per thread: see scan below). The forward and
 // backward (o, final state, dq, dk, dv, dg, du, d initial state) are compared with a double-precision
-// token-by-token forward and BPTT on the same (bf16- or f16-rounded) inputs.
+// token-by-token forward and BPTT on the same (bf16- or f16-rounded) inputs. The fused state pass
+// (linear_recurrence_state_tc.cu, forward and backward) runs on the same inputs into buffers of its own; its
+// states16 / final state / glast / dstates16 / ds0 must equal the two-kernel path's (chunk_state_tc + scan)
+// exactly (the columns F:S .. F:ds0, max relative difference; F:ref: its final state and ds0 against the
+// double reference, 2e-2 as the others).
 // Shared memory is filled with NaN before each block and the outputs before each run, so a read of an
 // unwritten operand or an output left unwritten shows as NaN; WMMA pointers / strides are checked for
 // the hardware's alignment rules; AddressSanitizer (the script's default) catches out-of-bounds accesses.
@@ -30,6 +34,7 @@ using std::min;
 #define SEQMIX_LR_EMULATE 1
 #include "layers/mixers/common/linear_recurrence.cu"
 #include "layers/mixers/common/linear_recurrence_tc.cu"
+#include "layers/mixers/common/linear_recurrence_state_tc.cu"
 
 using namespace seqmix::mixers;
 using bf16 = __nv_bfloat16;
@@ -50,8 +55,13 @@ struct Case {
   double scale;
 };
 
+// e[0..7]: the two-kernel path against the double reference (tolerance 2e-2); e[8..12]: the fused state pass
+// (linear_recurrence_state_tc.cu) against the two-kernel path's states16 / final / glast / dstates16 / ds0
+// (bit-identical arithmetic: tolerance 0, the max relative difference shown); e[13]: its final state and ds0
+// against the double reference (2e-2).
+constexpr int kNErr = 14;
 struct Errs {
-  double e[8];
+  double e[kNErr];
 };
 
 template <typename T>
@@ -223,6 +233,18 @@ Errs run_case(const Case& cs, uint32_t seed) {
              [&] { lr_cuda::dg_kernel(geo, rbuf.p, cs.bonus ? pbuf.p : nullptr, ctot.p, dg32.p); });
     }
   });
+  // ---- the fused state pass on the same inputs, into buffers of its own ----
+  Buf<bf16> fst16(size_t(B) * H * N * DD), fdst16(size_t(B) * H * N * DD);
+  Buf<float> ffin(size_t(B) * H * DD), fds0(size_t(B) * H * DD), fglast(size_t(B) * H * N * std::max(gw, 1));
+  with_mode(mode, [&]<int MODE>() {
+    const int tt = emu::block_threads(lr_tc::fs::kThreads);
+    launch(lr_tc::fs::grid_of(tg), tt, lr_tc::smem_state_pass(tg), [&] {
+      lr_tc::fs::state_pass_tc<T, MODE, false>(tg, kd.p, vd.p, gp, cs.s0 ? s0d.p : nullptr, ffin.p, fst16.p, fglast.p);
+    });
+    launch(lr_tc::fs::grid_of(tg), tt, lr_tc::smem_state_pass(tg), [&] {
+      lr_tc::fs::state_pass_tc<T, MODE, true>(tg, qd.p, dod.p, gp, dfd.p, fds0.p, fdst16.p, nullptr);
+    });
+  });
   auto vecT = [](const Buf<T>& b) {
     std::vector<double> x(b.n);
     for (size_t i = 0; i < b.n; ++i) x[i] = tc::tof(b.p[i]);
@@ -249,6 +271,17 @@ Errs run_case(const Case& cs, uint32_t seed) {
     er.e[6] = emu::max_rel(duv, du_ref);
   }
   er.e[7] = emu::max_rel(vecF(ds0), ds0_ref);
+  auto vecB = [](const Buf<bf16>& b) {
+    std::vector<double> x(b.n);
+    for (size_t i = 0; i < b.n; ++i) x[i] = tc::tof(b.p[i]);
+    return x;
+  };
+  er.e[8] = emu::max_rel(vecB(fst16), vecB(states16));
+  er.e[9] = emu::max_rel(vecF(ffin), vecF(fin));
+  if (mode > 0) er.e[10] = emu::max_rel(vecF(fglast), vecF(glast));
+  er.e[11] = emu::max_rel(vecB(fdst16), vecB(dstates16));
+  er.e[12] = emu::max_rel(vecF(fds0), vecF(ds0));
+  er.e[13] = std::max(emu::max_rel(vecF(ffin), fin_ref), emu::max_rel(vecF(fds0), ds0_ref));
   return er;
 }
 
@@ -297,15 +330,16 @@ int main(int argc, char** argv) {
     for (const Case& c : g) cases.push_back(c);
   }
   if (quick) cases.resize(6);
-  const char* names[8] = {"o", "final", "dq", "dk", "dv", "dg", "du", "ds0"};
+  const char* names[kNErr] = {"o", "final", "dq", "dk", "dv", "dg", "du", "ds0", "F:S", "F:fin", "F:gl", "F:dH", "F:ds0", "F:ref"};
+  auto tol = [](int i) { return i >= 8 && i < 13 ? 0.0 : 2e-2; };
   int fails = 0;
-  double worst[8] = {};
+  double worst[kNErr] = {};
   uint32_t seed = 1;
   for (const Case& cs : cases) {
     const Errs er = cs.f16 ? run_case<__half>(cs, seed++) : run_case<bf16>(cs, seed++);
     bool ok = true;
-    for (int i = 0; i < 8; ++i) {
-      ok = ok && er.e[i] < 2e-2;
+    for (int i = 0; i < kNErr; ++i) {
+      ok = ok && (tol(i) == 0 ? er.e[i] == 0 : er.e[i] < tol(i));
       worst[i] = std::max(worst[i], er.e[i]);
     }
     // T < C never reaches these kernels (linear_recurrence.cu keeps it on FFMA: at T = 1 without an initial
@@ -314,12 +348,12 @@ int main(int argc, char** argv) {
     fails += !ok && dispatched;
     std::printf("%s B=%d T=%3d H=%d Dk=%3d Dv=%3d C=%2d mode=%d bonus=%d s0=%d %s strength=%4.1f |", ok ? "ok  " : dispatched ? "FAIL" : "info", cs.B, cs.T,
                 cs.H, cs.Dk, cs.Dv, cs.C, cs.mode, int(cs.bonus), int(cs.s0), cs.f16 ? "f16 " : "bf16", cs.strength);
-    for (int i = 0; i < 8; ++i) std::printf(" %s %.1e", names[i], er.e[i]);
+    for (int i = 0; i < kNErr; ++i) std::printf(" %s %.1e", names[i], er.e[i]);
     std::printf("\n");
     std::fflush(stdout);
   }
   std::printf("%zu cases, %d failed (of those with T >= C); worst over all:", cases.size(), fails);
-  for (int i = 0; i < 8; ++i) std::printf(" %s %.1e", names[i], worst[i]);
+  for (int i = 0; i < kNErr; ++i) std::printf(" %s %.1e", names[i], worst[i]);
   std::printf("\n");
   return fails ? 1 : 0;
 }
