@@ -17,10 +17,13 @@
 // state, may be null) and edge_out (final state / d initial state) are f32 [B, H, Dk, Dv].
 //
 // Tiles: BK = Dk / 2 when Dk > 64 and that is a multiple of 16, else Dk (same for BV): 64 x 64 at D = 128,
-// B * H * 4 CTAs (256 at B = 4, H = 16: two waves' worth of CTAs resident at 2-3 CTAs / SM); a tile of
-// 64 x 64 gives each warp 4 output tiles per chunk and keeps the f32 state at 17 KB. The k / q rows are read
+// B * H * 4 CTAs (256 at B = 4, H = 16: all resident at once on 132 SMs at 2-3 CTAs / SM); a tile of
+// 64 x 64 gives each warp 4 output tiles per chunk (their products interleaved: 4 accumulators, <= 120
+// registers) and keeps the f32 state at 17 KB. The k / q rows are read
 // Dv / BV times and v / dout rows Dk / BK times (L2 absorbs most of it). Shared memory at C = 64, 64 x 64
 // tiles: 92 KB with per-channel decays (raw g tile double-buffered, summed in place), 59 KB otherwise.
+// Open question (not timed yet): the pass is sequential over N with only B * H * 4 CTAs, where the two-kernel
+// path spreads chunk_state over N * B * H CTAs; at small B * H and long T (the long-context table) it may lose.
 // The forward writes G_last ([B, H, N, gw]: the key tile's columns from the CTAs of value tile 0) for the
 // backward and dg kernels; the backward recomputes the same sums from g.
 // CPU emulation: compiles for the host with SEQMIX_LR_EMULATE (scripts/lr_tc_emulate.cc: cp.async becomes
@@ -51,6 +54,7 @@ using namespace ::seqmix::mixers::tc;  // bf16, wm, kScrLd / kScrTile, align128,
 using ::seqmix::mixers::lr_cuda::Decay;
 
 constexpr int kThreads = 128;
+constexpr int kGroup = 4;  // accumulators a warp holds at once (a 64 x 64 tile: all 4 of its 16 x 16 tiles)
 
 // The state tile along a head dim D (a multiple of 16 in [16, 128]).
 __host__ __device__ inline int tile_of(int D) { return D > 64 && (D / 2) % 16 == 0 ? D / 2 : D; }
@@ -302,27 +306,43 @@ __global__ void __launch_bounds__(kThreads) state_pass_tc(TcGeo geo, const T* __
     // S = fmaf(e^G_last, S, U).
     bf16* o16 = out16 + ((p.bh * N + n) * Dv + p.dv0) * int64_t(Dk) + p.ck0;
     const int kts = (L + 15) >> 4;
-    for (int tile = w.warp; tile < ni * nj; tile += w.nwarps) {
-      const int jt = tile / ni, it = tile - jt * ni;
-      FragC acc;
-      wm::fill_fragment(acc, 0.f);
-      for (int s = 0; s < kts; ++s)
-        mma16<wm::col_major, wm::row_major>(acc, Y + s * 16 * ldy + jt * 16, ldy, X + s * 16 * ldx + it * 16, ldx);
-      through_scratch(sc, acc, [&] {
-        for_pieces(w, [&](int r, int c0) {
-          const int d = jt * 16 + r, c = it * 16 + c0;
-          float* sp = S + d * lds + c;
-          float st[8];
-          ld8f(st, sp);
-          st8bf(o16 + int64_t(d) * Dk + c, st);
+    // A warp's tiles go in groups of kGroup (tile, tile + nwarps, ...), their products interleaved for ILP; each
+    // tile's accumulation order over s is chunk_state_tc's.
+    const int ntiles = ni * nj;
+    for (int tile0 = w.warp; tile0 < ntiles; tile0 += kGroup * w.nwarps) {
+      FragC acc[kGroup];
 #pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const float a = MODE == 0 ? 1.f : MODE == 1 ? egl[0] : egl[c + e];
-            st[e] = fmaf(a, st[e], sc[r * kScrLd + c0 + e]);
-          }
-          st8f(sp, st);
+      for (int k = 0; k < kGroup; ++k) wm::fill_fragment(acc[k], 0.f);
+      for (int s = 0; s < kts; ++s) {
+#pragma unroll
+        for (int k = 0; k < kGroup; ++k) {
+          const int tile = tile0 + k * w.nwarps;
+          if (tile >= ntiles) break;
+          const int jt = tile / ni, it = tile - jt * ni;
+          mma16<wm::col_major, wm::row_major>(acc[k], Y + s * 16 * ldy + jt * 16, ldy, X + s * 16 * ldx + it * 16, ldx);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kGroup; ++k) {
+        const int tile = tile0 + k * w.nwarps;
+        if (tile >= ntiles) break;
+        const int jt = tile / ni, it = tile - jt * ni;
+        through_scratch(sc, acc[k], [&] {
+          for_pieces(w, [&](int r, int c0) {
+            const int d = jt * 16 + r, c = it * 16 + c0;
+            float* sp = S + d * lds + c;
+            float st[8];
+            ld8f(st, sp);
+            st8bf(o16 + int64_t(d) * Dk + c, st);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+              const float a = MODE == 0 ? 1.f : MODE == 1 ? egl[0] : egl[c + e];
+              st[e] = fmaf(a, st[e], sc[r * kScrLd + c0 + e]);
+            }
+            st8f(sp, st);
+          });
         });
-      });
+      }
     }
   }
   __syncthreads();
