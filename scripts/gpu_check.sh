@@ -84,7 +84,7 @@ if has lrtc; then
       --gtest_filter='Bf16/LinearRecurrenceGpuVsCpu.*/2:Bf16/LinearRecurrenceGpuVsCpu.*/7' 2>&1 | tail -6
     echo "== bench"; timeout 300 ./build-gpu/seqmix_bench recurrence ${LRTC_FFMA---compare-ffma} 2>&1
     echo "== bench, the two-kernel state pass (SEQMIX_LR_FUSED_STATE=0)"
-    SEQMIX_LR_FUSED_STATE=0 timeout 120 ./build-gpu/seqmix_bench recurrence --no-check --no-long 2>&1 | grep -vE '^\{'
+    SEQMIX_LR_FUSED_STATE=0 timeout 150 ./build-gpu/seqmix_bench recurrence --no-check 2>&1 | grep -vE '^\{'
     [ -z "${NO_PEER:-}" ] && { echo "== torch peer"; timeout 150 python3 bench/torch_recurrence.py --no-long 2>&1 | grep -vE '^\{'; }
     if [ -z "${NO_ATTN:-}" ]; then
       echo "== attention at the same shapes (per-token time at T = 4096 and 65536)"
@@ -105,7 +105,7 @@ if has delta; then
     timeout 60 compute-sanitizer --tool synccheck ./build-gpu/tests/test_gpu \
       --gtest_filter='Bf16/DeltaRuleGpuVsCpu.*/7' 2>&1 | tail -3
     echo "== bench"; timeout 300 ./build-gpu/seqmix_bench delta 2>&1
-    [ -z "${NO_PEER:-}" ] && { echo "== torch peer"; timeout 150 python3 bench/torch_delta.py 2>&1 | grep -v '^{'; }
+    [ -z "${NO_PEER:-}${NO_DELTA_PEER:-}" ] && { echo "== torch peer"; timeout 150 python3 bench/torch_delta.py 2>&1 | grep -v '^{'; }
   } > "$OUT/delta.log" 2>&1
   note "delta: $(grep -E 'PASSED|FAILED|hazards|SYNCCHECK|ERROR SUMMARY' "$OUT/delta.log" | head -5 | tr '\n' ' ')"
 fi
