@@ -13,7 +13,7 @@
 //     U'  = U - W S_n                                       (the "new values" b_t (v_t - a_t.. S^T k_t))
 //     P   = (Q K^T) (.) Gamma (.) lower-inclusive,   Qg = diag(e^G) Q,   Kd = diag(e^{G_C - G}) K
 //     O   = scale (Qg S_n + P U'),   S_{n+1} = e^{G_C} S_n + Kd^T U'
-// Kernels: fwd_prep (per chunk: A, T, W, U, Kd, G_C), fwd_state (sequential over chunks per (batch, head,
+// Kernels: fwd_prep (per chunk: A, T, W, U, Kd, G_C; T saved), fwd_state (sequential over chunks per (batch, head,
 // 32 or 16 value columns): U' and every S_n in f32), fwd_out (per chunk: O).
 //
 // Backward (dO includes the scale; dS' = dS_{n+1}, the gradient of the state leaving chunk n):
@@ -33,19 +33,22 @@
 //     dg_t = sum_{t' >= t in the chunk} dG_t'                              (G is a cumulative sum of g)
 // (the k^.Kd' terms are added with the same rounded values on both sides, so that they cancel exactly where
 // they should: dg = 0 at T = 1 without an initial state). Kernels: bwd_prep (per chunk: P^T dO, Qg),
-// bwd_state (reverse sequential: dU' and every dS_{n+1} in f32, d initial state), bwd_wy (per chunk: T, W, U
+// bwd_state (reverse sequential: dU' and every dS_{n+1} in f32, d initial state), bwd_wy (per chunk: T, W as saved, U
 // again; dW, dX, dY, dA; dv, dbeta, the WY parts of dk^ and dG), bwd_out (per chunk: F, dq^, the rest of
 // dk^ and dG; dq, dk through the normalization; dg).
 //
-// Memory: O(T (Dk + Dv)) activations (W, Kd, U' saved; dU', Qg, dq^, dk^ in the backward) plus one f32 state
-// per chunk (S_n saved; dS_{n+1} in the backward).
+// Memory: O(T (Dk + Dv + C)) activations (W, Kd, U', T saved; dU', Qg, dq^, dk^ in the backward) plus one f32
+// state per chunk (S_n saved; dS_{n+1} in the backward).
 // Products: every C x C, C x D and D x D product in shared memory; WMMA m16n16k16 bf16 -> f32 (a warp per
 // 16 x 16 output tile, its epilogue through a per-warp f32 scratch tile), or plain f32 products for f32
-// operands. Row-wise work (the L2 normalization and its backward) takes a warp per row with shuffle sums; the
-// epilogues that add to a global f32 buffer (dk^) load a lane's 8 values together before storing. The sequential
-// kernels load the next chunk's W, Kd (and Qg) and their f32 U / dU columns into registers while the current
-// chunk's products run (RowPrefetch; launch bounds 256 x 2: 128 registers, two CTAs per SM); the U / dU columns
-// go to shared memory, so that the epilogue's read-modify-write reads them there.
+// operands. Row-wise work (the L2 normalization and its backward) takes a warp per row with shuffle sums, several
+// rows' loads in flight per warp; tile loads issue a few 16-byte loads per thread before their shared-memory stores
+// (one global round trip per batch, not per piece); the epilogues that add to a global f32 buffer (dk^) load a
+// lane's 8 values together before storing, and bwd_wy (E K + E^T K) and bwd_out (F^T Q + Kd') add two products in
+// one such pass (mm_pieces_ab). The sequential kernels load the next chunk's W, Kd (and Qg) and their f32 U / dU
+// columns into registers while the current chunk's products run (RowPrefetch; launch bounds 256 x 2: 128
+// registers, two CTAs per SM); the U / dU columns go to shared memory, so that the epilogue's read-modify-write
+// reads them there.
 // 256 threads per CTA. Dynamic shared memory (bytes, C = 64; delta_cuda::Lay*):
 //                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
 //     fwd_prep          (N, H, B)            55,296          71,680            82,944
@@ -58,7 +61,8 @@
 // (Dv/16 column tiles when Dv is not a multiple of 32.) bwd_out keeps U' in the state's buffer until S_n is loaded
 // and diag(e^{G_C - G}) U' in dO's once dq^ is done, so that two of its CTAs fit on an H100 SM at Dk = Dv = 128.
 // bwd_wy keeps K and T (then E) for the whole kernel and four C x D slots whose contents follow its phases (S_n,
-// then A, W, X / dX, Y / dY, U, dW, P = dX W^T in f32; dA continues from P), so that it also runs two CTAs per SM.
+// then W, dX, Y / dY, U, dW, P = dX W^T in f32; dA continues from P), so that it also runs two CTAs per SM; it
+// loads T and W as fwd_prep saved them (no second inversion).
 // f32 operands stay limited to the shapes where bwd_wy's former layout fitted (307 KB at Dk = Dv = 128: f32
 // inputs with a head dim above 64 run on bf16 operands; see op_f32_fits).
 // The per-row dot products of the epilogues (dbeta, dG) are shared-memory atomics: the backward's dbeta and dg
@@ -155,7 +159,7 @@ T* ptr(const Tensor& t) {
 
 struct Saved {
   Tensor q, k, v, beta, g, s0;  // prepared inputs (contiguous; q, k, v in one dtype; beta, g, s0 f32)
-  Tensor W, Kd, U, states, gC;  // forward buffers (U holds U')
+  Tensor W, Kd, U, states, gC, Tm;  // forward buffers (U holds U'; Tm each chunk's T)
 };
 
 struct DeltaFunction : autograd::CustomFunction {
@@ -168,7 +172,7 @@ struct DeltaFunction : autograd::CustomFunction {
 };
 
 autograd::Tensors DeltaFunction::backward(const autograd::Tensors& grads) {
-  const autograd::Tensors& s = saved();  // q, k, v, beta, g, s0, W, Kd, U, states, gC
+  const autograd::Tensors& s = saved();  // q, k, v, beta, g, s0, W, Kd, U, states, gC, Tm
   Tensor dout = grads.size() > 0 ? grads[0] : Tensor();
   Tensor dfinal = grads.size() > 1 ? grads[1] : Tensor();
   if (!dout.defined() && !dfinal.defined()) return autograd::Tensors(6);
@@ -215,6 +219,7 @@ autograd::Tensors DeltaFunction::backward(const autograd::Tensors& grads) {
       p.U = ptr<float>(s[8]);
       p.states = ptr<float>(s[9]);
       p.gC = ptr<float>(s[10]);
+      p.Tm = ptr<OP>(s[11]);
       p.dU = ptr<float>(dU);
       p.dH = ptr<float>(dH);
       p.dqh = ptr<float>(dqh);
@@ -304,6 +309,7 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
       const DType opdt = op_f32 ? DType::F32 : DType::BF16;
       sv.W = Tensor::empty({B, H, Tp, Dk}, opdt, dev);
       sv.Kd = Tensor::empty({B, H, Tp, Dk}, opdt, dev);
+      sv.Tm = Tensor::empty({B, H, Tp, int64_t(geo.C)}, opdt, dev);
       sv.U = Tensor::empty({B, H, Tp, Dv}, DType::F32, dev);
       sv.states = Tensor::empty({B, H, int64_t(geo.N), Dk, Dv}, DType::F32, dev);
       sv.gC = Tensor::empty({B, H, int64_t(geo.N)}, DType::F32, dev);
@@ -318,6 +324,7 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
         p.s0 = ptr<const float>(sv.s0);
         p.W = ptr<OP>(sv.W);
         p.Kd = ptr<OP>(sv.Kd);
+        p.Tm = ptr<OP>(sv.Tm);
         p.U = ptr<float>(sv.U);
         p.states = ptr<float>(sv.states);
         p.gC = ptr<float>(sv.gC);
@@ -338,7 +345,7 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
     fn->b_dtype = beta_in.dtype();
     fn->g_dtype = g_in.defined() ? g_in.dtype() : DType::F32;
     fn->s0_dtype = s0_in.defined() ? s0_in.dtype() : DType::F32;
-    fn->save_for_backward({sv.q, sv.k, sv.v, sv.beta, sv.g, sv.s0, sv.W, sv.Kd, sv.U, sv.states, sv.gC});
+    fn->save_for_backward({sv.q, sv.k, sv.v, sv.beta, sv.g, sv.s0, sv.W, sv.Kd, sv.U, sv.states, sv.gC, sv.Tm});
     autograd::CustomFunction::attach(fn, {q_in, k_in, v_in, beta_in, g_in, s0_in},
                                      opt.want_final_state ? autograd::Tensors{res.o, final_out} : autograd::Tensors{res.o});
   }

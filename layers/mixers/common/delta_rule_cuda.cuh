@@ -60,6 +60,7 @@ struct Ptrs {
   const IN *q, *k, *v, *dout;
   const float *beta, *g, *s0, *dfinal;
   OP *W, *Kd, *Qg;              // hp: W = T diag(b e^G) K, Kd = diag(e^(G_C - G)) K, Qg = diag(e^G) Q
+  OP *Tm;                       // hp [.., C]: each chunk's T = (I + A)^{-1} (fwd_prep saves it for bwd_wy)
   float *U;                     // hp [.., Dv]: U = T diag(b) V, overwritten by U' = U - W S_n
   float *states, *gC, *final_s;
   float *dU;                    // hp [.., Dv]: P^T dO, overwritten by dU' = P^T dO + Kd dS_{n+1}
@@ -151,8 +152,8 @@ struct LayOut {
 };
 // bwd_wy: K, T (then E) and the reduction rows for the whole kernel; four C x D slots (a slot also holds a C x C
 // f32 tile) whose contents follow the phases (S2 and S3 are contiguous and first hold S_n):
-//     S1: dU'                          S2: S_n | A (f32) | W | Y, then dY
-//     S4: dW | P = dX W^T (f32)        S3: S_n | X, then dX | U
+//     S1: dU'                          S2: S_n | W | Y, then dY
+//     S4: dW | P = dX W^T (f32)        S3: S_n | dX | U
 template <class OP>
 struct LayWy {
   size_t K, T, S1, S2, S3, S4, scr, rk, G, b, db, dG, total;
@@ -364,6 +365,77 @@ __device__ __forceinline__ void mm_pieces(int M, int N, float* scr, Piece&& piec
       [&](int i, int j, float v) { rowfn(i, piece(i, j, &v, 1)); }, terms...);
 }
 
+// Two products a (term ta) and b (term tb) of the same shape, whose sum goes to one epilogue while their row
+// dots stay apart (dk^ gets a + b; dG gets the k-dot of each with its own sign): one pass over the output, one
+// global read-modify-write per element, instead of two products with a barrier between them.
+// dotk(i, j, v, n) = sum_c v[c] k(i, j + c); piece(i, j, v, n) as in mm_pieces, on v = a + b, returns its k-dot;
+// rowa(i, sa) gets the k-dot of a, rowb(i, sb) that of b, computed as k.(a + b) - k.a (bf16: per 16-column tile
+// row; float: per element). bf16: the accumulator continues from a into a + b; a's row dots wait in the scratch
+// tile's spare column 16 (store_matrix_sync writes columns 0 .. 15 only). No __syncthreads inside.
+static_assert(kScrLd >= 17, "mm_pieces_ab keeps a row sum in column 16 of the scratch tile");
+template <class OP, class DotK, class Piece, class RowA, class RowB, class TA, class TB>
+__device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& dotk, Piece&& piece, RowA&& rowa, RowB&& rowb,
+                                             const TA& ta, const TB& tb) {
+  if constexpr (std::is_same_v<OP, bf16>) {
+    const tc::Lanes w = tc::lanes();
+    const int tn = N / 16, ntiles = (M / 16) * tn;
+    float* s = scr + w.warp * kScrTile;
+    for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
+      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      tc::FragC acc;
+      wm::fill_fragment(acc, 0.f);
+      mma_term(acc, ta, i0, j0);
+      wm::store_matrix_sync(s, acc, kScrLd, wm::mem_row_major);
+      __syncwarp();
+      tc::for_pieces(w, [&](int r, int c0) {
+        float v[8];
+#pragma unroll
+        for (int c = 0; c < 8; ++c) v[c] = s[r * kScrLd + c0 + c];
+        s[r * kScrLd + c0] = dotk(i0 + r, j0 + c0, v, 8);  // only this lane reads s[r][c0 .. c0 + 7]
+      });
+      __syncwarp();
+      for (int r = w.lane; r < 16; r += w.nlanes) {
+        const float sa = s[r * kScrLd] + s[r * kScrLd + 8];
+        s[r * kScrLd + 16] = sa;
+        rowa(i0 + r, sa);
+      }
+      __syncwarp();
+      mma_term(acc, tb, i0, j0);
+      tc::through_scratch(s, acc, [&] {
+        tc::for_pieces(w, [&](int r, int c0) {
+          float v[8];
+#pragma unroll
+          for (int c = 0; c < 8; ++c) v[c] = s[r * kScrLd + c0 + c];
+          s[r * kScrLd + c0] = piece(i0 + r, j0 + c0, v, 8);
+        });
+        __syncwarp();
+        for (int r = w.lane; r < 16; r += w.nlanes) rowb(i0 + r, s[r * kScrLd] + s[r * kScrLd + 8] - s[r * kScrLd + 16]);
+      });
+    }
+  } else {
+    (void)scr;
+    const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+    for (int e = tid; e < M * N; e += nthr) {
+      const int i = e / N, j = e % N;
+      float a = dot_term(ta, i, j);
+      const float sa = dotk(i, j, &a, 1);
+      rowa(i, sa);
+      float v = a + dot_term(tb, i, j);
+      rowb(i, piece(i, j, &v, 1) - sa);
+    }
+  }
+}
+
+// k-dot for mm_pieces_ab: sum_c v[c] * k[c].
+template <class OP>
+__device__ __forceinline__ float dot_rows(const float* v, int n, const OP* k) {
+  float r = 0.f;
+#pragma unroll
+  for (int c = 0; c < 8; ++c)
+    if (c < n) r += v[c] * tof(k[c]);
+  return r;
+}
+
 // piece for mm_pieces: dst[0 .. n) += v (f32 global, loaded together first); returns sum_c v[c] * k[c].
 template <class OP>
 __device__ __forceinline__ float add_rows_dot(float* dst, const float* v, int n, const OP* k) {
@@ -379,6 +451,49 @@ __device__ __forceinline__ float add_rows_dot(float* dst, const float* v, int n,
       r += v[c] * tof(k[c]);
     }
   return r;
+}
+
+// 16-byte global loads into registers (the emulation copies). The tile loads issue kLdBatch of them per thread
+// before their shared-memory stores, so that their latencies overlap: one round trip per batch instead of one per
+// piece (the compiler does not move a global load across a store through a generic pointer).
+constexpr int kLdBatch = 4;
+__device__ __forceinline__ uint4 ld16(const void* src) {
+#ifdef DELTA_EMULATE
+  uint4 v;
+  std::memcpy(&v, src, 16);
+  return v;
+#else
+  return *reinterpret_cast<const uint4*>(src);
+#endif
+}
+__device__ __forceinline__ float u2f(unsigned u) {
+#ifdef DELTA_EMULATE
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#else
+  return __uint_as_float(u);
+#endif
+}
+
+// Element i (a constant after unrolling) of a 16-byte piece of T, as f32; shifts on the piece's words, so that
+// the piece stays in registers.
+__device__ __forceinline__ unsigned word16(const uint4& v, int w) { return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w; }
+template <class T>
+__device__ __forceinline__ float elem16(const uint4& v, int i) {
+#ifdef DELTA_EMULATE
+  T e[16 / sizeof(T)];
+  std::memcpy(e, &v, 16);
+  return tof(e[i]);
+#else
+  if constexpr (sizeof(T) == 4) {
+    return __uint_as_float(word16(v, i));
+  } else {
+    const unsigned short bits = (unsigned short)(word16(v, i >> 1) >> (16 * (i & 1)));
+    if constexpr (std::is_same_v<T, bf16>) return __uint_as_float(unsigned(bits) << 16);
+    else return __half2float(__ushort_as_half(bits));
+  }
+#endif
 }
 
 // ---- per-chunk loads ----
@@ -403,36 +518,103 @@ __device__ __forceinline__ int64_t state_off(const Geo& g, int b, int h, int n) 
 }
 
 // x / sqrt(|x|^2 + eps) per row into dst (OP, stride ld); rows >= L are zeros; r[row] = 1 / sqrt(|x|^2 + eps).
-// A warp per row (coalesced loads, the sum of squares through warp_sum). No __syncthreads inside.
+// A warp per row (coalesced loads, the sum of squares through warp_sum). Each warp loads kNormRows rows (kNormElems
+// elements per lane: C = 64, D <= 128 with 8 warps: the whole tile) into registers before any sum, so that one
+// round trip covers them; with fewer lanes (the emulation) the row goes in blocks, read again for the stores.
+// A lane's sum runs over its elements in ascending order, as one row at a time would. No __syncthreads inside.
+constexpr int kNormRows = 4, kNormElems = 4;
 template <class IN, class OP>
 __device__ __forceinline__ void load_normalized(OP* dst, int ld, float* r, const IN* x, const Geo& g, const Chunk& c, int D) {
   const tc::Lanes w = tc::lanes();
-  for (int t = w.warp; t < g.C; t += w.nwarps) {
-    if (t < c.L) {  // uniform over the warp
-      const IN* row = x + tok(g, c.b, c.t0 + t, c.h) * D;
-      float ss = 0.f;
-      for (int j = w.lane; j < D; j += w.nlanes) {
-        const float v = tof(row[j]);
-        ss += v * v;
+  const int span = kNormElems * w.nlanes, nb = (D + span - 1) / span;  // element blocks per row: 1 on the GPU
+  for (int t0 = w.warp; t0 < g.C; t0 += kNormRows * w.nwarps) {
+    float xv[kNormRows][kNormElems], rn[kNormRows];
+    const IN* row0 = x + tok(g, c.b, c.t0 + t0, c.h) * D;  // row t0 + q nwarps at q rstride further
+    const int rstride = w.nwarps * g.H * D;
+    auto load_block = [&](int jb) {
+#pragma unroll
+      for (int q = 0; q < kNormRows; ++q) {
+        const int t = t0 + q * w.nwarps;
+        const IN* row = row0 + q * rstride;
+#pragma unroll
+        for (int i = 0; i < kNormElems; ++i) {
+          const int j = jb * span + i * w.nlanes + w.lane;
+          xv[q][i] = t < c.L && j < D ? tof(row[j]) : 0.f;
+        }
       }
-      const float rn = dr_rsqrt(warp_sum(ss, w) + g.eps);
-      for (int j = w.lane; j < D; j += w.nlanes) dst[t * ld + j] = fromf<OP>(tof(row[j]) * rn);
-      if (w.lane == 0) r[t] = rn;
-    } else {
-      for (int j = w.lane; j < D; j += w.nlanes) dst[t * ld + j] = fromf<OP>(0.f);
-      if (w.lane == 0) r[t] = 0.f;
+    };
+#pragma unroll
+    for (int q = 0; q < kNormRows; ++q) rn[q] = 0.f;
+    for (int jb = 0; jb < nb; ++jb) {
+      load_block(jb);
+#pragma unroll
+      for (int q = 0; q < kNormRows; ++q)
+#pragma unroll
+        for (int i = 0; i < kNormElems; ++i) rn[q] += xv[q][i] * xv[q][i];
+    }
+#pragma unroll
+    for (int q = 0; q < kNormRows; ++q) {
+      const float ss = warp_sum(rn[q], w);  // every lane of the warp, uniform
+      rn[q] = t0 + q * w.nwarps < c.L ? dr_rsqrt(ss + g.eps) : 0.f;
+    }
+    for (int jb = 0; jb < nb; ++jb) {
+      if (nb > 1) load_block(jb);
+#pragma unroll
+      for (int q = 0; q < kNormRows; ++q) {
+        const int t = t0 + q * w.nwarps;
+        if (t >= g.C) continue;
+#pragma unroll
+        for (int i = 0; i < kNormElems; ++i) {
+          const int j = jb * span + i * w.nlanes + w.lane;
+          if (j < D) dst[t * ld + j] = fromf<OP>(xv[q][i] * rn[q]);
+        }
+        if (jb == 0 && w.lane == 0) r[t] = rn[q];
+      }
     }
   }
 }
 
-// Rows of an [.., D] input (times mul, per row mul[t] when given) into dst; rows >= L zeros.
+// load_rows with element loads (bwd_state: fewer registers than 16-byte pieces in flight).
 template <class IN, class OP>
-__device__ __forceinline__ void load_rows(OP* dst, int ld, const IN* x, const Geo& g, const Chunk& c, int D, int col0, int ncol,
-                                          float mul) {
+__device__ __forceinline__ void load_rows_elems(OP* dst, int ld, const IN* x, const Geo& g, const Chunk& c, int D, int col0,
+                                                int ncol, float mul, const float* rowmul = nullptr) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   for (int e = tid; e < g.C * ncol; e += nthr) {
     const int t = e / ncol, j = e % ncol;
-    dst[t * ld + j] = fromf<OP>(t < c.L ? mul * tof(x[tok(g, c.b, c.t0 + t, c.h) * D + col0 + j]) : 0.f);
+    const float m = rowmul ? mul * rowmul[t] : mul;
+    dst[t * ld + j] = fromf<OP>(t < c.L ? m * tof(x[tok(g, c.b, c.t0 + t, c.h) * D + col0 + j]) : 0.f);
+  }
+}
+// Rows of an [.., D] input, columns col0 .. col0 + ncol - 1, times mul (and rowmul[t] when given) into dst;
+// rows >= L zeros. 16-byte loads (ncol, col0 multiples of 16 / sizeof(IN)), kLdBatch per thread issued before
+// their stores; element loads if x is not 16-byte aligned.
+template <class IN, class OP>
+__device__ __forceinline__ void load_rows(OP* dst, int ld, const IN* x, const Geo& g, const Chunk& c, int D, int col0, int ncol,
+                                          float mul, const float* rowmul = nullptr) {
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+    load_rows_elems(dst, ld, x, g, c, D, col0, ncol, mul, rowmul);
+    return;
+  }
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  constexpr int per = 16 / int(sizeof(IN));
+  const int vc = ncol / per, total = g.C * vc;
+  for (int e0 = tid; e0 < total; e0 += kLdBatch * nthr) {
+    uint4 v[kLdBatch];
+#pragma unroll
+    for (int k = 0; k < kLdBatch; ++k) {
+      const int e = e0 + k * nthr, t = e / vc;
+      if (e < total) v[k] = t < c.L ? ld16(x + tok(g, c.b, c.t0 + t, c.h) * D + col0 + (e % vc) * per) : uint4{0u, 0u, 0u, 0u};
+    }
+#pragma unroll
+    for (int k = 0; k < kLdBatch; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) {
+        const int t = e / vc, j = (e % vc) * per;
+        const float m = rowmul ? mul * rowmul[t] : mul;
+#pragma unroll
+        for (int i = 0; i < per; ++i) dst[t * ld + j + i] = fromf<OP>(t < c.L ? m * elem16<IN>(v[k], i) : 0.f);
+      }
+    }
   }
 }
 
@@ -458,25 +640,29 @@ __device__ __forceinline__ void load_gb(float* G, float* bb, const float* gptr, 
 }
 
 // f32 [rows, cols] (row stride srcld) -> OP tile (stride ld); load_f32_rows: element (r, j) = conv(r, value)
-// rounded to OP. 16-byte loads: cols and srcld multiples of 4, src 16-byte aligned.
+// rounded to OP. 16-byte loads: cols and srcld multiples of 4, src 16-byte aligned. A thread issues kLdBatch
+// loads before its first shared-memory store (kLdBatch).
 template <class OP, class Conv>
 __device__ __forceinline__ void load_f32_rows(OP* dst, int ld, const float* src, int64_t srcld, int rows, int cols, Conv&& conv) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  const int vc = cols / 4;
-  for (int e = tid; e < rows * vc; e += nthr) {
-    const int r = e / vc, j = (e % vc) * 4;
-    float x[4];
-#ifdef DELTA_EMULATE
-    std::memcpy(x, src + int64_t(r) * srcld + j, 16);
-#else
-    const float4 v4 = *reinterpret_cast<const float4*>(src + int64_t(r) * srcld + j);
-    x[0] = v4.x;
-    x[1] = v4.y;
-    x[2] = v4.z;
-    x[3] = v4.w;
-#endif
+  const int vc = cols / 4, total = rows * vc;
+  for (int e0 = tid; e0 < total; e0 += kLdBatch * nthr) {
+    uint4 v[kLdBatch];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) dst[r * ld + j + i] = fromf<OP>(conv(r, x[i]));
+    for (int k = 0; k < kLdBatch; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) v[k] = ld16(src + int64_t(e / vc) * srcld + (e % vc) * 4);
+    }
+#pragma unroll
+    for (int k = 0; k < kLdBatch; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) {
+        const int r = e / vc, j = (e % vc) * 4;
+        const float x[4] = {u2f(v[k].x), u2f(v[k].y), u2f(v[k].z), u2f(v[k].w)};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) dst[r * ld + j + i] = fromf<OP>(conv(r, x[i]));
+      }
+    }
   }
 }
 template <class OP>
@@ -484,8 +670,37 @@ __device__ __forceinline__ void load_f32(OP* dst, int ld, const float* src, int6
   load_f32_rows(dst, ld, src, srcld, rows, cols, [](int, float x) { return x; });
 }
 // 16-byte pieces: cols and ld multiples of 8 elements (16 / sizeof(OP) divides them), src and dst 16-byte aligned.
-template <class OP>
+template <int R = kLdBatch, class OP>
 __device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) {
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  if (srcld < 0) srcld = cols;
+  constexpr int per = 16 / int(sizeof(OP));
+  const int vc = cols / per, total = rows * vc;
+  for (int e0 = tid; e0 < total; e0 += R * nthr) {  // R loads in flight before their stores
+    uint4 v[R];
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) v[k] = ld16(src + int64_t(e / vc) * srcld + (e % vc) * per);
+    }
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) {
+        OP* d = dst + (e / vc) * ld + (e % vc) * per;
+#ifdef DELTA_EMULATE
+        std::memcpy(d, &v[k], 16);
+#else
+        *reinterpret_cast<uint4*>(d) = v[k];
+#endif
+      }
+    }
+  }
+}
+
+// copy_rows one piece at a time (the sequential kernels' fallback: their registers are scarce).
+template <class OP>
+__device__ __forceinline__ void copy_rows_plain(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   if (srcld < 0) srcld = cols;
   constexpr int per = 16 / int(sizeof(OP));
@@ -530,7 +745,7 @@ struct RowPrefetch {
   }
   __device__ __forceinline__ void store(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) const {
     if (!fits(rows, cols)) {
-      copy_rows(dst, ld, src, rows, cols, srcld);
+      copy_rows_plain(dst, ld, src, rows, cols, srcld);
       return;
     }
     const int nthr = int(blockDim.x), tid = int(threadIdx.x);
@@ -692,18 +907,21 @@ __device__ __forceinline__ void unit_lower_inverse(float* A, int lda, int C, flo
     }
   }
 }
+// The inverse (unit diagonal, zero upper part) as an OP operand, and into gT ([C, C], dense) when given.
 template <class OP>
-__device__ __forceinline__ void tri_to_op(OP* T, int ldt, const float* A, int lda, int C) {
+__device__ __forceinline__ void tri_to_op(OP* T, int ldt, const float* A, int lda, int C, OP* gT = nullptr) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   for (int e = tid; e < C * C; e += nthr) {
     const int i = e / C, j = e % C;
-    T[i * ldt + j] = fromf<OP>(j < i ? A[i * lda + j] : (j == i ? 1.f : 0.f));
+    const OP v = fromf<OP>(j < i ? A[i * lda + j] : (j == i ? 1.f : 0.f));
+    T[i * ldt + j] = v;
+    if (gT) gT[e] = v;
   }
 }
 
 // ===================================== forward =====================================
 
-// (1) per chunk: A, T = (I + A)^{-1}, W = T diag(b e^G) K, U = T diag(b) V, Kd = diag(e^(G_C - G)) K, gC.
+// (1) per chunk: A, T = (I + A)^{-1} (saved), W = T diag(b e^G) K, U = T diag(b) V, Kd = diag(e^(G_C - G)) K, gC.
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   TC_SMEM(smem);
@@ -724,19 +942,16 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   load_gb(G, bb, g.gated ? p.g : nullptr, p.beta, g, c);
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
   __syncthreads();
-  for (int e = tid; e < C * Dv; e += nthr) {  // Y = diag(b) V
-    const int t = e / Dv, j = e % Dv;
-    Y[t * ld.v + j] = fromf<OP>(t < c.L ? bb[t] * tof(p.v[tok(g, c.b, c.t0 + t, c.h) * Dv + j]) : 0.f);
-  }
+  load_rows(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);  // Y = diag(b) V
   mm<OP>(C, C, scr,
          [&](int t, int s, float x) { A[t * ld.cf + s] = s < t ? bb[t] * x * dr_exp(G[t] - G[s]) : 0.f; },
          term<false, true>(K, ld.k, K, ld.k, Dk));
   __syncthreads();
   unit_lower_inverse(A, ld.cf, C, scr);  // scr is free between products
-  tri_to_op(T, ld.c, A, ld.cf, C);
+  const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
+  tri_to_op(T, ld.c, A, ld.cf, C, p.Tm + row0 * C);  // T also to global: bwd_wy loads it instead of inverting again
   // Kd to global, then K -> X = diag(b e^G) K in place (each element read and written by one thread)
   const float GC = G[C - 1];
-  const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
   for (int e = tid; e < C * Dk; e += nthr) {
     const int t = e / Dk, j = e % Dk;
     const float kv = tof(K[t * ld.k + j]);
@@ -927,7 +1142,7 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
     pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
     pu.store(Uf, DVT, p.dU + row0 * Dv + j0, C, DVT, Dv);
     const Chunk c{b, h, n, n * C, g.T - n * C < C ? g.T - n * C : C};
-    load_rows(dO, ld.vt, p.dout, g, c, Dv, j0, DVT, g.scale);
+    load_rows_elems(dO, ld.vt, p.dout, g, c, Dv, j0, DVT, g.scale);
     __syncthreads();
     if (n > 0) {
       pu.load(p.dU + (row0 - C) * Dv + j0, C, DVT, Dv);
@@ -957,9 +1172,9 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
   state_cols_out(p.ds0 + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, dS, g, j0);
 }
 
-// (3) per chunk, the WY part: recompute A, T, W, U; dW = -dU' S_n^T; dX = T^T dW; dY = T^T dU';
-// dA = -(dX W^T + dY U^T) (strictly lower); E = dA (.) diag(b) Gamma. Writes dv = b dY, dbeta (complete), and
-// starts dk^ (b e^G dX + E K + E^T K) and dG (the + / - decay sides of those terms).
+// (3) per chunk, the WY part: T and W as fwd_prep saved them, U = T diag(b) V again; dW = -dU' S_n^T;
+// dX = T^T dW; dY = T^T dU'; dA = -(dX W^T + dY U^T) (strictly lower); E = dA (.) diag(b) Gamma. Writes
+// dv = b dY, dbeta (complete), and starts dk^ (b e^G dX + E K + E^T K) and dG (the + / - decay sides of those terms).
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   TC_SMEM(smem);
@@ -970,7 +1185,6 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   OP* T = reinterpret_cast<OP*>(smem + lay.T);  // T, then E
   OP* dU = reinterpret_cast<OP*>(smem + lay.S1);
   OP* S = reinterpret_cast<OP*>(smem + lay.S2);  // S_n over S2 and S3
-  float* A = reinterpret_cast<float*>(smem + lay.S2);
   OP* Wt = reinterpret_cast<OP*>(smem + lay.S2);
   OP* Y = reinterpret_cast<OP*>(smem + lay.S2);  // Y, then dY
   OP* X = reinterpret_cast<OP*>(smem + lay.S3);  // X, then dX
@@ -993,22 +1207,12 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
   load_f32(dU, ld.v, p.dU + row0 * Dv, Dv, C, Dv);
   load_f32(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dv, Dk, Dv);
+  copy_rows(T, ld.c, p.Tm + row0 * C, C, C);  // fwd_prep's T (the same values an inversion here would give)
   __syncthreads();
   mm<OP>(C, Dk, scr, [&](int t, int j, float x) { dW[t * ld.k + j] = fromf<OP>(-x); },
          term<false, true>(dU, ld.v, S, ld.v, Dv));
-  __syncthreads();  // S_n is dead: A takes S2
-  mm<OP>(C, C, scr, [&](int t, int s, float x) { A[t * ld.cf + s] = s < t ? bb[t] * x * dr_exp(G[t] - G[s]) : 0.f; },
-         term<false, true>(K, ld.k, K, ld.k, Dk));
-  __syncthreads();
-  unit_lower_inverse(A, ld.cf, C, scr);  // scr is free between products
-  tri_to_op(T, ld.c, A, ld.cf, C);
-  for (int e = tid; e < C * Dk; e += nthr) {
-    const int t = e / Dk, j = e % Dk;
-    X[t * ld.k + j] = fromf<OP>(tof(K[t * ld.k + j]) * bb[t] * dr_exp(G[t]));
-  }
-  __syncthreads();  // A is dead: W takes S2
-  mm<OP>(C, Dk, scr, [&](int t, int j, float x) { Wt[t * ld.k + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, X, ld.k, C));
-  __syncthreads();
+  __syncthreads();  // S_n is dead: the saved W takes S2 while dX goes to S3
+  copy_rows(Wt, ld.k, p.W + row0 * Dk, C, Dk);
   // dX = T^T dW over X: dk^ = b e^G dX, dbeta += e^G dX.k, dG += b e^G dX.k (X = diag(b e^G) K)
   mm_rows<OP>(C, Dk, scr,
               [&](int t, int j, float x) {
@@ -1025,10 +1229,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();  // dW is dead: P = dX W^T (f32) takes S4, the first half of dA = -(dX W^T + dY U^T)
   mm<OP>(C, C, scr, [&](int t, int s, float x) { P[t * ldp + s] = x; }, term<false, true>(X, ld.k, Wt, ld.k, Dk));
   __syncthreads();  // dX and W are dead: Y takes S2, U S3
-  for (int e = tid; e < C * Dv; e += nthr) {
-    const int t = e / Dv, j = e % Dv;
-    Y[t * ld.v + j] = fromf<OP>(t < c.L ? bb[t] * tof(p.v[tok(g, c.b, c.t0 + t, c.h) * Dv + j]) : 0.f);
-  }
+  load_rows(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);
   __syncthreads();
   mm<OP>(C, Dv, scr, [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
   __syncthreads();
@@ -1066,14 +1267,12 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   mm_rows<OP>(C, C, scr,
               [&](int t, int s, float x) { return s < t ? -P[t * ldp + s] * x * dr_exp(G[t] - G[s]) : 0.f; },
               [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<false, true>(K, ld.k, K, ld.k, Dk));
-  // k_t enters A_ts (row, + G_t) and A_st (column, - G_s)
-  mm_pieces<OP>(C, Dk, scr,
-                [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
-                [&](int t, float r) { dr_atomic_add(&dG[t], r); }, term<false, false>(T, ld.c, K, ld.k, C));
-  __syncthreads();
-  mm_pieces<OP>(C, Dk, scr,
-                [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
-                [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, term<true, false>(T, ld.c, K, ld.k, C));
+  // k_t enters A_ts (row, + G_t) and A_st (column, - G_s): dk^ += E K + E^T K in one pass
+  mm_pieces_ab<OP>(
+      C, Dk, scr, [&](int t, int j, const float* x, int n) { return dot_rows(x, n, K + t * ld.k + j); },
+      [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
+      [&](int t, float r) { dr_atomic_add(&dG[t], r); }, [&](int t, float r) { dr_atomic_add(&dG[t], -r); },
+      term<false, false>(T, ld.c, K, ld.k, C), term<true, false>(T, ld.c, K, ld.k, C));
   __syncthreads();
   for (int t = tid; t < C; t += nthr) {
     p.dGp[row0 + t] = dG[t];
@@ -1119,19 +1318,42 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
          [&](int t, int s, float x) { F[t * ld.c + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
          term<false, true>(dO, ld.v, Up, ld.v, Dv));
   __syncthreads();
-  // dk^ += F^T Q (k_s enters F_ts through Gamma_ts with - G_s); meanwhile dO -> diag(e^G) dO and S_n over U'
-  mm_pieces<OP>(C, Dk, scr,
-                [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
-                [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, term<true, false>(F, ld.c, Q, ld.k, C));
+  // dO -> diag(e^G) dO and S_n over U' (F^T Q waits for the last product, which shares its dk^ pass)
   tc::scale_tile(dO, ld.v, C, Dv, [&](int t, int) { return dr_exp(G[t]); });
   const float* Hn = p.dH + state_off(g, c.b, c.h, c.n);
   const float* Sn = p.states + state_off(g, c.b, c.h, c.n);
-  load_f32(S, ld.v, Sn, Dv, Dk, Dv);
   // G_C (= G_{C-1}) scales S_n in S_{n+1} = e^{G_C} S_n + Kd^T U' and appears in Kd = diag(e^{G_C - G}) K:
   // dG_{C-1} += e^{G_C} <dS_{n+1}, S_n> (f32, from global) + sum_t y_t and dG_t -= y_t with y_t = k_t . dKs_t,
   // the same rounded y on both sides so that they cancel where they should (dg = 0 at T = 1 without S_0).
+  // S_n (dense [Dk, Dv]) is read once for both: kLdBatch 16-byte pieces of S_n and of dS' in flight per thread.
   float part = 0.f;
-  for (int e = tid; e < Dk * Dv; e += nthr) part += Hn[e] * Sn[e];
+  {
+    const int vc = Dv / 4, total = Dk * vc;
+    for (int e0 = tid; e0 < total; e0 += kLdBatch * nthr) {
+      uint4 sv[kLdBatch], hv[kLdBatch];
+#pragma unroll
+      for (int k = 0; k < kLdBatch; ++k) {
+        const int e = e0 + k * nthr;
+        if (e < total) {
+          sv[k] = ld16(Sn + int64_t(e) * 4);
+          hv[k] = ld16(Hn + int64_t(e) * 4);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kLdBatch; ++k) {
+        const int e = e0 + k * nthr;
+        if (e < total) {
+          const int r = e / vc, j = (e % vc) * 4;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float x = elem16<float>(sv[k], i);
+            S[r * ld.v + j + i] = fromf<OP>(x);
+            part += elem16<float>(hv[k], i) * x;
+          }
+        }
+      }
+    }
+  }
   part = warp_sum(part, w);
   if (w.lane == 0) red[w.warp] = part;
   for (int t = tid; t < C; t += nthr) yrow[t] = 0.f;
@@ -1149,9 +1371,13 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   load_f32(S, ld.v, Hn, Dv, Dk, Dv);
   load_f32_rows(dO, ld.v, p.U + row0 * Dv, Dv, C, Dv, [&](int t, float x) { return tof(fromf<OP>(x)) * dr_exp(GC - G[t]); });
   __syncthreads();
-  mm_pieces<OP>(C, Dk, scr,
-                [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
-                [&](int t, float r) { dr_atomic_add(&yrow[t], r); }, term<false, true>(dO, ld.v, S, ld.v, Dv));
+  // dk^ += F^T Q + diag(e^{G_C - G}) U' dS'^T in one pass: k_s enters F_ts through Gamma_ts with - G_s (dG), and
+  // the second product's k-dots are the y above
+  mm_pieces_ab<OP>(
+      C, Dk, scr, [&](int t, int j, const float* x, int n) { return dot_rows(x, n, K + t * ld.k + j); },
+      [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
+      [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, [&](int t, float r) { dr_atomic_add(&yrow[t], r); },
+      term<true, false>(F, ld.c, Q, ld.k, C), term<false, true>(dO, ld.v, S, ld.v, Dv));
   __syncthreads();
   if (w.warp == 0) {  // one warp: dG_t -= y_t, dG_{C-1} += e^{G_C} <dS', S_n> + sum_t y_t
     float ys = 0.f;
@@ -1169,17 +1395,57 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   }
   __syncthreads();
   // L2 normalization backward: dx = r (dx^ - x^ (x^.dx^)), with x^ = x r in f32 from the input; a warp per row
-  for (int t = w.warp; t < 2 * c.L; t += w.nwarps) {
-    const bool isq = t < c.L;
-    const int r = isq ? t : t - c.L;
-    const IN* x = (isq ? p.q : p.k) + tok(g, c.b, c.t0 + r, c.h) * Dk;
-    const float* dx = (isq ? p.dqh : p.dkh) + (row0 + r) * Dk;
-    IN* out = (isq ? p.dq : p.dk) + tok(g, c.b, c.t0 + r, c.h) * Dk;
-    const float rn = isq ? rq[r] : rk[r];
-    float dot = 0.f;
-    for (int j = w.lane; j < Dk; j += w.nlanes) dot += tof(x[j]) * rn * dx[j];
-    dot = warp_sum(dot, w);
-    for (int j = w.lane; j < Dk; j += w.nlanes) out[j] = fromf<IN>(rn * (dx[j] - tof(x[j]) * rn * dot));
+  // (rows 0 .. L - 1 of q, then of k), kNormRows of them loaded before their sums as in load_normalized
+  {
+    const int span = kNormElems * w.nlanes, nb = (Dk + span - 1) / span;  // element blocks per row: 1 on the GPU
+    for (int t0 = w.warp; t0 < 2 * c.L; t0 += kNormRows * w.nwarps) {
+      float xv[kNormRows][kNormElems], dv[kNormRows][kNormElems], dot[kNormRows], rnv[kNormRows];
+#pragma unroll
+      for (int q = 0; q < kNormRows; ++q) {
+        const int t = t0 + q * w.nwarps;
+        rnv[q] = t < c.L ? rq[t] : t < 2 * c.L ? rk[t - c.L] : 0.f;
+        dot[q] = 0.f;
+      }
+      auto load_block = [&](int jb) {
+#pragma unroll
+        for (int q = 0; q < kNormRows; ++q) {
+          const int t = t0 + q * w.nwarps, r = t < c.L ? t : t - c.L;
+          const bool in = t < 2 * c.L;
+          const IN* x = (t < c.L ? p.q : p.k) + (in ? tok(g, c.b, c.t0 + r, c.h) * Dk : 0);
+          const float* dx = (t < c.L ? p.dqh : p.dkh) + (in ? (row0 + r) * Dk : 0);
+#pragma unroll
+          for (int i = 0; i < kNormElems; ++i) {
+            const int j = jb * span + i * w.nlanes + w.lane;
+            const bool ok = in && j < Dk;
+            xv[q][i] = ok ? tof(x[j]) * rnv[q] : 0.f;
+            dv[q][i] = ok ? dx[j] : 0.f;
+          }
+        }
+      };
+      for (int jb = 0; jb < nb; ++jb) {
+        load_block(jb);
+#pragma unroll
+        for (int q = 0; q < kNormRows; ++q)
+#pragma unroll
+          for (int i = 0; i < kNormElems; ++i) dot[q] += xv[q][i] * dv[q][i];
+      }
+#pragma unroll
+      for (int q = 0; q < kNormRows; ++q) dot[q] = warp_sum(dot[q], w);
+      for (int jb = 0; jb < nb; ++jb) {
+        if (nb > 1) load_block(jb);
+#pragma unroll
+        for (int q = 0; q < kNormRows; ++q) {
+          const int t = t0 + q * w.nwarps, r = t < c.L ? t : t - c.L;
+          if (t >= 2 * c.L) continue;
+          IN* out = (t < c.L ? p.dq : p.dk) + tok(g, c.b, c.t0 + r, c.h) * Dk;
+#pragma unroll
+          for (int i = 0; i < kNormElems; ++i) {
+            const int j = jb * span + i * w.nlanes + w.lane;
+            if (j < Dk) out[j] = fromf<IN>(rnv[q] * (dv[q][i] - xv[q][i] * dot[q]));
+          }
+        }
+      }
+    }
   }
   if (g.gated && tid == 0) {  // G_t = sum_{s<=t} g_s inside the chunk: dg_t = sum_{t'>=t} dG_t'
     float acc = 0.f;
@@ -1215,7 +1481,7 @@ inline size_t max_smem(const Geo& g) {
   return m;
 }
 
-// Forward: p.q, k, v, beta, g (if gated), s0 (or null) in; W, Kd, U, states, gC, final_s, o out.
+// Forward: p.q, k, v, beta, g (if gated), s0 (or null) in; W, Kd, Tm, U, states, gC, final_s, o out.
 template <class IN, class OP>
 void forward(const Geo& g, const Ptrs<IN, OP>& p, cudaStream_t st) {
   const dim3 chunks(unsigned(g.N), unsigned(g.H), unsigned(g.B));
