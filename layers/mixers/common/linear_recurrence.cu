@@ -57,7 +57,10 @@
 // emulation, scripts/lr_tc_emulate.sh). Their operands are bf16, so on that path the state scans write S_n and
 // dH_{n+1} as bf16 to a separate buffer (the f32 one keeps U_n / dU_n): the scan writes, and the chunk kernels
 // read, half the bytes, with the same rounding the chunk kernels applied to f32 states before (results
-// unchanged). Not yet: the state pass fused into the chunk kernels. CPU emulation used during development: every kernel body compiles for the
+// unchanged). By default that path runs no chunk_state / scan pair but one fused state pass
+// (linear_recurrence_state_tc.cu: one CTA per (b, h, state tile) keeps its f32 state on chip and walks the
+// chunks, so U_n never goes through global memory; SEQMIX_LR_FUSED_STATE=0 restores the pair, e.g. to compare).
+// CPU emulation used during development: every kernel body compiles for the
 // host with SEQMIX_LR_EMULATE defined: with one thread per block (syncs as no-ops) it matched a double-precision
 // token-by-token forward + BPTT to 1e-5 over 69 shape / decay / bonus / chunk cases, and with 256 std::threads
 // per block (__syncthreads as a std::barrier) under ThreadSanitizer it reported no data race.
@@ -738,26 +741,44 @@ bool use_tc(const Inputs& in) {
   return tc_aligned({&in.q, &in.k, &in.v}, 16);
 }
 
+// On the tensor-core path the fused state pass (lr_tc::state_pass) replaces chunk_state_tc + state scan unless
+// SEQMIX_LR_FUSED_STATE=0 (read per call) or its shared memory does not fit; its cp.async reads of a
+// per-channel g need 16-byte alignment (q, k, v: use_tc's check; dout: backward_launch's).
+bool use_fused_state(const Inputs& in) {
+  if (!lr_tc::fused_state_enabled()) return false;
+  if (lr_tc::smem_state_pass(tc_geo(in.geo)) > size_t(max_smem_optin()) - 1024) return false;
+  return in.mode != 2 || tc_aligned({&in.g}, 16);
+}
+
 lr_tc::Elem tc_elem(const Inputs& in) { return in.v.dtype() == DType::BF16 ? lr_tc::Elem::BF16 : lr_tc::Elem::F16; }
 
 // Returns the states S_n kept for the backward ([B, H, N, Dv, Dk]): f32 (FFMA), or bf16 (tensor cores: the
-// operand precision of their chunk kernels; the f32 buffer is then scratch for U_n).
+// operand precision of their chunk kernels; an f32 buffer is then scratch for U_n, and none is allocated when
+// the state pass is fused).
 Tensor forward_launch(const Inputs& in, const Tensor& glast, const Tensor& o, const Tensor& final_state) {
   const Geo& geo = in.geo;
   cudaStream_t st = ::seqmix::cuda::current_stream();
   dim3 grid(unsigned(geo.N), unsigned(geo.H), unsigned(geo.B));
   const Device dev = in.v.device();
   const Shape sshape{geo.B, geo.H, int64_t(geo.N), geo.Dv, geo.Dk};
-  const Tensor states = Tensor::empty(sshape, DType::F32, dev);
-  bool tc = use_tc(in) && tc_aligned({&states, &o}, 32);
+  bool tc = use_tc(in) && tc_aligned({&o}, 32);
   Tensor states16;
   if (tc) {
     states16 = Tensor::empty(sshape, DType::BF16, dev);
     tc = tc_aligned({&states16}, 32);
   }
+  const bool fused = tc && use_fused_state(in);  // then no f32 states: U_n stays on chip
+  Tensor states;
+  if (!fused) {
+    states = Tensor::empty(sshape, DType::F32, dev);
+    tc = tc && tc_aligned({&states}, 32);
+  }
   SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence", [&]<typename T>() {
     with_mode(in.mode, [&]<int MODE>() {
-      if (tc) {
+      if (fused) {
+        lr_tc::state_pass(tc_elem(in), MODE, false, tc_geo(geo), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
+                          cptr<float>(in.s0), mptr<float>(final_state), states16.data_ptr(), mptr<float>(glast), st);
+      } else if (tc) {
         lr_tc::chunk_state(tc_elem(in), MODE, false, tc_geo(geo), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
                            mptr<float>(states), mptr<float>(glast), st);
       } else {
@@ -768,7 +789,7 @@ Tensor forward_launch(const Inputs& in, const Tensor& glast, const Tensor& o, co
                                          mptr<float>(glast));
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_kernel");
       }
-      {
+      if (!fused) {
         launch_scan<false>(geo, mptr<float>(states), MODE > 0 ? cptr<float>(glast) : nullptr, cptr<float>(in.s0),
                            mptr<float>(final_state), tc ? mptr<__nv_bfloat16>(states16) : nullptr, st);
       }
@@ -807,7 +828,7 @@ Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, cons
   gr.dk = Tensor::empty(in.k.shape(), in.k.dtype(), dev);
   gr.dv = Tensor::empty(in.v.shape(), in.v.dtype(), dev);
   gr.ds0 = Tensor::empty({geo.B, geo.H, geo.Dk, geo.Dv}, DType::F32, dev);
-  Tensor dstates = Tensor::empty(states.shape(), DType::F32, dev);
+  Tensor dstates;  // f32 dU_n -> dH_{n+1} (FFMA) / dU_n scratch (tensor cores); not with the fused state pass
   Tensor rbuf, pbuf, ctot, dubuf, dg32;
   const bool dg_on = in.mode > 0 && want_dg;
   if (dg_on) {
@@ -817,17 +838,25 @@ Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, cons
     if (geo.bonus) pbuf = Tensor::empty({geo.B, geo.T, geo.H, geo.Dk}, DType::F32, dev);
   }
   if (geo.bonus) dubuf = Tensor::empty({geo.B, geo.H, geo.N, geo.Dk}, DType::F32, dev);
-  bool tc = use_tc(in) && tc_aligned({&dout, &gr.dq, &gr.dk, &gr.dv, &rbuf, &pbuf}, 16) && tc_aligned({&dstates}, 32);
+  bool tc = use_tc(in) && tc_aligned({&dout, &gr.dq, &gr.dk, &gr.dv, &rbuf, &pbuf}, 16);
   Tensor dstates16;
   if (tc) {
     dstates16 = Tensor::empty(states.shape(), DType::BF16, dev);
     if (states.dtype() != DType::BF16) states = states.to(DType::BF16);
     tc = tc_aligned({&states, &dstates16}, 32);
   }
+  const bool fused = tc && use_fused_state(in);
+  if (!fused) {
+    dstates = Tensor::empty(states.shape(), DType::F32, dev);
+    tc = tc && tc_aligned({&dstates}, 32);
+  }
   if (!tc && states.dtype() != DType::F32) states = states.to(DType::F32);
   SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence backward", [&]<typename T>() {
     with_mode(in.mode, [&]<int MODE>() {
-      if (tc) {
+      if (fused) {
+        lr_tc::state_pass(tc_elem(in), MODE, true, tc_geo(geo), in.q.data_ptr(), dout.data_ptr(), cptr<float>(in.g),
+                          cptr<float>(dfinal), mptr<float>(gr.ds0), dstates16.data_ptr(), nullptr, st);
+      } else if (tc) {
         lr_tc::chunk_state(tc_elem(in), MODE, true, tc_geo(geo), in.q.data_ptr(), dout.data_ptr(), cptr<float>(in.g),
                            mptr<float>(dstates), nullptr, st);
       } else {
@@ -837,7 +866,7 @@ Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, cons
         kern<<<grid, kThreads, sb, st>>>(geo, cptr<T>(in.q), cptr<T>(dout), cptr<float>(in.g), mptr<float>(dstates), nullptr);
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_kernel (backward)");
       }
-      {
+      if (!fused) {
         launch_scan<true>(geo, mptr<float>(dstates), MODE > 0 ? cptr<float>(glast) : nullptr, cptr<float>(dfinal),
                           mptr<float>(gr.ds0), tc ? mptr<__nv_bfloat16>(dstates16) : nullptr, st);
       }
