@@ -285,6 +285,7 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
   Saved sv;
   Geo geo = make_geo(B, T, H, Dk, Dv, opt, g_in.defined());
   const bool op_f32 = dt == DType::F32 && op_f32_fits(geo);
+  const bool want_grad = T > 0 && autograd::needs_grad({&q_in, &k_in, &v_in, &beta_in, &g_in, &s0_in});
   DeltaResult res;
   {
     autograd::NoGradGuard ng;
@@ -309,7 +310,7 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
       const DType opdt = op_f32 ? DType::F32 : DType::BF16;
       sv.W = Tensor::empty({B, H, Tp, Dk}, opdt, dev);
       sv.Kd = Tensor::empty({B, H, Tp, Dk}, opdt, dev);
-      sv.Tm = Tensor::empty({B, H, Tp, int64_t(geo.C)}, opdt, dev);
+      if (want_grad) sv.Tm = Tensor::empty({B, H, Tp, int64_t(geo.C)}, opdt, dev);  // for bwd_wy only
       sv.U = Tensor::empty({B, H, Tp, Dv}, DType::F32, dev);
       sv.states = Tensor::empty({B, H, int64_t(geo.N), Dk, Dv}, DType::F32, dev);
       sv.gC = Tensor::empty({B, H, int64_t(geo.N)}, DType::F32, dev);
@@ -335,7 +336,7 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
     }
   }
   const Tensor final_out = opt.want_final_state ? res.final_state : Tensor();
-  if (T > 0 && autograd::needs_grad({&q_in, &k_in, &v_in, &beta_in, &g_in, &s0_in})) {
+  if (want_grad) {
     auto fn = std::make_shared<DeltaFunction>();
     fn->geo = geo;
     fn->op_f32 = op_f32;

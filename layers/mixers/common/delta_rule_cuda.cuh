@@ -60,7 +60,8 @@ struct Ptrs {
   const IN *q, *k, *v, *dout;
   const float *beta, *g, *s0, *dfinal;
   OP *W, *Kd, *Qg;              // hp: W = T diag(b e^G) K, Kd = diag(e^(G_C - G)) K, Qg = diag(e^G) Q
-  OP *Tm;                       // hp [.., C]: each chunk's T = (I + A)^{-1} (fwd_prep saves it for bwd_wy)
+  OP *Tm;                       // hp [.., C]: each chunk's T = (I + A)^{-1} (fwd_prep saves it for bwd_wy; may be null
+                                // in a forward without backward)
   float *U;                     // hp [.., Dv]: U = T diag(b) V, overwritten by U' = U - W S_n
   float *states, *gC, *final_s;
   float *dU;                    // hp [.., Dv]: P^T dO, overwritten by dU' = P^T dO + Kd dS_{n+1}
@@ -217,6 +218,27 @@ __device__ __forceinline__ float warp_sum(float v, const tc::Lanes& w) {
 #else
   (void)w;
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+#endif
+}
+
+// The inclusive prefix sum of v over the lanes of the calling warp (lane i gets v_0 + .. + v_i; all lanes call
+// it, in converged code). GPU: shuffles up. Emulation: through the exchange row.
+__device__ __forceinline__ float warp_incl_scan(float v, const tc::Lanes& w) {
+#ifdef DELTA_EMULATE
+  if (w.nlanes == 1) return v;
+  __syncwarp();
+  emu_xch[w.warp][w.lane] = v;
+  __syncwarp();
+  float s = 0.f;
+  for (int i = 0; i <= w.lane; ++i) s += emu_xch[w.warp][i];
+  __syncwarp();
+  return s;
+#else
+  for (int o = 1; o < 32; o <<= 1) {
+    const float y = __shfl_up_sync(0xffffffffu, v, o);
+    if (w.lane >= o) v += y;
+  }
   return v;
 #endif
 }
@@ -618,24 +640,33 @@ __device__ __forceinline__ void load_rows(OP* dst, int ld, const IN* x, const Ge
   }
 }
 
-// G (inclusive cumulative log decay inside the chunk; zeros without g) and beta (0 on padded rows): the loads
-// spread over the block, one __syncthreads, then thread 0's running sum in shared memory (the same order of
-// f32 sums in every kernel). The caller syncs before reading G.
+// G (inclusive cumulative log decay inside the chunk; zeros without g) and beta (0 on padded rows), without a
+// barrier: warp 0 loads g (two loads per lane in flight) and scans it with shuffles, nlanes at a time with the
+// carry between blocks (the same order of f32 sums in every kernel), while the other warps go on to their own
+// loads. The caller syncs before reading G or beta.
 __device__ __forceinline__ void load_gb(float* G, float* bb, const float* gptr, const float* beta, const Geo& g,
                                         const Chunk& c) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  for (int t = tid; t < g.C; t += nthr) {
-    const bool in = t < c.L;
-    G[t] = in && gptr ? gptr[tok(g, c.b, c.t0 + t, c.h)] : 0.f;
-    if (bb) bb[t] = in ? beta[tok(g, c.b, c.t0 + t, c.h)] : 0.f;
+  if (bb)
+    for (int t = tid; t < g.C; t += nthr) bb[t] = t < c.L ? beta[tok(g, c.b, c.t0 + t, c.h)] : 0.f;
+  const tc::Lanes w = tc::lanes();
+  if (w.warp != 0) return;
+  for (int t = w.lane; t < g.C; t += 2 * w.nlanes) {
+    const int t2 = t + w.nlanes;
+    const float x1 = gptr && t < c.L ? gptr[tok(g, c.b, c.t0 + t, c.h)] : 0.f;
+    const float x2 = gptr && t2 < c.L ? gptr[tok(g, c.b, c.t0 + t2, c.h)] : 0.f;
+    G[t] = x1;
+    if (t2 < g.C) G[t2] = x2;
   }
-  __syncthreads();
-  if (tid == 0) {
-    float acc = 0.f;
-    for (int t = 0; t < g.C; ++t) {
-      acc += G[t];
-      G[t] = acc;
-    }
+  __syncwarp();
+  float carry = 0.f;
+  for (int t0 = 0; t0 < g.C; t0 += w.nlanes) {
+    const int t = t0 + w.lane;
+    const float x = warp_incl_scan(t < g.C ? G[t] : 0.f, w);
+    __syncwarp();
+    if (t < g.C) G[t] = carry + x;
+    __syncwarp();
+    carry = G[(t0 + w.nlanes < g.C ? t0 + w.nlanes : g.C) - 1];
   }
 }
 
@@ -949,7 +980,8 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   unit_lower_inverse(A, ld.cf, C, scr);  // scr is free between products
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
-  tri_to_op(T, ld.c, A, ld.cf, C, p.Tm + row0 * C);  // T also to global: bwd_wy loads it instead of inverting again
+  // T also to global (when a backward will run): bwd_wy loads it instead of inverting again
+  tri_to_op(T, ld.c, A, ld.cf, C, p.Tm ? p.Tm + row0 * C : nullptr);
   // Kd to global, then K -> X = diag(b e^G) K in place (each element read and written by one thread)
   const float GC = G[C - 1];
   for (int e = tid; e < C * Dk; e += nthr) {
