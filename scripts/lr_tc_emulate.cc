@@ -6,7 +6,8 @@
 // The CUDA built-ins, launches, buffers and comparison are scripts/emulate/cuda_host.h's, the WMMA emulation
 // layers/mixers/common/tc_tiles.cuh's (shared with scripts/delta_emulate.cc).
 // The state scans and dg kernels are linear_recurrence.cu's own (compiled the same way; the scans at their
-// real block size; the states as bf16 or f32, 4 elements or 1 per thread: see scan below). The forward and
+// real block size; on the bf16 U_n of chunk_state_tc in place, or on an f32 copy: 4 elements or 1 per thread,
+// see scan below). The forward and
 // backward (o, final state, dq, dk, dv, dg, du, d initial state) are compared with a double-precision
 // token-by-token forward and BPTT on the same (bf16- or f16-rounded) inputs. The fused state pass
 // (linear_recurrence_state_tc.cu, forward and backward) runs on the same inputs into buffers of its own; its
@@ -185,9 +186,9 @@ Errs run_case(const Case& cs, uint32_t seed) {
   lr_cuda::Geo geo{B, T_, H, Dk, Dv, C, N, gw, float(scale), cs.bonus};
   const lr_tc::TcGeo tg{B, T_, H, Dk, Dv, C, N, gw, float(scale), cs.bonus};
   const size_t DD = size_t(Dk) * Dv;
-  Buf<float> states(size_t(B) * H * N * DD), dstates(size_t(B) * H * N * DD), glast(size_t(B) * H * N * std::max(gw, 1));
+  Buf<float> glast(size_t(B) * H * N * std::max(gw, 1));
   Buf<float> fin(size_t(B) * H * DD), ds0(size_t(B) * H * DD);
-  Buf<bf16> states16(size_t(B) * H * N * DD), dstates16(size_t(B) * H * N * DD);
+  Buf<bf16> states16(size_t(B) * H * N * DD), dstates16(size_t(B) * H * N * DD);  // U_n -> S_n, dU_n -> dH_{n+1}
   Buf<T> o(nv), dq(nk), dk(nk), dv(nv);
   Buf<float> rbuf(nk), pbuf(nk), ctot(size_t(B) * H * N * Dk), dubuf(size_t(B) * H * N * Dk), dg32(nk);
   const dim3 grid(N, H, B);
@@ -196,32 +197,41 @@ Errs run_case(const Case& cs, uint32_t seed) {
   const float* gp = mode > 0 ? gd.p : nullptr;
   with_mode(mode, [&]<int MODE>() {
     launch(grid, ts, lr_tc::smem_state(tg), [&] {
-      lr_tc::chunk_state_tc<T, MODE, false>(tg, kd.p, vd.p, gp, states.p, glast.p);
+      lr_tc::chunk_state_tc<T, MODE, false>(tg, kd.p, vd.p, gp, states16.p, glast.p);
     });
-    // The state scan as linear_recurrence.cu launches it for the tensor-core kernels (4 elements per thread
-    // here, the states written as bf16 to out16), and in the other cases 1 element per thread (the path of
-    // Dk % 4 != 0 or unaligned buffers) and / or the f32 states written in place (the FFMA path's) and
-    // rounded to bf16 here (as linear_recurrence.cu's backward does when the forward took the FFMA path);
-    // all at the real block size.
-    auto scan = [&](bool rev, float* buf, const float* gl, const float* ein, float* eout, bf16* out16) {
+    // The state scan as linear_recurrence.cu launches it for the tensor-core kernels: on the bf16 U_n in place,
+    // 4 elements per thread (8-byte accesses), or 1 (the path of Dk % 4 != 0 or unaligned buffers). Every
+    // other seed instead runs the f32 instantiation (the FFMA path's) in place on an exact f32 copy of U_n and
+    // rounds the states to bf16 here (as backward_launch converts f32 states): the same f32 arithmetic, so
+    // the F:* columns (fused pass against this pair) must stay 0 either way. All at the real block size.
+    auto scan = [&](bool rev, bf16* buf, const float* gl, const float* ein, float* eout) {
       const bool f32 = (seed / 2) % 2;
-      const int vec = seed % 2 ? 1 : lr_cuda::scan_vec(geo, buf, gl, out16);
-      bf16* o16 = f32 ? nullptr : out16;
+      const size_t ne = size_t(B) * H * N * DD;
+      if (f32) {
+        Buf<float> b32(ne);
+        for (size_t i = 0; i < ne; ++i) b32.p[i] = __bfloat162float(buf[i]);
+        const int vec = seed % 2 ? 1 : lr_cuda::scan_vec(geo, b32.p, gl);
+        launch(lr_cuda::scan_grid(geo, vec), lr_cuda::kThreads, 0, [&] {
+          if (vec == 4) (rev ? lr_cuda::state_scan_kernel<true, 4, float> : lr_cuda::state_scan_kernel<false, 4, float>)(geo, b32.p, gl, ein, eout);
+          else (rev ? lr_cuda::state_scan_kernel<true, 1, float> : lr_cuda::state_scan_kernel<false, 1, float>)(geo, b32.p, gl, ein, eout);
+        });
+        for (size_t i = 0; i < ne; ++i) buf[i] = __float2bfloat16_rn(b32.p[i]);
+        return;
+      }
+      const int vec = seed % 2 ? 1 : lr_cuda::scan_vec(geo, buf, gl);
       launch(lr_cuda::scan_grid(geo, vec), lr_cuda::kThreads, 0, [&] {
-        if (vec == 4) (rev ? lr_cuda::state_scan_kernel<true, 4> : lr_cuda::state_scan_kernel<false, 4>)(geo, buf, gl, ein, eout, o16);
-        else (rev ? lr_cuda::state_scan_kernel<true, 1> : lr_cuda::state_scan_kernel<false, 1>)(geo, buf, gl, ein, eout, o16);
+        if (vec == 4) (rev ? lr_cuda::state_scan_kernel<true, 4, bf16> : lr_cuda::state_scan_kernel<false, 4, bf16>)(geo, buf, gl, ein, eout);
+        else (rev ? lr_cuda::state_scan_kernel<true, 1, bf16> : lr_cuda::state_scan_kernel<false, 1, bf16>)(geo, buf, gl, ein, eout);
       });
-      if (f32)
-        for (size_t i = 0; i < size_t(B) * H * N * DD; ++i) out16[i] = __float2bfloat16_rn(buf[i]);
     };
-    scan(false, states.p, MODE > 0 ? glast.p : nullptr, cs.s0 ? s0d.p : nullptr, fin.p, states16.p);
+    scan(false, states16.p, MODE > 0 ? glast.p : nullptr, cs.s0 ? s0d.p : nullptr, fin.p);
     launch(grid, tf, lr_tc::smem_fwd(tg), [&] {
       lr_tc::chunk_fwd_tc<T, MODE>(tg, qd.p, kd.p, vd.p, gp, ud.p, states16.p, o.p);
     });
     launch(grid, ts, lr_tc::smem_state(tg), [&] {
-      lr_tc::chunk_state_tc<T, MODE, true>(tg, qd.p, dod.p, gp, dstates.p, nullptr);
+      lr_tc::chunk_state_tc<T, MODE, true>(tg, qd.p, dod.p, gp, dstates16.p, nullptr);
     });
-    scan(true, dstates.p, MODE > 0 ? glast.p : nullptr, dfd.p, ds0.p, dstates16.p);
+    scan(true, dstates16.p, MODE > 0 ? glast.p : nullptr, dfd.p, ds0.p);
     lr_tc::TcBwdOut bo{MODE > 0 ? rbuf.p : nullptr, MODE > 0 && cs.bonus ? pbuf.p : nullptr, MODE > 0 ? ctot.p : nullptr,
                        cs.bonus ? dubuf.p : nullptr};
     launch(grid, tb, lr_tc::smem_bwd(tg), [&] {

@@ -17,7 +17,7 @@
 //   1. chunk_state_kernel:  U_n = sum_s (k_s exp(G_last - G_s)) v_s^T per chunk (parallel over chunks) and
 //                           G_last per chunk.
 //   2. state_scan_kernel:   S_{n+1} = exp(G_last,n) S_n + U_n, sequential over chunks, one thread per 4 state
-//                           elements (float4; 1 when Dk % 4 != 0), the loads of 8 chunks issued before their
+//                           elements (1 when Dk % 4 != 0), the loads of 8 chunks issued before their
 //                           FMAs and stores; stores S_n (the state entering chunk n) over U_n and the final state.
 //   3. chunk_fwd_kernel:    A, then o (parallel over chunks).
 // Backward (the states S_n are kept from the forward, [B, H, N, Dv, Dk]: O(T / C * Dk * Dv); f32, or bf16 for
@@ -54,12 +54,13 @@
 //
 // Tensor cores: linear_recurrence_tc.cu has the same three chunk kernels with every product on WMMA (bf16
 // operands, f32 accumulation), the default for bf16 / f16 inputs (SEQMIX_LR_TC=0 forces FFMA; verified on the H100 and in CPU
-// emulation, scripts/lr_tc_emulate.sh). Their operands are bf16, so on that path the state scans write S_n and
-// dH_{n+1} as bf16 to a separate buffer (the f32 one keeps U_n / dU_n): the scan writes, and the chunk kernels
-// read, half the bytes, with the same rounding the chunk kernels applied to f32 states before (results
-// unchanged). By default that path runs no chunk_state / scan pair but one fused state pass
-// (linear_recurrence_state_tc.cu: one CTA per (b, h, state tile) keeps its f32 state on chip and walks the
-// chunks, so U_n never goes through global memory; SEQMIX_LR_FUSED_STATE=0 restores the pair, e.g. to compare).
+// emulation, scripts/lr_tc_emulate.sh). Their operands are bf16, so on that path the per-chunk U_n / dU_n
+// are written as bf16 (rounded once from the f32 accumulator) and the state scans read them, sum in f32 and
+// write S_n / dH_{n+1} as bf16 over them: one bf16 buffer per direction, ~400 MB moved per direction at B=4
+// T=4096 H=16 D=128 instead of ~670 MB with f32 U_n. SEQMIX_LR_FUSED_STATE=1 (opt-in) runs one fused state
+// pass instead (linear_recurrence_state_tc.cu: one CTA per (b, h, state tile) walks the chunks with its
+// state on chip; bit-identical, but slower on the H100: fwd + bwd at B=4 T=4096 gla 3.769 vs 3.482 ms,
+// linear_attention 1.894 vs 1.859, and ~2x slower at B=1 T=65536: too few CTAs for a sequential walk).
 // CPU emulation used during development: every kernel body compiles for the
 // host with SEQMIX_LR_EMULATE defined: with one thread per block (syncs as no-ops) it matched a double-precision
 // token-by-token forward + BPTT to 1e-5 over 69 shape / decay / bonus / chunk cases, and with 256 std::threads
@@ -245,29 +246,29 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Geo geo, const T*
 // 2. The sequential pass over chunks, VEC (1 or 4) consecutive state elements of one (b, h) per thread.
 //    forward:  buf[n] = U_n -> S_n;            S_{n+1} = exp(G_last,n) S_n + U_n;  end -> edge_out (final)
 //    backward: buf[n] = dU_n -> dH_{n+1};      dH_n = exp(G_last,n) dH_{n+1} + dU_n; end -> edge_out (d init)
-//    edge_in / edge_out are [B, H, Dk, Dv] (row-major); buf is [B, H, N, Dv, Dk].
-//    out16 (the tensor-core path, whose chunk kernels take the states as bf16 operands): S_n / dH_{n+1} go
-//    there, rounded to bf16 ([B, H, N, Dv, Dk]), instead of over buf (then left holding U_n / dU_n): the
-//    scan writes half the bytes and the chunk kernels read half.
+//    edge_in / edge_out are [B, H, Dk, Dv] (row-major, f32); buf is [B, H, N, Dv, Dk] of E: f32 (the FFMA
+//    path) or bf16 (the tensor-core path: chunk_state_tc rounded U_n to bf16, and its chunk kernels take S_n
+//    as bf16 operands: each pass moves half the bytes). Either way the sum runs in f32 registers; only what
+//    goes through buf is E. In place is safe: a thread reads and writes only its own elements, loads first.
 //    Memory-bound (every U_n read once, every S_n written once): the chunks go in batches of kScanBatch, all
 //    of a batch's loads (U and the decays) issued before its dependent FMAs and stores, since a load placed
 //    after a store to the same buffer cannot be hoisted by the compiler (one load in flight per thread ran at
-//    ~12% of the H100's DRAM bandwidth). VEC = 4 (Dk % 4 == 0, 16-byte aligned buffers): float4 accesses, the
-//    4 elements share one row d, so per-channel decays are 4 consecutive G_last entries. Same arithmetic in the
-//    same order as one element per thread: bitwise identical results.
+//    ~12% of the H100's DRAM bandwidth). VEC = 4 (Dk % 4 == 0, buf aligned to 4 elements, a per-channel
+//    glast to 16 bytes): float4 / 4 x bf16 (8-byte) accesses, the 4 elements share one row d, so per-channel
+//    decays are 4 consecutive G_last entries. Same arithmetic in the same order as one element per thread:
+//    bitwise identical results.
 // ---------------------------------------------------------------------------------------------
 constexpr int kScanBatch = 8;
 
-template <int VEC>
+template <typename E, int VEC>
 struct ScanVec;
 template <>
-struct ScanVec<1> {
+struct ScanVec<float, 1> {
   __device__ __forceinline__ static void load(float (&x)[1], const float* p) { x[0] = *p; }
   __device__ __forceinline__ static void store(float* p, const float (&x)[1]) { *p = x[0]; }
-  __device__ __forceinline__ static void store(__nv_bfloat16* p, const float (&x)[1]) { *p = __float2bfloat16_rn(x[0]); }
 };
 template <>
-struct ScanVec<4> {
+struct ScanVec<float, 4> {
   __device__ __forceinline__ static void load(float (&x)[4], const float* p) {
     const float4 v = *reinterpret_cast<const float4*>(p);
     x[0] = v.x, x[1] = v.y, x[2] = v.z, x[3] = v.w;
@@ -275,7 +276,22 @@ struct ScanVec<4> {
   __device__ __forceinline__ static void store(float* p, const float (&x)[4]) {
     *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
   }
-  __device__ __forceinline__ static void store(__nv_bfloat16* p, const float (&x)[4]) {  // 8 bytes
+};
+template <>
+struct ScanVec<__nv_bfloat16, 1> {
+  __device__ __forceinline__ static void load(float (&x)[1], const __nv_bfloat16* p) { x[0] = __bfloat162float(*p); }
+  __device__ __forceinline__ static void store(__nv_bfloat16* p, const float (&x)[1]) { *p = __float2bfloat16_rn(x[0]); }
+};
+template <>
+struct ScanVec<__nv_bfloat16, 4> {  // 8 bytes
+  __device__ __forceinline__ static void load(float (&x)[4], const __nv_bfloat16* p) {
+    const uint2 raw = *reinterpret_cast<const uint2*>(p);
+    __nv_bfloat162 h[2];
+    memcpy(h, &raw, sizeof(raw));
+    const float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
+    x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
+  }
+  __device__ __forceinline__ static void store(__nv_bfloat16* p, const float (&x)[4]) {
     __nv_bfloat162 h[2] = {__floats2bfloat162_rn(x[0], x[1]), __floats2bfloat162_rn(x[2], x[3])};
     uint2 raw;
     memcpy(&raw, h, sizeof(raw));
@@ -283,18 +299,16 @@ struct ScanVec<4> {
   }
 };
 
-template <bool REVERSE, int VEC>
-__global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, float* __restrict__ buf, const float* __restrict__ glast,
-                                                              const float* __restrict__ edge_in, float* __restrict__ edge_out,
-                                                              __nv_bfloat16* __restrict__ out16) {
+template <bool REVERSE, int VEC, typename E>
+__global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, E* __restrict__ buf, const float* __restrict__ glast,
+                                                              const float* __restrict__ edge_in, float* __restrict__ edge_out) {
   const int64_t DD = int64_t(geo.Dk) * geo.Dv;
   const int64_t e = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
   if (e >= DD) return;
   const int bh = blockIdx.y;
   const int c = int(e % geo.Dk), d = int(e / geo.Dk);  // VEC | Dk: elements c .. c + VEC - 1 of row d
   const int64_t rm = int64_t(bh) * DD + int64_t(c) * geo.Dv + d;  // row-major [Dk][Dv] index of element c
-  float* p = buf + int64_t(bh) * geo.N * DD + e;
-  __nv_bfloat16* p16 = out16 ? out16 + int64_t(bh) * geo.N * DD + e : nullptr;
+  E* p = buf + int64_t(bh) * geo.N * DD + e;
   const float* gl = glast ? glast + int64_t(bh) * geo.N * geo.gw + (geo.gw > 1 ? c : 0) : nullptr;
   const bool per_channel = geo.gw > 1;
   float s[VEC];
@@ -306,12 +320,12 @@ __global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, float* __
     for (int i = 0; i < kScanBatch; ++i) {
       const int n = REVERSE ? geo.N - 1 - (n0 + i) : n0 + i;
       if (n0 + i < geo.N) {
-        ScanVec<VEC>::load(u[i], p + int64_t(n) * DD);
+        ScanVec<E, VEC>::load(u[i], p + int64_t(n) * DD);
         if (!gl) {
 #pragma unroll
           for (int j = 0; j < VEC; ++j) a[i][j] = 1.f;
         } else if (per_channel) {
-          ScanVec<VEC>::load(a[i], gl + int64_t(n) * geo.gw);
+          ScanVec<float, VEC>::load(a[i], gl + int64_t(n) * geo.gw);
         } else {
 #pragma unroll
           for (int j = 0; j < VEC; ++j) a[i][j] = gl[int64_t(n) * geo.gw];
@@ -322,8 +336,7 @@ __global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, float* __
     for (int i = 0; i < kScanBatch; ++i) {
       const int n = REVERSE ? geo.N - 1 - (n0 + i) : n0 + i;
       if (n0 + i < geo.N) {
-        if (p16) ScanVec<VEC>::store(p16 + int64_t(n) * DD, s);
-        else ScanVec<VEC>::store(p + int64_t(n) * DD, s);
+        ScanVec<E, VEC>::store(p + int64_t(n) * DD, s);  // over U_n, read above
 #pragma unroll
         for (int j = 0; j < VEC; ++j) s[j] = fmaf(gl ? __expf(a[i][j]) : 1.f, s[j], u[i][j]);
       }
@@ -334,10 +347,12 @@ __global__ void __launch_bounds__(kThreads) state_scan_kernel(Geo geo, float* __
     if (edge_out) edge_out[rm + int64_t(j) * geo.Dv] = s[j];
 }
 
-// Elements per thread of state_scan_kernel: 4 when Dk % 4 == 0 and the buffers suit float4 accesses.
-inline int scan_vec(const Geo& g, const void* buf, const void* glast, const void* out16) {
+// Elements per thread of state_scan_kernel: 4 when Dk % 4 == 0 and the buffers suit 4-element accesses
+// (buf: 4 elements, 16 bytes for f32 / 8 for bf16; a per-channel glast: 16 bytes, float4).
+template <typename E>
+inline int scan_vec(const Geo& g, const E* buf, const void* glast) {
   auto al = [](const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
-  return g.Dk % 4 == 0 && al(buf, 16) && (g.gw <= 1 || !glast || al(glast, 16)) && al(out16, 8) ? 4 : 1;
+  return g.Dk % 4 == 0 && al(buf, 4 * sizeof(E)) && (g.gw <= 1 || !glast || al(glast, 16)) ? 4 : 1;
 }
 inline dim3 scan_grid(const Geo& g, int vec) {
   const int64_t per_thread = int64_t(kThreads) * vec;
@@ -681,12 +696,11 @@ void set_smem(K kernel, size_t bytes) {
     SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-template <bool REVERSE>
-void launch_scan(const Geo& geo, float* buf, const float* glast, const float* edge_in, float* edge_out, __nv_bfloat16* out16,
-                 cudaStream_t st) {
-  const int vec = scan_vec(geo, buf, glast, out16);
-  auto kern = vec == 4 ? state_scan_kernel<REVERSE, 4> : state_scan_kernel<REVERSE, 1>;
-  kern<<<scan_grid(geo, vec), kThreads, 0, st>>>(geo, buf, glast, edge_in, edge_out, out16);
+template <bool REVERSE, typename E>
+void launch_scan(const Geo& geo, E* buf, const float* glast, const float* edge_in, float* edge_out, cudaStream_t st) {
+  const int vec = scan_vec(geo, buf, glast);
+  auto kern = vec == 4 ? state_scan_kernel<REVERSE, 4, E> : state_scan_kernel<REVERSE, 1, E>;
+  kern<<<scan_grid(geo, vec), kThreads, 0, st>>>(geo, buf, glast, edge_in, edge_out);
   SEQMIX_CUDA_CHECK_LAUNCH(REVERSE ? "linear_recurrence state_scan_kernel (backward)" : "linear_recurrence state_scan_kernel");
 }
 
@@ -741,9 +755,10 @@ bool use_tc(const Inputs& in) {
   return tc_aligned({&in.q, &in.k, &in.v}, 16);
 }
 
-// On the tensor-core path the fused state pass (lr_tc::state_pass) replaces chunk_state_tc + state scan unless
-// SEQMIX_LR_FUSED_STATE=0 (read per call) or its shared memory does not fit; its cp.async reads of a
-// per-channel g need 16-byte alignment (q, k, v: use_tc's check; dout: backward_launch's).
+// On the tensor-core path the fused state pass (lr_tc::state_pass) replaces chunk_state_tc + state scan only
+// with SEQMIX_LR_FUSED_STATE=1 (read per call; slower on the H100, see the header) and when its shared memory
+// fits; its cp.async reads of a per-channel g need 16-byte alignment (q, k, v: use_tc's check; dout:
+// backward_launch's).
 bool use_fused_state(const Inputs& in) {
   if (!lr_tc::fused_state_enabled()) return false;
   if (lr_tc::smem_state_pass(tc_geo(in.geo)) > size_t(max_smem_optin()) - 1024) return false;
@@ -753,8 +768,8 @@ bool use_fused_state(const Inputs& in) {
 lr_tc::Elem tc_elem(const Inputs& in) { return in.v.dtype() == DType::BF16 ? lr_tc::Elem::BF16 : lr_tc::Elem::F16; }
 
 // Returns the states S_n kept for the backward ([B, H, N, Dv, Dk]): f32 (FFMA), or bf16 (tensor cores: the
-// operand precision of their chunk kernels; an f32 buffer is then scratch for U_n, and none is allocated when
-// the state pass is fused).
+// operand precision of their chunk kernels). Each path has this one buffer: chunk_state writes U_n there and
+// the scan S_n over it (the fused pass writes S_n directly).
 Tensor forward_launch(const Inputs& in, const Tensor& glast, const Tensor& o, const Tensor& final_state) {
   const Geo& geo = in.geo;
   cudaStream_t st = ::seqmix::cuda::current_stream();
@@ -762,25 +777,21 @@ Tensor forward_launch(const Inputs& in, const Tensor& glast, const Tensor& o, co
   const Device dev = in.v.device();
   const Shape sshape{geo.B, geo.H, int64_t(geo.N), geo.Dv, geo.Dk};
   bool tc = use_tc(in) && tc_aligned({&o}, 32);
-  Tensor states16;
-  if (tc) {
-    states16 = Tensor::empty(sshape, DType::BF16, dev);
-    tc = tc_aligned({&states16}, 32);
-  }
-  const bool fused = tc && use_fused_state(in);  // then no f32 states: U_n stays on chip
   Tensor states;
-  if (!fused) {
-    states = Tensor::empty(sshape, DType::F32, dev);
-    tc = tc && tc_aligned({&states}, 32);
+  if (tc) {
+    states = Tensor::empty(sshape, DType::BF16, dev);
+    tc = tc_aligned({&states}, 32);
   }
+  if (!tc) states = Tensor::empty(sshape, DType::F32, dev);
+  const bool fused = tc && use_fused_state(in);
   SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence", [&]<typename T>() {
     with_mode(in.mode, [&]<int MODE>() {
       if (fused) {
         lr_tc::state_pass(tc_elem(in), MODE, false, tc_geo(geo), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
-                          cptr<float>(in.s0), mptr<float>(final_state), states16.data_ptr(), mptr<float>(glast), st);
+                          cptr<float>(in.s0), mptr<float>(final_state), states.data_ptr(), mptr<float>(glast), st);
       } else if (tc) {
         lr_tc::chunk_state(tc_elem(in), MODE, false, tc_geo(geo), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
-                           mptr<float>(states), mptr<float>(glast), st);
+                           states.data_ptr(), mptr<float>(glast), st);
       } else {
         auto kern = chunk_state_kernel<T, MODE, false>;
         const size_t sb = smem_state(geo);
@@ -789,13 +800,12 @@ Tensor forward_launch(const Inputs& in, const Tensor& glast, const Tensor& o, co
                                          mptr<float>(glast));
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_kernel");
       }
-      if (!fused) {
-        launch_scan<false>(geo, mptr<float>(states), MODE > 0 ? cptr<float>(glast) : nullptr, cptr<float>(in.s0),
-                           mptr<float>(final_state), tc ? mptr<__nv_bfloat16>(states16) : nullptr, st);
-      }
+      const float* gl = MODE > 0 ? cptr<float>(glast) : nullptr;
+      if (tc && !fused) launch_scan<false>(geo, mptr<__nv_bfloat16>(states), gl, cptr<float>(in.s0), mptr<float>(final_state), st);
+      if (!tc) launch_scan<false>(geo, mptr<float>(states), gl, cptr<float>(in.s0), mptr<float>(final_state), st);
       if (tc) {
         lr_tc::chunk_fwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
-                         cptr<float>(in.u), states16.data_ptr(), o.data_ptr(), st);
+                         cptr<float>(in.u), states.data_ptr(), o.data_ptr(), st);
       } else {
         auto kern = chunk_fwd_kernel<T, MODE>;
         const size_t sb = smem_fwd(geo);
@@ -806,7 +816,7 @@ Tensor forward_launch(const Inputs& in, const Tensor& glast, const Tensor& o, co
       }
     });
   });
-  return tc ? states16 : states;
+  return states;
 }
 
 struct Grads {
@@ -815,8 +825,11 @@ struct Grads {
 
 // states: forward_launch's (f32 or bf16). Should this call take the other path than the forward did (the
 // environment changed in between, or a buffer's alignment), the states are converted: bf16 ones for FFMA
-// then carry the bf16 rounding. want_dg false (g needs no gradient: retnet's fixed decays) skips every dg
-// buffer and kernel: the chunk kernels then write neither r nor its chunk sums.
+// then carry the bf16 rounding; f32 ones (FFMA, from f32 U_n) are rounded once to bf16 for the tensor cores,
+// which stands in for that path's S_n (f32 sums of bf16 U_n, rounded) within bf16 precision. The fused pass
+// and the pair write the same bf16 S_n, so switching SEQMIX_LR_FUSED_STATE in between needs nothing.
+// want_dg false (g needs no gradient: retnet's fixed decays) skips every dg buffer and kernel: the chunk
+// kernels then write neither r nor its chunk sums.
 Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, const Tensor& final_state,
                       const Tensor& dout, const Tensor& dfinal, bool want_dg) {
   const Geo& geo = in.geo;
@@ -828,7 +841,7 @@ Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, cons
   gr.dk = Tensor::empty(in.k.shape(), in.k.dtype(), dev);
   gr.dv = Tensor::empty(in.v.shape(), in.v.dtype(), dev);
   gr.ds0 = Tensor::empty({geo.B, geo.H, geo.Dk, geo.Dv}, DType::F32, dev);
-  Tensor dstates;  // f32 dU_n -> dH_{n+1} (FFMA) / dU_n scratch (tensor cores); not with the fused state pass
+  Tensor dstates;  // dU_n -> dH_{n+1} in place: f32 (FFMA) or bf16 (tensor cores; the fused pass writes dH_{n+1})
   Tensor rbuf, pbuf, ctot, dubuf, dg32;
   const bool dg_on = in.mode > 0 && want_dg;
   if (dg_on) {
@@ -839,26 +852,24 @@ Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, cons
   }
   if (geo.bonus) dubuf = Tensor::empty({geo.B, geo.H, geo.N, geo.Dk}, DType::F32, dev);
   bool tc = use_tc(in) && tc_aligned({&dout, &gr.dq, &gr.dk, &gr.dv, &rbuf, &pbuf}, 16);
-  Tensor dstates16;
   if (tc) {
-    dstates16 = Tensor::empty(states.shape(), DType::BF16, dev);
+    dstates = Tensor::empty(states.shape(), DType::BF16, dev);
     if (states.dtype() != DType::BF16) states = states.to(DType::BF16);
-    tc = tc_aligned({&states, &dstates16}, 32);
+    tc = tc_aligned({&states, &dstates}, 32);
+  }
+  if (!tc) {
+    dstates = Tensor::empty(states.shape(), DType::F32, dev);
+    if (states.dtype() != DType::F32) states = states.to(DType::F32);
   }
   const bool fused = tc && use_fused_state(in);
-  if (!fused) {
-    dstates = Tensor::empty(states.shape(), DType::F32, dev);
-    tc = tc && tc_aligned({&dstates}, 32);
-  }
-  if (!tc && states.dtype() != DType::F32) states = states.to(DType::F32);
   SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence backward", [&]<typename T>() {
     with_mode(in.mode, [&]<int MODE>() {
       if (fused) {
         lr_tc::state_pass(tc_elem(in), MODE, true, tc_geo(geo), in.q.data_ptr(), dout.data_ptr(), cptr<float>(in.g),
-                          cptr<float>(dfinal), mptr<float>(gr.ds0), dstates16.data_ptr(), nullptr, st);
+                          cptr<float>(dfinal), mptr<float>(gr.ds0), dstates.data_ptr(), nullptr, st);
       } else if (tc) {
         lr_tc::chunk_state(tc_elem(in), MODE, true, tc_geo(geo), in.q.data_ptr(), dout.data_ptr(), cptr<float>(in.g),
-                           mptr<float>(dstates), nullptr, st);
+                           dstates.data_ptr(), nullptr, st);
       } else {
         auto kern = chunk_state_kernel<T, MODE, true>;
         const size_t sb = smem_state(geo);
@@ -866,13 +877,12 @@ Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, cons
         kern<<<grid, kThreads, sb, st>>>(geo, cptr<T>(in.q), cptr<T>(dout), cptr<float>(in.g), mptr<float>(dstates), nullptr);
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_kernel (backward)");
       }
-      if (!fused) {
-        launch_scan<true>(geo, mptr<float>(dstates), MODE > 0 ? cptr<float>(glast) : nullptr, cptr<float>(dfinal),
-                          mptr<float>(gr.ds0), tc ? mptr<__nv_bfloat16>(dstates16) : nullptr, st);
-      }
+      const float* gl = MODE > 0 ? cptr<float>(glast) : nullptr;
+      if (tc && !fused) launch_scan<true>(geo, mptr<__nv_bfloat16>(dstates), gl, cptr<float>(dfinal), mptr<float>(gr.ds0), st);
+      if (!tc) launch_scan<true>(geo, mptr<float>(dstates), gl, cptr<float>(dfinal), mptr<float>(gr.ds0), st);
       if (tc) {
         lr_tc::chunk_bwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(), dout.data_ptr(),
-                         cptr<float>(in.g), cptr<float>(in.u), states.data_ptr(), dstates16.data_ptr(), gr.dq.data_ptr(),
+                         cptr<float>(in.g), cptr<float>(in.u), states.data_ptr(), dstates.data_ptr(), gr.dq.data_ptr(),
                          gr.dk.data_ptr(), gr.dv.data_ptr(),
                          lr_tc::TcBwdOut{mptr<float>(rbuf), mptr<float>(pbuf), mptr<float>(ctot), mptr<float>(dubuf)}, st);
       } else {

@@ -1,7 +1,11 @@
 // Fused sequential state pass of the tensor-core linear recurrence (interface in linear_recurrence_tc.cuh;
-// notation of linear_recurrence.cu's header). It replaces the two kernels chunk_state_tc (U_n per chunk, f32,
-// to global memory) + state_scan_kernel (reads U_n back, writes S_n as bf16), which moved ~737 MB at B=4
-// T=4096 H=16 D=128 where ~200 MB are needed (read k, v; write the bf16 states): here U_n never leaves the SM.
+// notation of linear_recurrence.cu's header), OPT-IN (SEQMIX_LR_FUSED_STATE=1). It replaces the two kernels
+// chunk_state_tc (U_n per chunk, bf16, to global memory) + state_scan_kernel (reads U_n back, writes S_n as
+// bf16 over it): here U_n never leaves the SM (~200 MB per direction at B=4 T=4096 H=16 D=128 instead of ~400).
+// Measured on the H100 it is nevertheless SLOWER than the pair (then with f32 U_n), fwd + bwd at B=4 T=4096
+// H=16 D=128: gla 3.769 vs 3.482 ms, retnet 2.143 vs 2.020, linear_attention 1.894 vs 1.859; at B=1 T=65536
+// about 2x slower (linear_attention 13.77 vs 6.94 ms): its walk over the N chunks is sequential with only
+// B * H * 4 CTAs, where the pair spreads chunk_state over N * B * H CTAs. Kept for comparison.
 //
 // One CTA of 128 threads (4 warps) per (b, h, key tile, value tile) holds its f32 state tile S[BV][BK] in
 // shared memory (transposed, as the states buffer: [Dv][Dk]) and walks the N chunks in order (backward: in
@@ -11,8 +15,8 @@
 // exactly as chunk_state_tc does (forward X = k e^(G_last - G), Y = v; backward X = scale q e^(Gq),
 // Y = dout), then each warp forms its 16 x 16 tiles of U_n = Y^T X with WMMA in the same order as
 // chunk_state_tc, and its lanes store the current state as bf16 to out16[n] (forward S_n, backward dH_{n+1})
-// and update S = fmaf(e^(G_last,n), S, U_n) (the scan's arithmetic): every value equals the two-kernel
-// path's bit for bit (the emulation checks it). A warp owns the same tiles (and a lane the same elements)
+// and update S = fmaf(e^(G_last,n), S, bf16(U_n)) (the scan's arithmetic on chunk_state_tc's rounding of
+// U_n): every value equals the two-kernel path's bit for bit (the emulation checks it). A warp owns the same tiles (and a lane the same elements)
 // in every chunk, so the state needs no barrier of its own. The edges: edge_in (initial state / d final
 // state, may be null) and edge_out (final state / d initial state) are f32 [B, H, Dk, Dv].
 //
@@ -22,8 +26,6 @@
 // registers) and keeps the f32 state at 17 KB. The k / q rows are read
 // Dv / BV times and v / dout rows Dk / BK times (L2 absorbs most of it). Shared memory at C = 64, 64 x 64
 // tiles: 92 KB with per-channel decays (raw g tile double-buffered, summed in place), 59 KB otherwise.
-// Open question (not timed yet): the pass is sequential over N with only B * H * 4 CTAs, where the two-kernel
-// path spreads chunk_state over N * B * H CTAs; at small B * H and long T (the long-context table) it may lose.
 // The forward writes G_last ([B, H, N, gw]: the key tile's columns from the CTAs of value tile 0) for the
 // backward and dg kernels; the backward recomputes the same sums from g.
 // CPU emulation: compiles for the host with SEQMIX_LR_EMULATE (scripts/lr_tc_emulate.cc: cp.async becomes
@@ -337,7 +339,7 @@ __global__ void __launch_bounds__(kThreads) state_pass_tc(TcGeo geo, const T* __
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
               const float a = MODE == 0 ? 1.f : MODE == 1 ? egl[0] : egl[c + e];
-              st[e] = fmaf(a, st[e], sc[r * kScrLd + c0 + e]);
+              st[e] = fmaf(a, st[e], tof(fromf<bf16>(sc[r * kScrLd + c0 + e])));  // U_n rounded as chunk_state_tc
             }
             st8f(sp, st);
           });
@@ -364,9 +366,9 @@ inline dim3 grid_of(const TcGeo& g) {
 // ---------------------------------------------------------------------------------------------
 // Host side
 // ---------------------------------------------------------------------------------------------
-bool fused_state_enabled() {
+bool fused_state_enabled() {  // opt-in: slower than chunk_state_tc + scan on the H100 (header)
   const char* e = std::getenv("SEQMIX_LR_FUSED_STATE");
-  return !(e && e[0] == '0' && e[1] == '\0');
+  return e && e[0] == '1' && e[1] == '\0';
 }
 
 size_t smem_state_pass(const TcGeo& g) { return fs::Lay(g).total; }

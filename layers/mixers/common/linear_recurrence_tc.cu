@@ -21,13 +21,14 @@
 // global memory, exact in the input type (from shared memory where that holds them unchanged: bf16 inputs,
 // unless a per-channel chunk was factored).
 //
-// The state pass: by default chunk_state_tc and the state scan are replaced by one fused kernel per (b, h,
-// state tile) that keeps its f32 state on chip and walks the chunks (linear_recurrence_state_tc.cu: the f32
-// U_n no longer round-trip through global memory, ~200 MB instead of ~737 MB at B=4 T=4096 H=16 D=128);
-// chunk_state_tc stays for SEQMIX_LR_FUSED_STATE=0 and the shapes the fused pass does not take.
+// The state pass: chunk_state_tc writes U_n rounded once to bf16 (through the warps' f32 scratch; WMMA has no
+// bf16 accumulator store), and the state scan (linear_recurrence.cu) reads it, sums in f32 and writes S_n as
+// bf16 in place: ~400 MB per direction at B=4 T=4096 H=16 D=128 (~670 MB with U_n in f32). The fused
+// sequential pass (linear_recurrence_state_tc.cu) is opt-in (SEQMIX_LR_FUSED_STATE=1): fewer bytes, but
+// slower on the H100 (it walks the chunks in order with only B * H * 4 CTAs).
 //
 // Shared memory at C = 64, Dk = Dv = 128 (per-channel decay; per head / none is smaller):
-//   chunk_state_tc  66.3 KB (X, Y bf16, G f32)                                  256 threads, 3 CTAs / SM
+//   chunk_state_tc  66.3 KB (X, Y bf16, G f32 / scratch)                        256 threads, 3 CTAs / SM
 //   chunk_fwd_tc   102.5 KB (q, A bf16; k, v bf16 + G overlaid by S bf16 later)  256 threads, 2 CTAs / SM
 //                   (per head / none: 70.3 KB, 3 CTAs / SM; two passes, A V then Q~ S^T, see FwdLay)
 //   chunk_bwd_tc   192.8 KB (q, k, v, dO, A, dA bf16, G f32, S then dH bf16)    512 threads, 1 CTA / SM
@@ -78,15 +79,18 @@ struct Ld {
 };
 
 // Shared-memory layouts (byte offsets, 128-byte aligned), shared by the host (sizes) and the kernels.
+// scr (the warps' f32 epilogue tiles) overlays G: G is dead once X is scaled (a barrier before the products),
+// and per-channel G (33 KB at C = 64, Dk = 128) is larger than the 8 scratch tiles (10 KB): no growth there.
 struct StateLay {
-  size_t X, Y, G, total;
+  size_t X, Y, G, scr, total;
   __host__ __device__ explicit StateLay(const TcGeo& g) {
     const Ld l(g);
     size_t o = 0;
     X = o; o = align128(o + size_t(g.C) * l.ldk * 2);
     Y = o; o = align128(o + size_t(g.C) * l.ldv * 2);
-    G = o; o = align128(o + size_t(g.C) * l.ldg * 4);
-    total = o;
+    G = scr = o;
+    const size_t gb = size_t(g.C) * l.ldg * 4, sb = size_t(kStateThreads / 32) * kScrTile * 4;
+    total = align128(o + (gb > sb ? gb : sb));
   }
 };
 
@@ -432,13 +436,14 @@ __device__ __forceinline__ void build_A(bf16* A, int ldc, const bf16* q, const b
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. out[n] ([Dv][Dk] f32) = sum_t Y_t X_t^T  (forward X = k exp(G_last - G), Y = v; backward
-//    X = scale q exp(Gq), Y = dout), and G_last per chunk (forward).
+// 1. out[n] ([Dv][Dk] bf16) = sum_t Y_t X_t^T  (forward X = k exp(G_last - G), Y = v; backward
+//    X = scale q exp(Gq), Y = dout), and G_last per chunk (forward). The f32 accumulator is rounded to bf16
+//    once (half the bytes of f32 written here and read by the scan; the scan still sums in f32).
 // ---------------------------------------------------------------------------------------------
 template <typename T, int MODE, bool BWD>
-__global__ void __launch_bounds__(kStateThreads) chunk_state_tc(TcGeo geo, const T* __restrict__ xsrc, const T* __restrict__ ysrc,
-                                                                const float* __restrict__ g, float* __restrict__ out,
-                                                                float* __restrict__ glast) {
+__global__ void __launch_bounds__(kStateThreads)  // <= 80 registers (3 CTAs / SM; a min-blocks bound made ptxas spill)
+    chunk_state_tc(TcGeo geo, const T* __restrict__ xsrc, const T* __restrict__ ysrc, const float* __restrict__ g,
+                   bf16* __restrict__ out, float* __restrict__ glast) {
   TC_SMEM(smem);
   const Ld ld(geo);
   const StateLay sl(geo);
@@ -469,17 +474,19 @@ __global__ void __launch_bounds__(kStateThreads) chunk_state_tc(TcGeo geo, const
       else return __expf(dec.g(L - 1, c) - dec.g(t, c));
     });
   }
-  __syncthreads();
+  __syncthreads();  // G is dead from here: the scratch tiles overlay it
   const Lanes w = lanes();
+  float* sc = reinterpret_cast<float*>(smem + sl.scr) + w.warp * kScrTile;
   const int ni = Dk >> 4, nj = Dv >> 4, kt = (L + 15) >> 4;
-  float* o = out + bhn * int64_t(Dv) * Dk;
+  bf16* o = out + bhn * int64_t(Dv) * Dk;
   for (int tile = w.warp; tile < ni * nj; tile += w.nwarps) {
     const int jt = tile / ni, it = tile - jt * ni;
     FragC acc;
     wm::fill_fragment(acc, 0.f);
     for (int s = 0; s < kt; ++s)
       mma16<wm::col_major, wm::row_major>(acc, Y + s * 16 * ldv + jt * 16, ldv, X + s * 16 * ldk + it * 16, ldk);
-    wm::store_matrix_sync(o + int64_t(jt) * 16 * Dk + it * 16, acc, unsigned(Dk), wm::mem_row_major);
+    // rows d = jt * 16 + r (all < Dv), 8 columns per lane: one 16-byte store
+    through_scratch(sc, acc, [&] { store_scratch_rows(o + it * 16, Dk, sc, jt * 16, Dv, w); });
   }
 }
 
@@ -895,7 +902,7 @@ void with_mode(int mode, F&& f) {
 
 }  // namespace
 
-void chunk_state(Elem e, int mode, bool bwd, const TcGeo& g, const void* x, const void* y, const float* gdec, float* out,
+void chunk_state(Elem e, int mode, bool bwd, const TcGeo& g, const void* x, const void* y, const float* gdec, void* out,
                  float* glast, cudaStream_t st) {
   const dim3 grid(unsigned(g.N), unsigned(g.H), unsigned(g.B));
   const size_t sb = smem_state(g);
@@ -903,7 +910,8 @@ void chunk_state(Elem e, int mode, bool bwd, const TcGeo& g, const void* x, cons
     with_mode(mode, [&]<int MODE>() {
       auto kern = bwd ? chunk_state_tc<T, MODE, true> : chunk_state_tc<T, MODE, false>;
       set_smem(kern, sb);
-      kern<<<grid, kStateThreads, sb, st>>>(g, static_cast<const T*>(x), static_cast<const T*>(y), gdec, out, glast);
+      kern<<<grid, kStateThreads, sb, st>>>(g, static_cast<const T*>(x), static_cast<const T*>(y), gdec, static_cast<bf16*>(out),
+                                            glast);
       SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_tc");
     });
   });
