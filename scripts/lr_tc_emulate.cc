@@ -200,7 +200,7 @@ Errs run_case(const Case& cs, uint32_t seed) {
       lr_tc::chunk_state_tc<T, MODE, false>(tg, kd.p, vd.p, gp, states16.p, glast.p);
     });
     // The state scan as linear_recurrence.cu launches it for the tensor-core kernels: on the bf16 U_n in place,
-    // 4 elements per thread (8-byte accesses), or 1 (the path of Dk % 4 != 0 or unaligned buffers). Every
+    // 8 elements per thread packed (state_scan_bf16x8), 4 (8-byte accesses), or 1 (the path of Dk % 4 != 0 or unaligned buffers). Every
     // other seed instead runs the f32 instantiation (the FFMA path's) in place on an exact f32 copy of U_n and
     // rounds the states to bf16 here (as backward_launch converts f32 states): the same f32 arithmetic, so
     // the F:* columns (fused pass against this pair) must stay 0 either way. All at the real block size.
@@ -216,6 +216,15 @@ Errs run_case(const Case& cs, uint32_t seed) {
           else (rev ? lr_cuda::state_scan_kernel<true, 1, float> : lr_cuda::state_scan_kernel<false, 1, float>)(geo, b32.p, gl, ein, eout);
         });
         for (size_t i = 0; i < ne; ++i) buf[i] = __float2bfloat16_rn(b32.p[i]);
+        return;
+      }
+      // seeds 0, 4, 8, ...: the 8-element packed form (what the GPU runs where it fits), 2, 6, ...: 4 elements
+      if (seed % 4 == 0 && lr_cuda::scan_x8_ok(geo, buf, gl)) {
+        launch(lr_cuda::scan_grid(geo, 8), lr_cuda::kThreads, 0, [&] {
+          with_mode(geo.gw == 0 ? 0 : geo.gw == 1 ? 1 : 2, [&]<int GW>() {
+            (rev ? lr_cuda::state_scan_bf16x8<true, GW> : lr_cuda::state_scan_bf16x8<false, GW>)(geo, buf, gl, ein, eout);
+          });
+        });
         return;
       }
       const int vec = seed % 2 ? 1 : lr_cuda::scan_vec(geo, buf, gl);
