@@ -121,9 +121,11 @@ if has prof; then
       timeout 90 ncu --metrics "$metrics" -k 'regex:chunk|scan|dg_' --print-summary per-kernel \
         ./build-gpu/seqmix_bench recurrence --kinds "$k" --no-check --no-long --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
     done
-    echo "== ncu delta plain"
-    timeout 150 ncu --metrics "$metrics" -k 'regex:prep|_state|_out|_wy' --print-summary per-kernel \
-      ./build-gpu/seqmix_bench delta --kinds plain --no-check --no-long --no-ops --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
+    if [ -z "${NO_PROF_DELTA:-}" ]; then
+      echo "== ncu delta plain"
+      timeout 150 ncu --metrics "$metrics" -k 'regex:prep|_state|_out|_wy' --print-summary per-kernel \
+        ./build-gpu/seqmix_bench delta --kinds plain --no-check --no-long --no-ops --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
+    fi
   } > "$OUT/prof.log" 2>&1
   note "prof: see prof.log"
 fi
