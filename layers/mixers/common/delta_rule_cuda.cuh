@@ -83,9 +83,12 @@ struct Bump {
 
 // Row strides of the operand tiles in shared memory: + 8 elements (16 bytes for bf16) so that the rows of a
 // WMMA load fall on different banks; multiples of 8 as WMMA requires.
+// vf: the f32 [.., DVT] tiles of the sequential kernels (state, U / dU columns): + 4 floats, so that the 8 rows of
+// a quarter warp's 16-byte accesses down a column (and the WMMA accumulator rows) fall on different banks.
 struct Ld {
-  int k, v, c, vt, cf;
-  __host__ __device__ explicit Ld(const Geo& g) : k(g.Dk + 8), v(g.Dv + 8), c(g.C + 8), vt(g.DVT + 8), cf(g.C + 1) {}
+  int k, v, c, vt, cf, vf;
+  __host__ __device__ explicit Ld(const Geo& g)
+      : k(g.Dk + 8), v(g.Dv + 8), c(g.C + 8), vt(g.DVT + 8), cf(g.C + 1), vf(g.DVT + 4) {}
 };
 
 // ---- shared-memory layouts (byte offsets), used by the kernels and by the host for the sizes ----
@@ -113,14 +116,14 @@ struct LaySeq {  // fwd_state and bwd_state: one f32 state tile [Dk, DVT], three
   __host__ __device__ explicit LaySeq(const Geo& g) {
     const Ld l(g);
     Bump m;
-    S = m.take(size_t(g.Dk) * g.DVT * 4);
+    S = m.take(size_t(g.Dk) * l.vf * 4);
     Sop = m.take(size_t(g.Dk) * l.vt * sizeof(OP));
     M1 = m.take(size_t(g.C) * l.k * sizeof(OP));
     M2 = m.take(size_t(g.C) * l.k * sizeof(OP));
     M3 = m.take(size_t(g.C) * l.k * sizeof(OP));
     X1 = m.take(size_t(g.C) * l.vt * sizeof(OP));
     X2 = m.take(size_t(g.C) * l.vt * sizeof(OP));
-    Uf = m.take(size_t(g.C) * g.DVT * 4);
+    Uf = m.take(size_t(g.C) * l.vf * 4);
     scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
     total = m.o;
   }
@@ -263,6 +266,17 @@ template <bool TA, bool TB>
 __device__ __forceinline__ void mma_term(tc::FragC& acc, const Term<TA, TB, bf16>& t, int i0, int j0) {
   using LA = std::conditional_t<TA, wm::col_major, wm::row_major>;
   using LB = std::conditional_t<TB, wm::col_major, wm::row_major>;
+  for (int kk = 0; kk < t.K; kk += 16)
+    tc::mma16<LA, LB>(acc, TA ? t.a + size_t(kk) * t.lda + i0 : t.a + size_t(i0) * t.lda + kk, t.lda,
+                      TB ? t.b + size_t(j0) * t.ldb + kk : t.b + size_t(kk) * t.ldb + j0, t.ldb);
+}
+
+// mma_term with the k steps unrolled U times (bwd_state's update: fewer operand fragments in registers at once).
+template <int U, bool TA, bool TB>
+__device__ __forceinline__ void mma_term_u(tc::FragC& acc, const Term<TA, TB, bf16>& t, int i0, int j0) {
+  using LA = std::conditional_t<TA, wm::col_major, wm::row_major>;
+  using LB = std::conditional_t<TB, wm::col_major, wm::row_major>;
+#pragma unroll U
   for (int kk = 0; kk < t.K; kk += 16)
     tc::mma16<LA, LB>(acc, TA ? t.a + size_t(kk) * t.lda + i0 : t.a + size_t(i0) * t.lda + kk, t.lda,
                       TB ? t.b + size_t(j0) * t.ldb + kk : t.b + size_t(kk) * t.ldb + j0, t.ldb);
@@ -498,6 +512,16 @@ __device__ __forceinline__ float u2f(unsigned u) {
 #endif
 }
 
+__device__ __forceinline__ unsigned f2u(float f) {
+#ifdef DELTA_EMULATE
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#else
+  return __float_as_uint(f);
+#endif
+}
+
 // Element i (a constant after unrolling) of a 16-byte piece of T, as f32; shifts on the piece's words, so that
 // the piece stays in registers.
 __device__ __forceinline__ unsigned word16(const uint4& v, int w) { return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w; }
@@ -596,7 +620,7 @@ __device__ __forceinline__ void load_normalized(OP* dst, int ld, float* r, const
   }
 }
 
-// load_rows with element loads (bwd_state: fewer registers than 16-byte pieces in flight).
+// load_rows with element loads (the fallback of load_rows and load_cols for inputs not 16-byte aligned).
 template <class IN, class OP>
 __device__ __forceinline__ void load_rows_elems(OP* dst, int ld, const IN* x, const Geo& g, const Chunk& c, int D, int col0,
                                                 int ncol, float mul, const float* rowmul = nullptr) {
@@ -746,9 +770,74 @@ __device__ __forceinline__ void copy_rows_plain(OP* dst, int ld, const OP* src, 
   }
 }
 
+// threadIdx.x read where it is used: keeps the compiler from hoisting the walks' divisions out of the sequential
+// kernels' chunk loops into registers held across the whole loop (the loops are short of registers).
+__device__ __forceinline__ int dr_tid() {
+#ifdef DELTA_EMULATE
+  return int(threadIdx.x);
+#else
+  unsigned t;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+  return int(t);
+#endif
+}
+// A block-strided walk over the pieces of a tile with vc pieces per row, consecutive threads on consecutive
+// pieces of a row (coalesced): this thread's first piece (r0, pc) and the row step between its pieces, one
+// division per walk instead of one per piece (exact when vc divides the block; else fast is false).
+struct PieceWalk {
+  int r0, pc, rstep;
+  bool fast;
+  __device__ __forceinline__ explicit PieceWalk(int vc) {
+    const int nthr = int(blockDim.x), tid = dr_tid();
+    fast = nthr % vc == 0;
+    r0 = tid / vc;
+    pc = tid - r0 * vc;
+    rstep = nthr / vc;
+  }
+};
+// f(r, q) for the pieces q (< vc) of rows r < rows, block-strided as PieceWalk.
+template <class F>
+__device__ __forceinline__ void for_pieces_block(int rows, int vc, F&& f) {
+  const PieceWalk pw(vc);
+  if (pw.fast) {
+    for (int r = pw.r0; r < rows; r += pw.rstep) f(r, pw.pc);
+  } else {
+    const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+    for (int e = tid; e < rows * vc; e += nthr) f(e / vc, e % vc);
+  }
+}
+__device__ __forceinline__ void st16(void* dst, const uint4& v) {
+#ifdef DELTA_EMULATE
+  std::memcpy(dst, &v, 16);
+#else
+  *reinterpret_cast<uint4*>(dst) = v;
+#endif
+}
+// x[0 .. 3] rounded to OP into dst[0 .. 3] in one store (bf16: 8 bytes, dst 8-byte aligned; float: 16 bytes).
+template <class OP>
+__device__ __forceinline__ void st4op(OP* dst, const float (&x)[4]) {
+#ifdef DELTA_EMULATE
+  for (int i = 0; i < 4; ++i) dst[i] = fromf<OP>(x[i]);
+#else
+  if constexpr (std::is_same_v<OP, bf16>) {
+    const __nv_bfloat162 a = __floats2bfloat162_rn(x[0], x[1]), b = __floats2bfloat162_rn(x[2], x[3]);
+    uint2 u;
+    u.x = *reinterpret_cast<const unsigned*>(&a);
+    u.y = *reinterpret_cast<const unsigned*>(&b);
+    *reinterpret_cast<uint2*>(dst) = u;
+  } else if constexpr (std::is_same_v<OP, float>) {
+    *reinterpret_cast<float4*>(dst) = make_float4(x[0], x[1], x[2], x[3]);
+  } else {
+    for (int i = 0; i < 4; ++i) dst[i] = fromf<OP>(x[i]);
+  }
+#endif
+}
+
 // copy_rows in two halves for the sequential kernels: load() issues the next chunk's 16-byte global loads into
 // registers (R per thread) before the current chunk's products, store() writes them into shared memory after the
 // barrier that frees the buffer. Shapes with more than R pieces per thread: store() is a plain copy_rows.
+// Piece k of a thread is row r0 + k rstep (PieceWalk) when the row's pieces divide the block, so that the
+// addresses need no division per piece.
 template <class OP, int R>
 struct RowPrefetch {
   uint4 v[R];
@@ -761,17 +850,19 @@ struct RowPrefetch {
     const int nthr = int(blockDim.x), tid = int(threadIdx.x);
     constexpr int per = 16 / int(sizeof(OP));
     const int vc = cols / per, total = rows * vc;
+    const PieceWalk w(vc);
+    if (w.fast) {
+      const OP* s = src + int64_t(w.r0) * srcld + w.pc * per;
+      const int64_t step = int64_t(w.rstep) * srcld;
+#pragma unroll
+      for (int k = 0; k < R; ++k)
+        if (w.r0 + k * w.rstep < rows) v[k] = ld16(s + k * step);
+      return;
+    }
 #pragma unroll
     for (int k = 0; k < R; ++k) {
       const int e = tid + k * nthr;
-      if (e < total) {
-        const int r = e / vc, j = (e % vc) * per;
-#ifdef DELTA_EMULATE
-        std::memcpy(&v[k], src + int64_t(r) * srcld + j, 16);
-#else
-        v[k] = *reinterpret_cast<const uint4*>(src + int64_t(r) * srcld + j);
-#endif
-      }
+      if (e < total) v[k] = ld16(src + int64_t(e / vc) * srcld + (e % vc) * per);
     }
   }
   __device__ __forceinline__ void store(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) const {
@@ -782,40 +873,161 @@ struct RowPrefetch {
     const int nthr = int(blockDim.x), tid = int(threadIdx.x);
     constexpr int per = 16 / int(sizeof(OP));
     const int vc = cols / per, total = rows * vc;
+    const PieceWalk w(vc);
+    if (w.fast) {
+      OP* d = dst + w.r0 * ld + w.pc * per;
+      const int step = w.rstep * ld;
+#pragma unroll
+      for (int k = 0; k < R; ++k)
+        if (w.r0 + k * w.rstep < rows) st16(d + k * step, v[k]);
+      return;
+    }
 #pragma unroll
     for (int k = 0; k < R; ++k) {
       const int e = tid + k * nthr;
-      if (e < total) {
-        const int r = e / vc, j = (e % vc) * per;
-#ifdef DELTA_EMULATE
-        std::memcpy(dst + r * ld + j, &v[k], 16);
-#else
-        *reinterpret_cast<uint4*>(dst + r * ld + j) = v[k];
-#endif
-      }
+      if (e < total) st16(dst + (e / vc) * ld + (e % vc) * per, v[k]);
     }
   }
 };
 constexpr int kPrefetchR = 4;  // C = 64, Dk = 128, bf16: 1024 pieces of 16 bytes = 4 per thread
 constexpr int kPrefetchRU = 2;  // the f32 U / dU columns of a step: C = 64, DVT = 32: 512 pieces = 2 per thread
 
-// The f32 state tile S [Dk, DVT] of a sequential kernel: columns j0 .. j0 + DVT - 1 of a [Dk, Dv] f32 state
-// (src null: zeros), and back (also into an OP operand copy of stride ldop when op is given).
-__device__ __forceinline__ void state_cols_in(float* S, const float* src, const Geo& g, int j0) {
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  for (int e = tid; e < g.Dk * g.DVT; e += nthr) {
-    const int i = e / g.DVT, j = e % g.DVT;
-    S[e] = src ? src[int64_t(i) * g.Dv + j0 + j] : 0.f;
-  }
+// The f32 state tile S [Dk, DVT] (row stride lds) of a sequential kernel: columns j0 .. j0 + DVT - 1 of a [Dk, Dv]
+// f32 state (src null: zeros), and back (also into an OP operand copy of stride ldop when op is given, from the
+// same read of S). 16-byte pieces, consecutive threads along a row (element accesses where the global state is
+// not 16-byte aligned).
+__device__ __forceinline__ void state_cols_in(float* S, int lds, const float* src, const Geo& g, int j0) {
+  const bool vec = reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  for_pieces_block(g.Dk, g.DVT / 4, [&](int i, int q) {
+    const int j = q * 4;
+    float* d = S + i * lds + j;
+    if (src == nullptr) {
+      st16(d, uint4{0u, 0u, 0u, 0u});
+    } else if (vec) {
+      st16(d, ld16(src + int64_t(i) * g.Dv + j0 + j));
+    } else {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) d[e] = src[int64_t(i) * g.Dv + j0 + j + e];
+    }
+  });
 }
 template <class OP>
-__device__ __forceinline__ void state_cols_out(float* dst, OP* op, int ldop, const float* S, const Geo& g, int j0) {
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  for (int e = tid; e < g.Dk * g.DVT; e += nthr) {
-    const int i = e / g.DVT, j = e % g.DVT;
-    dst[int64_t(i) * g.Dv + j0 + j] = S[e];
-    if (op) op[i * ldop + j] = fromf<OP>(S[e]);
+__device__ __forceinline__ void state_cols_out(float* dst, OP* op, int ldop, const float* S, int lds, const Geo& g, int j0) {
+  const bool vec = reinterpret_cast<uintptr_t>(dst) % 16 == 0;
+  for_pieces_block(g.Dk, g.DVT / 4, [&](int i, int q) {
+    const int j = q * 4;
+    const uint4 v = ld16(S + i * lds + j);
+    float* d = dst + int64_t(i) * g.Dv + j0 + j;
+    if (vec) {
+      st16(d, v);
+    } else {
+      d[0] = u2f(v.x), d[1] = u2f(v.y), d[2] = u2f(v.z), d[3] = u2f(v.w);
+    }
+    if (op) {
+      const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
+      st4op(op + i * ldop + j, x);
+    }
+  });
+}
+
+// out = sum over the terms (M x N, multiples of 16) with the epilogue on row pieces of 4: epi4(i, j, x) gets
+// x[0 .. 3] = out(i, j .. j + 3). bf16: a warp's tile through its scratch; lane l takes rows (l & 7) (+ 8) and
+// columns 4 (l >> 3), so that a warp's 16-byte accesses cover 8 whole 64-byte row segments (coalesced global,
+// and conflict-free on the scratch (stride kScrLd) and on f32 tiles of stride = 4 mod 32 floats).
+// float: a piece per thread. No __syncthreads inside.
+template <class OP, class Epi4, class... Terms>
+__device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, const Terms&... terms) {
+  if constexpr (std::is_same_v<OP, bf16>) {
+    const tc::Lanes w = tc::lanes();
+    const int tn = N / 16, ntiles = (M / 16) * tn;
+    float* s = scr + w.warp * kScrTile;
+    for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
+      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      tc::FragC acc;
+      wm::fill_fragment(acc, 0.f);
+      (mma_term(acc, terms, i0, j0), ...);
+      tc::through_scratch(s, acc, [&] {
+        for (int q = w.lane; q < 64; q += w.nlanes) {
+          const int r = (q & 7) + ((q >> 5) << 3), c = ((q >> 3) & 3) << 2;
+          const uint4 v = ld16(s + r * kScrLd + c);
+          const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
+          epi4(i0 + r, j0 + c, x);
+        }
+      });
+    }
+  } else {
+    (void)scr;
+    for_pieces_block(M, N / 4, [&](int i, int q) {
+      float x[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        x[e] = 0.f;
+        ((x[e] += dot_term(terms, i, q * 4 + e)), ...);
+      }
+      epi4(i, q * 4, x);
+    });
   }
+}
+
+// The state update S = decay S + sum over the terms (S f32 [M, N], row stride lds: a multiple of 4, 32-byte
+// aligned tiles). bf16: each tile's accumulator is loaded from S, scaled, continued by the products and stored back
+// (a warp owns its tiles: no scratch pass, no element loop); U > 0: the k steps unrolled U times (U = 0: fully).
+// float: an element per thread. No __syncthreads inside.
+template <class OP, int U = 0, class... Terms>
+__device__ __forceinline__ void state_update(float* S, int lds, int M, int N, float decay, const Terms&... terms) {
+  if constexpr (std::is_same_v<OP, bf16>) {
+    const tc::Lanes w = tc::lanes();
+    const int tn = N / 16, ntiles = (M / 16) * tn;
+    for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
+      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      float* st = S + i0 * lds + j0;
+      tc::FragC acc;
+#ifdef DELTA_EMULATE
+      if (emu_lane0())
+        for (int r = 0; r < 16; ++r)
+          for (int q = 0; q < 16; ++q) acc.x[r][q] = decay * st[r * lds + q];
+#else
+      wm::load_matrix_sync(acc, st, unsigned(lds), wm::mem_row_major);
+#pragma unroll
+      for (int e = 0; e < acc.num_elements; ++e) acc.x[e] *= decay;  // uniform scale: layout-independent
+#endif
+      if constexpr (U == 0) (mma_term(acc, terms, i0, j0), ...);
+      else (mma_term_u<U>(acc, terms, i0, j0), ...);
+      wm::store_matrix_sync(st, acc, unsigned(lds), wm::mem_row_major);
+    }
+  } else {
+    const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+    for (int e = tid; e < M * N; e += nthr) {
+      const int i = e / N, j = e % N;
+      float v = 0.f;
+      ((v += dot_term(terms, i, j)), ...);
+      S[i * lds + j] = decay * S[i * lds + j] + v;
+    }
+  }
+}
+
+// C rows x ncol columns (from col0) of an [.., D] input times mul into dst (OP, stride ld), rows >= L zeros: a
+// 16-byte piece per thread and walk step, consecutive threads along a row (element loads where x or the columns are
+// not 16-byte aligned).
+template <class IN, class OP>
+__device__ __forceinline__ void load_cols(OP* dst, int ld, const IN* x, const Geo& g, const Chunk& c, int D, int col0, int ncol,
+                                          float mul) {
+  constexpr int per = 16 / int(sizeof(IN));
+  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || (int64_t(D) * int(sizeof(IN))) % 16 != 0 || col0 % per != 0 || ncol % per != 0) {
+    load_rows_elems(dst, ld, x, g, c, D, col0, ncol, mul);
+    return;
+  }
+  const IN* x0 = x + tok(g, c.b, c.t0, c.h) * D + col0;  // row t at t H D further
+  const int64_t rs = int64_t(g.H) * D;
+  for_pieces_block(g.C, ncol / per, [&](int t, int q) {
+    const uint4 v = t < c.L ? ld16(x0 + t * rs + q * per) : uint4{0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int i0 = 0; i0 < per; i0 += 4) {
+      const float y[4] = {mul * elem16<IN>(v, i0), mul * elem16<IN>(v, i0 + 1), mul * elem16<IN>(v, i0 + 2),
+                          mul * elem16<IN>(v, i0 + 3)};
+      st4op(dst + t * ld + q * per + i0, y);
+    }
+  });
 }
 
 // A (f32, strictly lower, stride lda) -> (I + A)^{-1} in place (unit diagonal and zero upper part implied).
@@ -1014,7 +1226,7 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
   const int j0 = int(blockIdx.x) * g.DVT, h = int(blockIdx.y), b = int(blockIdx.z);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, DVT = g.DVT;
   const int64_t bh = int64_t(b * g.H + h);
-  state_cols_in(S, p.s0 ? p.s0 + bh * Dk * Dv : nullptr, g, j0);
+  state_cols_in(S, ld.vf, p.s0 ? p.s0 + bh * Dk * Dv : nullptr, g, j0);
   RowPrefetch<OP, kPrefetchR> pw, pk;  // chunk n + 1's W, Kd, U columns in flight during chunk n's products
   RowPrefetch<float, kPrefetchRU> pu;
   pw.load(p.W + hp_row(g, b, h, 0, 0) * Dk, C, Dk);
@@ -1023,37 +1235,32 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
   for (int n = 0; n < g.N; ++n) {
     const float eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
-    state_cols_out(p.states + state_off(g, b, h, n), Sop, ld.vt, S, g, j0);
+    state_cols_out(p.states + state_off(g, b, h, n), Sop, ld.vt, S, ld.vf, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
     pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
     pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
-    pu.store(Uf, DVT, p.U + row0 * Dv + j0, C, DVT, Dv);
+    pu.store(Uf, ld.vf, p.U + row0 * Dv + j0, C, DVT, Dv);
     __syncthreads();
     if (n + 1 < g.N) {
       pw.load(p.W + (row0 + C) * Dk, C, Dk);
       pk.load(p.Kd + (row0 + C) * Dk, C, Dk);
       pu.load(p.U + (row0 + C) * Dv + j0, C, DVT, Dv);
     }
-    mm_pieces<OP>(C, DVT, scr,
-                  [&](int t, int j, const float* x, int n) {
-                    float* u = p.U + (row0 + t) * Dv + j0 + j;
-                    const float* old = Uf + t * DVT + j;
-#pragma unroll
-                    for (int e = 0; e < 8; ++e)
-                      if (e < n) {
-                        const float up = old[e] - x[e];
-                        u[e] = up;
-                        Up[t * ld.vt + j + e] = fromf<OP>(up);
-                      }
-                    return 0.f;
-                  },
-                  [](int, float) {}, term<false, false>(Wt, ld.k, Sop, ld.vt, Dk));
+    // U' = U - W S_n: 16-byte pieces of U to global and of U' rounded to OP
+    mm_vec4<OP>(C, DVT, scr,
+                [&](int t, int j, const float (&x)[4]) {
+                  const uint4 o = ld16(Uf + t * ld.vf + j);
+                  const float up[4] = {u2f(o.x) - x[0], u2f(o.y) - x[1], u2f(o.z) - x[2], u2f(o.w) - x[3]};
+                  st16(p.U + (row0 + t) * Dv + j0 + j, uint4{f2u(up[0]), f2u(up[1]),
+                                                             f2u(up[2]), f2u(up[3])});
+                  st4op(Up + t * ld.vt + j, up);
+                },
+                term<false, false>(Wt, ld.k, Sop, ld.vt, Dk));
     __syncthreads();
-    mm<OP>(Dk, DVT, scr, [&](int i, int j, float x) { S[i * DVT + j] = eC * S[i * DVT + j] + x; },
-           term<true, false>(Kd, ld.k, Up, ld.vt, C));
+    state_update<OP>(S, ld.vf, Dk, DVT, eC, term<true, false>(Kd, ld.k, Up, ld.vt, C));
   }
   __syncthreads();
-  state_cols_out(p.final_s + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, S, g, j0);
+  state_cols_out(p.final_s + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, S, ld.vf, g, j0);
 }
 
 // P = (Q K^T) (.) Gamma (.) lower-inclusive into P (OP), from the chunk's normalized Q, K and G.
@@ -1154,7 +1361,7 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
   const int j0 = int(blockIdx.x) * g.DVT, h = int(blockIdx.y), b = int(blockIdx.z);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, DVT = g.DVT;
   const int64_t bh = int64_t(b * g.H + h);
-  state_cols_in(dS, p.dfinal ? p.dfinal + bh * Dk * Dv : nullptr, g, j0);
+  state_cols_in(dS, ld.vf, p.dfinal ? p.dfinal + bh * Dk * Dv : nullptr, g, j0);
   RowPrefetch<OP, kPrefetchR> pk, pq, pw;  // chunk n - 1's Kd, Qg, W, dU columns in flight during chunk n's products
   RowPrefetch<float, kPrefetchRU> pu;
   {
@@ -1167,14 +1374,14 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
   for (int n = g.N - 1; n >= 0; --n) {
     const float eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
-    state_cols_out(p.dH + state_off(g, b, h, n), dSop, ld.vt, dS, g, j0);
+    state_cols_out(p.dH + state_off(g, b, h, n), dSop, ld.vt, dS, ld.vf, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
     pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
     pq.store(Qg, ld.k, p.Qg + row0 * Dk, C, Dk);
     pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
-    pu.store(Uf, DVT, p.dU + row0 * Dv + j0, C, DVT, Dv);
+    pu.store(Uf, ld.vf, p.dU + row0 * Dv + j0, C, DVT, Dv);
     const Chunk c{b, h, n, n * C, g.T - n * C < C ? g.T - n * C : C};
-    load_rows_elems(dO, ld.vt, p.dout, g, c, Dv, j0, DVT, g.scale);
+    load_cols(dO, ld.vt, p.dout, g, c, Dv, j0, DVT, g.scale);
     __syncthreads();
     if (n > 0) {
       pu.load(p.dU + (row0 - C) * Dv + j0, C, DVT, Dv);
@@ -1182,26 +1389,24 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
       pq.load(p.Qg + (row0 - C) * Dk, C, Dk);
       pw.load(p.W + (row0 - C) * Dk, C, Dk);
     }
-    mm_pieces<OP>(C, DVT, scr,
-                  [&](int t, int j, const float* x, int n) {
-                    float* d = p.dU + (row0 + t) * Dv + j0 + j;
-                    const float* old = Uf + t * DVT + j;
-#pragma unroll
-                    for (int e = 0; e < 8; ++e)
-                      if (e < n) {
-                        const float du = old[e] + x[e];
-                        d[e] = du;
-                        ndU[t * ld.vt + j + e] = fromf<OP>(-du);
-                      }
-                    return 0.f;
-                  },
-                  [](int, float) {}, term<false, false>(Kd, ld.k, dSop, ld.vt, Dk));
+    // dU' = P^T dO + Kd dS_{n+1}: 16-byte pieces of dU' to global and of -dU' rounded to OP
+    mm_vec4<OP>(C, DVT, scr,
+                [&](int t, int j, const float (&x)[4]) {
+                  const uint4 o = ld16(Uf + t * ld.vf + j);
+                  const float du[4] = {u2f(o.x) + x[0], u2f(o.y) + x[1], u2f(o.z) + x[2], u2f(o.w) + x[3]};
+                  st16(p.dU + (row0 + t) * Dv + j0 + j, uint4{f2u(du[0]), f2u(du[1]),
+                                                              f2u(du[2]), f2u(du[3])});
+                  const float nd[4] = {-du[0], -du[1], -du[2], -du[3]};
+                  st4op(ndU + t * ld.vt + j, nd);
+                },
+                term<false, false>(Kd, ld.k, dSop, ld.vt, Dk));
     __syncthreads();
-    mm<OP>(Dk, DVT, scr, [&](int i, int j, float x) { dS[i * DVT + j] = eC * dS[i * DVT + j] + x; },
-           term<true, false>(Qg, ld.k, dO, ld.vt, C), term<true, false>(Wt, ld.k, ndU, ld.vt, C));
+    // k steps unrolled twice: four prefetches in flight leave no registers for all eight operand pairs at once
+    state_update<OP, 2>(dS, ld.vf, Dk, DVT, eC, term<true, false>(Qg, ld.k, dO, ld.vt, C),
+                     term<true, false>(Wt, ld.k, ndU, ld.vt, C));
   }
   __syncthreads();
-  state_cols_out(p.ds0 + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, dS, g, j0);
+  state_cols_out(p.ds0 + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, dS, ld.vf, g, j0);
 }
 
 // (3) per chunk, the WY part: T and W as fwd_prep saved them, U = T diag(b) V again; dW = -dU' S_n^T;
