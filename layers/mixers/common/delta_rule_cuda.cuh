@@ -781,24 +781,42 @@ __device__ __forceinline__ int dr_tid() {
   return int(t);
 #endif
 }
+__device__ __forceinline__ int dr_ctz(int v) {  // v > 0
+#ifdef DELTA_EMULATE
+  return __builtin_ctz(unsigned(v));
+#else
+  return __ffs(v) - 1;
+#endif
+}
 // A block-strided walk over the pieces of a tile with vc pieces per row, consecutive threads on consecutive
 // pieces of a row (coalesced): this thread's first piece (r0, pc) and the row step between its pieces, one
-// division per walk instead of one per piece (exact when vc divides the block; else fast is false).
+// division per walk instead of one per piece (exact when vc divides the block; else fast is false). P2: shifts
+// and masks instead of the division, fast only for vc a power of two (fwd_state; bwd_state keeps the division:
+// the shift form's register allocation spills there).
+template <bool P2 = false>
 struct PieceWalk {
   int r0, pc, rstep;
   bool fast;
   __device__ __forceinline__ explicit PieceWalk(int vc) {
     const int nthr = int(blockDim.x), tid = dr_tid();
-    fast = nthr % vc == 0;
-    r0 = tid / vc;
-    pc = tid - r0 * vc;
-    rstep = nthr / vc;
+    if constexpr (P2) {
+      const int sh = dr_ctz(vc);
+      fast = (vc & (vc - 1)) == 0 && (nthr & (vc - 1)) == 0;
+      r0 = tid >> sh;
+      pc = tid & (vc - 1);
+      rstep = nthr >> sh;
+    } else {
+      fast = nthr % vc == 0;
+      r0 = tid / vc;
+      pc = tid - r0 * vc;
+      rstep = nthr / vc;
+    }
   }
 };
 // f(r, q) for the pieces q (< vc) of rows r < rows, block-strided as PieceWalk.
-template <class F>
+template <bool P2 = false, class F>
 __device__ __forceinline__ void for_pieces_block(int rows, int vc, F&& f) {
-  const PieceWalk pw(vc);
+  const PieceWalk<P2> pw(vc);
   if (pw.fast) {
     for (int r = pw.r0; r < rows; r += pw.rstep) f(r, pw.pc);
   } else {
@@ -838,7 +856,7 @@ __device__ __forceinline__ void st4op(OP* dst, const float (&x)[4]) {
 // barrier that frees the buffer. Shapes with more than R pieces per thread: store() is a plain copy_rows.
 // Piece k of a thread is row r0 + k rstep (PieceWalk) when the row's pieces divide the block, so that the
 // addresses need no division per piece.
-template <class OP, int R>
+template <class OP, int R, bool P2 = false>
 struct RowPrefetch {
   uint4 v[R];
   __device__ __forceinline__ static bool fits(int rows, int cols) {
@@ -850,7 +868,7 @@ struct RowPrefetch {
     const int nthr = int(blockDim.x), tid = int(threadIdx.x);
     constexpr int per = 16 / int(sizeof(OP));
     const int vc = cols / per, total = rows * vc;
-    const PieceWalk w(vc);
+    const PieceWalk<P2> w(vc);
     if (w.fast) {
       const OP* s = src + int64_t(w.r0) * srcld + w.pc * per;
       const int64_t step = int64_t(w.rstep) * srcld;
@@ -873,7 +891,7 @@ struct RowPrefetch {
     const int nthr = int(blockDim.x), tid = int(threadIdx.x);
     constexpr int per = 16 / int(sizeof(OP));
     const int vc = cols / per, total = rows * vc;
-    const PieceWalk w(vc);
+    const PieceWalk<P2> w(vc);
     if (w.fast) {
       OP* d = dst + w.r0 * ld + w.pc * per;
       const int step = w.rstep * ld;
@@ -896,9 +914,10 @@ constexpr int kPrefetchRU = 2;  // the f32 U / dU columns of a step: C = 64, DVT
 // f32 state (src null: zeros), and back (also into an OP operand copy of stride ldop when op is given, from the
 // same read of S). 16-byte pieces, consecutive threads along a row (element accesses where the global state is
 // not 16-byte aligned).
+template <bool P2 = false>
 __device__ __forceinline__ void state_cols_in(float* S, int lds, const float* src, const Geo& g, int j0) {
   const bool vec = reinterpret_cast<uintptr_t>(src) % 16 == 0;
-  for_pieces_block(g.Dk, g.DVT / 4, [&](int i, int q) {
+  for_pieces_block<P2>(g.Dk, g.DVT / 4, [&](int i, int q) {
     const int j = q * 4;
     float* d = S + i * lds + j;
     if (src == nullptr) {
@@ -911,10 +930,10 @@ __device__ __forceinline__ void state_cols_in(float* S, int lds, const float* sr
     }
   });
 }
-template <class OP>
+template <bool P2 = false, class OP>
 __device__ __forceinline__ void state_cols_out(float* dst, OP* op, int ldop, const float* S, int lds, const Geo& g, int j0) {
   const bool vec = reinterpret_cast<uintptr_t>(dst) % 16 == 0;
-  for_pieces_block(g.Dk, g.DVT / 4, [&](int i, int q) {
+  for_pieces_block<P2>(g.Dk, g.DVT / 4, [&](int i, int q) {
     const int j = q * 4;
     const uint4 v = ld16(S + i * lds + j);
     float* d = dst + int64_t(i) * g.Dv + j0 + j;
@@ -1226,16 +1245,16 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
   const int j0 = int(blockIdx.x) * g.DVT, h = int(blockIdx.y), b = int(blockIdx.z);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, DVT = g.DVT;
   const int64_t bh = int64_t(b * g.H + h);
-  state_cols_in(S, ld.vf, p.s0 ? p.s0 + bh * Dk * Dv : nullptr, g, j0);
-  RowPrefetch<OP, kPrefetchR> pw, pk;  // chunk n + 1's W, Kd, U columns in flight during chunk n's products
-  RowPrefetch<float, kPrefetchRU> pu;
+  state_cols_in<true>(S, ld.vf, p.s0 ? p.s0 + bh * Dk * Dv : nullptr, g, j0);
+  RowPrefetch<OP, kPrefetchR, true> pw, pk;  // chunk n + 1's W, Kd, U columns in flight during chunk n's products
+  RowPrefetch<float, kPrefetchRU, true> pu;
   pw.load(p.W + hp_row(g, b, h, 0, 0) * Dk, C, Dk);
   pk.load(p.Kd + hp_row(g, b, h, 0, 0) * Dk, C, Dk);
   pu.load(p.U + hp_row(g, b, h, 0, 0) * Dv + j0, C, DVT, Dv);
   for (int n = 0; n < g.N; ++n) {
     const float eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
-    state_cols_out(p.states + state_off(g, b, h, n), Sop, ld.vt, S, ld.vf, g, j0);
+    state_cols_out<true>(p.states + state_off(g, b, h, n), Sop, ld.vt, S, ld.vf, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
     pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
     pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
@@ -1260,7 +1279,7 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
     state_update<OP>(S, ld.vf, Dk, DVT, eC, term<true, false>(Kd, ld.k, Up, ld.vt, C));
   }
   __syncthreads();
-  state_cols_out(p.final_s + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, S, ld.vf, g, j0);
+  state_cols_out<true>(p.final_s + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, S, ld.vf, g, j0);
 }
 
 // P = (Q K^T) (.) Gamma (.) lower-inclusive into P (OP), from the chunk's normalized Q, K and G.
