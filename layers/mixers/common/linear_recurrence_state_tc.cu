@@ -123,15 +123,6 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 #endif
 
-__device__ __forceinline__ void ld8f(float (&out)[8], const float* src) {
-  const float4 a = reinterpret_cast<const float4*>(src)[0], b = reinterpret_cast<const float4*>(src)[1];
-  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
-  out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
-}
-__device__ __forceinline__ void st8f(float* dst, const float (&v)[8]) {
-  reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
-  reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
 // 8 elements of the 16-bit type T at p (16-byte aligned; the buffer's raw contents before an in-place conversion).
 template <typename T>
 __device__ __forceinline__ void ld8(float (&out)[8], const void* p) {
@@ -334,14 +325,14 @@ __global__ void __launch_bounds__(kThreads) state_pass_tc(TcGeo geo, const T* __
             const int d = jt * 16 + r, c = it * 16 + c0;
             float* sp = S + d * lds + c;
             float st[8];
-            ld8f(st, sp);
+            load8f(st, sp);
             st8bf(o16 + int64_t(d) * Dk + c, st);
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
               const float a = MODE == 0 ? 1.f : MODE == 1 ? egl[0] : egl[c + e];
               st[e] = fmaf(a, st[e], tof(fromf<bf16>(sc[r * kScrLd + c0 + e])));  // U_n rounded as chunk_state_tc
             }
-            st8f(sp, st);
+            store8f(sp, st);
           });
         });
       }

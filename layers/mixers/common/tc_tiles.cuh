@@ -114,6 +114,17 @@ __host__ __device__ __forceinline__ T fromf(float x) {
   else return x;
 }
 
+// 8 consecutive f32 (32-byte aligned) in and out of registers, as two float4.
+__device__ __forceinline__ void load8f(float (&out)[8], const float* src) {
+  const float4 a = reinterpret_cast<const float4*>(src)[0], b = reinterpret_cast<const float4*>(src)[1];
+  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
+  out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+}
+__device__ __forceinline__ void store8f(float* dst, const float (&v)[8]) {
+  reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
 // ---- warp geometry; with one thread per block (the CPU emulation) that thread is warp 0 of 1, lane 0 of 1 ----
 struct Lanes {
   int warp, nwarps, lane, nlanes;
