@@ -766,9 +766,8 @@ __device__ __forceinline__ void load_f32_rows(OP* dst, int ld, const float* src,
       const int e = e0 + k * nthr;
       if (e < total) {
         const int r = e / vc, j = (e % vc) * 4;
-        const float x[4] = {u2f(v[k].x), u2f(v[k].y), u2f(v[k].z), u2f(v[k].w)};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) dst[r * ld + j + i] = fromf<OP>(conv(r, x[i]));
+        const float x[4] = {conv(r, u2f(v[k].x)), conv(r, u2f(v[k].y)), conv(r, u2f(v[k].z)), conv(r, u2f(v[k].w))};
+        st4op(dst + r * ld + j, x);  // one 8-byte (bf16) store instead of four 2-byte ones
       }
     }
   }
@@ -1014,6 +1013,14 @@ __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, c
   }
 }
 
+// mm_vec4 for bf16 operands; float operands: mm with the element epilogue epi1(i, j, value) (bwd_wy's f32 build:
+// its register allocation spills with mm_vec4's 4-element float walk).
+template <class OP, class Epi4, class Epi1, class... Terms>
+__device__ __forceinline__ void mm_vec4_or(int M, int N, float* scr, Epi4&& epi4, Epi1&& epi1, const Terms&... terms) {
+  if constexpr (std::is_same_v<OP, bf16>) mm_vec4<OP>(M, N, scr, epi4, terms...);
+  else mm<OP>(M, N, scr, epi1, terms...);
+}
+
 // The state update S = decay S + sum over the terms (S f32 [M, N], row stride lds: a multiple of 4, 32-byte
 // aligned tiles). bf16: each tile's accumulator is loaded from S, scaled, continued by the products and stored back
 // (a warp owns its tiles: no scratch pass, no element loop); U > 0: the k steps unrolled U times (U = 0: fully).
@@ -1241,17 +1248,22 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   tri_to_op(T, ld.c, A, ld.cf, C, p.Tm ? p.Tm + row0 * C : nullptr);
   // Kd to global, then K -> X = diag(b e^G) K in place (each element read and written by one thread)
   const float GC = G[C - 1];
-  for (int e = tid; e < C * Dk; e += nthr) {
-    const int t = e / Dk, j = e % Dk;
-    const float kv = tof(K[t * ld.k + j]);
-    p.Kd[(row0 + t) * Dk + j] = fromf<OP>(kv * dr_exp(GC - G[t]));
-    K[t * ld.k + j] = fromf<OP>(kv * bb[t] * dr_exp(G[t]));
-  }
+  for_pieces_block(C, Dk / 4, [&](int t, int q) {  // 4 elements a step: one exp pair, 8-byte stores
+    const int j = q * 4;
+    const float ed = dr_exp(GC - G[t]), ex = bb[t] * dr_exp(G[t]);
+    OP* kr = K + t * ld.k + j;
+    const float kv[4] = {tof(kr[0]), tof(kr[1]), tof(kr[2]), tof(kr[3])};
+    const float kd[4] = {kv[0] * ed, kv[1] * ed, kv[2] * ed, kv[3] * ed};
+    const float kx[4] = {kv[0] * ex, kv[1] * ex, kv[2] * ex, kv[3] * ex};
+    st4op(p.Kd + (row0 + t) * Dk + j, kd);
+    st4op(kr, kx);
+  });
   if (tid == 0) p.gC[int64_t(c.b * g.H + c.h) * g.N + c.n] = GC;
   __syncthreads();
-  mm<OP>(C, Dk, scr, [&](int t, int j, float x) { p.W[(row0 + t) * Dk + j] = fromf<OP>(x); },
-         term<false, false>(T, ld.c, K, ld.k, C));
-  mm<OP>(C, Dv, scr, [&](int t, int j, float x) { p.U[(row0 + t) * Dv + j] = x; }, term<false, false>(T, ld.c, Y, ld.v, C));
+  mm_vec4<OP>(C, Dk, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.W + (row0 + t) * Dk + j, x); },
+              term<false, false>(T, ld.c, K, ld.k, C));
+  mm_vec4<OP>(C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.U + (row0 + t) * Dv + j, x); },
+              term<false, false>(T, ld.c, Y, ld.v, C));
 }
 
 // (2) sequential over chunks per (batch, head, DVT columns): S_n kept in f32; U' = U - W S_n;
@@ -1345,11 +1357,18 @@ __global__ void __launch_bounds__(kThreads) fwd_out(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   tc::scale_tile(Q, ld.k, C, Dk, [&](int t, int) { return dr_exp(G[t]); });
   __syncthreads();
-  mm<OP>(C, Dv, scr,
-         [&](int t, int j, float x) {
-           if (t < c.L) p.o[tok(g, c.b, c.t0 + t, c.h) * Dv + j] = fromf<IN>(g.scale * x);
-         },
-         term<false, false>(Q, ld.k, S, ld.v, Dk), term<false, false>(P, ld.c, Up, ld.v, C));
+  // 4 columns per lane: one 8-byte (bf16) / 16-byte (f32) store where o is aligned for it
+  const bool ovec = reinterpret_cast<uintptr_t>(p.o) % (4 * sizeof(IN)) == 0;
+  mm_vec4<OP>(C, Dv, scr,
+              [&](int t, int j, const float (&x)[4]) {
+                if (t >= c.L) return;
+                IN* o = p.o + tok(g, c.b, c.t0 + t, c.h) * Dv + j;
+                const float y[4] = {g.scale * x[0], g.scale * x[1], g.scale * x[2], g.scale * x[3]};
+                if (ovec) st4op(o, y);
+                else
+                  for (int e = 0; e < 4; ++e) o[e] = fromf<IN>(y[e]);
+              },
+              term<false, false>(Q, ld.k, S, ld.v, Dk), term<false, false>(P, ld.c, Up, ld.v, C));
 }
 
 // ===================================== backward =====================================
@@ -1491,8 +1510,13 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   load_f32(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dv, Dk, Dv);
   copy_rows(T, ld.c, p.Tm + row0 * C, C, C);  // fwd_prep's T (the same values an inversion here would give)
   __syncthreads();
-  mm<OP>(C, Dk, scr, [&](int t, int j, float x) { dW[t * ld.k + j] = fromf<OP>(-x); },
-         term<false, true>(dU, ld.v, S, ld.v, Dv));
+  mm_vec4_or<OP>(
+      C, Dk, scr,
+      [&](int t, int j, const float (&x)[4]) {
+        const float y[4] = {-x[0], -x[1], -x[2], -x[3]};
+        st4op(dW + t * ld.k + j, y);
+      },
+      [&](int t, int j, float x) { dW[t * ld.k + j] = fromf<OP>(-x); }, term<false, true>(dU, ld.v, S, ld.v, Dv));
   __syncthreads();  // S_n is dead: the saved W takes S2 while dX goes to S3
   copy_rows(Wt, ld.k, p.W + row0 * Dk, C, Dk);
   // dX = T^T dW over X: dk^ = b e^G dX, dbeta += e^G dX.k, dG += b e^G dX.k (X = diag(b e^G) K)
@@ -1511,11 +1535,15 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
                 },
                 term<true, false>(T, ld.c, dW, ld.k, C));
   __syncthreads();  // dW is dead: P = dX W^T (f32) takes S4, the first half of dA = -(dX W^T + dY U^T)
-  mm<OP>(C, C, scr, [&](int t, int s, float x) { P[t * ldp + s] = x; }, term<false, true>(X, ld.k, Wt, ld.k, Dk));
+  mm_vec4_or<OP>(
+      C, C, scr, [&](int t, int s, const float (&x)[4]) { st4op(P + t * ldp + s, x); },
+      [&](int t, int s, float x) { P[t * ldp + s] = x; }, term<false, true>(X, ld.k, Wt, ld.k, Dk));
   __syncthreads();  // dX and W are dead: Y takes S2, U S3
   load_rows(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);
   __syncthreads();
-  mm<OP>(C, Dv, scr, [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
+  mm_vec4_or<OP>(
+      C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(Ut + t * ld.v + j, x); },
+      [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
   __syncthreads();
   // dY = T^T dU' over Y: dv = b dY, dbeta += dY.v (Y = diag(b) V)
   mm_pieces<OP>(C, Dv, scr,
@@ -1628,12 +1656,9 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
         const int e = e0 + k * nthr;
         if (e < total) {
           const int r = e / vc, j = (e % vc) * 4;
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float x = elem16<float>(sv[k], i);
-            S[r * ld.v + j + i] = fromf<OP>(x);
-            part += elem16<float>(hv[k], i) * x;
-          }
+          const float x[4] = {u2f(sv[k].x), u2f(sv[k].y), u2f(sv[k].z), u2f(sv[k].w)};
+          st4op(S + r * ld.v + j, x);
+          part += u2f(hv[k].x) * x[0] + u2f(hv[k].y) * x[1] + u2f(hv[k].z) * x[2] + u2f(hv[k].w) * x[3];
         }
       }
     }
