@@ -709,9 +709,13 @@ __device__ __forceinline__ void load_rows(OP* dst, int ld, const IN* x, const Ge
       const int e = e0 + k * nthr;
       if (e < total) {
         const int t = e / vc, j = (e % vc) * per;
-        const float m = rowmul ? mul * rowmul[t] : mul;
+        const float m = t < c.L ? (rowmul ? mul * rowmul[t] : mul) : 0.f;  // v is zeros past L
 #pragma unroll
-        for (int i = 0; i < per; ++i) dst[t * ld + j + i] = fromf<OP>(t < c.L ? m * elem16<IN>(v[k], i) : 0.f);
+        for (int i0 = 0; i0 < per; i0 += 4) {  // 8-byte (bf16) stores instead of 2-byte ones
+          const float y[4] = {m * elem16<IN>(v[k], i0), m * elem16<IN>(v[k], i0 + 1), m * elem16<IN>(v[k], i0 + 2),
+                              m * elem16<IN>(v[k], i0 + 3)};
+          st4op(dst + t * ld + j + i0, y);
+        }
       }
     }
   }
@@ -876,6 +880,25 @@ __device__ __forceinline__ void for_pieces_block(int rows, int vc, F&& f) {
     for (int e = tid; e < rows * vc; e += nthr) f(e / vc, e % vc);
   }
 }
+// x[0 .. 3] = src[0 .. 3] as f32 in one load (bf16: 8 bytes, src 8-byte aligned; float: 16 bytes).
+template <class T>
+__device__ __forceinline__ void ld4f(const T* src, float (&x)[4]) {
+#ifdef DELTA_EMULATE
+  for (int i = 0; i < 4; ++i) x[i] = tof(src[i]);
+#else
+  if constexpr (std::is_same_v<T, bf16>) {
+    const uint2 u = *reinterpret_cast<const uint2*>(src);
+    x[0] = __uint_as_float(u.x << 16), x[1] = __uint_as_float(u.x & 0xffff0000u);
+    x[2] = __uint_as_float(u.y << 16), x[3] = __uint_as_float(u.y & 0xffff0000u);
+  } else if constexpr (std::is_same_v<T, float>) {
+    const float4 u = *reinterpret_cast<const float4*>(src);
+    x[0] = u.x, x[1] = u.y, x[2] = u.z, x[3] = u.w;
+  } else {
+    for (int i = 0; i < 4; ++i) x[i] = tof(src[i]);
+  }
+#endif
+}
+
 // copy_rows in two halves for the sequential kernels: load() issues the next chunk's 16-byte global loads into
 // registers (R per thread) before the current chunk's products, store() writes them into shared memory after the
 // barrier that frees the buffer. Shapes with more than R pieces per thread: store() is a plain copy_rows.
@@ -1019,6 +1042,18 @@ template <class OP, class Epi4, class Epi1, class... Terms>
 __device__ __forceinline__ void mm_vec4_or(int M, int N, float* scr, Epi4&& epi4, Epi1&& epi1, const Terms&... terms) {
   if constexpr (std::is_same_v<OP, bf16>) mm_vec4<OP>(M, N, scr, epi4, terms...);
   else mm<OP>(M, N, scr, epi1, terms...);
+}
+
+// X(t, c) *= f(t) for t < rows, c < cols (OP, row stride ld, cols a multiple of 4): 4 elements a step, one f(t)
+// (an exp) per piece instead of per element, one 8-byte (bf16) load and store.
+template <class OP, class F>
+__device__ __forceinline__ void scale_rows4(OP* X, int ld, int rows, int cols, F&& f) {
+  for_pieces_block(rows, cols / 4, [&](int t, int q) {
+    OP* x = X + t * ld + q * 4;
+    const float m = f(t);
+    const float y[4] = {m * tof(x[0]), m * tof(x[1]), m * tof(x[2]), m * tof(x[3])};
+    st4op(x, y);
+  });
 }
 
 // The state update S = decay S + sum over the terms (S f32 [M, N], row stride lds: a multiple of 4, 32-byte
@@ -1324,9 +1359,17 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
 template <class OP>
 __device__ __forceinline__ void form_p(OP* P, int ldp, const OP* Q, const OP* K, int ldk, const float* G, const Geo& g,
                                        float* scr) {
-  mm<OP>(g.C, g.C, scr,
-         [&](int t, int s, float x) { P[t * ldp + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
-         term<false, true>(Q, ldk, K, ldk, g.Dk));
+  mm_vec4_or<OP>(
+      g.C, g.C, scr,
+      [&](int t, int s, const float (&x)[4]) {
+        const float gt = G[t];
+        float y[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) y[e] = s + e <= t ? x[e] * dr_exp(gt - G[s + e]) : 0.f;
+        st4op(P + t * ldp + s, y);
+      },
+      [&](int t, int s, float x) { P[t * ldp + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
+      term<false, true>(Q, ldk, K, ldk, g.Dk));
 }
 
 // (3) per chunk: O = scale (diag(e^G) Q S_n + P U').
@@ -1355,7 +1398,7 @@ __global__ void __launch_bounds__(kThreads) fwd_out(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   form_p(P, ld.c, Q, K, ld.k, G, g, scr);
   __syncthreads();
-  tc::scale_tile(Q, ld.k, C, Dk, [&](int t, int) { return dr_exp(G[t]); });
+  scale_rows4(Q, ld.k, C, Dk, [&](int t) { return dr_exp(G[t]); });
   __syncthreads();
   // 4 columns per lane: one 8-byte (bf16) / 16-byte (f32) store where o is aligned for it
   const bool ovec = reinterpret_cast<uintptr_t>(p.o) % (4 * sizeof(IN)) == 0;
@@ -1546,11 +1589,19 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
       [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
   __syncthreads();
   // dY = T^T dU' over Y: dv = b dY, dbeta += dY.v (Y = diag(b) V)
+  const bool vvec = (reinterpret_cast<uintptr_t>(p.v) | reinterpret_cast<uintptr_t>(p.dv)) % (4 * sizeof(IN)) == 0;
   mm_pieces<OP>(C, Dv, scr,
                 [&](int t, int j, const float* x, int n) {
                   st_opn(Y + t * ld.v + j, x, n);
                   if (t >= c.L) return 0.f;
                   const int64_t o = tok(g, c.b, c.t0 + t, c.h) * Dv + j;
+                  if (n == 4 && vvec) {  // one 8-byte (bf16) load of v and store of dv
+                    float vv[4];
+                    ld4f(p.v + o, vv);
+                    const float bt = bb[t], y[4] = {bt * x[0], bt * x[1], bt * x[2], bt * x[3]};
+                    st4op(p.dv + o, y);
+                    return x[0] * vv[0] + x[1] * vv[1] + x[2] * vv[2] + x[3] * vv[3];
+                  }
                   float vv[8];
 #pragma unroll
                   for (int e = 0; e < 8; ++e)
@@ -1626,12 +1677,20 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   load_f32(Up, ld.v, p.U + row0 * Dv, Dv, C, Dv);
   __syncthreads();
-  mm<OP>(C, C, scr,
-         [&](int t, int s, float x) { F[t * ld.c + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
-         term<false, true>(dO, ld.v, Up, ld.v, Dv));
+  mm_vec4_or<OP>(
+      C, C, scr,
+      [&](int t, int s, const float (&x)[4]) {
+        const float gt = G[t];
+        float y[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) y[e] = s + e <= t ? x[e] * dr_exp(gt - G[s + e]) : 0.f;
+        st4op(F + t * ld.c + s, y);
+      },
+      [&](int t, int s, float x) { F[t * ld.c + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
+      term<false, true>(dO, ld.v, Up, ld.v, Dv));
   __syncthreads();
   // dO -> diag(e^G) dO and S_n over U' (F^T Q waits for the last product, which shares its dk^ pass)
-  tc::scale_tile(dO, ld.v, C, Dv, [&](int t, int) { return dr_exp(G[t]); });
+  scale_rows4(dO, ld.v, C, Dv, [&](int t) { return dr_exp(G[t]); });
   const float* Hn = p.dH + state_off(g, c.b, c.h, c.n);
   const float* Sn = p.states + state_off(g, c.b, c.h, c.n);
   // G_C (= G_{C-1}) scales S_n in S_{n+1} = e^{G_C} S_n + Kd^T U' and appears in Kd = diag(e^{G_C - G}) K:
