@@ -1266,7 +1266,7 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   float* G = reinterpret_cast<float*>(smem + lay.G);
   float* bb = reinterpret_cast<float*>(smem + lay.b);
   const Chunk c = chunk_of(g);
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  const int tid = int(threadIdx.x);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv;
 
   load_gb(G, bb, g.gated ? p.g : nullptr, p.beta, g, c);
@@ -1431,7 +1431,6 @@ __global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
   float* rk = reinterpret_cast<float*>(smem + lay.rk);
   float* G = reinterpret_cast<float*>(smem + lay.G);
   const Chunk c = chunk_of(g);
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv;
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
   load_gb(G, nullptr, g.gated ? p.g : nullptr, p.beta, g, c);
@@ -1440,12 +1439,17 @@ __global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
   load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   __syncthreads();
   form_p(P, ld.c, Q, K, ld.k, G, g, scr);
-  for (int e = tid; e < C * Dk; e += nthr) {
-    const int t = e / Dk, j = e % Dk;
-    p.Qg[(row0 + t) * Dk + j] = fromf<OP>(tof(Q[t * ld.k + j]) * dr_exp(G[t]));
-  }
+  for_pieces_block(C, Dk / 4, [&](int t, int q) {  // 4 elements a step: one exp, one 8-byte (bf16) store
+    const int j = q * 4;
+    const OP* qr = Q + t * ld.k + j;
+    const float m = dr_exp(G[t]);
+    const float y[4] = {m * tof(qr[0]), m * tof(qr[1]), m * tof(qr[2]), m * tof(qr[3])};
+    st4op(p.Qg + (row0 + t) * Dk + j, y);
+  });
   __syncthreads();
-  mm<OP>(C, Dv, scr, [&](int t, int j, float x) { p.dU[(row0 + t) * Dv + j] = x; }, term<true, false>(P, ld.c, dO, ld.v, C));
+  mm_vec4_or<OP>(
+      C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.dU + (row0 + t) * Dv + j, x); },
+      [&](int t, int j, float x) { p.dU[(row0 + t) * Dv + j] = x; }, term<true, false>(P, ld.c, dO, ld.v, C));
 }
 
 // (2) sequential over chunks backwards per (batch, head, DVT columns), from dS_N = d final state:
@@ -1627,9 +1631,22 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
               term<false, true>(Y, ld.v, Ut, ld.v, Dv));
   __syncthreads();
   // dbeta_t += sum_{s<t} dA_ts (k_t.k_s) Gamma_ts (K K^T again, in f32, as A's)
-  mm_rows<OP>(C, C, scr,
-              [&](int t, int s, float x) { return s < t ? -P[t * ldp + s] * x * dr_exp(G[t] - G[s]) : 0.f; },
-              [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<false, true>(K, ld.k, K, ld.k, Dk));
+  mm_pieces<OP>(C, C, scr,
+                [&](int t, int s, const float* x, int n) {  // n = 4: P's piece in one 16-byte load
+                  float pv[4];
+                  if (n == 4) {
+                    const uint4 u = ld16(P + t * ldp + s);
+                    pv[0] = u2f(u.x), pv[1] = u2f(u.y), pv[2] = u2f(u.z), pv[3] = u2f(u.w);
+                  } else {
+                    pv[0] = P[t * ldp + s];
+                  }
+                  const float gt = G[t];
+                  float r = 0.f;
+                  for (int e = 0; e < n; ++e)
+                    if (s + e < t) r -= pv[e] * x[e] * dr_exp(gt - G[s + e]);
+                  return r;
+                },
+                [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<false, true>(K, ld.k, K, ld.k, Dk));
   // k_t enters A_ts (row, + G_t) and A_st (column, - G_s): dk^ += E K + E^T K in one pass
   mm_pieces_ab<OP>(
       C, Dk, scr, [&](int t, int j, const float* x, int n) { return dot_rows(x, n, K + t * ld.k + j); },
