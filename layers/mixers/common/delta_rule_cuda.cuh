@@ -306,6 +306,25 @@ __device__ __forceinline__ void st4op(OP* dst, const float (&x)[4]) {
 #endif
 }
 
+// x[0 .. 3] = src[0 .. 3] as f32 in one load (bf16: 8 bytes, src 8-byte aligned; float: 16 bytes).
+template <class T>
+__device__ __forceinline__ void ld4f(const T* src, float (&x)[4]) {
+#ifdef DELTA_EMULATE
+  for (int i = 0; i < 4; ++i) x[i] = tof(src[i]);
+#else
+  if constexpr (std::is_same_v<T, bf16>) {
+    const uint2 u = *reinterpret_cast<const uint2*>(src);
+    x[0] = __uint_as_float(u.x << 16), x[1] = __uint_as_float(u.x & 0xffff0000u);
+    x[2] = __uint_as_float(u.y << 16), x[3] = __uint_as_float(u.y & 0xffff0000u);
+  } else if constexpr (std::is_same_v<T, float>) {
+    const float4 u = *reinterpret_cast<const float4*>(src);
+    x[0] = u.x, x[1] = u.y, x[2] = u.z, x[3] = u.w;
+  } else {
+    for (int i = 0; i < 4; ++i) x[i] = tof(src[i]);
+  }
+#endif
+}
+
 // ---- block-level products on shared-memory operands ----
 // A term of a product: sum_k A(i, k) B(k, j) with A(i, k) = TA ? a[k * lda + i] : a[i * lda + k] and
 // B(k, j) = TB ? b[j * ldb + k] : b[k * ldb + j] (so TB reads B^T of a row-major matrix).
@@ -528,6 +547,11 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
 // k-dot for mm_pieces_ab: sum_c v[c] * k[c].
 template <class OP>
 __device__ __forceinline__ float dot_rows(const float* v, int n, const OP* k) {
+  if (n == 4) {  // k's piece in one 8-byte (bf16) shared-memory load
+    float kk[4];
+    ld4f(k, kk);
+    return (v[0] * kk[0] + v[1] * kk[1]) + (v[2] * kk[2] + v[3] * kk[3]);
+  }
   float r = 0.f;
 #pragma unroll
   for (int c = 0; c < 8; ++c)
@@ -880,25 +904,6 @@ __device__ __forceinline__ void for_pieces_block(int rows, int vc, F&& f) {
     for (int e = tid; e < rows * vc; e += nthr) f(e / vc, e % vc);
   }
 }
-// x[0 .. 3] = src[0 .. 3] as f32 in one load (bf16: 8 bytes, src 8-byte aligned; float: 16 bytes).
-template <class T>
-__device__ __forceinline__ void ld4f(const T* src, float (&x)[4]) {
-#ifdef DELTA_EMULATE
-  for (int i = 0; i < 4; ++i) x[i] = tof(src[i]);
-#else
-  if constexpr (std::is_same_v<T, bf16>) {
-    const uint2 u = *reinterpret_cast<const uint2*>(src);
-    x[0] = __uint_as_float(u.x << 16), x[1] = __uint_as_float(u.x & 0xffff0000u);
-    x[2] = __uint_as_float(u.y << 16), x[3] = __uint_as_float(u.y & 0xffff0000u);
-  } else if constexpr (std::is_same_v<T, float>) {
-    const float4 u = *reinterpret_cast<const float4*>(src);
-    x[0] = u.x, x[1] = u.y, x[2] = u.z, x[3] = u.w;
-  } else {
-    for (int i = 0; i < 4; ++i) x[i] = tof(src[i]);
-  }
-#endif
-}
-
 // copy_rows in two halves for the sequential kernels: load() issues the next chunk's 16-byte global loads into
 // registers (R per thread) before the current chunk's products, store() writes them into shared memory after the
 // barrier that frees the buffer. Shapes with more than R pieces per thread: store() is a plain copy_rows.
@@ -1623,12 +1628,27 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   // dA = -(dX W^T + dY U^T), strictly lower (the sums continue from P: the same f32 values as one product);
   // A_ts = b_t (k_t.k_s) e^{G_t - G_s}: E = dA (.) diag(b) Gamma over T, P keeps the sums for dbeta
-  mm_init<OP>(C, C, scr, P, ldp,
-              [&](int t, int s, float x) {
-                P[t * ldp + s] = x;  // this tile's own elements, already in the accumulator
-                T[t * ld.c + s] = fromf<OP>(s < t ? -x * bb[t] * dr_exp(G[t] - G[s]) : 0.f);
-              },
-              term<false, true>(Y, ld.v, Ut, ld.v, Dv));
+  // bf16: 4 columns per lane (one 16-byte P store, one 8-byte T store, b_t and G_t read once per piece)
+  mm_walk_init<OP>(
+      C, C, scr, P, ldp,
+      [&](const tc::Lanes& w, int i0, int j0, const float* sc) {
+        for (int q = w.lane; q < 64; q += w.nlanes) {
+          const int r = (q & 7) + ((q >> 5) << 3), cc = ((q >> 3) & 3) << 2, t = i0 + r, s = j0 + cc;
+          const uint4 v = ld16(sc + r * kScrLd + cc);
+          st16(P + t * ldp + s, v);  // this tile's own elements, already in the accumulator
+          const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
+          const float mb = -bb[t], gt = G[t];
+          float y[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) y[e] = s + e < t ? x[e] * mb * dr_exp(gt - G[s + e]) : 0.f;
+          st4op(T + t * ld.c + s, y);
+        }
+      },
+      [&](int t, int s, float x) {
+        P[t * ldp + s] = x;
+        T[t * ld.c + s] = fromf<OP>(s < t ? -x * bb[t] * dr_exp(G[t] - G[s]) : 0.f);
+      },
+      term<false, true>(Y, ld.v, Ut, ld.v, Dv));
   __syncthreads();
   // dbeta_t += sum_{s<t} dA_ts (k_t.k_s) Gamma_ts (K K^T again, in f32, as A's)
   mm_pieces<OP>(C, C, scr,
