@@ -123,29 +123,25 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 #endif
 
-// 8 elements of the 16-bit type T at p (16-byte aligned; the buffer's raw contents before an in-place conversion).
-template <typename T>
-__device__ __forceinline__ void ld8(float (&out)[8], const void* p) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  T e[8];
-  memcpy(e, &raw, sizeof(raw));
-#pragma unroll
-  for (int i = 0; i < 8; ++i) out[i] = tof(e[i]);
-}
-__device__ __forceinline__ void st8bf(bf16* dst, const float (&v)[8]) {
-  bf16 e[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) e[i] = __float2bfloat16_rn(v[i]);
-  uint4 raw;
-  memcpy(&raw, e, sizeof(raw));
-  *reinterpret_cast<uint4*>(dst) = raw;
-}
-
 // The CTA's place: batch b, head h, key columns ck0 .. ck0 + BK, value rows dv0 .. dv0 + BV.
 struct Pos {
   int b, h, kt, vt, ck0, dv0;
   int64_t bh;
 };
+
+// Columns col0 .. col0 + cols of the C rows of a chunk, from a [B * T, H, D] source (row0: the chunk's first
+// token row) into shared rows of stride ld, by cp.async in 16-byte pieces; rows >= L zero-filled.
+template <typename E>
+__device__ __forceinline__ void issue_rows(E* dst, int ld, const E* __restrict__ src, int64_t row0, int H, int h, int D,
+                                           int col0, int cols, int C, int L) {
+  constexpr int kPiece = 16 / int(sizeof(E));
+  const int pieces = cols / kPiece;
+  for (int idx = int(threadIdx.x); idx < C * pieces; idx += int(blockDim.x)) {
+    const int r = idx / pieces, q = idx - r * pieces;
+    const bool ok = r < L;
+    cp16(dst + r * ld + q * kPiece, ok ? src + ((row0 + r) * H + h) * int64_t(D) + col0 + q * kPiece : src, ok);
+  }
+}
 
 // Issues the cp.async copies of chunk n's rows of x (key tile), y (value tile) and the decays into buffer j
 // (rows past the sequence zero-filled), and commits them as one group.
@@ -156,37 +152,13 @@ __device__ __forceinline__ void issue_chunk(const TcGeo& geo, const Lay& lay, un
   const int t0 = n * geo.C, L = geo.T - t0 < geo.C ? geo.T - t0 : geo.C;
   const int tid = int(threadIdx.x), nth = int(blockDim.x);
   const int64_t row0 = int64_t(p.b) * geo.T + t0;  // first token row of the chunk in [B, T, ...]
-  {
-    T* X = reinterpret_cast<T*>(smem + lay.X[0] + (j ? lay.X[1] - lay.X[0] : 0));
-    const int pk = lay.BK >> 3;
-    for (int idx = tid; idx < geo.C * pk; idx += nth) {
-      const int r = idx / pk, q = idx - r * pk;
-      const bool ok = r < L;
-      const T* src = ok ? xsrc + ((row0 + r) * geo.H + p.h) * int64_t(geo.Dk) + p.ck0 + q * 8 : xsrc;
-      cp16(X + r * lay.ldx + q * 8, src, ok);
-    }
-  }
-  {
-    T* Y = reinterpret_cast<T*>(smem + lay.Y[0] + (j ? lay.Y[1] - lay.Y[0] : 0));
-    const int pv = lay.BV >> 3;
-    for (int idx = tid; idx < geo.C * pv; idx += nth) {
-      const int r = idx / pv, q = idx - r * pv;
-      const bool ok = r < L;
-      const T* src = ok ? ysrc + ((row0 + r) * geo.H + p.h) * int64_t(geo.Dv) + p.dv0 + q * 8 : ysrc;
-      cp16(Y + r * lay.ldy + q * 8, src, ok);
-    }
-  }
+  auto at = [&](const size_t (&off)[2]) { return smem + (j ? off[1] : off[0]); };  // buffer j (a select, no indexing)
+  issue_rows(reinterpret_cast<T*>(at(lay.X)), lay.ldx, xsrc, row0, geo.H, p.h, geo.Dk, p.ck0, lay.BK, geo.C, L);
+  issue_rows(reinterpret_cast<T*>(at(lay.Y)), lay.ldy, ysrc, row0, geo.H, p.h, geo.Dv, p.dv0, lay.BV, geo.C, L);
   if constexpr (MODE == 2) {
-    float* G = reinterpret_cast<float*>(smem + lay.G[0] + (j ? lay.G[1] - lay.G[0] : 0));
-    const int pg = lay.BK >> 2;
-    for (int idx = tid; idx < geo.C * pg; idx += nth) {
-      const int r = idx / pg, q = idx - r * pg;
-      const bool ok = r < L;
-      const float* src = ok ? g + ((row0 + r) * geo.H + p.h) * int64_t(geo.gw) + p.ck0 + q * 4 : g;
-      cp16(G + r * lay.ldg + q * 4, src, ok);
-    }
+    issue_rows(reinterpret_cast<float*>(at(lay.G)), lay.ldg, g, row0, geo.H, p.h, geo.gw, p.ck0, lay.BK, geo.C, L);
   } else if constexpr (MODE == 1) {
-    float* G = reinterpret_cast<float*>(smem + lay.G[0] + (j ? lay.G[1] - lay.G[0] : 0));
+    float* G = reinterpret_cast<float*>(at(lay.G));
     for (int r = tid; r < geo.C; r += nth) {
       const bool ok = r < L;
       cp4(G + r, ok ? g + (row0 + r) * geo.H + p.h : g, ok);
@@ -273,7 +245,7 @@ __global__ void __launch_bounds__(kThreads) state_pass_tc(TcGeo geo, const T* __
       for (int idx = tid; idx < L * pk; idx += nth) {
         const int t = idx / pk, c0 = (idx - t * pk) << 3;
         float x[8];
-        ld8<T>(x, X + t * ldx + c0);
+        load8(x, reinterpret_cast<const T*>(X + t * ldx + c0));  // raw T until converted here
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           const int c = c0 + e;
@@ -282,15 +254,15 @@ __global__ void __launch_bounds__(kThreads) state_pass_tc(TcGeo geo, const T* __
           else f = MODE > 0 ? __expf(dec.g(L - 1, c) - dec.g(t, c)) : 1.f;
           x[e] = tof(fromf<bf16>(x[e])) * f;
         }
-        st8bf(X + t * ldx + c0, x);
+        store8(X + t * ldx + c0, x);
       }
       if constexpr (convert) {
         const int pv = BV >> 3;
         for (int idx = tid; idx < L * pv; idx += nth) {
           const int t = idx / pv, d0 = (idx - t * pv) << 3;
           float y[8];
-          ld8<T>(y, Y + t * ldy + d0);
-          st8bf(Y + t * ldy + d0, y);
+          load8(y, reinterpret_cast<const T*>(Y + t * ldy + d0));
+          store8(Y + t * ldy + d0, y);
         }
       }
       __syncthreads();
@@ -326,7 +298,7 @@ __global__ void __launch_bounds__(kThreads) state_pass_tc(TcGeo geo, const T* __
             float* sp = S + d * lds + c;
             float st[8];
             load8f(st, sp);
-            st8bf(o16 + int64_t(d) * Dk + c, st);
+            store8(o16 + int64_t(d) * Dk + c, st);
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
               const float a = MODE == 0 ? 1.f : MODE == 1 ? egl[0] : egl[c + e];

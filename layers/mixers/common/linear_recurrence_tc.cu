@@ -143,25 +143,6 @@ struct BwdLay {
   }
 };
 
-// 8 consecutive elements (16 bytes for 16-bit types) through a uint4.
-template <typename T>
-__device__ __forceinline__ void load8(float (&out)[8], const T* src) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(src);
-  T e[8];
-  memcpy(e, &raw, sizeof(raw));
-#pragma unroll
-  for (int i = 0; i < 8; ++i) out[i] = tof(e[i]);
-}
-template <typename T>
-__device__ __forceinline__ void store8(T* dst, const float (&v)[8]) {
-  T e[8];
-#pragma unroll
-  for (int i = 0; i < 8; ++i) e[i] = fromf<T>(v[i]);
-  uint4 raw;
-  memcpy(&raw, e, sizeof(raw));
-  *reinterpret_cast<uint4*>(dst) = raw;
-}
-
 __device__ __forceinline__ float bf(const bf16 x) { return __bfloat162float(x); }
 
 // The warp's scratch tile (chunk rows row0 .. row0 + 15) to dst's rows < L (row stride ld, element type T).

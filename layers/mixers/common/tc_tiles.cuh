@@ -114,6 +114,24 @@ __host__ __device__ __forceinline__ T fromf(float x) {
   else return x;
 }
 
+// 8 consecutive elements (16 bytes for 16-bit types) through a uint4.
+template <typename T>
+__device__ __forceinline__ void load8(float (&out)[8], const T* src) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+  T e[8];
+  memcpy(e, &raw, sizeof(raw));
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = tof(e[i]);
+}
+template <typename T>
+__device__ __forceinline__ void store8(T* dst, const float (&v)[8]) {
+  T e[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) e[i] = fromf<T>(v[i]);
+  uint4 raw;
+  memcpy(&raw, e, sizeof(raw));
+  *reinterpret_cast<uint4*>(dst) = raw;
+}
 // 8 consecutive f32 (32-byte aligned) in and out of registers, as two float4.
 __device__ __forceinline__ void load8f(float (&out)[8], const float* src) {
   const float4 a = reinterpret_cast<const float4*>(src)[0], b = reinterpret_cast<const float4*>(src)[1];
