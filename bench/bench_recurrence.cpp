@@ -19,6 +19,7 @@
 #include "core/ops.h"
 #include "core/random.h"
 #include "layers/mixers/common/linear_recurrence.h"
+#include "layers/mixers/retnet/retnet.h"
 
 #ifdef SEQMIX_WITH_CUDA
 #include <cuda_runtime.h>
@@ -70,9 +71,7 @@ Problem make_problem(const std::string& kind, int64_t B, int64_t T, int64_t H, i
     p.g = log(f);
     p.k = affine(f, -1.0, 1.0).to(DType::BF16);
   } else if (kind == "retnet") {
-    std::vector<double> g(size_t(H), 0.0);
-    for (int64_t h = 0; h < H; ++h) g[size_t(h)] = std::log1p(-std::exp2(-5.0 - double(h)));
-    p.g = Tensor::from_vector<double>(g, {1, 1, H}).to(dev).to(DType::F32).expand({B, T, H}).contiguous();
+    p.g = Tensor::from_vector<double>(mixers::retnet_log_decays(H), {1, 1, H}).to(dev).to(DType::F32).expand({B, T, H}).contiguous();
     p.g_grad = false;
   } else if (kind == "simple_gla") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32, dev) + 2.0);
   else if (kind != "linear_attention")

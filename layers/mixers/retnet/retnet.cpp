@@ -28,11 +28,13 @@ std::string RetNet::type_name() const {
   return "RetNet(heads=" + std::to_string(heads_) + ", dk=" + std::to_string(dk_) + ", dv=" + std::to_string(dv_) + ")";
 }
 
-std::vector<double> RetNet::log_decays() const {
-  std::vector<double> g(static_cast<size_t>(heads_));
-  for (int64_t h = 0; h < heads_; ++h) g[size_t(h)] = std::log1p(-std::exp2(-5.0 - double(h)));
+std::vector<double> retnet_log_decays(int64_t heads) {
+  std::vector<double> g(static_cast<size_t>(heads));
+  for (int64_t h = 0; h < heads; ++h) g[size_t(h)] = std::log1p(-std::exp2(-5.0 - double(h)));
   return g;
 }
+
+std::vector<double> RetNet::log_decays() const { return retnet_log_decays(heads_); }
 
 Tensor RetNet::run(const Tensor& x, RecurrentState* st) {
   int64_t B = x.size(0), T = x.size(1), H = heads_;

@@ -16,6 +16,9 @@ struct RetNetConfig {
   int64_t chunk = 64;
 };
 
+// log gamma_h = log(1 - 2^(-5-h)) for heads h = 0 .. heads - 1 (also the benchmark's retnet decays).
+std::vector<double> retnet_log_decays(int64_t heads);
+
 class RetNet : public RecurrentMixer {
  public:
   RetNet(const MixerContext& ctx, const RetNetConfig& cfg);
