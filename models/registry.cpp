@@ -13,10 +13,8 @@
 
 namespace seqmix {
 
-void register_builtin_mixers() {
-  static bool done = false;
-  if (done) return;
-  done = true;
+namespace {
+void register_all() {
   mixers::register_attention_mixer();
   mixers::register_linear_attention_mixer();
   mixers::register_retnet_mixer();
@@ -27,6 +25,18 @@ void register_builtin_mixers() {
   mixers::register_deltanet_mixer();
   mixers::register_gated_deltanet_mixer();
   mixers::register_rwkv7_mixer();
+}
+}  // namespace
+
+// Once per process, thread-safe: the in-process data-parallel ranks (threads) build their models at the same
+// time, and a plain "done" flag let a second thread see it set and look up a mixer while the first was still
+// filling the registry (a crash at start-up, seen once in CI).
+void register_builtin_mixers() {
+  static const bool registered = [] {
+    register_all();
+    return true;
+  }();
+  (void)registered;
 }
 
 }  // namespace seqmix
