@@ -36,10 +36,12 @@ struct Config : MixerBenchConfig {
 
 struct Problem {
   Tensor q, k, v, beta, g, dout, dfinal;  // on the device; g undefined for plain deltanet
+  Tensor lw, a, b;                        // rwkv7 (generalized rule): per-channel log decay, a = -kk, b = kk * iclr
 };
 
 Problem make_problem(const std::string& kind, int64_t B, int64_t T, int64_t H, int64_t D, Generator& gen) {
-  if (kind != "gated" && kind != "plain") throw std::invalid_argument("unknown kind " + kind + " (gated, plain)");
+  if (kind != "gated" && kind != "plain" && kind != "rwkv7")
+    throw std::invalid_argument("unknown kind " + kind + " (gated, plain, rwkv7)");
   const Device dev = Device::cuda(0);
   Problem p;
   p.q = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
@@ -47,6 +49,12 @@ Problem make_problem(const std::string& kind, int64_t B, int64_t T, int64_t H, i
   p.v = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
   p.beta = sigmoid(randn({B, T, H}, gen, DType::F32, dev));
   if (kind == "gated") p.g = logsigmoid(randn({B, T, H}, gen, DType::F32, dev) + 2.0);
+  if (kind == "rwkv7") {  // as the rwkv7 mixer builds them: log decay in (-e^{-1/2}, 0), a = -kk, b = kk * iclr
+    p.lw = neg(exp(affine(neg(softplus(neg(randn({B, T, H, D}, gen, DType::F32, dev)))), 1.0, -0.5)));
+    Tensor kk = mixers::l2_normalize(randn({B, T, H, D}, gen, DType::F32, dev), 1e-12);
+    p.a = neg(kk).to(DType::BF16);
+    p.b = mul(kk, sigmoid(randn({B, T, H, D}, gen, DType::F32, dev))).to(DType::BF16);
+  }
   p.dout = randn({B, T, H, D}, gen, DType::F32, dev).to(DType::BF16);
   p.dfinal = randn({B, H, D, D}, gen, DType::F32, dev);
   return p;
@@ -65,14 +73,28 @@ mixers::DeltaResult call(const std::string& impl, const Tensor& q, const Tensor&
   return mixers::delta_rule(q, k, v, beta, g, Tensor(), options(D));
 }
 
+// rwkv7: the generalized rule's op composition (it has no fused kernel).
+mixers::DeltaResult call_generalized(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw, const Tensor& a,
+                                     const Tensor& b, int64_t D) {
+  return mixers::generalized_delta_rule(q, k, v, lw, a, b, Tensor(), options(D));
+}
+
 void run_forward(const std::string& impl, const Problem& p, int64_t D) {
   autograd::NoGradGuard ng;
-  call(impl, p.q, p.k, p.v, p.beta, p.g, D);
+  if (p.lw.defined()) call_generalized(p.q, p.k, p.v, p.lw, p.a, p.b, D);
+  else call(impl, p.q, p.k, p.v, p.beta, p.g, D);
 }
 
 void run_forward_backward(const std::string& impl, const Problem& p, int64_t D) {
-  Tensor q = grad_leaf(p.q), k = grad_leaf(p.k), v = grad_leaf(p.v), beta = grad_leaf(p.beta), g = grad_leaf(p.g);
-  mixers::DeltaResult r = call(impl, q, k, v, beta, g, D);
+  Tensor q = grad_leaf(p.q), k = grad_leaf(p.k), v = grad_leaf(p.v);
+  mixers::DeltaResult r;
+  if (p.lw.defined()) {
+    Tensor lw = grad_leaf(p.lw), a = grad_leaf(p.a), b = grad_leaf(p.b);
+    r = call_generalized(q, k, v, lw, a, b, D);
+  } else {
+    Tensor beta = grad_leaf(p.beta), g = grad_leaf(p.g);
+    r = call(impl, q, k, v, beta, g, D);
+  }
   autograd::backward({r.o, r.final_state}, {p.dout, p.dfinal});
 }
 
@@ -157,21 +179,30 @@ int delta_main(const std::vector<std::string>& args) {
   Generator gen(2024);
   bool ok = true;
   if (c.check)
-    for (const std::string& kind : c.kinds) ok = check_small(c, kind, gen) && ok;
-  std::vector<Row> rows;
+    for (const std::string& kind : c.kinds)
+      if (kind != "rwkv7") ok = check_small(c, kind, gen) && ok;
+  std::vector<Row> rows, rwkv7_rows;
   for (const std::string& kind : c.kinds) {
+    if (kind == "rwkv7") {  // op composition only, not in the kernel-vs-ops pairs below
+      rwkv7_rows.push_back(measure(c, kind, "ops", c.B, c.T, gen));
+      continue;
+    }
     rows.push_back(measure(c, kind, "kernel", c.B, c.T, gen));
     if (c.ops) rows.push_back(measure(c, kind, "ops", c.B, c.T, gen));
   }
   std::vector<Row> scaling;
   if (c.long_run)
     for (const std::string& kind : c.kinds) {
+      if (kind == "rwkv7") continue;
       scaling.push_back(measure(c, kind, "kernel", 1, c.T, gen));
       scaling.push_back(measure(c, kind, "kernel", 1, c.long_T, gen));
     }
   std::printf("\ndelta rule, bf16, H=%lld Dk=Dv=%lld (median of %d)\n", (long long)c.H, (long long)c.D, c.iters);
   std::printf("%-7s %-7s %3s %7s %11s %14s %13s\n", "kind", "impl", "B", "T", "fwd ms", "fwd+bwd ms", "ns/token f+b");
   for (const Row& r : rows)
+    std::printf("%-7s %-7s %3lld %7lld %11.3f %14.3f %13.2f\n", r.kind.c_str(), r.impl.c_str(), (long long)r.B,
+                (long long)r.T, r.ms[0], r.ms[1], ns_per_token(r.ms[1], r.B * r.T));
+  for (const Row& r : rwkv7_rows)
     std::printf("%-7s %-7s %3lld %7lld %11.3f %14.3f %13.2f\n", r.kind.c_str(), r.impl.c_str(), (long long)r.B,
                 (long long)r.T, r.ms[0], r.ms[1], ns_per_token(r.ms[1], r.B * r.T));
   for (size_t i = 0; i + 1 < rows.size(); i += 2)

@@ -13,7 +13,8 @@ namespace seqmix::bench {
 //   --B, --T, --H   batch, length and heads of the main table (default 4, 4096, 16)
 //   --D             head dim, Dk = Dv (default 128)
 //   --long          the long length of the scaling table (default 65536; B=1), compared with --T at B=1
-//   --kinds         gated (gated_deltanet: per-head decay) and / or plain (deltanet); default both
+//   --kinds         gated (gated_deltanet: per-head decay), plain (deltanet), rwkv7 (the generalized rule's op
+//                   composition: it has no fused kernel); default gated,plain
 //   --iters N       timed runs per measurement (default 10); the median is reported
 //   --warmup N      untimed runs first (default 2)
 //   --no-check      skip the check of the kernel against the CPU reference (B=1 T=200 H=2, same D) done first
