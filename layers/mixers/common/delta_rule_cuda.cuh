@@ -246,6 +246,85 @@ __device__ __forceinline__ float warp_incl_scan(float v, const tc::Lanes& w) {
 #endif
 }
 
+// 16-byte global loads into registers (the emulation copies). The tile loads issue kLdBatch of them per thread
+// before their shared-memory stores, so that their latencies overlap: one round trip per batch instead of one per
+// piece (the compiler does not move a global load across a store through a generic pointer).
+constexpr int kLdBatch = 4;
+__device__ __forceinline__ uint4 ld16(const void* src) {
+#ifdef DELTA_EMULATE
+  uint4 v;
+  std::memcpy(&v, src, 16);
+  return v;
+#else
+  return *reinterpret_cast<const uint4*>(src);
+#endif
+}
+__device__ __forceinline__ float u2f(unsigned u) {
+#ifdef DELTA_EMULATE
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#else
+  return __uint_as_float(u);
+#endif
+}
+
+__device__ __forceinline__ unsigned f2u(float f) {
+#ifdef DELTA_EMULATE
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#else
+  return __float_as_uint(f);
+#endif
+}
+
+__device__ __forceinline__ void st16(void* dst, const uint4& v) {
+#ifdef DELTA_EMULATE
+  std::memcpy(dst, &v, 16);
+#else
+  *reinterpret_cast<uint4*>(dst) = v;
+#endif
+}
+// x[0 .. 3] rounded to OP into dst[0 .. 3] in one store (bf16: 8 bytes, dst 8-byte aligned; float: 16 bytes).
+template <class OP>
+__device__ __forceinline__ void st4op(OP* dst, const float (&x)[4]) {
+#ifdef DELTA_EMULATE
+  for (int i = 0; i < 4; ++i) dst[i] = fromf<OP>(x[i]);
+#else
+  if constexpr (std::is_same_v<OP, bf16>) {
+    const __nv_bfloat162 a = __floats2bfloat162_rn(x[0], x[1]), b = __floats2bfloat162_rn(x[2], x[3]);
+    uint2 u;
+    u.x = *reinterpret_cast<const unsigned*>(&a);
+    u.y = *reinterpret_cast<const unsigned*>(&b);
+    *reinterpret_cast<uint2*>(dst) = u;
+  } else if constexpr (std::is_same_v<OP, float>) {
+    *reinterpret_cast<float4*>(dst) = make_float4(x[0], x[1], x[2], x[3]);
+  } else {
+    for (int i = 0; i < 4; ++i) dst[i] = fromf<OP>(x[i]);
+  }
+#endif
+}
+
+// x[0 .. 3] = src[0 .. 3] as f32 in one load (bf16: 8 bytes, src 8-byte aligned; float: 16 bytes).
+template <class T>
+__device__ __forceinline__ void ld4f(const T* src, float (&x)[4]) {
+#ifdef DELTA_EMULATE
+  for (int i = 0; i < 4; ++i) x[i] = tof(src[i]);
+#else
+  if constexpr (std::is_same_v<T, bf16>) {
+    const uint2 u = *reinterpret_cast<const uint2*>(src);
+    x[0] = __uint_as_float(u.x << 16), x[1] = __uint_as_float(u.x & 0xffff0000u);
+    x[2] = __uint_as_float(u.y << 16), x[3] = __uint_as_float(u.y & 0xffff0000u);
+  } else if constexpr (std::is_same_v<T, float>) {
+    const float4 u = *reinterpret_cast<const float4*>(src);
+    x[0] = u.x, x[1] = u.y, x[2] = u.z, x[3] = u.w;
+  } else {
+    for (int i = 0; i < 4; ++i) x[i] = tof(src[i]);
+  }
+#endif
+}
+
 // ---- block-level products on shared-memory operands ----
 // A term of a product: sum_k A(i, k) B(k, j) with A(i, k) = TA ? a[k * lda + i] : a[i * lda + k] and
 // B(k, j) = TB ? b[j * ldb + k] : b[k * ldb + j] (so TB reads B^T of a row-major matrix).
@@ -381,22 +460,36 @@ __device__ __forceinline__ void mm_rows(int M, int N, float* scr, Epi&& epi, Row
       [&](int i, int j, float v) { rowfn(i, epi(i, j, v)); }, terms...);
 }
 
+// The 64 pieces of 4 columns of a warp's 16 x 16 scratch tile s, lane l on rows (l & 7) (+ 8) and columns
+// 4 (l >> 3) (as mm_vec4: a warp's 16-byte accesses cover 8 whole 64-byte row segments, coalesced in global memory,
+// conflict-free on the scratch): f(r, c, x) gets x[0 .. 3] = s(r, c .. c + 3) and returns the piece's row
+// contribution, kept in s(r, c) (only this lane reads that piece); then row(r, sum) once per tile row.
+template <class F, class Row>
+__device__ __forceinline__ void vec4_tile(const tc::Lanes& w, float* s, F&& f, Row&& row) {
+  for (int q = w.lane; q < 64; q += w.nlanes) {
+    const int r = (q & 7) + ((q >> 5) << 3), c = ((q >> 3) & 3) << 2;
+    const uint4 v = ld16(s + r * kScrLd + c);
+    float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
+    s[r * kScrLd + c] = f(r, c, x);
+  }
+  __syncwarp();
+  for (int r = w.lane; r < 16; r += w.nlanes) {
+    const float* sr = s + r * kScrLd;
+    row(r, (sr[0] + sr[4]) + (sr[8] + sr[12]));
+  }
+}
+
 // As mm_rows, with the epilogue on pieces of a row: piece(i, j, v, n) gets v[0 .. n) = out(i, j .. j + n)
-// (bf16: n = 8, a lane per piece, so that the piece's global loads issue together before its stores; float:
+// (bf16: n = 4 in vec4_tile's lane order, so that the pieces' global accesses are 16-byte and coalesced; float:
 // n = 1), may rewrite v, and returns the row contribution of the piece; rowfn(i, sum) as in mm_rows.
 template <class OP, class Piece, class RowFn, class... Terms>
 __device__ __forceinline__ void mm_pieces(int M, int N, float* scr, Piece&& piece, RowFn&& rowfn, const Terms&... terms) {
   mm_walk<OP>(
       M, N, scr,
       [&](const tc::Lanes& w, int i0, int j0, float* s) {
-        tc::for_pieces(w, [&](int r, int c0) {
-          float v[8];
-#pragma unroll
-          for (int c = 0; c < 8; ++c) v[c] = s[r * kScrLd + c0 + c];
-          s[r * kScrLd + c0] = piece(i0 + r, j0 + c0, v, 8);  // only this lane reads s[r][c0 .. c0 + 7]
-        });
-        __syncwarp();
-        for (int r = w.lane; r < 16; r += w.nlanes) rowfn(i0 + r, s[r * kScrLd] + s[r * kScrLd + 8]);
+        vec4_tile(
+            w, s, [&](int r, int c, float* x) { return piece(i0 + r, j0 + c, x, 4); },
+            [&](int r, float a) { rowfn(i0 + r, a); });
       },
       [&](int i, int j, float v) { rowfn(i, piece(i, j, &v, 1)); }, terms...);
 }
@@ -406,8 +499,8 @@ __device__ __forceinline__ void mm_pieces(int M, int N, float* scr, Piece&& piec
 // global read-modify-write per element, instead of two products with a barrier between them.
 // dotk(i, j, v, n) = sum_c v[c] k(i, j + c); piece(i, j, v, n) as in mm_pieces, on v = a + b, returns its k-dot;
 // rowa(i, sa) gets the k-dot of a, rowb(i, sb) that of b, computed as k.(a + b) - k.a (bf16: per 16-column tile
-// row; float: per element). bf16: the accumulator continues from a into a + b; a's row dots wait in the scratch
-// tile's spare column 16 (store_matrix_sync writes columns 0 .. 15 only). No __syncthreads inside.
+// row; float: per element). bf16: vec4_tile's lane order (n = 4); the accumulator continues from a into a + b; a's
+// row dots wait in the scratch tile's spare column 16 (store_matrix_sync writes columns 0 .. 15 only). No __syncthreads inside.
 static_assert(kScrLd >= 17, "mm_pieces_ab keeps a row sum in column 16 of the scratch tile");
 template <class OP, class DotK, class Piece, class RowA, class RowB, class TA, class TB>
 __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& dotk, Piece&& piece, RowA&& rowa, RowB&& rowb,
@@ -423,29 +516,18 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
       mma_term(acc, ta, i0, j0);
       wm::store_matrix_sync(s, acc, kScrLd, wm::mem_row_major);
       __syncwarp();
-      tc::for_pieces(w, [&](int r, int c0) {
-        float v[8];
-#pragma unroll
-        for (int c = 0; c < 8; ++c) v[c] = s[r * kScrLd + c0 + c];
-        s[r * kScrLd + c0] = dotk(i0 + r, j0 + c0, v, 8);  // only this lane reads s[r][c0 .. c0 + 7]
-      });
-      __syncwarp();
-      for (int r = w.lane; r < 16; r += w.nlanes) {
-        const float sa = s[r * kScrLd] + s[r * kScrLd + 8];
-        s[r * kScrLd + 16] = sa;
-        rowa(i0 + r, sa);
-      }
+      vec4_tile(
+          w, s, [&](int r, int c, float* x) { return dotk(i0 + r, j0 + c, x, 4); },
+          [&](int r, float sa) {
+            s[r * kScrLd + 16] = sa;
+            rowa(i0 + r, sa);
+          });
       __syncwarp();
       mma_term(acc, tb, i0, j0);
       tc::through_scratch(s, acc, [&] {
-        tc::for_pieces(w, [&](int r, int c0) {
-          float v[8];
-#pragma unroll
-          for (int c = 0; c < 8; ++c) v[c] = s[r * kScrLd + c0 + c];
-          s[r * kScrLd + c0] = piece(i0 + r, j0 + c0, v, 8);
-        });
-        __syncwarp();
-        for (int r = w.lane; r < 16; r += w.nlanes) rowb(i0 + r, s[r * kScrLd] + s[r * kScrLd + 8] - s[r * kScrLd + 16]);
+        vec4_tile(
+            w, s, [&](int r, int c, float* x) { return piece(i0 + r, j0 + c, x, 4); },
+            [&](int r, float sab) { rowb(i0 + r, sab - s[r * kScrLd + 16]); });
       });
     }
   } else {
@@ -465,6 +547,11 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
 // k-dot for mm_pieces_ab: sum_c v[c] * k[c].
 template <class OP>
 __device__ __forceinline__ float dot_rows(const float* v, int n, const OP* k) {
+  if (n == 4) {  // k's piece in one 8-byte (bf16) shared-memory load
+    float kk[4];
+    ld4f(k, kk);
+    return (v[0] * kk[0] + v[1] * kk[1]) + (v[2] * kk[2] + v[3] * kk[3]);
+  }
   float r = 0.f;
 #pragma unroll
   for (int c = 0; c < 8; ++c)
@@ -472,9 +559,32 @@ __device__ __forceinline__ float dot_rows(const float* v, int n, const OP* k) {
   return r;
 }
 
-// piece for mm_pieces: dst[0 .. n) += v (f32 global, loaded together first); returns sum_c v[c] * k[c].
+// piece for mm_pieces: dst[0 .. n) += v (f32 global, loaded together first; n = 4: one 16-byte load and store, dst
+// 16-byte aligned); returns sum_c v[c] * k[c].
+// v[0 .. n) into dst (f32; n = 4: one 16-byte store, dst 16-byte aligned) and, rounded to OP, into op (n = 4:
+// one store, op 8-byte aligned for bf16).
+__device__ __forceinline__ void st_f32n(float* dst, const float* v, int n) {
+  if (n == 4) st16(dst, uint4{f2u(v[0]), f2u(v[1]), f2u(v[2]), f2u(v[3])});
+  else
+    for (int c = 0; c < n; ++c) dst[c] = v[c];
+}
+template <class OP>
+__device__ __forceinline__ void st_opn(OP* dst, const float* v, int n) {
+  if (n == 4) {
+    const float x[4] = {v[0], v[1], v[2], v[3]};
+    st4op(dst, x);
+  } else {
+    for (int c = 0; c < n; ++c) dst[c] = fromf<OP>(v[c]);
+  }
+}
+
 template <class OP>
 __device__ __forceinline__ float add_rows_dot(float* dst, const float* v, int n, const OP* k) {
+  if (n == 4) {
+    const uint4 o = ld16(dst);
+    st16(dst, uint4{f2u(u2f(o.x) + v[0]), f2u(u2f(o.y) + v[1]), f2u(u2f(o.z) + v[2]), f2u(u2f(o.w) + v[3])});
+    return dot_rows(v, 4, k);
+  }
   float old[8];
 #pragma unroll
   for (int c = 0; c < 8; ++c)
@@ -487,39 +597,6 @@ __device__ __forceinline__ float add_rows_dot(float* dst, const float* v, int n,
       r += v[c] * tof(k[c]);
     }
   return r;
-}
-
-// 16-byte global loads into registers (the emulation copies). The tile loads issue kLdBatch of them per thread
-// before their shared-memory stores, so that their latencies overlap: one round trip per batch instead of one per
-// piece (the compiler does not move a global load across a store through a generic pointer).
-constexpr int kLdBatch = 4;
-__device__ __forceinline__ uint4 ld16(const void* src) {
-#ifdef DELTA_EMULATE
-  uint4 v;
-  std::memcpy(&v, src, 16);
-  return v;
-#else
-  return *reinterpret_cast<const uint4*>(src);
-#endif
-}
-__device__ __forceinline__ float u2f(unsigned u) {
-#ifdef DELTA_EMULATE
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#else
-  return __uint_as_float(u);
-#endif
-}
-
-__device__ __forceinline__ unsigned f2u(float f) {
-#ifdef DELTA_EMULATE
-  unsigned u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#else
-  return __float_as_uint(f);
-#endif
 }
 
 // Element i (a constant after unrolling) of a 16-byte piece of T, as f32; shifts on the piece's words, so that
@@ -656,9 +733,13 @@ __device__ __forceinline__ void load_rows(OP* dst, int ld, const IN* x, const Ge
       const int e = e0 + k * nthr;
       if (e < total) {
         const int t = e / vc, j = (e % vc) * per;
-        const float m = rowmul ? mul * rowmul[t] : mul;
+        const float m = t < c.L ? (rowmul ? mul * rowmul[t] : mul) : 0.f;  // v is zeros past L
 #pragma unroll
-        for (int i = 0; i < per; ++i) dst[t * ld + j + i] = fromf<OP>(t < c.L ? m * elem16<IN>(v[k], i) : 0.f);
+        for (int i0 = 0; i0 < per; i0 += 4) {  // 8-byte (bf16) stores instead of 2-byte ones
+          const float y[4] = {m * elem16<IN>(v[k], i0), m * elem16<IN>(v[k], i0 + 1), m * elem16<IN>(v[k], i0 + 2),
+                              m * elem16<IN>(v[k], i0 + 3)};
+          st4op(dst + t * ld + j + i0, y);
+        }
       }
     }
   }
@@ -713,9 +794,8 @@ __device__ __forceinline__ void load_f32_rows(OP* dst, int ld, const float* src,
       const int e = e0 + k * nthr;
       if (e < total) {
         const int r = e / vc, j = (e % vc) * 4;
-        const float x[4] = {u2f(v[k].x), u2f(v[k].y), u2f(v[k].z), u2f(v[k].w)};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) dst[r * ld + j + i] = fromf<OP>(conv(r, x[i]));
+        const float x[4] = {conv(r, u2f(v[k].x)), conv(r, u2f(v[k].y)), conv(r, u2f(v[k].z)), conv(r, u2f(v[k].w))};
+        st4op(dst + r * ld + j, x);  // one 8-byte (bf16) store instead of four 2-byte ones
       }
     }
   }
@@ -824,33 +904,6 @@ __device__ __forceinline__ void for_pieces_block(int rows, int vc, F&& f) {
     for (int e = tid; e < rows * vc; e += nthr) f(e / vc, e % vc);
   }
 }
-__device__ __forceinline__ void st16(void* dst, const uint4& v) {
-#ifdef DELTA_EMULATE
-  std::memcpy(dst, &v, 16);
-#else
-  *reinterpret_cast<uint4*>(dst) = v;
-#endif
-}
-// x[0 .. 3] rounded to OP into dst[0 .. 3] in one store (bf16: 8 bytes, dst 8-byte aligned; float: 16 bytes).
-template <class OP>
-__device__ __forceinline__ void st4op(OP* dst, const float (&x)[4]) {
-#ifdef DELTA_EMULATE
-  for (int i = 0; i < 4; ++i) dst[i] = fromf<OP>(x[i]);
-#else
-  if constexpr (std::is_same_v<OP, bf16>) {
-    const __nv_bfloat162 a = __floats2bfloat162_rn(x[0], x[1]), b = __floats2bfloat162_rn(x[2], x[3]);
-    uint2 u;
-    u.x = *reinterpret_cast<const unsigned*>(&a);
-    u.y = *reinterpret_cast<const unsigned*>(&b);
-    *reinterpret_cast<uint2*>(dst) = u;
-  } else if constexpr (std::is_same_v<OP, float>) {
-    *reinterpret_cast<float4*>(dst) = make_float4(x[0], x[1], x[2], x[3]);
-  } else {
-    for (int i = 0; i < 4; ++i) dst[i] = fromf<OP>(x[i]);
-  }
-#endif
-}
-
 // copy_rows in two halves for the sequential kernels: load() issues the next chunk's 16-byte global loads into
 // registers (R per thread) before the current chunk's products, store() writes them into shared memory after the
 // barrier that frees the buffer. Shapes with more than R pieces per thread: store() is a plain copy_rows.
@@ -986,6 +1039,26 @@ __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, c
       epi4(i, q * 4, x);
     });
   }
+}
+
+// mm_vec4 for bf16 operands; float operands: mm with the element epilogue epi1(i, j, value) (bwd_wy's f32 build:
+// its register allocation spills with mm_vec4's 4-element float walk).
+template <class OP, class Epi4, class Epi1, class... Terms>
+__device__ __forceinline__ void mm_vec4_or(int M, int N, float* scr, Epi4&& epi4, Epi1&& epi1, const Terms&... terms) {
+  if constexpr (std::is_same_v<OP, bf16>) mm_vec4<OP>(M, N, scr, epi4, terms...);
+  else mm<OP>(M, N, scr, epi1, terms...);
+}
+
+// X(t, c) *= f(t) for t < rows, c < cols (OP, row stride ld, cols a multiple of 4): 4 elements a step, one f(t)
+// (an exp) per piece instead of per element, one 8-byte (bf16) load and store.
+template <class OP, class F>
+__device__ __forceinline__ void scale_rows4(OP* X, int ld, int rows, int cols, F&& f) {
+  for_pieces_block(rows, cols / 4, [&](int t, int q) {
+    OP* x = X + t * ld + q * 4;
+    const float m = f(t);
+    const float y[4] = {m * tof(x[0]), m * tof(x[1]), m * tof(x[2]), m * tof(x[3])};
+    st4op(x, y);
+  });
 }
 
 // The state update S = decay S + sum over the terms (S f32 [M, N], row stride lds: a multiple of 4, 32-byte
@@ -1198,7 +1271,7 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   float* G = reinterpret_cast<float*>(smem + lay.G);
   float* bb = reinterpret_cast<float*>(smem + lay.b);
   const Chunk c = chunk_of(g);
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  const int tid = int(threadIdx.x);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv;
 
   load_gb(G, bb, g.gated ? p.g : nullptr, p.beta, g, c);
@@ -1215,17 +1288,22 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   tri_to_op(T, ld.c, A, ld.cf, C, p.Tm ? p.Tm + row0 * C : nullptr);
   // Kd to global, then K -> X = diag(b e^G) K in place (each element read and written by one thread)
   const float GC = G[C - 1];
-  for (int e = tid; e < C * Dk; e += nthr) {
-    const int t = e / Dk, j = e % Dk;
-    const float kv = tof(K[t * ld.k + j]);
-    p.Kd[(row0 + t) * Dk + j] = fromf<OP>(kv * dr_exp(GC - G[t]));
-    K[t * ld.k + j] = fromf<OP>(kv * bb[t] * dr_exp(G[t]));
-  }
+  for_pieces_block(C, Dk / 4, [&](int t, int q) {  // 4 elements a step: one exp pair, 8-byte stores
+    const int j = q * 4;
+    const float ed = dr_exp(GC - G[t]), ex = bb[t] * dr_exp(G[t]);
+    OP* kr = K + t * ld.k + j;
+    const float kv[4] = {tof(kr[0]), tof(kr[1]), tof(kr[2]), tof(kr[3])};
+    const float kd[4] = {kv[0] * ed, kv[1] * ed, kv[2] * ed, kv[3] * ed};
+    const float kx[4] = {kv[0] * ex, kv[1] * ex, kv[2] * ex, kv[3] * ex};
+    st4op(p.Kd + (row0 + t) * Dk + j, kd);
+    st4op(kr, kx);
+  });
   if (tid == 0) p.gC[int64_t(c.b * g.H + c.h) * g.N + c.n] = GC;
   __syncthreads();
-  mm<OP>(C, Dk, scr, [&](int t, int j, float x) { p.W[(row0 + t) * Dk + j] = fromf<OP>(x); },
-         term<false, false>(T, ld.c, K, ld.k, C));
-  mm<OP>(C, Dv, scr, [&](int t, int j, float x) { p.U[(row0 + t) * Dv + j] = x; }, term<false, false>(T, ld.c, Y, ld.v, C));
+  mm_vec4<OP>(C, Dk, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.W + (row0 + t) * Dk + j, x); },
+              term<false, false>(T, ld.c, K, ld.k, C));
+  mm_vec4<OP>(C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.U + (row0 + t) * Dv + j, x); },
+              term<false, false>(T, ld.c, Y, ld.v, C));
 }
 
 // (2) sequential over chunks per (batch, head, DVT columns): S_n kept in f32; U' = U - W S_n;
@@ -1286,9 +1364,17 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
 template <class OP>
 __device__ __forceinline__ void form_p(OP* P, int ldp, const OP* Q, const OP* K, int ldk, const float* G, const Geo& g,
                                        float* scr) {
-  mm<OP>(g.C, g.C, scr,
-         [&](int t, int s, float x) { P[t * ldp + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
-         term<false, true>(Q, ldk, K, ldk, g.Dk));
+  mm_vec4_or<OP>(
+      g.C, g.C, scr,
+      [&](int t, int s, const float (&x)[4]) {
+        const float gt = G[t];
+        float y[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) y[e] = s + e <= t ? x[e] * dr_exp(gt - G[s + e]) : 0.f;
+        st4op(P + t * ldp + s, y);
+      },
+      [&](int t, int s, float x) { P[t * ldp + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
+      term<false, true>(Q, ldk, K, ldk, g.Dk));
 }
 
 // (3) per chunk: O = scale (diag(e^G) Q S_n + P U').
@@ -1317,13 +1403,20 @@ __global__ void __launch_bounds__(kThreads) fwd_out(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   form_p(P, ld.c, Q, K, ld.k, G, g, scr);
   __syncthreads();
-  tc::scale_tile(Q, ld.k, C, Dk, [&](int t, int) { return dr_exp(G[t]); });
+  scale_rows4(Q, ld.k, C, Dk, [&](int t) { return dr_exp(G[t]); });
   __syncthreads();
-  mm<OP>(C, Dv, scr,
-         [&](int t, int j, float x) {
-           if (t < c.L) p.o[tok(g, c.b, c.t0 + t, c.h) * Dv + j] = fromf<IN>(g.scale * x);
-         },
-         term<false, false>(Q, ld.k, S, ld.v, Dk), term<false, false>(P, ld.c, Up, ld.v, C));
+  // 4 columns per lane: one 8-byte (bf16) / 16-byte (f32) store where o is aligned for it
+  const bool ovec = reinterpret_cast<uintptr_t>(p.o) % (4 * sizeof(IN)) == 0;
+  mm_vec4<OP>(C, Dv, scr,
+              [&](int t, int j, const float (&x)[4]) {
+                if (t >= c.L) return;
+                IN* o = p.o + tok(g, c.b, c.t0 + t, c.h) * Dv + j;
+                const float y[4] = {g.scale * x[0], g.scale * x[1], g.scale * x[2], g.scale * x[3]};
+                if (ovec) st4op(o, y);
+                else
+                  for (int e = 0; e < 4; ++e) o[e] = fromf<IN>(y[e]);
+              },
+              term<false, false>(Q, ld.k, S, ld.v, Dk), term<false, false>(P, ld.c, Up, ld.v, C));
 }
 
 // ===================================== backward =====================================
@@ -1343,7 +1436,6 @@ __global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
   float* rk = reinterpret_cast<float*>(smem + lay.rk);
   float* G = reinterpret_cast<float*>(smem + lay.G);
   const Chunk c = chunk_of(g);
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv;
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
   load_gb(G, nullptr, g.gated ? p.g : nullptr, p.beta, g, c);
@@ -1352,12 +1444,17 @@ __global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
   load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   __syncthreads();
   form_p(P, ld.c, Q, K, ld.k, G, g, scr);
-  for (int e = tid; e < C * Dk; e += nthr) {
-    const int t = e / Dk, j = e % Dk;
-    p.Qg[(row0 + t) * Dk + j] = fromf<OP>(tof(Q[t * ld.k + j]) * dr_exp(G[t]));
-  }
+  for_pieces_block(C, Dk / 4, [&](int t, int q) {  // 4 elements a step: one exp, one 8-byte (bf16) store
+    const int j = q * 4;
+    const OP* qr = Q + t * ld.k + j;
+    const float m = dr_exp(G[t]);
+    const float y[4] = {m * tof(qr[0]), m * tof(qr[1]), m * tof(qr[2]), m * tof(qr[3])};
+    st4op(p.Qg + (row0 + t) * Dk + j, y);
+  });
   __syncthreads();
-  mm<OP>(C, Dv, scr, [&](int t, int j, float x) { p.dU[(row0 + t) * Dv + j] = x; }, term<true, false>(P, ld.c, dO, ld.v, C));
+  mm_vec4_or<OP>(
+      C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.dU + (row0 + t) * Dv + j, x); },
+      [&](int t, int j, float x) { p.dU[(row0 + t) * Dv + j] = x; }, term<true, false>(P, ld.c, dO, ld.v, C));
 }
 
 // (2) sequential over chunks backwards per (batch, head, DVT columns), from dS_N = d final state:
@@ -1465,36 +1562,55 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   load_f32(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dv, Dk, Dv);
   copy_rows(T, ld.c, p.Tm + row0 * C, C, C);  // fwd_prep's T (the same values an inversion here would give)
   __syncthreads();
-  mm<OP>(C, Dk, scr, [&](int t, int j, float x) { dW[t * ld.k + j] = fromf<OP>(-x); },
-         term<false, true>(dU, ld.v, S, ld.v, Dv));
+  mm_vec4_or<OP>(
+      C, Dk, scr,
+      [&](int t, int j, const float (&x)[4]) {
+        const float y[4] = {-x[0], -x[1], -x[2], -x[3]};
+        st4op(dW + t * ld.k + j, y);
+      },
+      [&](int t, int j, float x) { dW[t * ld.k + j] = fromf<OP>(-x); }, term<false, true>(dU, ld.v, S, ld.v, Dv));
   __syncthreads();  // S_n is dead: the saved W takes S2 while dX goes to S3
   copy_rows(Wt, ld.k, p.W + row0 * Dk, C, Dk);
   // dX = T^T dW over X: dk^ = b e^G dX, dbeta += e^G dX.k, dG += b e^G dX.k (X = diag(b e^G) K)
-  mm_rows<OP>(C, Dk, scr,
-              [&](int t, int j, float x) {
-                X[t * ld.k + j] = fromf<OP>(x);
-                const float eg = dr_exp(G[t]);
-                p.dkh[(row0 + t) * Dk + j] = bb[t] * eg * x;
-                return eg * x * tof(K[t * ld.k + j]);
-              },
-              [&](int t, float r) {
-                dr_atomic_add(&db[t], r);
-                dr_atomic_add(&dG[t], bb[t] * r);
-              },
-              term<true, false>(T, ld.c, dW, ld.k, C));
+  mm_pieces<OP>(C, Dk, scr,
+                [&](int t, int j, float* x, int n) {
+                  st_opn(X + t * ld.k + j, x, n);
+                  const float eg = dr_exp(G[t]), s = bb[t] * eg;
+                  float d[4];
+                  for (int e = 0; e < n; ++e) d[e] = s * x[e];
+                  st_f32n(p.dkh + (row0 + t) * Dk + j, d, n);
+                  return eg * dot_rows(x, n, K + t * ld.k + j);
+                },
+                [&](int t, float r) {
+                  dr_atomic_add(&db[t], r);
+                  dr_atomic_add(&dG[t], bb[t] * r);
+                },
+                term<true, false>(T, ld.c, dW, ld.k, C));
   __syncthreads();  // dW is dead: P = dX W^T (f32) takes S4, the first half of dA = -(dX W^T + dY U^T)
-  mm<OP>(C, C, scr, [&](int t, int s, float x) { P[t * ldp + s] = x; }, term<false, true>(X, ld.k, Wt, ld.k, Dk));
+  mm_vec4_or<OP>(
+      C, C, scr, [&](int t, int s, const float (&x)[4]) { st4op(P + t * ldp + s, x); },
+      [&](int t, int s, float x) { P[t * ldp + s] = x; }, term<false, true>(X, ld.k, Wt, ld.k, Dk));
   __syncthreads();  // dX and W are dead: Y takes S2, U S3
   load_rows(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);
   __syncthreads();
-  mm<OP>(C, Dv, scr, [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
+  mm_vec4_or<OP>(
+      C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(Ut + t * ld.v + j, x); },
+      [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
   __syncthreads();
   // dY = T^T dU' over Y: dv = b dY, dbeta += dY.v (Y = diag(b) V)
+  const bool vvec = (reinterpret_cast<uintptr_t>(p.v) | reinterpret_cast<uintptr_t>(p.dv)) % (4 * sizeof(IN)) == 0;
   mm_pieces<OP>(C, Dv, scr,
                 [&](int t, int j, const float* x, int n) {
-                  for (int e = 0; e < n; ++e) Y[t * ld.v + j + e] = fromf<OP>(x[e]);
+                  st_opn(Y + t * ld.v + j, x, n);
                   if (t >= c.L) return 0.f;
                   const int64_t o = tok(g, c.b, c.t0 + t, c.h) * Dv + j;
+                  if (n == 4 && vvec) {  // one 8-byte (bf16) load of v and store of dv
+                    float vv[4];
+                    ld4f(p.v + o, vv);
+                    const float bt = bb[t], y[4] = {bt * x[0], bt * x[1], bt * x[2], bt * x[3]};
+                    st4op(p.dv + o, y);
+                    return x[0] * vv[0] + x[1] * vv[1] + x[2] * vv[2] + x[3] * vv[3];
+                  }
                   float vv[8];
 #pragma unroll
                   for (int e = 0; e < 8; ++e)
@@ -1512,17 +1628,45 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   // dA = -(dX W^T + dY U^T), strictly lower (the sums continue from P: the same f32 values as one product);
   // A_ts = b_t (k_t.k_s) e^{G_t - G_s}: E = dA (.) diag(b) Gamma over T, P keeps the sums for dbeta
-  mm_init<OP>(C, C, scr, P, ldp,
-              [&](int t, int s, float x) {
-                P[t * ldp + s] = x;  // this tile's own elements, already in the accumulator
-                T[t * ld.c + s] = fromf<OP>(s < t ? -x * bb[t] * dr_exp(G[t] - G[s]) : 0.f);
-              },
-              term<false, true>(Y, ld.v, Ut, ld.v, Dv));
+  // bf16: 4 columns per lane (one 16-byte P store, one 8-byte T store, b_t and G_t read once per piece)
+  mm_walk_init<OP>(
+      C, C, scr, P, ldp,
+      [&](const tc::Lanes& w, int i0, int j0, const float* sc) {
+        for (int q = w.lane; q < 64; q += w.nlanes) {
+          const int r = (q & 7) + ((q >> 5) << 3), cc = ((q >> 3) & 3) << 2, t = i0 + r, s = j0 + cc;
+          const uint4 v = ld16(sc + r * kScrLd + cc);
+          st16(P + t * ldp + s, v);  // this tile's own elements, already in the accumulator
+          const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
+          const float mb = -bb[t], gt = G[t];
+          float y[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) y[e] = s + e < t ? x[e] * mb * dr_exp(gt - G[s + e]) : 0.f;
+          st4op(T + t * ld.c + s, y);
+        }
+      },
+      [&](int t, int s, float x) {
+        P[t * ldp + s] = x;
+        T[t * ld.c + s] = fromf<OP>(s < t ? -x * bb[t] * dr_exp(G[t] - G[s]) : 0.f);
+      },
+      term<false, true>(Y, ld.v, Ut, ld.v, Dv));
   __syncthreads();
   // dbeta_t += sum_{s<t} dA_ts (k_t.k_s) Gamma_ts (K K^T again, in f32, as A's)
-  mm_rows<OP>(C, C, scr,
-              [&](int t, int s, float x) { return s < t ? -P[t * ldp + s] * x * dr_exp(G[t] - G[s]) : 0.f; },
-              [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<false, true>(K, ld.k, K, ld.k, Dk));
+  mm_pieces<OP>(C, C, scr,
+                [&](int t, int s, const float* x, int n) {  // n = 4: P's piece in one 16-byte load
+                  float pv[4];
+                  if (n == 4) {
+                    const uint4 u = ld16(P + t * ldp + s);
+                    pv[0] = u2f(u.x), pv[1] = u2f(u.y), pv[2] = u2f(u.z), pv[3] = u2f(u.w);
+                  } else {
+                    pv[0] = P[t * ldp + s];
+                  }
+                  const float gt = G[t];
+                  float r = 0.f;
+                  for (int e = 0; e < n; ++e)
+                    if (s + e < t) r -= pv[e] * x[e] * dr_exp(gt - G[s + e]);
+                  return r;
+                },
+                [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<false, true>(K, ld.k, K, ld.k, Dk));
   // k_t enters A_ts (row, + G_t) and A_st (column, - G_s): dk^ += E K + E^T K in one pass
   mm_pieces_ab<OP>(
       C, Dk, scr, [&](int t, int j, const float* x, int n) { return dot_rows(x, n, K + t * ld.k + j); },
@@ -1570,12 +1714,20 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   load_f32(Up, ld.v, p.U + row0 * Dv, Dv, C, Dv);
   __syncthreads();
-  mm<OP>(C, C, scr,
-         [&](int t, int s, float x) { F[t * ld.c + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
-         term<false, true>(dO, ld.v, Up, ld.v, Dv));
+  mm_vec4_or<OP>(
+      C, C, scr,
+      [&](int t, int s, const float (&x)[4]) {
+        const float gt = G[t];
+        float y[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) y[e] = s + e <= t ? x[e] * dr_exp(gt - G[s + e]) : 0.f;
+        st4op(F + t * ld.c + s, y);
+      },
+      [&](int t, int s, float x) { F[t * ld.c + s] = fromf<OP>(s <= t ? x * dr_exp(G[t] - G[s]) : 0.f); },
+      term<false, true>(dO, ld.v, Up, ld.v, Dv));
   __syncthreads();
   // dO -> diag(e^G) dO and S_n over U' (F^T Q waits for the last product, which shares its dk^ pass)
-  tc::scale_tile(dO, ld.v, C, Dv, [&](int t, int) { return dr_exp(G[t]); });
+  scale_rows4(dO, ld.v, C, Dv, [&](int t) { return dr_exp(G[t]); });
   const float* Hn = p.dH + state_off(g, c.b, c.h, c.n);
   const float* Sn = p.states + state_off(g, c.b, c.h, c.n);
   // G_C (= G_{C-1}) scales S_n in S_{n+1} = e^{G_C} S_n + Kd^T U' and appears in Kd = diag(e^{G_C - G}) K:
@@ -1600,12 +1752,9 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
         const int e = e0 + k * nthr;
         if (e < total) {
           const int r = e / vc, j = (e % vc) * 4;
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float x = elem16<float>(sv[k], i);
-            S[r * ld.v + j + i] = fromf<OP>(x);
-            part += elem16<float>(hv[k], i) * x;
-          }
+          const float x[4] = {u2f(sv[k].x), u2f(sv[k].y), u2f(sv[k].z), u2f(sv[k].w)};
+          st4op(S + r * ld.v + j, x);
+          part += u2f(hv[k].x) * x[0] + u2f(hv[k].y) * x[1] + u2f(hv[k].z) * x[2] + u2f(hv[k].w) * x[3];
         }
       }
     }
@@ -1614,13 +1763,13 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   if (w.lane == 0) red[w.warp] = part;
   for (int t = tid; t < C; t += nthr) yrow[t] = 0.f;
   __syncthreads();
-  mm_rows<OP>(C, Dk, scr,
-              [&](int t, int j, float x) {
-                p.dqh[(row0 + t) * Dk + j] = x;
-                return x * tof(Q[t * ld.k + j]);
-              },
-              [&](int t, float r) { dr_atomic_add(&dG[t], r); }, term<false, true>(dO, ld.v, S, ld.v, Dv),
-              term<false, false>(F, ld.c, K, ld.k, C));
+  mm_pieces<OP>(C, Dk, scr,
+                [&](int t, int j, const float* x, int n) {
+                  st_f32n(p.dqh + (row0 + t) * Dk + j, x, n);
+                  return dot_rows(x, n, Q + t * ld.k + j);
+                },
+                [&](int t, float r) { dr_atomic_add(&dG[t], r); }, term<false, true>(dO, ld.v, S, ld.v, Dv),
+                term<false, false>(F, ld.c, K, ld.k, C));
   __syncthreads();
   const float GC = G[C - 1];
   // dS_{n+1} replaces S_n; diag(e^{G_C - G}) U' replaces dO (U' rounded to OP first, as in F and the forward)
