@@ -140,6 +140,14 @@ Tensors AccumulateGrad::apply(Tensors&& grads) {
   AutogradMeta& meta = leaf.autograd_meta();
   if (g.dtype() != leaf.dtype()) g = g.to(leaf.dtype());
   if (g.device() != leaf.device()) g = g.to(leaf.device());
+  if (meta.grad_sink) {
+    // Written straight where the caller wants it (data parallel: its bucket), no fresh tensor.
+    Tensor sink = *meta.grad_sink;
+    sink.copy_(meta.grad && meta.grad->defined() ? add(*meta.grad, g) : g);
+    meta.grad.reset();
+    for (auto& hook : meta.grad_ready_hooks) hook(sink);
+    return {};
+  }
   if (meta.grad && meta.grad->defined()) {
     *meta.grad = add(*meta.grad, g);
   } else {

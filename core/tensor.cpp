@@ -448,6 +448,18 @@ void Tensor::register_grad_ready_hook(GradHook hook) {
   autograd_meta().grad_ready_hooks.push_back(std::move(hook));
 }
 
+void Tensor::set_grad_sink(const Tensor& sink) {
+  if (!sink.defined()) {
+    if (impl_->autograd) impl_->autograd->grad_sink.reset();
+    return;
+  }
+  SEQMIX_CHECK(is_leaf() && requires_grad(), "set_grad_sink: only leaves that require grad get gradients");
+  SEQMIX_CHECK(sink.shape() == shape() && is_floating(sink.dtype()) && sink.device() == device(), "set_grad_sink: a sink ",
+               shape_str(sink.shape()), " ", dtype_name(sink.dtype()), " on ", sink.device().str(), " for a leaf ", shape_str(shape()),
+               " on ", device().str());
+  autograd_meta().grad_sink = std::make_shared<Tensor>(sink);
+}
+
 void Tensor::set_name(const std::string& name) { autograd_meta().name = name; }
 const std::string& Tensor::name() const {
   static const std::string empty_name;

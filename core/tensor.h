@@ -30,6 +30,7 @@ struct AutogradMeta {
   int output_nr = 0;                          // which output of grad_fn this is
   std::weak_ptr<autograd::Node> accumulator;  // a leaf's AccumulateGrad node, made on first use
   std::vector<GradHook> grad_ready_hooks;     // called after a leaf's gradient is accumulated
+  std::shared_ptr<Tensor> grad_sink;          // set: backward writes the leaf's gradient here (see set_grad_sink)
   std::string name;                           // parameter name, for messages
 };
 
@@ -135,6 +136,11 @@ class Tensor {
   Tensor detach() const;  // shares storage, no autograd history
   // Called with the leaf's accumulated gradient each time backward finishes accumulating into it.
   void register_grad_ready_hook(GradHook hook);
+  // A caller-owned tensor of this leaf's shape (any float dtype, e.g. a view of a data-parallel bucket):
+  // while set, backward writes the leaf's gradient (plus any gradient accumulated before) into it,
+  // converting to its dtype, instead of making a new tensor; grad() is then left undefined and the
+  // grad-ready hooks get the sink. An undefined tensor clears it.
+  void set_grad_sink(const Tensor& sink);
   void set_name(const std::string& name);
   const std::string& name() const;
   AutogradMeta& autograd_meta();  // creates it when absent

@@ -91,6 +91,32 @@ TEST(Engine, GradReadyHooksFireOncePerLeafInReverseOrder) {
   EXPECT_EQ(order[1], 1);
 }
 
+TEST(Engine, GradSinkReceivesTheGradientPlusWhatWasAccumulated) {
+  Tensor w = ones({3});
+  w.requires_grad_();
+  sum(w * 2.0).backward();  // an earlier micro-batch: grad() = 2
+  Tensor buffer = zeros({5}, DType::BF16);
+  Tensor sink = make_view(buffer, {3}, {1}, 1);  // elements 1..3 of a wider buffer, another dtype
+  w.set_grad_sink(sink);
+  int calls = 0, calls_with_sink = 0;
+  w.register_grad_ready_hook([&](const Tensor& g) {
+    ++calls;
+    calls_with_sink += g.same(sink);
+  });
+  sum(w * 3.0).backward();
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(calls_with_sink, 1);
+  EXPECT_FALSE(w.grad().defined());  // the gradient lives in the sink
+  EXPECT_EQ(buffer.to_vector<float>(), (std::vector<float>{0, 5, 5, 5, 0}));
+  w.set_grad_sink(Tensor());
+  sum(w * 4.0).backward();  // without the sink: a fresh gradient again
+  EXPECT_EQ(w.grad().to_vector<float>(), (std::vector<float>{4, 4, 4}));
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(calls_with_sink, 1);
+  EXPECT_EQ(buffer.to_vector<float>(), (std::vector<float>{0, 5, 5, 5, 0}));
+  seqmix::testing::expect_error_contains([&] { w.set_grad_sink(zeros({2})); }, "set_grad_sink");
+}
+
 TEST(Engine, GradFunctionDoesNotTouchDotGrad) {
   Tensor x = seqmix::testing::random_f64({4}, 1);
   Tensor y = sum(sin(x));

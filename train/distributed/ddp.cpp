@@ -56,6 +56,8 @@ DataParallel::DataParallel(Communicator& comm, NamedTensors params, AdamWConfig 
       b.wire = zeros({b.padded}, DType::BF16, dev);
       if (opt_.zero1) b.shard_wire = zeros({b.padded / R}, DType::BF16, dev);
     }
+    for (size_t k = 0; k < b.params.size(); ++k)
+      b.sinks.push_back(shaped_view(wire16 ? b.wire : b.flat, params_[size_t(b.params[k])].second.shape(), b.offsets[k]));
   }
   ready_.assign(params_.size(), false);
   had_grad_.assign(params_.size(), false);
@@ -159,6 +161,19 @@ void DataParallel::prepare_backward(bool sync) {
     b.work.reset();
   }
   next_launch_ = 0;
+  set_sinks(true);
+}
+
+void DataParallel::set_sinks(bool on) {
+  for (Bucket& b : buckets_)
+    for (size_t k = 0; k < b.params.size(); ++k) params_[size_t(b.params[k])].second.set_grad_sink(on ? b.sinks[k] : Tensor());
+}
+
+const Tensor& DataParallel::sink_of(int i) const {
+  const Bucket& b = buckets_[size_t(bucket_of_[size_t(i)])];
+  size_t k = 0;
+  while (b.params[k] != i) ++k;
+  return b.sinks[k];
 }
 
 void DataParallel::pack_grad(int i, const Tensor& grad) {
@@ -209,6 +224,7 @@ void DataParallel::finish_backward(const Tensor& local_loss) {
   }
   launch_ready();
   sync_ = false;
+  set_sinks(false);
   if (opt_.gemm_sm_margin > 0) set_gemm_margin(comm_, 0);
   // How many ranks saw a gradient for each parameter (queued after the buckets; tiny): a parameter no rank
   // saw is left without one, so the optimizer skips it as a single process would.

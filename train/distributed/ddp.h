@@ -3,8 +3,9 @@
 //
 // Buckets: the parameters, in reverse registration order (roughly the order backward finishes them),
 // are packed into flat f32 buckets of about `bucket_mb` MiB. During the backward of the last
-// micro-batch of a step (prepare_backward(true)) each parameter's hook copies its accumulated
-// gradient into its bucket; when a bucket is full it is launched asynchronously (all-reduce, or
+// micro-batch of a step (prepare_backward(true)) backward writes each parameter's gradient straight
+// into its bucket (a grad sink: no per-parameter tensor, no copy afterwards), and the parameter's
+// hook counts it; when a bucket is full it is launched asynchronously (all-reduce, or
 // reduce-scatter under ZeRO-1), so communication overlaps the rest of backward. Buckets launch in
 // index order only, so every rank issues the same collectives in the same order. finish_backward()
 // launches what is left (a parameter that got no gradient contributes zeros) and waits; the collectives
@@ -84,6 +85,7 @@ class DataParallel {
   struct Bucket {
     std::vector<int> params;
     std::vector<int64_t> offsets;  // of each parameter in the bucket
+    std::vector<Tensor> sinks;     // each parameter's place in `wire` (bf16) or `flat`, shaped as the parameter
     int64_t numel = 0, padded = 0;
     Tensor flat;        // padded, gradients (and the all-gathered parameters under ZeRO-1)
     Tensor shard_grad;  // ZeRO-1: padded / R, this rank's reduced chunk
@@ -103,6 +105,8 @@ class DataParallel {
 
   void on_grad_ready(int param, const Tensor& grad);
   void pack_grad(int param, const Tensor& grad);
+  void set_sinks(bool on);
+  const Tensor& sink_of(int param) const;
   void launch_ready();
   int64_t chunk(const Bucket& b) const { return b.padded / comm_.world(); }
 
