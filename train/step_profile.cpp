@@ -21,8 +21,9 @@ void StepProfiler::end_step() {
   if (!on_) return;
   if (++steps_ <= kWarmup || (steps_ - kWarmup) % 20 != 0) return;
   const double n = double(steps_ - kWarmup);
-  spdlog::info("step profile over {} steps (ms per step): forward+backward {:.3f} | reduction wait {:.3f} | norm+loss {:.3f} | "
-               "optimizer {:.3f}", steps_ - kWarmup, 1e3 * sum_[0] / n, 1e3 * sum_[1] / n, 1e3 * sum_[2] / n, 1e3 * sum_[3] / n);
+  spdlog::info("step profile over {} steps (ms per step): forward {:.3f} | backward {:.3f} | reduction wait {:.3f} | norm+loss {:.3f} | "
+               "optimizer {:.3f}", steps_ - kWarmup, 1e3 * sum_[kForward] / n, 1e3 * sum_[kBackward] / n, 1e3 * sum_[kReduceWait] / n,
+               1e3 * sum_[kNormLoss] / n, 1e3 * sum_[kOptimizer] / n);
 }
 
 double StepProfiler::now() const {

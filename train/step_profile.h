@@ -1,6 +1,6 @@
 // Wall time of the phases of a training step, for finding what data parallelism costs: set
 // SEQMIX_STEP_PROFILE=1. Each mark waits for the current CUDA stream, so the phases are serialized
-// (the step gets a little slower): forward + backward, the wait for the gradient reductions that
+// (the step gets a little slower): forward, backward, the wait for the gradient reductions that
 // backward did not hide, the gradient norm and loss, the optimizer. Averages go to the log every
 // 20 steps, after 5 warm-up steps.
 #pragma once
@@ -11,7 +11,7 @@ namespace seqmix::train {
 
 class StepProfiler {
  public:
-  enum Phase { kForwardBackward, kReduceWait, kNormLoss, kOptimizer, kPhases };
+  enum Phase { kForward, kBackward, kReduceWait, kNormLoss, kOptimizer, kPhases };
 
   StepProfiler();  // reads SEQMIX_STEP_PROFILE
   bool on() const { return on_; }

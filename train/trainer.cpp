@@ -410,12 +410,13 @@ double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad
     auto [in, tg] = to_tensors(batch, micro * s_.batch_size, s_.batch_size, device_);
     Tensor loss = model_->loss(in, tg);
     Tensor scaled = s_.grad_accum > 1 ? loss * (1.0 / double(s_.grad_accum)) : loss;
+    profiler_.mark(StepProfiler::kForward);
     if (ddp_) ddp_->prepare_backward(micro + 1 == s_.grad_accum);
     scaled.backward();
+    profiler_.mark(StepProfiler::kBackward);
     Tensor l = scaled.detach();
     loss_sum = loss_sum.defined() ? add(loss_sum, l) : l;
   }
-  profiler_.mark(StepProfiler::kForwardBackward);
   if (ddp_) {  // gradients averaged over the ranks, the same norm and loss on every rank
     ddp_->finish_backward(loss_sum);
     profiler_.mark(StepProfiler::kReduceWait);
