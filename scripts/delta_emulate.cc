@@ -168,7 +168,7 @@ int main(int argc, char** argv) {
       const Geo g{1, 64, 1, D, D, 64, 1, 32, 1.f, 1e-6f, true};
       auto show = [&]<class OP>(const char* what) {
         std::printf("Dk=Dv=%d %s operands: fwd_prep %zu  fwd_state/bwd_state %zu  fwd_out %zu  bwd_prep %zu  bwd_wy %zu  bwd_out %zu\n", D,
-                    what, LayPrep<OP>(g).total, LaySeq<OP>(g).total, LayOut<OP>(g, OutKind::FwdOut).total,
+                    what, LayPrep<OP>(g).total, LaySeq<OP>(g).total, LayFwdOut<OP>(g).total,
                     LayOut<OP>(g, OutKind::BwdPrep).total, LayWy<OP>(g).total, LayOut<OP>(g, OutKind::BwdOut).total);
       };
       show.template operator()<__nv_bfloat16>("bf16");

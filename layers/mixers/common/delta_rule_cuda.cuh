@@ -128,10 +128,33 @@ struct LaySeq {  // fwd_state and bwd_state: one f32 state tile [Dk, DVT], three
     total = m.o;
   }
 };
-enum class OutKind { FwdOut, BwdPrep, BwdOut };
-// fwd_out (Q, K, P, S, U'), bwd_prep (Q, K, P, dO), bwd_out (Q, K, F, U' / S_n / dS', dO / U'): Q, K, a C x C
-// operand, the Dk x Dv state when needed (bwd_out: max(Dk, C) rows, U' before S_n), one C x Dv operand (unused
-// buffers take no space).
+// fwd_out: Q (then Qg), K, P and two buffers for a piece of w value columns of S_n and U' (Dk x w, then C x w;
+// w = 32, or 16 when Dv is not a multiple of 32); the second buffer takes K's space (free once P is formed). O goes
+// out a column piece at a time, so that three CTAs fit on an H100 SM at Dk = Dv = 128 (whole S_n and U': two).
+template <class OP>
+struct LayFwdOut {
+  size_t Q, K, P, B0, scr, rq, rk, G, total;
+  int w, ldw;  // piece width and row stride (+ 8 elements, as Ld)
+  __host__ __device__ explicit LayFwdOut(const Geo& g) {
+    const Ld l(g);
+    Bump m;
+    w = g.Dv % 32 == 0 ? 32 : 16;
+    ldw = w + 8;
+    const size_t piece = size_t(g.Dk + g.C) * ldw * sizeof(OP), k = size_t(g.C) * l.k * sizeof(OP);
+    Q = m.take(size_t(g.C) * l.k * sizeof(OP));
+    K = m.take(k > piece ? k : piece);
+    P = m.take(size_t(g.C) * l.c * sizeof(OP));
+    B0 = m.take(piece);
+    scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
+    rq = m.take(size_t(g.C) * 4);
+    rk = m.take(size_t(g.C) * 4);
+    G = m.take(size_t(g.C) * 4);
+    total = m.o;
+  }
+};
+enum class OutKind { BwdPrep, BwdOut };
+// bwd_prep (Q, K, P, dO), bwd_out (Q, K, F, U' / S_n / dS', dO / U'): Q, K, a C x C operand, the Dk x Dv state
+// when needed (bwd_out: max(Dk, C) rows, U' before S_n), one C x Dv operand (unused buffers take no space).
 template <class OP>
 struct LayOut {
   size_t Q, K, P, S, V1, scr, rq, rk, G, dG, y, red, total;
@@ -141,7 +164,7 @@ struct LayOut {
     Q = m.take(size_t(g.C) * l.k * sizeof(OP));
     K = m.take(size_t(g.C) * l.k * sizeof(OP));
     P = m.take(size_t(g.C) * l.c * sizeof(OP));
-    const int srows = kind == OutKind::BwdPrep ? 0 : kind == OutKind::BwdOut && g.C > g.Dk ? g.C : g.Dk;
+    const int srows = kind == OutKind::BwdPrep ? 0 : g.C > g.Dk ? g.C : g.Dk;
     S = m.take(size_t(srows) * l.v * sizeof(OP));
     V1 = m.take(size_t(g.C) * l.v * sizeof(OP));
     scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
@@ -1377,46 +1400,60 @@ __device__ __forceinline__ void form_p(OP* P, int ldp, const OP* Q, const OP* K,
       term<false, true>(Q, ldk, K, ldk, g.Dk));
 }
 
-// (3) per chunk: O = scale (diag(e^G) Q S_n + P U').
+// (3) per chunk: O = scale (diag(e^G) Q S_n + P U'), w value columns at a time (LayFwdOut): the piece after the
+// current one loads into the other buffer while the current one's product runs (one barrier per piece). Launch
+// bounds 256 x 3: 80 registers (no spills), so that registers, like shared memory, allow three CTAs per SM.
 template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads) fwd_out(Geo g, Ptrs<IN, OP> p) {
+__global__ void __launch_bounds__(kThreads, 3) fwd_out(Geo g, Ptrs<IN, OP> p) {
   TC_SMEM(smem);
-  const LayOut<OP> lay(g, OutKind::FwdOut);
+  const LayFwdOut<OP> lay(g);
   const Ld ld(g);
   OP* Q = reinterpret_cast<OP*>(smem + lay.Q);
   OP* K = reinterpret_cast<OP*>(smem + lay.K);
   OP* P = reinterpret_cast<OP*>(smem + lay.P);
-  OP* S = reinterpret_cast<OP*>(smem + lay.S);
-  OP* Up = reinterpret_cast<OP*>(smem + lay.V1);
+  OP* const buf[2] = {reinterpret_cast<OP*>(smem + lay.B0), K};
   float* scr = reinterpret_cast<float*>(smem + lay.scr);
   float* rq = reinterpret_cast<float*>(smem + lay.rq);
   float* rk = reinterpret_cast<float*>(smem + lay.rk);
   float* G = reinterpret_cast<float*>(smem + lay.G);
   const Chunk c = chunk_of(g);
-  const int C = g.C, Dk = g.Dk, Dv = g.Dv;
+  const int C = g.C, Dk = g.Dk, Dv = g.Dv, w = lay.w, ldw = lay.ldw, npieces = Dv / w;
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
+  const float* Sn = p.states + state_off(g, c.b, c.h, c.n);
+  const float* Up = p.U + row0 * Dv;
+  // piece i: S_n's columns [i w, (i + 1) w) in rows 0 .. Dk - 1 of its buffer, U''s in the C rows after them
+  auto load_piece = [&](int i) {
+    OP* b = buf[i & 1];
+    load_f32(b, ldw, Sn + i * w, Dv, Dk, w);
+    load_f32(b + Dk * ldw, ldw, Up + i * w, Dv, C, w);
+  };
   load_gb(G, nullptr, g.gated ? p.g : nullptr, p.beta, g, c);
   load_normalized(Q, ld.k, rq, p.q, g, c, Dk);
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
-  load_f32(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dv, Dk, Dv);
-  load_f32(Up, ld.v, p.U + row0 * Dv, Dv, C, Dv);
+  load_piece(0);
   __syncthreads();
   form_p(P, ld.c, Q, K, ld.k, G, g, scr);
   __syncthreads();
   scale_rows4(Q, ld.k, C, Dk, [&](int t) { return dr_exp(G[t]); });
-  __syncthreads();
   // 4 columns per lane: one 8-byte (bf16) / 16-byte (f32) store where o is aligned for it
   const bool ovec = reinterpret_cast<uintptr_t>(p.o) % (4 * sizeof(IN)) == 0;
-  mm_vec4<OP>(C, Dv, scr,
-              [&](int t, int j, const float (&x)[4]) {
-                if (t >= c.L) return;
-                IN* o = p.o + tok(g, c.b, c.t0 + t, c.h) * Dv + j;
-                const float y[4] = {g.scale * x[0], g.scale * x[1], g.scale * x[2], g.scale * x[3]};
-                if (ovec) st4op(o, y);
-                else
-                  for (int e = 0; e < 4; ++e) o[e] = fromf<IN>(y[e]);
-              },
-              term<false, false>(Q, ld.k, S, ld.v, Dk), term<false, false>(P, ld.c, Up, ld.v, C));
+  for (int i = 0; i < npieces; ++i) {
+    // piece i is loaded and Q scaled; every warp is done with piece i - 1 (and with K, for i = 0), whose buffer
+    // piece i + 1 takes
+    __syncthreads();
+    if (i + 1 < npieces) load_piece(i + 1);
+    const OP* b = buf[i & 1];
+    mm_vec4<OP>(C, w, scr,
+                [&](int t, int j, const float (&x)[4]) {
+                  if (t >= c.L) return;
+                  IN* o = p.o + tok(g, c.b, c.t0 + t, c.h) * Dv + i * w + j;
+                  const float y[4] = {g.scale * x[0], g.scale * x[1], g.scale * x[2], g.scale * x[3]};
+                  if (ovec) st4op(o, y);
+                  else
+                    for (int e = 0; e < 4; ++e) o[e] = fromf<IN>(y[e]);
+                },
+                term<false, false>(Q, ld.k, b, ldw, Dk), term<false, false>(P, ld.c, b + Dk * ldw, ldw, C));
+  }
 }
 
 // ===================================== backward =====================================
@@ -1880,7 +1917,7 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
 template <class OP>
 inline size_t max_smem(const Geo& g) {
   size_t m = LayPrep<OP>(g).total;
-  const size_t s[] = {LaySeq<OP>(g).total, LayOut<OP>(g, OutKind::FwdOut).total, LayOut<OP>(g, OutKind::BwdPrep).total,
+  const size_t s[] = {LaySeq<OP>(g).total, LayFwdOut<OP>(g).total, LayOut<OP>(g, OutKind::BwdPrep).total,
                       LayOut<OP>(g, OutKind::BwdOut).total, LayWy<OP>(g).total};
   for (size_t x : s) m = x > m ? x : m;
   return m;
@@ -1893,7 +1930,7 @@ void forward(const Geo& g, const Ptrs<IN, OP>& p, cudaStream_t st) {
   const dim3 cols(unsigned(g.Dv / g.DVT), unsigned(g.H), unsigned(g.B));
   DR_LAUNCH("delta_rule fwd_prep", (fwd_prep<IN, OP>), chunks, LayPrep<OP>(g).total, st, g, p);
   DR_LAUNCH("delta_rule fwd_state", (fwd_state<IN, OP>), cols, LaySeq<OP>(g).total, st, g, p);
-  DR_LAUNCH("delta_rule fwd_out", (fwd_out<IN, OP>), chunks, LayOut<OP>(g, OutKind::FwdOut).total, st, g, p);
+  DR_LAUNCH("delta_rule fwd_out", (fwd_out<IN, OP>), chunks, LayFwdOut<OP>(g).total, st, g, p);
 }
 
 // Backward: the forward's buffers (U holding U') plus dout, dfinal (or null) in; dU, Qg, dH, dqh, dkh, dGp as
