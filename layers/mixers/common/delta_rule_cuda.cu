@@ -54,13 +54,15 @@
 //     fwd_prep          (N, H, B)            55,296          71,680            82,944
 //     fwd_state         (Dv/32, H, B)        69,632         107,520           112,640
 //     fwd_out           (N, H, B)            49,920          70,400            88,832
-//     bwd_prep          (N, H, B)            48,512          73,088            85,376
+//     bwd_prep          (N, H, B)            39,296          55,680            66,944
 //     bwd_state         (Dv/32, H, B)        69,632         107,520           112,640
 //     bwd_wy            (N, H, B)            99,584         107,776           122,112
 //     bwd_out           (N, H, B)            57,728         107,904           103,808
 // (Dv/16 column tiles when Dv is not a multiple of 32.) fwd_out forms O 32 (or 16) value columns at a time from
-// two piece buffers of S_n and U' (launch bounds 256 x 3: 80 registers, three CTAs per SM at Dk = Dv = 128). bwd_out keeps U' in the state's buffer until S_n is loaded
-// and diag(e^{G_C - G}) U' in dO's once dq^ is done, so that two of its CTAs fit on an H100 SM at Dk = Dv = 128.
+// two piece buffers of S_n and U' (launch bounds 256 x 3: 80 registers, three CTAs per SM at Dk = Dv = 128);
+// bwd_prep loads dO into K's space once P is formed (launch bounds 256 x 4: 64 registers, four CTAs per SM).
+// bwd_out keeps U' in the state's buffer until S_n is loaded and diag(e^{G_C - G}) U' in dO's once dq^ is done,
+// so that two of its CTAs fit on an H100 SM at Dk = Dv = 128.
 // bwd_wy keeps K and T (then E) for the whole kernel and four C x D slots whose contents follow its phases (S_n,
 // then W, dX, Y / dY, U, dW, P = dX W^T in f32; dA continues from P), so that it also runs two CTAs per SM; it
 // loads T and W as fwd_prep saved them (no second inversion).

@@ -155,18 +155,21 @@ struct LayFwdOut {
 enum class OutKind { BwdPrep, BwdOut };
 // bwd_prep (Q, K, P, dO), bwd_out (Q, K, F, U' / S_n / dS', dO / U'): Q, K, a C x C operand, the Dk x Dv state
 // when needed (bwd_out: max(Dk, C) rows, U' before S_n), one C x Dv operand (unused buffers take no space).
+// bwd_prep's dO takes K's space once P is formed, so that four of its CTAs fit on an SM at Dk = Dv = 128.
 template <class OP>
 struct LayOut {
   size_t Q, K, P, S, V1, scr, rq, rk, G, dG, y, red, total;
   __host__ __device__ LayOut(const Geo& g, OutKind kind) {
     const Ld l(g);
     Bump m;
-    Q = m.take(size_t(g.C) * l.k * sizeof(OP));
-    K = m.take(size_t(g.C) * l.k * sizeof(OP));
+    const bool prep = kind == OutKind::BwdPrep;
+    const size_t k = size_t(g.C) * l.k * sizeof(OP), v = size_t(g.C) * l.v * sizeof(OP);
+    Q = m.take(k);
+    K = m.take(prep && v > k ? v : k);
     P = m.take(size_t(g.C) * l.c * sizeof(OP));
-    const int srows = kind == OutKind::BwdPrep ? 0 : g.C > g.Dk ? g.C : g.Dk;
+    const int srows = prep ? 0 : g.C > g.Dk ? g.C : g.Dk;
     S = m.take(size_t(srows) * l.v * sizeof(OP));
-    V1 = m.take(size_t(g.C) * l.v * sizeof(OP));
+    V1 = prep ? K : m.take(v);
     scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
     rq = m.take(size_t(g.C) * 4);
     rk = m.take(size_t(g.C) * 4);
@@ -1458,16 +1461,17 @@ __global__ void __launch_bounds__(kThreads, 3) fwd_out(Geo g, Ptrs<IN, OP> p) {
 
 // ===================================== backward =====================================
 
-// (1) per chunk: dU = P^T (scale dO) (the intra-chunk part of dU'), Qg = diag(e^G) Q.
+// (1) per chunk: dU = P^T (scale dO) (the intra-chunk part of dU'), Qg = diag(e^G) Q. dO loads into K's space
+// once P is formed; launch bounds 256 x 4: 64 registers (12 bytes spilled), four CTAs per SM at Dk = Dv = 128.
 template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
+__global__ void __launch_bounds__(kThreads, 4) bwd_prep(Geo g, Ptrs<IN, OP> p) {
   TC_SMEM(smem);
   const LayOut<OP> lay(g, OutKind::BwdPrep);
   const Ld ld(g);
   OP* Q = reinterpret_cast<OP*>(smem + lay.Q);
   OP* K = reinterpret_cast<OP*>(smem + lay.K);
   OP* P = reinterpret_cast<OP*>(smem + lay.P);
-  OP* dO = reinterpret_cast<OP*>(smem + lay.V1);
+  OP* dO = reinterpret_cast<OP*>(smem + lay.V1);  // K's space
   float* scr = reinterpret_cast<float*>(smem + lay.scr);
   float* rq = reinterpret_cast<float*>(smem + lay.rq);
   float* rk = reinterpret_cast<float*>(smem + lay.rk);
@@ -1478,7 +1482,6 @@ __global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
   load_gb(G, nullptr, g.gated ? p.g : nullptr, p.beta, g, c);
   load_normalized(Q, ld.k, rq, p.q, g, c, Dk);
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
-  load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   __syncthreads();
   form_p(P, ld.c, Q, K, ld.k, G, g, scr);
   for_pieces_block(C, Dk / 4, [&](int t, int q) {  // 4 elements a step: one exp, one 8-byte (bf16) store
@@ -1488,6 +1491,8 @@ __global__ void __launch_bounds__(kThreads) bwd_prep(Geo g, Ptrs<IN, OP> p) {
     const float y[4] = {m * tof(qr[0]), m * tof(qr[1]), m * tof(qr[2]), m * tof(qr[3])};
     st4op(p.Qg + (row0 + t) * Dk + j, y);
   });
+  __syncthreads();  // K is dead: dO takes its space
+  load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   __syncthreads();
   mm_vec4_or<OP>(
       C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.dU + (row0 + t) * Dv + j, x); },
