@@ -1,4 +1,6 @@
-// Fused multi-tensor AdamW on CUDA: f32 params, grads, exp_avg, exp_avg_sq, updated in place.
+// Fused multi-tensor AdamW on CUDA: f32 params, exp_avg, exp_avg_sq, updated in place, from f32 or bf16
+// gradients (bf16: data-parallel buckets reduced in bf16, read without widening them first; one
+// launch per gradient dtype).
 //
 // The tensors of one step are packed into launches of up to kMaxTensors; each launch's table
 // (pointers, sizes, decay factors) travels as the kernel argument (under the 4 KB limit), so there is
@@ -8,6 +10,11 @@
 // (uniform across a warp except at tensor boundaries) and updates 4 elements with 16-byte loads and
 // stores when all four pointers are 16-byte aligned (element-wise otherwise, and at a tensor's tail).
 // The arithmetic is detail::adamw_update, shared with the CPU, with explicitly rounded f32 operations.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <type_traits>
+
 #include "core/cuda/device_utils.cuh"
 #include "train/optimizer.h"
 
@@ -18,9 +25,10 @@ namespace {
 constexpr int kMaxTensors = 64;
 constexpr int kThreads = 256;
 
+template <typename G>
 struct AdamWLaunch {
   float* p[kMaxTensors];
-  const float* g[kMaxTensors];
+  const G* g[kMaxTensors];
   float* m[kMaxTensors];
   float* v[kMaxTensors];
   int64_t n[kMaxTensors];
@@ -29,9 +37,21 @@ struct AdamWLaunch {
   unsigned char vec_ok[kMaxTensors];
   int count;
 };
-static_assert(sizeof(AdamWLaunch) + sizeof(AdamWScalars) < 4000, "kernel argument too large");
+static_assert(sizeof(AdamWLaunch<float>) + sizeof(AdamWScalars) < 4000, "kernel argument too large");
 
-__device__ __forceinline__ int find_tensor(const AdamWLaunch& L, int64_t group) {
+// Four consecutive gradient elements as f32 (16-byte f32 or 8-byte bf16 load), and one.
+__device__ __forceinline__ float4 load4(const float* g) { return __ldg(reinterpret_cast<const float4*>(g)); }
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* g) {
+  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(g));
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ float load1(const float* g) { return *g; }
+__device__ __forceinline__ float load1(const __nv_bfloat16* g) { return __bfloat162float(*g); }
+
+template <typename G>
+__device__ __forceinline__ int find_tensor(const AdamWLaunch<G>& L, int64_t group) {
   int lo = 0, hi = L.count - 1;  // last t with group_start[t] <= group
   while (lo < hi) {
     int mid = (lo + hi + 1) >> 1;
@@ -41,7 +61,8 @@ __device__ __forceinline__ int find_tensor(const AdamWLaunch& L, int64_t group) 
   return lo;
 }
 
-__global__ void __launch_bounds__(kThreads) adamw_multi_tensor_kernel(const AdamWLaunch L, const AdamWScalars s) {
+template <typename G>
+__global__ void __launch_bounds__(kThreads) adamw_multi_tensor_kernel(const AdamWLaunch<G> L, const AdamWScalars s) {
   const int64_t total = L.group_start[L.count];
   for (int64_t grp = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; grp < total;
        grp += int64_t(gridDim.x) * blockDim.x) {
@@ -50,12 +71,12 @@ __global__ void __launch_bounds__(kThreads) adamw_multi_tensor_kernel(const Adam
     const int64_t n = L.n[t];
     const float decay = L.decay[t];
     float* p = L.p[t];
-    const float* g = L.g[t];
+    const G* g = L.g[t];
     float* m = L.m[t];
     float* v = L.v[t];
     if (L.vec_ok[t] && e + 4 <= n) {
       float4 pp = *reinterpret_cast<const float4*>(p + e);
-      const float4 gg = __ldg(reinterpret_cast<const float4*>(g + e));
+      const float4 gg = load4(g + e);
       float4 mm = *reinterpret_cast<const float4*>(m + e);
       float4 vv = *reinterpret_cast<const float4*>(v + e);
       adamw_update(pp.x, gg.x, mm.x, vv.x, decay, s);
@@ -69,7 +90,7 @@ __global__ void __launch_bounds__(kThreads) adamw_multi_tensor_kernel(const Adam
       const int64_t end = e + 4 < n ? e + 4 : n;
       for (int64_t i = e; i < end; ++i) {
         float pi = p[i], mi = m[i], vi = v[i];
-        adamw_update(pi, g[i], mi, vi, decay, s);
+        adamw_update(pi, load1(g + i), mi, vi, decay, s);
         p[i] = pi;
         m[i] = mi;
         v[i] = vi;
@@ -78,40 +99,51 @@ __global__ void __launch_bounds__(kThreads) adamw_multi_tensor_kernel(const Adam
   }
 }
 
-void launch(AdamWLaunch& L, const AdamWScalars& s) {
+template <typename G>
+void launch(AdamWLaunch<G>& L, const AdamWScalars& s) {
   if (L.count == 0) return;
   const int64_t total = L.group_start[L.count];
   if (total > 0) {
     const unsigned grid = seqmix::cuda::grid_for(total, kThreads, 8);
-    adamw_multi_tensor_kernel<<<grid, kThreads, 0, seqmix::cuda::current_stream()>>>(L, s);
+    adamw_multi_tensor_kernel<G><<<grid, kThreads, 0, seqmix::cuda::current_stream()>>>(L, s);
     SEQMIX_CUDA_CHECK_LAUNCH("adamw_multi_tensor_kernel");
   }
   L.count = 0;
   L.group_start[0] = 0;
 }
 
-}  // namespace
-
-void adamw_step_cuda(const std::vector<AdamWTensor>& tensors, const AdamWScalars& s) {
-  AdamWLaunch L{};
+// Packs the tensors whose gradient is of type G into launches of kMaxTensors.
+template <typename G>
+void step_all(const std::vector<AdamWTensor>& tensors, const AdamWScalars& s) {
+  AdamWLaunch<G> L{};
   L.count = 0;
   L.group_start[0] = 0;
   for (const AdamWTensor& t : tensors) {
-    if (t.n <= 0) continue;
+    const G* g;
+    if constexpr (std::is_same_v<G, float>) g = t.g_bf16 ? nullptr : t.g;
+    else g = reinterpret_cast<const G*>(t.g_bf16);
+    if (t.n <= 0 || g == nullptr) continue;
     const int i = L.count;
     L.p[i] = t.p;
-    L.g[i] = t.g;
+    L.g[i] = g;
     L.m[i] = t.m;
     L.v[i] = t.v;
     L.n[i] = t.n;
     L.decay[i] = t.decay;
-    L.vec_ok[i] = seqmix::cuda::aligned16(t.p) && seqmix::cuda::aligned16(t.g) &&
-                  seqmix::cuda::aligned16(t.m) && seqmix::cuda::aligned16(t.v);
+    const bool g_ok = std::is_same_v<G, float> ? seqmix::cuda::aligned16(g) : reinterpret_cast<uintptr_t>(g) % 8 == 0;
+    L.vec_ok[i] = seqmix::cuda::aligned16(t.p) && g_ok && seqmix::cuda::aligned16(t.m) && seqmix::cuda::aligned16(t.v);
     L.group_start[i + 1] = L.group_start[i] + (t.n + 3) / 4;
     L.count = i + 1;
     if (L.count == kMaxTensors) launch(L, s);
   }
   launch(L, s);
+}
+
+}  // namespace
+
+void adamw_step_cuda(const std::vector<AdamWTensor>& tensors, const AdamWScalars& s) {
+  step_all<float>(tensors, s);
+  step_all<__nv_bfloat16>(tensors, s);
 }
 
 }  // namespace seqmix::train::detail

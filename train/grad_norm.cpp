@@ -50,14 +50,17 @@ double grad_norm(const std::vector<Tensor>& params) {
     if (!p.defined()) continue;
     Tensor g = p.grad();
     if (!g.defined() || g.numel() == 0) continue;
-    Tensor c = f32_contiguous(g);
+    // CUDA bf16 gradients (data-parallel buckets reduced in bf16) are read as they are
+    const bool bf16 = g.is_cuda() && g.dtype() == DType::BF16 && g.is_contiguous();
+    Tensor c = bf16 ? g : f32_contiguous(g);
     if (c.is_cuda()) {
       SEQMIX_CHECK(cuda_index < 0 || cuda_index == c.device().index,
                    "grad_norm: gradients on more than one CUDA device (cuda:", cuda_index, " and ",
                    c.device().str(), ")");
       cuda_index = c.device().index;
       keep.push_back(c);
-      cuda_refs.push_back({c.data<float>(), c.numel()});
+      if (bf16) cuda_refs.push_back({nullptr, c.numel(), static_cast<const uint16_t*>(c.data_ptr())});
+      else cuda_refs.push_back({c.data<float>(), c.numel()});
     } else {
       total += sumsq_cpu(c.data<float>(), c.numel());
     }
@@ -101,9 +104,14 @@ void scale_grads(const std::vector<Tensor>& params, double factor) {
   }
 }
 
+double clip_factor(double norm, double max_norm) {
+  return max_norm > 0 && std::isfinite(norm) && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0;
+}
+
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   const double norm = grad_norm(params);
-  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) scale_grads(params, max_norm / (norm + 1e-6));
+  const double f = clip_factor(norm, max_norm);
+  if (f != 1.0) scale_grads(params, f);
   return norm;
 }
 

@@ -1,4 +1,4 @@
-// Fused multi-tensor sum of squares and in-place scaling of f32 gradients on CUDA.
+// Fused multi-tensor sum of squares (f32 and bf16 gradients) and in-place scaling (f32) on CUDA.
 //
 // Tensors are packed into launches of up to kMaxTensors; each launch's table (pointers, sizes) is the
 // kernel argument. Inside a launch the tensors are laid end to end in groups of 4 elements (each
@@ -8,6 +8,10 @@
 // a one-block kernel adds all partials of all launches in double in a fixed order, and the result is
 // copied to the host (the only synchronization). The grid depends only on the work size and the SM
 // count, so the result is deterministic on a given device.
+#include <cuda_bf16.h>
+
+#include <type_traits>
+
 #include "core/allocator.h"
 #include "core/cuda/device_utils.cuh"
 #include "train/grad_norm.h"
@@ -20,16 +24,32 @@ constexpr int kMaxTensors = 128;
 constexpr int kThreads = 256;
 constexpr int kFinalThreads = 512;
 
+template <typename G>
 struct GradLaunch {
-  float* g[kMaxTensors];
+  G* g[kMaxTensors];
   int64_t n[kMaxTensors];
   int64_t group_start[kMaxTensors + 1];
   unsigned char vec_ok[kMaxTensors];
   int count;
 };
-static_assert(sizeof(GradLaunch) + 16 < 4000, "kernel argument too large");
+static_assert(sizeof(GradLaunch<float>) + 16 < 4000, "kernel argument too large");
 
-__device__ __forceinline__ int find_tensor(const GradLaunch& L, int64_t group) {
+// The sum of squares of four consecutive elements (16-byte f32 or 8-byte bf16 load) and of one.
+__device__ __forceinline__ float sumsq4(const float* g) {
+  const float4 x = __ldg(reinterpret_cast<const float4*>(g));
+  return x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
+}
+__device__ __forceinline__ float sumsq4(const __nv_bfloat16* g) {
+  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(g));
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y;
+}
+__device__ __forceinline__ float as_f32(float x) { return x; }
+__device__ __forceinline__ float as_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename G>
+__device__ __forceinline__ int find_tensor(const GradLaunch<G>& L, int64_t group) {
   int lo = 0, hi = L.count - 1;
   while (lo < hi) {
     int mid = (lo + hi + 1) >> 1;
@@ -39,7 +59,8 @@ __device__ __forceinline__ int find_tensor(const GradLaunch& L, int64_t group) {
   return lo;
 }
 
-__global__ void __launch_bounds__(kThreads) sumsq_kernel(const GradLaunch L, float* __restrict__ partial) {
+template <typename G>
+__global__ void __launch_bounds__(kThreads) sumsq_kernel(const GradLaunch<G> L, float* __restrict__ partial) {
   __shared__ float scratch[32];
   const int64_t total = L.group_start[L.count];
   float acc = 0.f;
@@ -48,13 +69,12 @@ __global__ void __launch_bounds__(kThreads) sumsq_kernel(const GradLaunch L, flo
     const int t = find_tensor(L, grp);
     const int64_t e = (grp - L.group_start[t]) * 4;
     const int64_t n = L.n[t];
-    const float* g = L.g[t];
+    const G* g = L.g[t];
     if (L.vec_ok[t] && e + 4 <= n) {
-      const float4 x = __ldg(reinterpret_cast<const float4*>(g + e));
-      acc += x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
+      acc += sumsq4(g + e);
     } else {
       const int64_t end = e + 4 < n ? e + 4 : n;
-      for (int64_t i = e; i < end; ++i) acc += g[i] * g[i];
+      for (int64_t i = e; i < end; ++i) acc += as_f32(g[i]) * as_f32(g[i]);
     }
   }
   acc = seqmix::cuda::block_reduce_sum(acc, scratch);
@@ -70,7 +90,7 @@ __global__ void __launch_bounds__(kFinalThreads) final_sum_kernel(const float* _
   if (threadIdx.x == 0) *out = acc;
 }
 
-__global__ void __launch_bounds__(kThreads) scale_kernel(const GradLaunch L, float factor) {
+__global__ void __launch_bounds__(kThreads) scale_kernel(const GradLaunch<float> L, float factor) {
   const int64_t total = L.group_start[L.count];
   for (int64_t grp = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; grp < total;
        grp += int64_t(gridDim.x) * blockDim.x) {
@@ -92,18 +112,23 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(const GradLaunch L, flo
   }
 }
 
-// Splits the gradients into launch tables (tensors with n == 0 dropped).
-std::vector<GradLaunch> pack(const std::vector<GradRef>& grads) {
-  std::vector<GradLaunch> out;
-  GradLaunch L{};
+// Splits the gradients of type G (f32: GradRef::g, bf16: g_bf16) into launch tables (tensors with n == 0
+// dropped).
+template <typename G>
+std::vector<GradLaunch<G>> pack(const std::vector<GradRef>& grads) {
+  std::vector<GradLaunch<G>> out;
+  GradLaunch<G> L{};
   L.count = 0;
   L.group_start[0] = 0;
   for (const GradRef& r : grads) {
-    if (r.n <= 0) continue;
+    G* g;
+    if constexpr (std::is_same_v<G, float>) g = r.g_bf16 ? nullptr : r.g;
+    else g = reinterpret_cast<G*>(const_cast<uint16_t*>(r.g_bf16));
+    if (r.n <= 0 || g == nullptr) continue;
     const int i = L.count;
-    L.g[i] = r.g;
+    L.g[i] = g;
     L.n[i] = r.n;
-    L.vec_ok[i] = seqmix::cuda::aligned16(r.g);
+    L.vec_ok[i] = std::is_same_v<G, float> ? seqmix::cuda::aligned16(g) : reinterpret_cast<uintptr_t>(g) % 8 == 0;
     L.group_start[i + 1] = L.group_start[i] + (r.n + 3) / 4;
     L.count = i + 1;
     if (L.count == kMaxTensors) {
@@ -119,14 +144,17 @@ std::vector<GradLaunch> pack(const std::vector<GradRef>& grads) {
 }  // namespace
 
 double grad_sumsq_cuda(const std::vector<GradRef>& grads) {
-  const std::vector<GradLaunch> launches = pack(grads);
-  if (launches.empty()) return 0.0;
-  std::vector<unsigned> grids;
+  const std::vector<GradLaunch<float>> launches = pack<float>(grads);
+  const std::vector<GradLaunch<__nv_bfloat16>> launches16 = pack<__nv_bfloat16>(grads);
+  if (launches.empty() && launches16.empty()) return 0.0;
+  std::vector<unsigned> grids;  // f32 launches, then bf16
   int64_t nparts = 0;
-  for (const GradLaunch& L : launches) {
-    grids.push_back(seqmix::cuda::grid_for(L.group_start[L.count], kThreads, 4));
+  auto add_grid = [&](int64_t groups) {
+    grids.push_back(seqmix::cuda::grid_for(groups, kThreads, 4));
     nparts += grids.back();
-  }
+  };
+  for (const auto& L : launches) add_grid(L.group_start[L.count]);
+  for (const auto& L : launches16) add_grid(L.group_start[L.count]);
   const int device = seqmix::cuda::current_device();
   cudaStream_t stream = seqmix::cuda::current_stream();
   // one scratch allocation: the double result, then the f32 partials
@@ -137,10 +165,16 @@ double grad_sumsq_cuda(const std::vector<GradRef>& grads) {
   double result = 0;
   try {
     int64_t at = 0;
-    for (size_t k = 0; k < launches.size(); ++k) {
-      sumsq_kernel<<<grids[k], kThreads, 0, stream>>>(launches[k], partial + at);
+    size_t k = 0;
+    for (const auto& L : launches) {
+      sumsq_kernel<<<grids[k], kThreads, 0, stream>>>(L, partial + at);
       SEQMIX_CUDA_CHECK_LAUNCH("sumsq_kernel");
-      at += grids[k];
+      at += grids[k++];
+    }
+    for (const auto& L : launches16) {
+      sumsq_kernel<<<grids[k], kThreads, 0, stream>>>(L, partial + at);
+      SEQMIX_CUDA_CHECK_LAUNCH("sumsq_kernel (bf16)");
+      at += grids[k++];
     }
     final_sum_kernel<<<1, kFinalThreads, 0, stream>>>(partial, nparts, out);
     SEQMIX_CUDA_CHECK_LAUNCH("final_sum_kernel");
@@ -156,7 +190,7 @@ double grad_sumsq_cuda(const std::vector<GradRef>& grads) {
 
 void scale_cuda(const std::vector<GradRef>& grads, float factor) {
   cudaStream_t stream = seqmix::cuda::current_stream();
-  for (const GradLaunch& L : pack(grads)) {
+  for (const GradLaunch<float>& L : pack<float>(grads)) {
     const unsigned grid = seqmix::cuda::grid_for(L.group_start[L.count], kThreads, 8);
     scale_kernel<<<grid, kThreads, 0, stream>>>(L, factor);
     SEQMIX_CUDA_CHECK_LAUNCH("scale_kernel");

@@ -18,7 +18,7 @@ void validate_adamw_config(const AdamWConfig& c) {
 
 namespace detail {
 
-AdamWScalars adamw_scalars(const AdamWConfig& cfg, double lr, int64_t t) {
+AdamWScalars adamw_scalars(const AdamWConfig& cfg, double lr, int64_t t, double grad_scale) {
   const double bc1 = 1.0 - std::pow(cfg.beta1, double(t));
   const double bc2 = 1.0 - std::pow(cfg.beta2, double(t));
   AdamWScalars s;
@@ -29,6 +29,7 @@ AdamWScalars adamw_scalars(const AdamWConfig& cfg, double lr, int64_t t) {
   s.step_size = float(lr / bc1);
   s.inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
   s.eps = float(cfg.eps);
+  s.grad_scale = float(grad_scale);
   return s;
 }
 
@@ -70,10 +71,11 @@ AdamW::AdamW(NamedTensors named_params, AdamWConfig cfg) : cfg_(cfg) {
   }
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, double grad_scale) {
   SEQMIX_CHECK(std::isfinite(lr) && lr >= 0, "AdamW::step: learning rate must be finite and >= 0, got ", lr);
+  SEQMIX_CHECK(std::isfinite(grad_scale), "AdamW::step: gradient scale must be finite, got ", grad_scale);
   ++steps_;
-  const detail::AdamWScalars s = detail::adamw_scalars(cfg_, lr, steps_);
+  const detail::AdamWScalars s = detail::adamw_scalars(cfg_, lr, steps_, grad_scale);
   const float decay = float(1.0 - lr * cfg_.weight_decay);
   std::vector<detail::AdamWTensor> cuda_items;
   std::vector<Tensor> keep;  // converted gradients, alive until the launch is queued
@@ -84,11 +86,13 @@ void AdamW::step(double lr) {
                  shape_str(g.shape()), ", the parameter ", shape_str(sl.param.shape()));
     SEQMIX_CHECK(g.device() == sl.param.device(), "AdamW: gradient of '", sl.name, "' is on ", g.device().str(),
                  ", the parameter on ", sl.param.device().str());
-    if (g.dtype() != DType::F32) g = g.to(DType::F32);
+    const bool read_bf16 = sl.param.is_cuda() && g.dtype() == DType::BF16 && g.is_contiguous();  // as it is
+    if (!read_bf16 && g.dtype() != DType::F32) g = g.to(DType::F32);
     if (!g.is_contiguous()) g = g.contiguous();
     keep.push_back(g);
-    detail::AdamWTensor t{sl.param.data<float>(), g.data<float>(), sl.exp_avg.data<float>(),
+    detail::AdamWTensor t{sl.param.data<float>(), read_bf16 ? nullptr : g.data<float>(), sl.exp_avg.data<float>(),
                           sl.exp_avg_sq.data<float>(), sl.param.numel(), sl.decay ? decay : 1.0f};
+    if (read_bf16) t.g_bf16 = static_cast<const uint16_t*>(g.data_ptr());
     if (sl.param.is_cuda()) {
       cuda_items.push_back(t);
     } else {

@@ -6,7 +6,9 @@
 //   v = beta2 * v + (1 - beta2) * g * g
 //   p = p * (1 - lr * weight_decay)          (only parameters with dim() >= 2)
 //   p = p - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-// This is torch.optim.AdamW's update. One step counter serves every parameter (a parameter without a
+// This is torch.optim.AdamW's update. step(lr, grad_scale) first multiplies each gradient by the f32
+// grad_scale (the clipping factor, folded in instead of a separate pass over the gradients; the same
+// rounding as scaling them in place, and exact when it is 1). One step counter serves every parameter (a parameter without a
 // gradient in a step keeps p, m and v unchanged but the counter still advances).
 //
 // CPU parameters: an OpenMP loop per tensor (elementwise, so bit-identical between runs and thread
@@ -37,9 +39,10 @@ class AdamW {
   // The moments are allocated (zeros) next to each parameter.
   AdamW(NamedTensors named_params, AdamWConfig cfg);
 
-  // One update with learning rate `lr` from each parameter's .grad() (undefined: skipped).
-  // Gradients that are not f32 or not contiguous are converted first (slower; f32 is expected).
-  void step(double lr);
+  // One update with learning rate `lr` from each parameter's .grad() (undefined: skipped), each
+  // gradient times `grad_scale` (see above). CUDA gradients may be f32 or bf16 (read as they are);
+  // other dtypes and non-contiguous gradients are converted first (slower).
+  void step(double lr, double grad_scale = 1.0);
   // Sets every parameter's gradient to undefined (the next backward allocates fresh ones).
   void zero_grad();
   int64_t steps() const { return steps_; }
@@ -75,8 +78,9 @@ struct AdamWScalars {
   float step_size;     // lr / (1 - beta1^t)
   float inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^t)
   float eps;
+  float grad_scale;    // multiplies every gradient first (clipping); 1 = none
 };
-AdamWScalars adamw_scalars(const AdamWConfig& cfg, double lr, int64_t t);
+AdamWScalars adamw_scalars(const AdamWConfig& cfg, double lr, int64_t t, double grad_scale = 1.0);
 
 // One tensor's update: n elements of f32 p, g, m, v; decay = 1 - lr * weight_decay, or 1.
 struct AdamWTensor {
@@ -86,6 +90,7 @@ struct AdamWTensor {
   float* v;
   int64_t n;
   float decay;
+  const uint16_t* g_bf16 = nullptr;  // CUDA only: a bf16 gradient, read instead of g
 };
 
 // Separately rounded f32 operations (the device versions forbid contraction into FMA), so the
@@ -127,6 +132,7 @@ SEQMIX_HD float f_sqrt(float a) {
 }
 
 SEQMIX_HD void adamw_update(float& p, float g, float& m, float& v, float decay, const AdamWScalars& s) {
+  g = f_mul(g, s.grad_scale);
   m = f_add(f_mul(s.beta1, m), f_mul(s.one_minus_beta1, g));
   v = f_add(f_mul(s.beta2, v), f_mul(f_mul(s.one_minus_beta2, g), g));
   const float denom = f_add(f_mul(f_sqrt(v), s.inv_sqrt_bc2), s.eps);

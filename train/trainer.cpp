@@ -431,7 +431,7 @@ double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad
     return loss;
   }
   std::vector<Tensor> params = model_->parameters();
-  double gn = s_.grad_clip > 0 ? clip_grad_norm(params, s_.grad_clip) : grad_norm(params);
+  double gn = grad_norm(params);  // clipping: folded into the update (no pass over the gradients)
   double loss = loss_sum.item();
   *grad_norm_out = gn;
   profiler_.mark(StepProfiler::kNormLoss);
@@ -439,7 +439,7 @@ double Trainer::train_step(const data::HostBatch& batch, double lr, double* grad
     opt_->zero_grad();
     return loss;
   }
-  opt_->step(lr);
+  opt_->step(lr, clip_factor(gn, s_.grad_clip));
   opt_->zero_grad();
   profiler_.mark(StepProfiler::kOptimizer);
   profiler_.end_step();

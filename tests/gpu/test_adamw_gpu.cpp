@@ -121,6 +121,47 @@ TEST(GradNormGpu, MatchesCpuAndScales) {
   EXPECT_NEAR(grad_norm(ps.gpu_list()), before / 4, 1e-5 * before);
 }
 
+// A bf16 copy of an f32 tensor on CUDA, optionally starting 2 bytes past an 8-byte boundary (scalar path).
+Tensor bf16_cuda(const Tensor& values, bool misalign) {
+  Tensor base = zeros({values.numel() + 1}, DType::BF16, Device::cuda());
+  Tensor view = base.narrow(0, misalign ? 1 : 0, values.numel()).view(values.shape());
+  view.copy_(values);
+  return view;
+}
+
+TEST(AdamWGpu, Bf16GradientsAndGradScaleMatchCpu) {
+  // Data parallel with bf16 reduction hands AdamW bf16 gradient views and the clipping factor.
+  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  ParamSet ps = make_params(7);
+  AdamW cpu_opt(ps.cpu, AdamWConfig{}), gpu_opt(ps.gpu, AdamWConfig{});
+  Generator gen(8);
+  for (int s = 0; s < 2; ++s) {
+    for (size_t i = 0; i < ps.cpu.size(); ++i) {
+      Tensor g = randn(ps.cpu[i].second.shape(), gen).to(DType::BF16).to(DType::F32);  // bf16 values
+      Tensor(ps.cpu[i].second).set_grad(g);
+      Tensor(ps.gpu[i].second).set_grad(bf16_cuda(g, i % 4 == 1));
+    }
+    cpu_opt.step(1e-3, 0.43);
+    gpu_opt.step(1e-3, 0.43);
+  }
+  for (size_t i = 0; i < ps.cpu.size(); ++i)
+    EXPECT_LE(rel_error(ps.gpu[i].second.cpu(), ps.cpu[i].second), 1e-6) << ps.cpu[i].first;
+}
+
+TEST(GradNormGpu, Bf16GradientsMatchTheirF32Values) {
+  if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  ParamSet ps = make_params(9);
+  Generator gen(10);
+  for (size_t i = 0; i < ps.cpu.size(); ++i) {
+    Tensor g = randn(ps.cpu[i].second.shape(), gen).to(DType::BF16).to(DType::F32);
+    Tensor(ps.cpu[i].second).set_grad(g);
+    Tensor(ps.gpu[i].second).set_grad(bf16_cuda(g, i % 5 == 2));
+  }
+  const double nc = grad_norm(ps.cpu_list()), ng = grad_norm(ps.gpu_list());
+  EXPECT_NEAR(ng, nc, 1e-6 * nc);
+  EXPECT_EQ(ng, grad_norm(ps.gpu_list()));  // deterministic
+}
+
 TEST(GradNormGpu, NanPropagates) {
   if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device";
   Tensor p = zeros({1001}, DType::F32, Device::cuda());

@@ -118,6 +118,29 @@ TEST(AdamW, DeterministicOnCpu) {
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0);
 }
 
+TEST(AdamW, GradScaleEqualsScalingTheGradientsFirst) {
+  // step(lr, f) must be bit for bit scale_grads(f) then step(lr): clipping folded into the update.
+  Generator gen(11);
+  Tensor a = randn({37, 5}, gen), b = randn({37, 5}, gen);
+  a.copy_(b);
+  Tensor g = randn({37, 5}, gen);
+  AdamW oa({{"w", a}}, AdamWConfig{}), ob({{"w", b}}, AdamWConfig{});
+  const double f = 0.3791;
+  for (int step = 0; step < 3; ++step) {
+    a.set_grad(g.clone());
+    b.set_grad(g.clone());
+    scale_grads({a}, f);
+    oa.step(1e-2);
+    ob.step(1e-2, f);
+  }
+  EXPECT_EQ(a.to_vector<float>(), b.to_vector<float>());
+  EXPECT_EQ(clip_factor(13.0, 20.0), 1.0);
+  EXPECT_DOUBLE_EQ(clip_factor(13.0, 6.5), 6.5 / (13.0 + 1e-6));
+  EXPECT_EQ(clip_factor(std::numeric_limits<double>::quiet_NaN(), 1.0), 1.0);
+  EXPECT_EQ(clip_factor(13.0, 0.0), 1.0);
+  expect_error_contains([&] { ob.step(1e-2, std::numeric_limits<double>::infinity()); }, "gradient scale");
+}
+
 TEST(AdamW, StateRoundTripContinuesIdentically) {
   Generator gen(9);
   Tensor w1 = randn({7, 5}, gen), b1 = randn({5}, gen);

@@ -77,6 +77,9 @@ DataParallel::DataParallel(Communicator& comm, NamedTensors params, AdamWConfig 
       b.flat.zero_();
     }
   }
+  // Reduced in bf16 without ZeRO-1, the gradients live in `wire` only: the f32 buffer served the broadcast.
+  if (wire16 && !opt_.zero1)
+    for (Bucket& b : buckets_) b.flat = Tensor();
 
   if (opt_.zero1) {
     NamedTensors seg_params;
@@ -239,16 +242,14 @@ void DataParallel::finish_backward(const Tensor& local_loss) {
   for (Bucket& b : buckets_) {
     b.work->wait();  // the collective averaged over the ranks
     b.work.reset();
-    if (b.wire.defined()) {  // widen the bf16 reduction back to f32
-      if (opt_.zero1) b.shard_grad.copy_(b.shard_wire);
-      else b.flat.copy_(b.wire);
-    }
+    if (opt_.zero1 && b.wire.defined()) b.shard_grad.copy_(b.shard_wire);  // widen the bf16 reduction to f32
     if (!opt_.zero1) {
-      // The gradients are views of the reduced bucket (no copy); zero_grad() drops them before the
-      // next backward writes the bucket again.
+      // The gradients are views of the reduced bucket (no copy; bf16 ones when reduced in bf16, which the
+      // norm and AdamW read as they are); zero_grad() drops them before the next backward writes the
+      // bucket again.
       for (size_t k = 0; k < b.params.size(); ++k) {
         Tensor p = params_[size_t(b.params[k])].second;
-        p.set_grad(shaped_view(b.flat, p.shape(), b.offsets[k]));
+        p.set_grad(b.sinks[k]);
       }
     }
   }
@@ -269,27 +270,31 @@ void DataParallel::finish_backward(const Tensor& local_loss) {
 }
 
 double DataParallel::clip_grad_norm(double max_norm) {
+  double norm;
   if (!opt_.zero1) {
     // Every rank holds the same reduced gradients: the local norm is the global one.
     std::vector<Tensor> ps;
     for (auto& np : params_) ps.push_back(np.second);
-    return max_norm > 0 ? train::clip_grad_norm(ps, max_norm) : train::grad_norm(ps);
+    norm = train::grad_norm(ps);
+  } else {
+    std::vector<Tensor> segs;
+    for (Segment& s : segments_) segs.push_back(s.view);
+    double local = segs.empty() ? 0.0 : train::grad_norm(segs);
+    norm = std::sqrt(comm_.all_reduce_sum(local * local));
   }
-  std::vector<Tensor> segs;
-  for (Segment& s : segments_) segs.push_back(s.view);
-  double local = segs.empty() ? 0.0 : train::grad_norm(segs);
-  double norm = std::sqrt(comm_.all_reduce_sum(local * local));
-  if (max_norm > 0 && std::isfinite(norm) && norm > max_norm) train::scale_grads(segs, max_norm / (norm + 1e-6));
+  grad_scale_ = clip_factor(norm, max_norm);  // applied by step()
   return norm;
 }
 
 void DataParallel::step(double lr) {
+  const double scale = grad_scale_;
+  grad_scale_ = 1.0;
   if (!opt_.zero1) {
-    adamw_->step(lr);
+    adamw_->step(lr, scale);
     return;
   }
   autograd::NoGradGuard ng;
-  shard_adamw_->step(lr);
+  shard_adamw_->step(lr, scale);
   // All-gather the updated chunks into every rank's parameters (the bucket buffers are free now).
   const int r = comm_.rank();
   std::vector<Tensor> sends(buckets_.size());

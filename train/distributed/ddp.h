@@ -23,7 +23,8 @@
 // rank's part, for any world size.
 //
 // reduce_dtype bf16 (opt-in): gradients are rounded to bf16 before the reduction, which is summed in
-// bf16 (half the bytes on the wire), and widened back to f32 for the update: a rounding of the
+// bf16 (half the bytes on the wire); the parameters' gradients are then bf16 views of the reduced
+// bucket, which the norm and AdamW read directly (ZeRO-1 widens its chunk to f32): a rounding of the
 // gradients (relative 2^-9 per rank), so runs then match f32 reduction only approximately.
 //
 // A parameter that got no gradient on any rank in a step is left without one (a small all-reduce of
@@ -62,7 +63,7 @@ class DataParallel {
   void finish_backward(const Tensor& local_loss = Tensor());
   double mean_loss() const { return mean_loss_; }
   // The global gradient norm (every rank gets the same value); clips to max_norm when > 0
-  // (as train::clip_grad_norm).
+  // (as train::clip_grad_norm, through the factor the next step() applies inside AdamW).
   double clip_grad_norm(double max_norm);
   void step(double lr);
   void zero_grad();
@@ -118,6 +119,7 @@ class DataParallel {
   std::vector<int> bucket_of_;
   std::vector<bool> ready_;
   double mean_loss_ = 0;
+  double grad_scale_ = 1.0;  // the clipping factor of clip_grad_norm, for the next step()
   std::vector<bool> had_grad_;  // this rank produced a gradient for the parameter in this step
   int next_launch_ = 0;
   bool sync_ = false;
