@@ -51,7 +51,7 @@
 // reads them there.
 // 256 threads per CTA. Dynamic shared memory (bytes, C = 64; delta_cuda::Lay*):
 //                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
-//     fwd_prep          (N, H, B)            55,296          71,680            82,944
+//     fwd_prep          (N, H, B)            46,080          55,040            66,304
 //     fwd_state         (Dv/32, H, B)        69,632         107,520           112,640
 //     fwd_out           (N, H, B)            49,920          70,400            88,832
 //     bwd_prep          (N, H, B)            39,296          55,680            66,944
@@ -60,7 +60,8 @@
 //     bwd_out           (N, H, B)            57,728         107,904           103,808
 // (Dv/16 column tiles when Dv is not a multiple of 32.) fwd_out forms O 32 (or 16) value columns at a time from
 // two piece buffers of S_n and U' (launch bounds 256 x 3: 80 registers, three CTAs per SM at Dk = Dv = 128);
-// bwd_prep loads dO into K's space once P is formed (launch bounds 256 x 4: 64 registers, four CTAs per SM).
+// fwd_prep loads Y into A's space once T is formed and bwd_prep dO into K's once P is formed (launch bounds 256 x
+// 4: 64 registers, four CTAs per SM).
 // bwd_out keeps U' in the state's buffer until S_n is loaded and diag(e^{G_C - G}) U' in dO's once dq^ is done,
 // so that two of its CTAs fit on an H100 SM at Dk = Dv = 128.
 // bwd_wy keeps K and T (then E) for the whole kernel and four C x D slots whose contents follow its phases (S_n,

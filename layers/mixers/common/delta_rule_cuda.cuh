@@ -99,8 +99,9 @@ struct LayPrep {  // fwd_prep
     const Ld l(g);
     Bump m;
     K = m.take(size_t(g.C) * l.k * sizeof(OP));
-    Y = m.take(size_t(g.C) * l.v * sizeof(OP));
-    A = m.take(size_t(g.C) * l.cf * 4);
+    const size_t a = size_t(g.C) * l.cf * 4, y = size_t(g.C) * l.v * sizeof(OP);
+    A = m.take(a > y ? a : y);
+    Y = A;  // Y = diag(b) V loads once T is formed from A
     T = m.take(size_t(g.C) * l.c * sizeof(OP));
     scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
     rk = m.take(size_t(g.C) * 4);
@@ -1283,8 +1284,10 @@ __device__ __forceinline__ void tri_to_op(OP* T, int ldt, const float* A, int ld
 // ===================================== forward =====================================
 
 // (1) per chunk: A, T = (I + A)^{-1} (saved), W = T diag(b e^G) K, U = T diag(b) V, Kd = diag(e^(G_C - G)) K, gC.
+// Y loads into A's space once T is formed; launch bounds 256 x 4: 64 registers (no spills), four CTAs
+// per SM at Dk = Dv = 128.
 template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
+__global__ void __launch_bounds__(kThreads, 4) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   TC_SMEM(smem);
   const LayPrep<OP> lay(g);
   const Ld ld(g);
@@ -1303,7 +1306,6 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   load_gb(G, bb, g.gated ? p.g : nullptr, p.beta, g, c);
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
   __syncthreads();
-  load_rows(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);  // Y = diag(b) V
   mm<OP>(C, C, scr,
          [&](int t, int s, float x) { A[t * ld.cf + s] = s < t ? bb[t] * x * dr_exp(G[t] - G[s]) : 0.f; },
          term<false, true>(K, ld.k, K, ld.k, Dk));
@@ -1325,9 +1327,11 @@ __global__ void __launch_bounds__(kThreads) fwd_prep(Geo g, Ptrs<IN, OP> p) {
     st4op(kr, kx);
   });
   if (tid == 0) p.gC[int64_t(c.b * g.H + c.h) * g.N + c.n] = GC;
-  __syncthreads();
+  __syncthreads();  // A is dead: Y takes its space while W = T X runs
+  load_rows(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);  // Y = diag(b) V
   mm_vec4<OP>(C, Dk, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.W + (row0 + t) * Dk + j, x); },
               term<false, false>(T, ld.c, K, ld.k, C));
+  __syncthreads();
   mm_vec4<OP>(C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.U + (row0 + t) * Dv + j, x); },
               term<false, false>(T, ld.c, Y, ld.v, C));
 }
