@@ -25,7 +25,9 @@ B=build-gpu/seqmix
 G=(--set data.source=brown --set data.tokenizer=word --set data.vocab_size=0 --set train.steps=${STEPS:-60} --set train.log_every=10
    --set train.eval_every=0 --set train.ckpt_every=0 --set train.warmup=5)
 tps() { grep -oE '[0-9.]+[KM]? tok/s' "$1" | tail -1; }
-run() { local name=$1; shift; "$@" --set run.name=$name > "$OUT/$name.log" 2>&1; echo "$name: $(tps "$OUT/$name.log") $(grep -o 'step profile.*' "$OUT/$name.log" | tail -1)"; }
+# every run capped (a stuck NCCL setting must not eat the call: NCCL_P2P_USE_CUDA_MEMCPY=1 hung at the first
+# collective on the lent H200 pair), and a rank that stops answering ends the run within 60 s
+run() { local name=$1; shift; timeout ${RUN_TIMEOUT:-240} "$@" --set run.name=$name --set train.dist_timeout=60 > "$OUT/$name.log" 2>&1; echo "$name: $(tps "$OUT/$name.log") $(grep -o 'step profile.*' "$OUT/$name.log" | tail -1)"; }
 run tp1 $B train configs/gpt2-124m.yaml "${G[@]}" --device cuda
 [ -z "${NOBASE:-}" ] && run tp2 $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2
 for ch in ${CHANNELS-4 8 16}; do NCCL_MAX_NCHANNELS=$ch run tp2_ch$ch $B train configs/gpt2-124m.yaml "${G[@]}" --gpus 2; done
