@@ -45,10 +45,10 @@
 // rows' loads in flight per warp; tile loads issue a few 16-byte loads per thread before their shared-memory stores
 // (one global round trip per batch, not per piece); the epilogues that add to a global f32 buffer (dk^) load a
 // lane's 8 values together before storing, and bwd_wy (E K + E^T K) and bwd_out (F^T Q + Kd') add two products in
-// one such pass (mm_pieces_ab). The sequential kernels load the next chunk's W, Kd (and Qg) and their f32 U / dU
-// columns into registers while the current chunk's products run (RowPrefetch; launch bounds 256 x 2: 128
-// registers, two CTAs per SM); the U / dU columns go to shared memory, so that the epilogue's read-modify-write
-// reads them there.
+// one such pass (mm_pieces_ab). The sequential kernels load the next chunk's W, Kd (and Qg, and dO's columns for
+// 16-bit inputs) and their f32 U / dU columns into registers while the current chunk's products run (RowPrefetch,
+// ColPrefetch; launch bounds 256 x 2: 128 registers, two CTAs per SM); the U / dU columns go to shared memory, so
+// that the epilogue's read-modify-write reads them there.
 // 256 threads per CTA. Dynamic shared memory (bytes, C = 64; delta_cuda::Lay*):
 //                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
 //     fwd_prep          (N, H, B)            46,080          55,040            66,304

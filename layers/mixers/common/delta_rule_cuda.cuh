@@ -1149,6 +1149,53 @@ __device__ __forceinline__ void load_cols(OP* dst, int ld, const IN* x, const Ge
   });
 }
 
+// load_cols in two halves for bwd_state's dO columns: load() issues the next step's 16-byte global loads into
+// registers (R per thread) with the other prefetches, store() converts and writes them after the barrier that frees
+// the buffer. Shapes with more than R pieces per thread, or unaligned ones: store() is a plain load_cols.
+template <class IN, int R>
+struct ColPrefetch {
+  static constexpr int per = 16 / int(sizeof(IN));
+  uint4 v[R];
+  __device__ __forceinline__ static bool fits(const IN* x, const Geo& g, int D, int col0, int ncol) {
+    return reinterpret_cast<uintptr_t>(x) % 16 == 0 && (int64_t(D) * int(sizeof(IN))) % 16 == 0 && col0 % per == 0 &&
+           ncol % per == 0 && g.C * (ncol / per) <= R * int(blockDim.x);
+  }
+  __device__ __forceinline__ void load(const IN* x, const Geo& g, const Chunk& c, int D, int col0, int ncol) {
+    if (!fits(x, g, D, col0, ncol)) return;
+    const int nthr = int(blockDim.x), tid = int(threadIdx.x), vc = ncol / per;
+    const IN* x0 = x + tok(g, c.b, c.t0, c.h) * D + col0;  // row t at t H D further
+    const int64_t rs = int64_t(g.H) * D;
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = tid + k * nthr, t = e / vc;
+      v[k] = t < c.L && e < g.C * vc ? ld16(x0 + t * rs + (e % vc) * per) : uint4{0u, 0u, 0u, 0u};
+    }
+  }
+  template <class OP>
+  __device__ __forceinline__ void store(OP* dst, int ld, const IN* x, const Geo& g, const Chunk& c, int D, int col0, int ncol,
+                                        float mul) const {
+    if (!fits(x, g, D, col0, ncol)) {
+      load_cols(dst, ld, x, g, c, D, col0, ncol, mul);
+      return;
+    }
+    const int nthr = int(blockDim.x), tid = int(threadIdx.x), vc = ncol / per;
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = tid + k * nthr, t = e / vc, q = e % vc;
+      if (e >= g.C * vc) break;
+#pragma unroll
+      for (int i0 = 0; i0 < per; i0 += 4) {
+        const float y[4] = {mul * elem16<IN>(v[k], i0), mul * elem16<IN>(v[k], i0 + 1), mul * elem16<IN>(v[k], i0 + 2),
+                            mul * elem16<IN>(v[k], i0 + 3)};
+        st4op(dst + t * ld + q * per + i0, y);
+      }
+    }
+  }
+};
+// bwd_state's dO columns: C = 64, DVT = 32: 256 pieces of 16-bit inputs = 1 per thread (f32 inputs, 512 pieces: a
+// plain load_cols; two registers' worth spills there)
+constexpr int kPrefetchRO = 1;
+
 // A (f32, strictly lower, stride lda) -> (I + A)^{-1} in place (unit diagonal and zero upper part implied).
 // C = 64 (kInvC): blocked over 16 x 16 blocks, 8 barriers in all. (1) each diagonal block inverted by forward
 // substitution, a thread per column (independent triangular solves, the column in registers), written in place
@@ -1533,6 +1580,9 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
     pq.load(p.Qg + last * Dk, C, Dk);
     pw.load(p.W + last * Dk, C, Dk);
   }
+  const auto chunk = [&](int n) { return Chunk{b, h, n, n * C, g.T - n * C < C ? g.T - n * C : C}; };
+  ColPrefetch<IN, kPrefetchRO> po;  // and chunk n - 1's dO columns (was a load exposed after the first barrier)
+  po.load(p.dout, g, chunk(g.N - 1), Dv, j0, DVT);
   for (int n = g.N - 1; n >= 0; --n) {
     const float eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
@@ -1542,10 +1592,10 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
     pq.store(Qg, ld.k, p.Qg + row0 * Dk, C, Dk);
     pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
     pu.store(Uf, ld.vf, p.dU + row0 * Dv + j0, C, DVT, Dv);
-    const Chunk c{b, h, n, n * C, g.T - n * C < C ? g.T - n * C : C};
-    load_cols(dO, ld.vt, p.dout, g, c, Dv, j0, DVT, g.scale);
+    po.store(dO, ld.vt, p.dout, g, chunk(n), Dv, j0, DVT, g.scale);
     __syncthreads();
     if (n > 0) {
+      po.load(p.dout, g, chunk(n - 1), Dv, j0, DVT);
       pu.load(p.dU + (row0 - C) * Dv + j0, C, DVT, Dv);
       pk.load(p.Kd + (row0 - C) * Dk, C, Dk);
       pq.load(p.Qg + (row0 - C) * Dk, C, Dk);
