@@ -52,10 +52,10 @@
 // 256 threads per CTA. Dynamic shared memory (bytes, C = 64; delta_cuda::Lay*):
 //                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
 //     fwd_prep          (N, H, B)            46,080          55,040            66,304
-//     fwd_state         (Dv/32, H, B)        69,632         107,520           112,640
+//     fwd_state         (Dv/32, H, B)        71,680         110,592           114,688
 //     fwd_out           (N, H, B)            49,920          70,400            88,832
 //     bwd_prep          (N, H, B)            39,296          55,680            66,944
-//     bwd_state         (Dv/32, H, B)        69,632         107,520           112,640
+//     bwd_state         (Dv/32, H, B)        71,680         110,592           114,688
 //     bwd_wy            (N, H, B)            99,584         107,776           122,112
 //     bwd_out           (N, H, B)            57,728         107,904           103,808
 // (Dv/16 column tiles when Dv is not a multiple of 32.) fwd_out forms O 32 (or 16) value columns at a time from
