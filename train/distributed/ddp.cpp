@@ -313,6 +313,7 @@ void DataParallel::step(double lr) {
 }
 
 void DataParallel::zero_grad() {
+  grad_scale_ = 1.0;  // a skipped step must not hand its clipping factor to the next one
   if (adamw_) adamw_->zero_grad();
   if (shard_adamw_) shard_adamw_->zero_grad();
   for (auto& np : params_) np.second.set_grad(Tensor());
