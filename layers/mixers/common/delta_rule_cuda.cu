@@ -66,7 +66,8 @@
 // so that two of its CTAs fit on an H100 SM at Dk = Dv = 128.
 // bwd_wy keeps K and T (then E) for the whole kernel and four C x D slots whose contents follow its phases (S_n,
 // then W, dX, Y / dY, U, dW, P = dX W^T in f32; dA continues from P), so that it also runs two CTAs per SM; it
-// loads T and W as fwd_prep saved them (no second inversion).
+// loads T and W as fwd_prep saved them (no second inversion; W and later V in flight in registers during the
+// product before the barrier that frees their buffer).
 // f32 operands stay limited to the shapes where bwd_wy's former layout fitted (307 KB at Dk = Dv = 128: f32
 // inputs with a head dim above 64 run on bf16 operands; see op_f32_fits).
 // The per-row dot products of the epilogues (dbeta, dG) are shared-memory atomics: the backward's dbeta and dg

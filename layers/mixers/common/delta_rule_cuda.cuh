@@ -1149,9 +1149,10 @@ __device__ __forceinline__ void load_cols(OP* dst, int ld, const IN* x, const Ge
   });
 }
 
-// load_cols in two halves for bwd_state's dO columns: load() issues the next step's 16-byte global loads into
-// registers (R per thread) with the other prefetches, store() converts and writes them after the barrier that frees
-// the buffer. Shapes with more than R pieces per thread, or unaligned ones: store() is a plain load_cols.
+// load_cols / load_rows in two halves (bwd_state's next dO columns, bwd_wy's V rows): load() issues the 16-byte
+// global loads into registers (R per thread) before a product, store() converts and writes them (times mul, and
+// rowmul[t] when given, as load_rows) after the barrier that frees the buffer. Shapes with more than R pieces per
+// thread, or unaligned ones: store() is a plain load_cols / load_rows.
 template <class IN, int R>
 struct ColPrefetch {
   static constexpr int per = 16 / int(sizeof(IN));
@@ -1173,9 +1174,10 @@ struct ColPrefetch {
   }
   template <class OP>
   __device__ __forceinline__ void store(OP* dst, int ld, const IN* x, const Geo& g, const Chunk& c, int D, int col0, int ncol,
-                                        float mul) const {
+                                        float mul, const float* rowmul = nullptr) const {
     if (!fits(x, g, D, col0, ncol)) {
-      load_cols(dst, ld, x, g, c, D, col0, ncol, mul);
+      if (rowmul) load_rows(dst, ld, x, g, c, D, col0, ncol, mul, rowmul);
+      else load_cols(dst, ld, x, g, c, D, col0, ncol, mul);
       return;
     }
     const int nthr = int(blockDim.x), tid = int(threadIdx.x), vc = ncol / per;
@@ -1183,10 +1185,11 @@ struct ColPrefetch {
     for (int k = 0; k < R; ++k) {
       const int e = tid + k * nthr, t = e / vc, q = e % vc;
       if (e >= g.C * vc) break;
+      const float m = rowmul ? (t < c.L ? mul * rowmul[t] : 0.f) : mul;  // v is zeros past L
 #pragma unroll
       for (int i0 = 0; i0 < per; i0 += 4) {
-        const float y[4] = {mul * elem16<IN>(v[k], i0), mul * elem16<IN>(v[k], i0 + 1), mul * elem16<IN>(v[k], i0 + 2),
-                            mul * elem16<IN>(v[k], i0 + 3)};
+        const float y[4] = {m * elem16<IN>(v[k], i0), m * elem16<IN>(v[k], i0 + 1), m * elem16<IN>(v[k], i0 + 2),
+                            m * elem16<IN>(v[k], i0 + 3)};
         st4op(dst + t * ld + q * per + i0, y);
       }
     }
@@ -1658,6 +1661,8 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   load_f32(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dv, Dk, Dv);
   copy_rows(T, ld.c, p.Tm + row0 * C, C, C);  // fwd_prep's T (the same values an inversion here would give)
   __syncthreads();
+  RowPrefetch<OP, kPrefetchR> pw;  // the saved W in flight during dW = -dU' S_n^T (its buffer holds S_n until then)
+  pw.load(p.W + row0 * Dk, C, Dk);
   mm_vec4_or<OP>(
       C, Dk, scr,
       [&](int t, int j, const float (&x)[4]) {
@@ -1666,7 +1671,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
       },
       [&](int t, int j, float x) { dW[t * ld.k + j] = fromf<OP>(-x); }, term<false, true>(dU, ld.v, S, ld.v, Dv));
   __syncthreads();  // S_n is dead: the saved W takes S2 while dX goes to S3
-  copy_rows(Wt, ld.k, p.W + row0 * Dk, C, Dk);
+  pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
   // dX = T^T dW over X: dk^ = b e^G dX, dbeta += e^G dX.k, dG += b e^G dX.k (X = diag(b e^G) K)
   mm_pieces<OP>(C, Dk, scr,
                 [&](int t, int j, float* x, int n) {
@@ -1683,11 +1688,14 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
                 },
                 term<true, false>(T, ld.c, dW, ld.k, C));
   __syncthreads();  // dW is dead: P = dX W^T (f32) takes S4, the first half of dA = -(dX W^T + dY U^T)
+  // V's rows in flight during that product (Y's buffer holds W until then); f32 inputs (twice the pieces): load_rows
+  ColPrefetch<IN, sizeof(IN) == 4 ? 1 : kPrefetchR> pv;
+  pv.load(p.v, g, c, Dv, 0, Dv);
   mm_vec4_or<OP>(
       C, C, scr, [&](int t, int s, const float (&x)[4]) { st4op(P + t * ldp + s, x); },
       [&](int t, int s, float x) { P[t * ldp + s] = x; }, term<false, true>(X, ld.k, Wt, ld.k, Dk));
   __syncthreads();  // dX and W are dead: Y takes S2, U S3
-  load_rows(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);
+  pv.store(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);
   __syncthreads();
   mm_vec4_or<OP>(
       C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(Ut + t * ld.v + j, x); },
