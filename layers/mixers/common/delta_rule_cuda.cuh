@@ -1334,8 +1334,8 @@ __device__ __forceinline__ void tri_to_op(OP* T, int ldt, const float* A, int ld
 // ===================================== forward =====================================
 
 // (1) per chunk: A, T = (I + A)^{-1} (saved), W = T diag(b e^G) K, U = T diag(b) V, Kd = diag(e^(G_C - G)) K, gC.
-// Y loads into A's space once T is formed; launch bounds 256 x 4: 64 registers (no spills), four CTAs
-// per SM at Dk = Dv = 128.
+// Y (V's rows issued before the inversion) goes into A's space once T is formed; launch bounds 256 x 4: 64
+// registers (no spills), four CTAs per SM at Dk = Dv = 128.
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads, 4) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   TC_SMEM(smem);
@@ -1360,6 +1360,9 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_prep(Geo g, Ptrs<IN, OP> p) {
          [&](int t, int s, float x) { A[t * ld.cf + s] = s < t ? bb[t] * x * dr_exp(G[t] - G[s]) : 0.f; },
          term<false, true>(K, ld.k, K, ld.k, Dk));
   __syncthreads();
+  // V's rows in flight during the inversion (Y's buffer is A's); f32 inputs (twice the pieces): load_rows
+  ColPrefetch<IN, sizeof(IN) == 4 ? 1 : kPrefetchR> pv;
+  pv.load(p.v, g, c, Dv, 0, Dv);
   unit_lower_inverse(A, ld.cf, C, scr);  // scr is free between products
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
   // T also to global (when a backward will run): bwd_wy loads it instead of inverting again
@@ -1378,7 +1381,7 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_prep(Geo g, Ptrs<IN, OP> p) {
   });
   if (tid == 0) p.gC[int64_t(c.b * g.H + c.h) * g.N + c.n] = GC;
   __syncthreads();  // A is dead: Y takes its space while W = T X runs
-  load_rows(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);  // Y = diag(b) V
+  pv.store(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);  // Y = diag(b) V
   mm_vec4<OP>(C, Dk, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.W + (row0 + t) * Dk + j, x); },
               term<false, false>(T, ld.c, K, ld.k, C));
   __syncthreads();
