@@ -1519,7 +1519,7 @@ __global__ void __launch_bounds__(kThreads, 3) fwd_out(Geo g, Ptrs<IN, OP> p) {
 // ===================================== backward =====================================
 
 // (1) per chunk: dU = P^T (scale dO) (the intra-chunk part of dU'), Qg = diag(e^G) Q. dO loads into K's space
-// once P is formed; launch bounds 256 x 4: 64 registers (12 bytes spilled), four CTAs per SM at Dk = Dv = 128.
+// once P is formed; launch bounds 256 x 4: 64 registers (no spills), four CTAs per SM at Dk = Dv = 128.
 template <class IN, class OP>
 __global__ void __launch_bounds__(kThreads, 4) bwd_prep(Geo g, Ptrs<IN, OP> p) {
   TC_SMEM(smem);
@@ -1541,6 +1541,9 @@ __global__ void __launch_bounds__(kThreads, 4) bwd_prep(Geo g, Ptrs<IN, OP> p) {
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
   __syncthreads();
   form_p(P, ld.c, Q, K, ld.k, G, g, scr);
+  // dO's rows in flight during Qg's stores and the barrier (f32 inputs, twice the pieces: load_rows)
+  ColPrefetch<IN, sizeof(IN) == 4 ? 1 : kPrefetchR> po;
+  po.load(p.dout, g, c, Dv, 0, Dv);
   for_pieces_block(C, Dk / 4, [&](int t, int q) {  // 4 elements a step: one exp, one 8-byte (bf16) store
     const int j = q * 4;
     const OP* qr = Q + t * ld.k + j;
@@ -1549,7 +1552,7 @@ __global__ void __launch_bounds__(kThreads, 4) bwd_prep(Geo g, Ptrs<IN, OP> p) {
     st4op(p.Qg + (row0 + t) * Dk + j, y);
   });
   __syncthreads();  // K is dead: dO takes its space
-  load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
+  po.store(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   __syncthreads();
   mm_vec4_or<OP>(
       C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.dU + (row0 + t) * Dv + j, x); },
