@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# On the 2-GPU machine, one short call: GPT-2-124M throughput on 1 GPU and on 2 GPUs (bf16 reduction, one bucket),
+# 2 GPUs against 1 GPU with accumulation 2 (quickstart, f32 reduction: the losses must agree to f32 rounding),
+# the optimizer / gradient-norm / delta-rule GPU tests, the delta-rule benchmark and one racecheck case.
+#   scripts/ddp_quick.sh          (needs .deps and data_cache/brown-word, as scripts/ddp_scaling.sh)
+set -uo pipefail
+OUT=${OUT:-/tmp/seqmix_out}
+mkdir -p "$OUT"
+source .deps/install-debs.sh .deps/debs /opt/deps > /dev/null
+BLAS_DIR=/opt/deps/usr/lib/x86_64-linux-gnu/openblas-pthread
+export LD_LIBRARY_PATH="$BLAS_DIR:/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+export OMP_NUM_THREADS=8
+t0=$(date +%s)
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_LIBRARY_PATH="$BLAS_DIR" \
+  -DCMAKE_CXX_FLAGS="-I/opt/deps/usr/include/x86_64-linux-gnu/openblas-pthread" > "$OUT/build.log" 2>&1
+cmake --build build-gpu -j 32 --target seqmix test_gpu seqmix_bench >> "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -30; exit 1; }
+echo "build $(( $(date +%s) - t0 )) s"
+B=build-gpu/seqmix
+G=(configs/gpt2-124m.yaml --set data.source=brown --set data.tokenizer=word --set data.vocab_size=0 --set train.log_every=10
+   --set train.eval_every=0 --set train.ckpt_every=0 --set train.warmup=5 --set train.steps=400 --set train.dist_timeout=60)
+r() { local name=$1; shift; timeout 70 $B train "${G[@]}" --set run.name=$name "$@" > "$OUT/$name.log" 2>&1
+      echo "$name: $(grep -oE '[0-9.]+[KM]? tok/s' $OUT/$name.log | tail -6 | tr '\n' ' ')"; }
+r one --device cuda
+r two_bf16 --gpus 2 --set train.reduce_dtype=bf16 --set train.bucket_mb=1000
+Q=(configs/quickstart.yaml --set model.dropout=0 --set train.steps=100 --set train.eval_every=0 --set train.ckpt_every=0 --set train.log_every=10 --set train.dist_timeout=60)
+timeout 60 $B train "${Q[@]}" --set run.name=q1 --device cuda --set train.grad_accum=2 > "$OUT/q1.log" 2>&1
+timeout 60 $B train "${Q[@]}" --set run.name=q2 --gpus 2 > "$OUT/q2.log" 2>&1
+python3 - <<'PY'
+import json
+def losses(n): return {r["step"]: r["loss"] for r in map(json.loads, open(f"runs/{n}/metrics.jsonl")) if "lr" in r}
+a, b = losses("q1"), losses("q2"); c = sorted(set(a) & set(b))
+print(f"2 GPUs vs 1 GPU with accumulation 2 (quickstart, f32 reduction): {len(c)} logged steps, max |loss diff| {max(abs(a[s]-b[s]) for s in c):.3g}")
+PY
+echo "gpu tests:"; timeout 90 build-gpu/tests/test_gpu --gtest_filter="*AdamW*:*GradNorm*:*Delta*" 2>&1 | grep -E "PASSED|FAILED|tests ran" | head -12
+python3 - "$OUT" <<'PY'
+import re, sys
+out = sys.argv[1]
+def tps(n):
+    v = [float(x[:-1]) * (1e3 if x.endswith('K') else 1e6) for x in re.findall(r'([0-9.]+[KM]) tok/s', open(f"{out}/{n}.log").read())][-6:]
+    return sum(v) / len(v) if v else float('nan')
+one = tps("one")
+for n in ["one", "two_bf16"]:
+    print(f"{n:12s} {tps(n)/1e3:8.1f}K tok/s (mean of the last 6 windows)  {tps(n)/one:.3f}x")
+PY
+echo "delta bench (H200):"; timeout 60 build-gpu/seqmix_bench delta --no-ops --no-long --iters 10 2>&1 | grep -vE "^\{" | tail -6
+echo "racecheck:"; timeout 45 compute-sanitizer --tool racecheck build-gpu/tests/test_gpu --gtest_filter='Bf16/DeltaRuleGpuVsCpu.*/7' 2>&1 | tail -3
