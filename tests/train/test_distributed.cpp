@@ -428,6 +428,13 @@ TEST(DataParallel, Bf16ReductionTrainsCloseToF32AndZero1Matches) {
   EXPECT_NE(b16.params, f32.params);  // the rounding is real
   EXPECT_EQ(z16.losses, b16.losses);
   EXPECT_EQ(z16.params, b16.params);
+  // with accumulation, the last micro-batch's backward adds the earlier ones into the bf16 bucket
+  fs::path d = scratch("f32_red_acc"), e = scratch("bf16_red_acc");
+  RunResult f32a = train_ranks(2, d, config_text(d, 1, 3, false), "", {"train.grad_clip=0"});
+  RunResult b16a = train_ranks(2, e, config_text(e, 1, 3, false), "", {"train.grad_clip=0", "train.reduce_dtype=bf16"});
+  ASSERT_EQ(b16a.losses.size(), 8u);
+  for (size_t i = 0; i < f32a.losses.size(); ++i) EXPECT_NEAR(b16a.losses[i], f32a.losses[i], 2e-2) << "step " << i + 1;
+  EXPECT_NE(b16a.params, f32a.params);
 }
 
 TEST(DataParallel, BadReduceDtypeIsRefused) {
