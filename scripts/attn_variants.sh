@@ -15,11 +15,7 @@ if [ ${#pairs[@]} -eq 0 ]; then pairs=(0:0 1:1 2:2 3:3 4:4 5:5 6:6 7:7 8:8 9:9 1
 OUT=${OUT:-/tmp/seqmix_out}
 logs="$OUT/attn_variants"
 # The libraries the programs need on the GPU machine (as scripts/gpu_check.sh does); harmless if present.
-if [ -f .deps/install-debs.sh ] && [ -d .deps/debs ]; then
-  source .deps/install-debs.sh .deps/debs /opt/deps > /dev/null
-  export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu/openblas-pthread:${LD_LIBRARY_PATH:-}"
-fi
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+source "$(dirname "$0")/gpu_env.sh"
 mkdir -p "$logs"
 iters=${ATTN_ITERS:-30}
 bench_args=${ATTN_BENCH_ARGS:---T 4096}

@@ -6,13 +6,9 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/seqmix_out}
 mkdir -p "$OUT"
-source .deps/install-debs.sh .deps/debs /opt/deps > /dev/null
-BLAS_DIR=/opt/deps/usr/lib/x86_64-linux-gnu/openblas-pthread
-export LD_LIBRARY_PATH="$BLAS_DIR:/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-export OMP_NUM_THREADS=8
+source "$(dirname "$0")/gpu_env.sh"
 t0=$(date +%s)
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_LIBRARY_PATH="$BLAS_DIR" \
-  -DCMAKE_CXX_FLAGS="-I/opt/deps/usr/include/x86_64-linux-gnu/openblas-pthread" > "$OUT/build.log" 2>&1
+configure_gpu_build > "$OUT/build.log" 2>&1
 cmake --build build-gpu -j 32 --target seqmix test_gpu seqmix_bench >> "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -30; exit 1; }
 echo "build $(( $(date +%s) - t0 )) s"
 B=build-gpu/seqmix

@@ -12,17 +12,12 @@ has() { [[ " $stages " == *" $1 "* ]]; }
 summary=()
 note() { summary+=("$1"); echo "$1" >> "$OUT/summary.txt"; }  # also on disk: a call cut off at its limit keeps it
 
-source .deps/install-debs.sh .deps/debs /opt/deps > /dev/null
-BLAS_DIR=/opt/deps/usr/lib/x86_64-linux-gnu/openblas-pthread
-export LD_LIBRARY_PATH="$BLAS_DIR:/opt/deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-export OMP_NUM_THREADS=8
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 
 if has build; then
   t0=$(date +%s)
-  cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DCMAKE_LIBRARY_PATH="$BLAS_DIR" -DCMAKE_CXX_FLAGS="-I/opt/deps/usr/include/x86_64-linux-gnu/openblas-pthread" \
-    > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+  configure_gpu_build > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
   # only what runs here (the CPU test suites run in CI): BUILD_ALL=1 builds everything
   targets="--target seqmix seqmix_bench test_gpu"
   [ -n "${BUILD_ALL:-}" ] && targets=""

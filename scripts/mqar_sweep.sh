@@ -31,10 +31,7 @@ for m in "${mixers[@]}"; do
   [ -f "configs/mqar/$m.yaml" ] || { echo "no configs/mqar/$m.yaml (run from the repository root)" >&2; exit 1; }
 done
 # The libraries the program needs on the lent GPU machine (as scripts/gpu_check.sh does); harmless if present.
-if [ -f .deps/install-debs.sh ] && [ -d .deps/debs ]; then
-  source .deps/install-debs.sh .deps/debs /opt/deps > /dev/null
-  export LD_LIBRARY_PATH="/opt/deps/usr/lib/x86_64-linux-gnu/openblas-pthread:${LD_LIBRARY_PATH:-}"
-fi
+source "$(dirname "$0")/gpu_env.sh"
 if [ -z "${MQAR_DEVICE:-}" ]; then
   if nvidia-smi -L > /dev/null 2>&1; then MQAR_DEVICE=cuda; else MQAR_DEVICE=cpu; fi
 fi
