@@ -39,34 +39,12 @@ struct AdamWLaunch {
 };
 static_assert(sizeof(AdamWLaunch<float>) + sizeof(AdamWScalars) < 4000, "kernel argument too large");
 
-// Four consecutive gradient elements as f32 (16-byte f32 or 8-byte bf16 load), and one.
-__device__ __forceinline__ float4 load4(const float* g) { return __ldg(reinterpret_cast<const float4*>(g)); }
-__device__ __forceinline__ float4 load4(const __nv_bfloat16* g) {
-  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(g));
-  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-  return make_float4(a.x, a.y, b.x, b.y);
-}
-__device__ __forceinline__ float load1(const float* g) { return *g; }
-__device__ __forceinline__ float load1(const __nv_bfloat16* g) { return __bfloat162float(*g); }
-
-template <typename G>
-__device__ __forceinline__ int find_tensor(const AdamWLaunch<G>& L, int64_t group) {
-  int lo = 0, hi = L.count - 1;  // last t with group_start[t] <= group
-  while (lo < hi) {
-    int mid = (lo + hi + 1) >> 1;
-    if (L.group_start[mid] <= group) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
-
 template <typename G>
 __global__ void __launch_bounds__(kThreads) adamw_multi_tensor_kernel(const AdamWLaunch<G> L, const AdamWScalars s) {
   const int64_t total = L.group_start[L.count];
   for (int64_t grp = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; grp < total;
        grp += int64_t(gridDim.x) * blockDim.x) {
-    const int t = find_tensor(L, grp);
+    const int t = seqmix::cuda::find_group_owner(L, grp);
     const int64_t e = (grp - L.group_start[t]) * 4;
     const int64_t n = L.n[t];
     const float decay = L.decay[t];
@@ -76,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) adamw_multi_tensor_kernel(const Adam
     float* v = L.v[t];
     if (L.vec_ok[t] && e + 4 <= n) {
       float4 pp = *reinterpret_cast<const float4*>(p + e);
-      const float4 gg = load4(g + e);
+      const float4 gg = seqmix::cuda::load4_float(g + e);
       float4 mm = *reinterpret_cast<const float4*>(m + e);
       float4 vv = *reinterpret_cast<const float4*>(v + e);
       adamw_update(pp.x, gg.x, mm.x, vv.x, decay, s);
@@ -90,7 +68,7 @@ __global__ void __launch_bounds__(kThreads) adamw_multi_tensor_kernel(const Adam
       const int64_t end = e + 4 < n ? e + 4 : n;
       for (int64_t i = e; i < end; ++i) {
         float pi = p[i], mi = m[i], vi = v[i];
-        adamw_update(pi, load1(g + i), mi, vi, decay, s);
+        adamw_update(pi, seqmix::cuda::to_float(g[i]), mi, vi, decay, s);
         p[i] = pi;
         m[i] = mi;
         v[i] = vi;

@@ -34,31 +34,6 @@ struct GradLaunch {
 };
 static_assert(sizeof(GradLaunch<float>) + 16 < 4000, "kernel argument too large");
 
-// The sum of squares of four consecutive elements (16-byte f32 or 8-byte bf16 load) and of one.
-__device__ __forceinline__ float sumsq4(const float* g) {
-  const float4 x = __ldg(reinterpret_cast<const float4*>(g));
-  return x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
-}
-__device__ __forceinline__ float sumsq4(const __nv_bfloat16* g) {
-  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(g));
-  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-  return a.x * a.x + a.y * a.y + b.x * b.x + b.y * b.y;
-}
-__device__ __forceinline__ float as_f32(float x) { return x; }
-__device__ __forceinline__ float as_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename G>
-__device__ __forceinline__ int find_tensor(const GradLaunch<G>& L, int64_t group) {
-  int lo = 0, hi = L.count - 1;
-  while (lo < hi) {
-    int mid = (lo + hi + 1) >> 1;
-    if (L.group_start[mid] <= group) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
-
 template <typename G>
 __global__ void __launch_bounds__(kThreads) sumsq_kernel(const GradLaunch<G> L, float* __restrict__ partial) {
   __shared__ float scratch[32];
@@ -66,15 +41,16 @@ __global__ void __launch_bounds__(kThreads) sumsq_kernel(const GradLaunch<G> L, 
   float acc = 0.f;
   for (int64_t grp = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; grp < total;
        grp += int64_t(gridDim.x) * blockDim.x) {
-    const int t = find_tensor(L, grp);
+    const int t = seqmix::cuda::find_group_owner(L, grp);
     const int64_t e = (grp - L.group_start[t]) * 4;
     const int64_t n = L.n[t];
     const G* g = L.g[t];
     if (L.vec_ok[t] && e + 4 <= n) {
-      acc += sumsq4(g + e);
+      const float4 x = seqmix::cuda::load4_float(g + e);
+      acc += x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
     } else {
       const int64_t end = e + 4 < n ? e + 4 : n;
-      for (int64_t i = e; i < end; ++i) acc += as_f32(g[i]) * as_f32(g[i]);
+      for (int64_t i = e; i < end; ++i) acc += seqmix::cuda::to_float(g[i]) * seqmix::cuda::to_float(g[i]);
     }
   }
   acc = seqmix::cuda::block_reduce_sum(acc, scratch);
@@ -94,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(const GradLaunch<float>
   const int64_t total = L.group_start[L.count];
   for (int64_t grp = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; grp < total;
        grp += int64_t(gridDim.x) * blockDim.x) {
-    const int t = find_tensor(L, grp);
+    const int t = seqmix::cuda::find_group_owner(L, grp);
     const int64_t e = (grp - L.group_start[t]) * 4;
     const int64_t n = L.n[t];
     float* g = L.g[t];

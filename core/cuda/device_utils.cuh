@@ -93,6 +93,28 @@ template <typename T> __device__ __forceinline__ void store_vec16(T* p, const Ve
 }
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// Four consecutive elements as f32 through one read-only load: 16 bytes of f32 or 8 of bf16 (aligned so).
+__device__ __forceinline__ float4 load4_float(const float* p) { return __ldg(reinterpret_cast<const float4*>(p)); }
+__device__ __forceinline__ float4 load4_float(const __nv_bfloat16* p) {
+  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+
+// Multi-tensor launches (train/adamw.cu, train/grad_norm.cu) lay their tensors end to end in groups of
+// elements, L.group_start[t] being tensor t's first group of L.count: the tensor that owns `group` is the last
+// t with group_start[t] <= group (a binary search, uniform across a warp except at tensor boundaries).
+template <typename Launch> __device__ __forceinline__ int find_group_owner(const Launch& L, int64_t group) {
+  int lo = 0, hi = L.count - 1;
+  while (lo < hi) {
+    int mid = (lo + hi + 1) >> 1;
+    if (L.group_start[mid] <= group) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fast unsigned 32-bit division by a runtime-constant divisor (Granlund-Montgomery, round-up
 // magic number): q = (umulhi(n, magic) + n) >> shift, exact for every n < 2^32.
