@@ -38,6 +38,7 @@ DataParallel::DataParallel(Communicator& comm, NamedTensors params, AdamWConfig 
   // Buckets over the parameters in reverse order.
   const int64_t cap = std::max<int64_t>(1, int64_t(opt_.bucket_mb * 1024 * 1024 / 4));
   bucket_of_.assign(params_.size(), -1);
+  slot_of_.assign(params_.size(), -1);
   for (int i = int(params_.size()) - 1; i >= 0; --i) {
     int64_t n = params_[size_t(i)].second.numel();
     if (buckets_.empty() || (buckets_.back().numel > 0 && buckets_.back().numel + n > cap)) buckets_.emplace_back();
@@ -46,6 +47,7 @@ DataParallel::DataParallel(Communicator& comm, NamedTensors params, AdamWConfig 
     b.offsets.push_back(b.numel);
     b.numel += n;
     bucket_of_[size_t(i)] = int(buckets_.size()) - 1;
+    slot_of_[size_t(i)] = int(b.params.size()) - 1;
   }
   for (Bucket& b : buckets_) {
     b.padded = (b.numel + R - 1) / R * R;
@@ -173,25 +175,14 @@ void DataParallel::set_sinks(bool on) {
 }
 
 const Tensor& DataParallel::sink_of(int i) const {
-  const Bucket& b = buckets_[size_t(bucket_of_[size_t(i)])];
-  size_t k = 0;
-  while (b.params[k] != i) ++k;
-  return b.sinks[k];
+  return buckets_[size_t(bucket_of_[size_t(i)])].sinks[size_t(slot_of_[size_t(i)])];
 }
 
 void DataParallel::pack_grad(int i, const Tensor& grad) {
   autograd::NoGradGuard ng;
-  Bucket& b = buckets_[size_t(bucket_of_[size_t(i)])];
-  size_t k = 0;
-  while (b.params[k] != i) ++k;
-  const Tensor& p = params_[size_t(i)].second;
-  Tensor dst = flat_view(b.wire.defined() ? b.wire : b.flat, b.offsets[k], p.numel());
-  if (grad.defined()) {
-    Tensor g = grad.contiguous();
-    dst.copy_(flat_view(g, 0, p.numel()));  // converts to the bucket's dtype
-  } else {
-    dst.zero_();
-  }
+  Tensor dst = sink_of(i);  // the parameter's place in its bucket
+  if (grad.defined()) dst.copy_(grad);  // converts to the bucket's dtype
+  else dst.zero_();
 }
 
 void DataParallel::on_grad_ready(int i, const Tensor& grad) {

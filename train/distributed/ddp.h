@@ -116,7 +116,8 @@ class DataParallel {
   AdamWConfig cfg_;
   DdpOptions opt_;
   std::vector<Bucket> buckets_;
-  std::vector<int> bucket_of_;
+  std::vector<int> bucket_of_;  // each parameter's bucket
+  std::vector<int> slot_of_;    // and its index in that bucket's params / offsets / sinks
   std::vector<bool> ready_;
   double mean_loss_ = 0;
   double grad_scale_ = 1.0;  // the clipping factor of clip_grad_norm, for the next step()
