@@ -199,12 +199,10 @@ int delta_main(const std::vector<std::string>& args) {
     }
   std::printf("\ndelta rule, bf16, H=%lld Dk=Dv=%lld (median of %d)\n", (long long)c.H, (long long)c.D, c.iters);
   std::printf("%-7s %-7s %3s %7s %11s %14s %13s\n", "kind", "impl", "B", "T", "fwd ms", "fwd+bwd ms", "ns/token f+b");
-  for (const Row& r : rows)
-    std::printf("%-7s %-7s %3lld %7lld %11.3f %14.3f %13.2f\n", r.kind.c_str(), r.impl.c_str(), (long long)r.B,
-                (long long)r.T, r.ms[0], r.ms[1], ns_per_token(r.ms[1], r.B * r.T));
-  for (const Row& r : rwkv7_rows)
-    std::printf("%-7s %-7s %3lld %7lld %11.3f %14.3f %13.2f\n", r.kind.c_str(), r.impl.c_str(), (long long)r.B,
-                (long long)r.T, r.ms[0], r.ms[1], ns_per_token(r.ms[1], r.B * r.T));
+  for (const std::vector<Row>* table : {&rows, &rwkv7_rows})
+    for (const Row& r : *table)
+      std::printf("%-7s %-7s %3lld %7lld %11.3f %14.3f %13.2f\n", r.kind.c_str(), r.impl.c_str(), (long long)r.B,
+                  (long long)r.T, r.ms[0], r.ms[1], ns_per_token(r.ms[1], r.B * r.T));
   for (size_t i = 0; i + 1 < rows.size(); i += 2)
     if (c.ops && rows[i].impl == "kernel")
       std::printf("%-7s kernel speed-up over ops: fwd %.2fx, fwd+bwd %.2fx\n", rows[i].kind.c_str(), rows[i + 1].ms[0] / rows[i].ms[0],
