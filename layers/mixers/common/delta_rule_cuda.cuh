@@ -286,24 +286,16 @@ __device__ __forceinline__ uint4 ld16(const void* src) {
   return *reinterpret_cast<const uint4*>(src);
 #endif
 }
+// A float's bits as unsigned and back: memcpy, a register move on the GPU that the emulation compiles as well.
 __device__ __forceinline__ float u2f(unsigned u) {
-#ifdef DELTA_EMULATE
   float f;
-  std::memcpy(&f, &u, 4);
+  memcpy(&f, &u, 4);
   return f;
-#else
-  return __uint_as_float(u);
-#endif
 }
-
 __device__ __forceinline__ unsigned f2u(float f) {
-#ifdef DELTA_EMULATE
   unsigned u;
-  std::memcpy(&u, &f, 4);
+  memcpy(&u, &f, 4);
   return u;
-#else
-  return __float_as_uint(f);
-#endif
 }
 
 __device__ __forceinline__ void st16(void* dst, const uint4& v) {
