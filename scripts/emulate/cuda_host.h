@@ -1,6 +1,7 @@
 // Host emulation of the CUDA built-ins for the CPU emulation harnesses of the tensor-core kernels
 // (scripts/lr_tc_emulate.cc, scripts/delta_emulate.cc): include first, before any kernel source. Supplies
-// threadIdx / blockIdx / blockDim / gridDim, __syncthreads / __syncthreads_and / __syncwarp, __expf, the block
+// threadIdx / blockIdx / blockDim / gridDim, __syncthreads / __syncthreads_and / __syncwarp, emu_shfl_xor (the
+// warp shuffle, with SEQMIX_EMU_THREADS only), __expf, the block
 // launch (emu::launch: shared memory NaN-filled per block), NaN-filled host buffers (emu::Buf), rounding and
 // the max-relative-error comparison. Defines SEQMIX_TC_EMULATE, under which layers/mixers/common/
 // tc_tiles.cuh supplies nvcuda::wmma on whole 16 x 16 tiles and the shared-memory pointer.
@@ -21,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -57,6 +59,16 @@ inline int __syncthreads_and(int x) {
   return r;
 }
 inline void __syncwarp(unsigned = 0xffffffffu) { g_warp_bar[threadIdx.x / 32]->arrive_and_wait(); }
+// __shfl_xor_sync over the whole warp: a slot per thread between two warp barriers.
+std::vector<float> g_shfl;
+inline float emu_shfl_xor(float x, int m) {
+  const unsigned t = threadIdx.x;
+  g_shfl[t] = x;
+  __syncwarp();
+  const float r = g_shfl[(t & ~31u) | ((t & 31u) ^ unsigned(m))];
+  __syncwarp();
+  return r;
+}
 // WMMA (tc_tiles.cuh's emulation): lane 0 of each warp does the whole tile.
 inline bool emu_lane0() { return threadIdx.x % 32 == 0; }
 #else
@@ -66,6 +78,10 @@ inline void __syncthreads() {}
 inline int __syncthreads_and(int x) { return x; }
 inline void __syncwarp(unsigned = 0xffffffffu) {}
 inline bool emu_lane0() { return true; }
+inline float emu_shfl_xor(float, int) {  // a shuffle needs the other lanes running: SEQMIX_EMU_THREADS=1
+  std::fprintf(stderr, "emu_shfl_xor: build with SEQMIX_EMU_THREADS=1 (THREADS=1)\n");
+  std::abort();
+}
 #endif
 inline float __expf(float x) { return std::exp(x); }
 
@@ -96,6 +112,7 @@ void launch(dim3 grid, int threads, size_t smem, K&& kernel) {
 #if SEQMIX_EMU_THREADS
         g_block_bar = std::make_unique<std::barrier<>>(threads);
         g_warp_bar.clear();
+        g_shfl.assign(size_t(threads), 0.f);
         for (int w = 0; w < (threads + 31) / 32; ++w) g_warp_bar.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
         std::vector<std::thread> pool;
         for (int t = 0; t < threads; ++t)

@@ -6,6 +6,7 @@
 #include "core/ops.h"
 #ifdef SEQMIX_WITH_CUDA
 #include "layers/mixers/common/delta_rule_cuda.h"
+#include "layers/mixers/common/generalized_delta_cuda.h"
 #endif
 
 namespace seqmix::mixers {
@@ -319,6 +320,13 @@ DeltaResult generalized_delta_rule(const Tensor& q, const Tensor& k, const Tenso
   for (const Tensor* t : {&lw, &a, &b})
     SEQMIX_CHECK(t->shape() == q.shape(), "generalized_delta_rule: lw, a, b must be [B, T, H, Dk] like q, got ",
                  shape_str(t->shape()));
+#ifdef SEQMIX_WITH_CUDA
+  // The fused recurrent CUDA kernel (generalized_delta_cuda.cu) when the caller bounds the decays (rwkv7);
+  // SEQMIX_GDR_CUDA=0 forces this op composition.
+  if (T > 0 && q.is_cuda() && generalized_delta_cuda_enabled() &&
+      generalized_delta_cuda_supported(q, k, v, lw, a, b, initial_state, opt))
+    return generalized_delta_cuda(q, k, v, lw, a, b, initial_state, opt);
+#endif
   Tensor S = initial_or_zeros(initial_state, B, H, Dk, Dv, dt, dev);
   if (T == 0) return make_result(zeros({B, 0, H, Dv}, v.dtype(), dev), S, opt);
   int64_t N = (T + C - 1) / C, Tp = N * C;

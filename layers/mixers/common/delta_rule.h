@@ -29,6 +29,9 @@ struct DeltaOptions {
   bool normalize_qk = true;    // delta_rule only: L2-normalize q and k per head inside
   double norm_eps = 1e-6;      // L2 normalization: x / sqrt(sum x^2 + eps)
   bool want_final_state = true;
+  // generalized_delta_rule only: the caller's promise that every lw >= min_log_decay (rwkv7: -e^{-1/2}). The
+  // fused CUDA kernel needs it >= kGdrMinLogDecay (generalized_delta_cuda.h); otherwise the op composition runs.
+  double min_log_decay = -1e300;
 };
 
 struct DeltaResult {

@@ -88,6 +88,7 @@ Tensor Rwkv7::run(const Tensor& x, Rwkv7State* st) {
   Tensor rh = r.view(hs), kh = k.view(hs), vh = v.view(hs), iclr_h = iclr.view(hs);
   DeltaOptions opt;
   opt.chunk = cfg_.chunk;
+  opt.min_log_decay = -std::exp(-0.5) * (1.0 + 1e-6);  // lw = -e^{-softplus(-wr) - 1/2} >= -e^{-1/2}
   opt.want_final_state = st != nullptr;
   DeltaResult res;
   Tensor a = neg(kk), b = mul(kk, iclr_h);

@@ -1,0 +1,235 @@
+// Fused recurrent CUDA generalized delta rule (semantics in delta_rule.h; interface in generalized_delta_cuda.h;
+// kernel bodies in generalized_delta_cuda.cuh, which the CPU emulation scripts/gdr_emulate.cc compiles for the
+// host). Per batch, head and value column i, the column s = S[:, i] (Dk keys) evolves on its own:
+//     sa_t = a_t . s_{t-1},   s_t = w_t (.) s_{t-1} + b_t sa_t + k_t v_t[i],   o_t[i] = scale q_t . s_t,
+// so the forward keeps the state in registers (a CTA per 32 value columns, P = Dk / 32 lanes per column, 32
+// keys each; a token costs two P-lane sums and no barrier) and reads each 16-token chunk of q, k, w, a, b, v
+// from shared memory, the next chunk arriving by cp.async meanwhile. It saves sa_t and the state after every
+// chunk (f32) for the backward.
+//
+// Backward (G_t = dL/dS_t including o_t's term, G_T = d final state):
+//     G_t += scale q_t do_t^T,   dq_t = scale S_t do_t,   dsa_t = G_t^T b_t,   dv_t = G_t^T k_t,
+//     dk_t = G_t v_t,   db_t = G_t sa_t,   dw_t = (G_t (.) S_{t-1}) 1,   da_t = S_{t-1} dsa_t,
+//     G_{t-1} = diag(w_t) G_t + a_t dsa_t^T,   dlw_t = w_t (.) dw_t,   d initial state = G_{-1}.
+// The per-value sums (dsa, dv) and the per-key sums (dq, dk, dw, da, db) run over different indices, so a CTA
+// keeps G twice: value-major (as the forward) for dsa and dv, key-major (a thread per key, the CTA's 32 value
+// columns in registers, with S) for the per-key sums, which each value slice writes to a scratch buffer that
+// a last kernel sums (deterministic). S_{t-1} comes from S_t by inverting the step, S_{t-1} = (S_t - b sa^T -
+// k v^T) / w, from the exact state saved at the end of each 16-token chunk: this needs w bounded away from 0
+// (generalized_delta_cuda.h). Memory: sa (T Dv f32) and one f32 state per 16 tokens.
+//
+// This is a recurrent kernel, not the chunked WY form of delta_rule_cuda.cu: the per-token work is
+// O(Dk Dv) FMAs on CUDA cores, with no tensor cores.
+#include "layers/mixers/common/generalized_delta_cuda.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "autograd/function.h"
+#include "core/cuda/cuda_check.h"
+#include "core/cuda/runtime.h"
+#include "core/ops.h"
+#include "layers/mixers/common/generalized_delta_cuda.cuh"
+
+namespace seqmix::mixers {
+
+namespace {
+
+using gdr_cuda::Geo;
+using gdr_cuda::Ptrs;
+
+template <class F>
+void dispatch(DType in, F&& f) {
+  if (in == DType::BF16) f.template operator()<__nv_bfloat16>();
+  else if (in == DType::F16) f.template operator()<__half>();
+  else f.template operator()<float>();
+}
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+Geo make_geo(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const DeltaOptions& opt) {
+  Geo g{};
+  g.B = int(B);
+  g.T = int(T);
+  g.H = int(H);
+  g.Dk = int(Dk);
+  g.Dv = int(Dv);
+  g.nch = int((T + gdr_cuda::kCh - 1) / gdr_cuda::kCh);
+  g.scale = float(opt.scale);
+  return g;
+}
+
+int max_smem_optin() {
+  int v = 0;
+  SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, ::seqmix::cuda::current_device()));
+  return v;
+}
+
+struct GdrFunction : autograd::CustomFunction {
+  Geo geo{};
+  DType dtypes[7] = {};  // q, k, v, lw, a, b, s0 as given
+  std::string name() const override { return "generalized_delta_cuda"; }
+  autograd::Tensors backward(const autograd::Tensors& grads) override;
+};
+
+autograd::Tensors GdrFunction::backward(const autograd::Tensors& grads) {
+  const autograd::Tensors& s = saved();  // q, k, v, lw, a, b, s0, sa, ckpt
+  Tensor dout = grads.size() > 0 ? grads[0] : Tensor();
+  Tensor dfinal = grads.size() > 1 ? grads[1] : Tensor();
+  if (!dout.defined() && !dfinal.defined()) return autograd::Tensors(7);
+  const Tensor &q = s[0], &k = s[1], &v = s[2], &lw = s[3], &a = s[4], &b = s[5], &s0 = s[6];
+  const Device dev = v.device();
+  Tensor dq, dk, dv, dlw, da, db, ds0;
+  {
+    autograd::NoGradGuard ng;
+    ::seqmix::cuda::select_device(dev.index);
+    if (!dout.defined()) dout = zeros(v.shape(), v.dtype(), dev);
+    dout = dout.detach();
+    if (dout.dtype() != v.dtype()) dout = dout.to(v.dtype());
+    dout = dout.contiguous();
+    if (dfinal.defined()) dfinal = dfinal.detach().to(DType::F32).contiguous();
+    const int64_t B = geo.B, T = geo.T, H = geo.H, Dk = geo.Dk, nsl = geo.Dv / gdr_cuda::kVs;
+    Tensor part = Tensor::empty({nsl, 5, B, T, H, Dk}, DType::F32, dev);
+    dq = Tensor::empty(q.shape(), q.dtype(), dev);
+    dk = Tensor::empty(k.shape(), k.dtype(), dev);
+    dv = Tensor::empty(v.shape(), v.dtype(), dev);
+    da = Tensor::empty(a.shape(), a.dtype(), dev);
+    db = Tensor::empty(b.shape(), b.dtype(), dev);
+    dlw = Tensor::empty(lw.shape(), DType::F32, dev);
+    if (needs_input_grad(6)) ds0 = Tensor::empty({B, H, Dk, int64_t(geo.Dv)}, DType::F32, dev);
+    cudaStream_t st = ::seqmix::cuda::current_stream();
+    dispatch(v.dtype(), [&]<class IN>() {
+      Ptrs<IN> p{};
+      p.q = ptr<const IN>(q);
+      p.k = ptr<const IN>(k);
+      p.v = ptr<const IN>(v);
+      p.a = ptr<const IN>(a);
+      p.b = ptr<const IN>(b);
+      p.lw = ptr<const float>(lw);
+      p.s0 = ptr<const float>(s0);
+      p.sa = ptr<float>(s[7]);
+      p.ckpt = ptr<float>(s[8]);
+      p.dout = ptr<const IN>(dout);
+      p.dfinal = ptr<const float>(dfinal);
+      p.part = ptr<float>(part);
+      p.dv = ptr<IN>(dv);
+      p.ds0 = ptr<float>(ds0);
+      p.dq = ptr<IN>(dq);
+      p.dk = ptr<IN>(dk);
+      p.da = ptr<IN>(da);
+      p.db = ptr<IN>(db);
+      p.dlw = ptr<float>(dlw);
+      gdr_cuda::backward<IN>(geo, p, st);
+    });
+  }
+  autograd::Tensors out(7);
+  auto as = [](const Tensor& t, DType dt) { return t.dtype() == dt ? t : t.to(dt); };
+  const Tensor* gs[7] = {&dq, &dk, &dv, &dlw, &da, &db, &ds0};
+  for (int m = 0; m < 7; ++m)
+    if (needs_input_grad(size_t(m)) && gs[m]->defined()) out[size_t(m)] = as(*gs[m], dtypes[m]);
+  return out;
+}
+
+}  // namespace
+
+bool generalized_delta_cuda_enabled() {
+  const char* e = std::getenv("SEQMIX_GDR_CUDA");
+  return e == nullptr || std::strcmp(e, "0") != 0;
+}
+
+bool generalized_delta_cuda_supported(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw,
+                                      const Tensor& a, const Tensor& b, const Tensor& s0, const DeltaOptions& opt) {
+  for (const Tensor* t : {&q, &k, &v, &lw, &a, &b})
+    if (!t->defined() || !t->is_cuda()) return false;
+  if (s0.defined() && !s0.is_cuda()) return false;
+  for (const Tensor* t : {&q, &k, &v, &a, &b})
+    if (t->dtype() != DType::BF16 && t->dtype() != DType::F16 && t->dtype() != DType::F32) return false;
+  if (lw.dtype() == DType::F64) return false;
+  if (q.dim() != 4 || v.dim() != 4) return false;
+  for (const Tensor* t : {&k, &lw, &a, &b})
+    if (t->shape() != q.shape()) return false;
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3), Dv = v.size(3);
+  if (v.size(0) != B || v.size(1) != T || v.size(2) != H) return false;
+  if (s0.defined() && s0.shape() != (Shape{B, H, Dk, Dv})) return false;
+  if (Dk != 32 && Dk != 64 && Dk != 128) return false;
+  if (Dv % gdr_cuda::kVs != 0 || Dv < gdr_cuda::kVs || Dv > 4096) return false;
+  if (!(opt.min_log_decay >= kGdrMinLogDecay)) return false;
+  if (B > 65535 || H > 65535 || T > (int64_t(1) << 30) || B * T * H * std::max(Dk, Dv) > (int64_t(1) << 40)) return false;
+  return gdr_cuda::max_smem<float>(int(Dk)) <= size_t(max_smem_optin());
+}
+
+DeltaResult generalized_delta_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& lw_in,
+                                   const Tensor& a_in, const Tensor& b_in, const Tensor& s0_in, const DeltaOptions& opt) {
+  SEQMIX_CHECK(generalized_delta_cuda_supported(q_in, k_in, v_in, lw_in, a_in, b_in, s0_in, opt),
+               "generalized_delta_rule (CUDA): unsupported inputs (CUDA tensors, bf16/f16/f32 q, k, v, a, b [B, T, H, D], "
+               "Dk in {32, 64, 128}, Dv a multiple of 32, opt.min_log_decay >= ", kGdrMinLogDecay, "); got q ",
+               shape_str(q_in.shape()), " v ", shape_str(v_in.shape()));
+  const int64_t B = q_in.size(0), T = q_in.size(1), H = q_in.size(2), Dk = q_in.size(3), Dv = v_in.size(3);
+  const Device dev = v_in.device();
+  ::seqmix::cuda::select_device(dev.index);
+  const DType dt = v_in.dtype();
+  const Geo geo = make_geo(B, T, H, Dk, Dv, opt);
+  const bool want_grad = T > 0 && autograd::needs_grad({&q_in, &k_in, &v_in, &lw_in, &a_in, &b_in, &s0_in});
+  Tensor q, k, v, lw, a, b, s0, sa, ckpt;
+  DeltaResult res;
+  {
+    autograd::NoGradGuard ng;
+    auto prep = [&](const Tensor& t, DType want) {
+      Tensor x = t.detach();
+      if (x.dtype() != want) x = x.to(want);
+      return x.contiguous();
+    };
+    q = prep(q_in, dt);
+    k = prep(k_in, dt);
+    v = prep(v_in, dt);
+    a = prep(a_in, dt);
+    b = prep(b_in, dt);
+    lw = prep(lw_in, DType::F32);
+    if (s0_in.defined()) s0 = prep(s0_in, DType::F32);
+    res.o = Tensor::empty({B, T, H, Dv}, dt, dev);
+    res.final_state = Tensor::empty({B, H, Dk, Dv}, DType::F32, dev);
+    if (T == 0) {
+      if (s0.defined()) res.final_state.copy_(s0);
+      else res.final_state.zero_();
+    } else {
+      if (want_grad) {
+        sa = Tensor::empty({B, T, H, Dv}, DType::F32, dev);
+        ckpt = Tensor::empty({B, H, int64_t(geo.nch), Dk, Dv}, DType::F32, dev);
+      }
+      cudaStream_t st = ::seqmix::cuda::current_stream();
+      dispatch(dt, [&]<class IN>() {
+        Ptrs<IN> p{};
+        p.q = ptr<const IN>(q);
+        p.k = ptr<const IN>(k);
+        p.v = ptr<const IN>(v);
+        p.a = ptr<const IN>(a);
+        p.b = ptr<const IN>(b);
+        p.lw = ptr<const float>(lw);
+        p.s0 = ptr<const float>(s0);
+        p.o = ptr<IN>(res.o);
+        p.sa = ptr<float>(sa);
+        p.ckpt = ptr<float>(ckpt);
+        p.final_s = ptr<float>(res.final_state);
+        gdr_cuda::forward<IN>(geo, p, st);
+      });
+    }
+  }
+  const Tensor final_out = opt.want_final_state ? res.final_state : Tensor();
+  if (want_grad) {
+    auto fn = std::make_shared<GdrFunction>();
+    fn->geo = geo;
+    const Tensor* ins[7] = {&q_in, &k_in, &v_in, &lw_in, &a_in, &b_in, &s0_in};
+    for (int m = 0; m < 7; ++m) fn->dtypes[m] = ins[m]->defined() ? ins[m]->dtype() : DType::F32;
+    fn->save_for_backward({q, k, v, lw, a, b, s0, sa, ckpt});
+    autograd::CustomFunction::attach(fn, {q_in, k_in, v_in, lw_in, a_in, b_in, s0_in},
+                                     opt.want_final_state ? autograd::Tensors{res.o, final_out} : autograd::Tensors{res.o});
+  }
+  res.final_state = final_out;
+  return res;
+}
+
+}  // namespace seqmix::mixers

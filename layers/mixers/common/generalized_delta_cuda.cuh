@@ -1,0 +1,465 @@
+// Kernel bodies and launches of the fused recurrent generalized delta rule (rwkv7's time mix; the algorithm and
+// the gradients are in generalized_delta_cuda.cu's header comment). Included by generalized_delta_cuda.cu and,
+// with GDR_EMULATE defined, by the CPU emulation scripts/gdr_emulate.cc (scripts/emulate/cuda_host.h supplies
+// the CUDA built-ins, one std::thread per CUDA thread). No spdlog / fmt here.
+//
+// IN is the element type of q, k, v, a, b, o and their gradients (bf16, f16 or f32); lw, the initial / final
+// state, the checkpoints and every accumulation are f32.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "layers/mixers/common/tc_tiles.cuh"
+
+#ifndef GDR_EMULATE
+#include "core/cuda/cuda_check.h"
+#else
+#include <cstring>
+#include <functional>
+#endif
+
+namespace seqmix::mixers::gdr_cuda {
+
+#ifdef GDR_EMULATE
+void emu_launch(dim3 grid, int threads, size_t smem, const std::function<void()>& body);  // the harness's
+#endif
+
+__host__ __device__ constexpr size_t align128(size_t x) { return (x + 127) & ~size_t(127); }
+using tc::fromf;
+using tc::tof;
+
+constexpr int kCh = 16;  // tokens per shared-memory chunk, and the checkpoint interval of the state
+constexpr int kVs = 32;  // value columns per CTA
+constexpr int kPad = 36; // a 32-key part of a work row takes 36 floats: the parts' float4 reads hit distinct banks
+
+struct Geo {
+  int B, T, H, Dk, Dv;
+  int nch;      // chunks of kCh tokens: ceil(T / kCh)
+  float scale;  // applied to o
+};
+
+template <class IN>
+struct Ptrs {
+  const IN *q, *k, *v, *a, *b;  // [B, T, H, Dk] (v: Dv)
+  const float* lw;              // [B, T, H, Dk] log decays
+  const float* s0;              // [B, H, Dk, Dv] or null
+  IN* o;                        // [B, T, H, Dv]
+  float* sa;                    // [B, T, H, Dv]: a_t . S_{t-1} per value column (null: not kept)
+  float* ckpt;                  // [B, H, nch, Dk, Dv]: the state after each chunk (null: not kept)
+  float* final_s;               // [B, H, Dk, Dv] or null
+  const IN* dout;               // [B, T, H, Dv]
+  const float* dfinal;          // [B, H, Dk, Dv] or null
+  float* part;                  // [Dv / kVs, 5, B, T, H, Dk]: each value slice's dq, dk, dlw, da, db
+  IN* dv;                       // [B, T, H, Dv]
+  float* ds0;                   // [B, H, Dk, Dv] or null
+  IN *dq, *dk, *da, *db;        // [B, T, H, Dk]
+  float* dlw;                   // [B, T, H, Dk]
+};
+
+// ---- asynchronous 16-byte copies global -> shared (cp.async; a plain copy in the emulation) ----
+__device__ __forceinline__ void cp16(void* s, const void* g) {
+#ifdef GDR_EMULATE
+  std::memcpy(s, g, 16);
+#else
+  const unsigned sp = static_cast<unsigned>(__cvta_generic_to_shared(s));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sp), "l"(g));
+#endif
+}
+__device__ __forceinline__ void cp_commit() {
+#ifndef GDR_EMULATE
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+__device__ __forceinline__ void cp_wait_all() {
+#ifndef GDR_EMULATE
+  asm volatile("cp.async.wait_group 0;\n" ::);
+#endif
+}
+
+__device__ __forceinline__ float shfl_xor(float x, int m) {
+#ifdef GDR_EMULATE
+  return emu_shfl_xor(x, m);
+#else
+  return __shfl_xor_sync(0xffffffffu, x, m);
+#endif
+}
+// Sum over the P adjacent lanes that hold one value column's key parts.
+template <int P>
+__device__ __forceinline__ float part_sum(float x) {
+  if constexpr (P > 1) x += shfl_xor(x, 1);
+  if constexpr (P > 2) x += shfl_xor(x, 2);
+  return x;
+}
+
+// ---- shared memory: f32 work rows of the current chunk, and two raw slots the next chunk copies into ----
+template <class IN, int DK, bool BWD>
+struct Lay {
+  static constexpr int P = DK / 32;     // key parts (one per lane of a value column's lane group)
+  static constexpr int KP = P * kPad;   // padded work row of DK keys
+  static constexpr int nvals = BWD ? 4 : 1;  // value rows: v (bwd: + do, sa, dsa)
+  // work: q, k, w, a, b [kCh][KP]; v (, do * scale, sa, dsa) [kCh][kVs]
+  static constexpr size_t work = size_t(5 * kCh * KP + nvals * kCh * kVs) * 4;
+  // raw slot: q, k, a, b [kCh][DK] IN; lw [kCh][DK] f32; v [kCh][kVs] IN (, do IN, sa f32)
+  static constexpr size_t rkey = size_t(kCh) * DK * sizeof(IN), rlw = size_t(kCh) * DK * 4;
+  static constexpr size_t rval = size_t(kCh) * kVs * sizeof(IN), rsa = size_t(kCh) * kVs * 4;
+  static constexpr size_t slot = align128(4 * rkey + rlw + rval + (BWD ? rval + rsa : 0));
+  static constexpr size_t total = align128(work) + 2 * slot;
+};
+
+__device__ __forceinline__ int64_t tok(const Geo& g, int b, int t, int h) { return (int64_t(b) * g.T + t) * g.H + h; }
+__device__ __forceinline__ int imin(int x, int y) { return x < y ? x : y; }
+
+// Issues the copies of chunk c (tokens c * kCh .. + n) into a raw slot: q, k, a, b, lw rows of the head, the
+// CTA's value columns of v (and of dout, sa).
+template <class IN, int DK, bool BWD>
+__device__ __forceinline__ void issue_chunk(const Geo& g, const Ptrs<IN>& p, unsigned char* slot, int b, int h, int v0,
+                                            int c) {
+  using L = Lay<IN, DK, BWD>;
+  const int t0 = c * kCh, n = imin(kCh, g.T - t0);
+  constexpr int kk = int(DK * sizeof(IN) / 16), kl = DK * 4 / 16, kv = int(kVs * sizeof(IN) / 16), ks = kVs * 4 / 16;
+  const IN* keys[4] = {p.q, p.k, p.a, p.b};
+  for (int e = int(threadIdx.x); e < n * kk; e += DK) {
+    const int t = e / kk, pc = e % kk;
+    const int64_t src = tok(g, b, t0 + t, h) * DK;
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+      cp16(slot + m * L::rkey + size_t(t) * DK * sizeof(IN) + pc * 16,
+           reinterpret_cast<const unsigned char*>(keys[m] + src) + pc * 16);
+  }
+  for (int e = int(threadIdx.x); e < n * kl; e += DK) {
+    const int t = e / kl, pc = e % kl;
+    cp16(slot + 4 * L::rkey + size_t(t) * DK * 4 + pc * 16, p.lw + tok(g, b, t0 + t, h) * DK + pc * 4);
+  }
+  unsigned char* vs = slot + 4 * L::rkey + L::rlw;
+  for (int e = int(threadIdx.x); e < n * kv; e += DK) {
+    const int t = e / kv, pc = e % kv;
+    const int64_t src = tok(g, b, t0 + t, h) * g.Dv + v0;
+    cp16(vs + size_t(t) * kVs * sizeof(IN) + pc * 16, reinterpret_cast<const unsigned char*>(p.v + src) + pc * 16);
+    if constexpr (BWD)
+      cp16(vs + L::rval + size_t(t) * kVs * sizeof(IN) + pc * 16, reinterpret_cast<const unsigned char*>(p.dout + src) + pc * 16);
+  }
+  if constexpr (BWD)
+    for (int e = int(threadIdx.x); e < n * ks; e += DK) {
+      const int t = e / ks, pc = e % ks;
+      cp16(vs + 2 * L::rval + size_t(t) * kVs * 4 + pc * 16, p.sa + tok(g, b, t0 + t, h) * g.Dv + v0 + pc * 4);
+    }
+  cp_commit();
+}
+
+// Converts a landed raw slot (n tokens) to the f32 work rows: w = e^{lw}, do scaled by g.scale.
+template <class IN, int DK, bool BWD>
+__device__ __forceinline__ void convert_chunk(const Geo& g, const unsigned char* slot, float* work, int n) {
+  using L = Lay<IN, DK, BWD>;
+  const IN* rk[4] = {reinterpret_cast<const IN*>(slot), reinterpret_cast<const IN*>(slot + L::rkey),
+                     reinterpret_cast<const IN*>(slot + 2 * L::rkey), reinterpret_cast<const IN*>(slot + 3 * L::rkey)};
+  const float* rlw = reinterpret_cast<const float*>(slot + 4 * L::rkey);
+  // work rows: 0 q, 1 k, 2 w, 3 a, 4 b
+  for (int e = int(threadIdx.x); e < n * DK; e += DK) {
+    const int t = e / DK, j = e % DK, col = t * L::KP + (j / 32) * kPad + j % 32;
+    work[col] = tof(rk[0][e]);
+    work[kCh * L::KP + col] = tof(rk[1][e]);
+    work[2 * kCh * L::KP + col] = __expf(rlw[e]);
+    work[3 * kCh * L::KP + col] = tof(rk[2][e]);
+    work[4 * kCh * L::KP + col] = tof(rk[3][e]);
+  }
+  const IN* rv = reinterpret_cast<const IN*>(slot + 4 * L::rkey + L::rlw);
+  float* wv = work + 5 * kCh * L::KP;
+  for (int e = int(threadIdx.x); e < n * kVs; e += DK) {
+    wv[e] = tof(rv[e]);
+    if constexpr (BWD) {
+      const IN* rdo = reinterpret_cast<const IN*>(slot + 4 * L::rkey + L::rlw + L::rval);
+      const float* rsa = reinterpret_cast<const float*>(slot + 4 * L::rkey + L::rlw + 2 * L::rval);
+      wv[kCh * kVs + e] = tof(rdo[e]) * g.scale;
+      wv[2 * kCh * kVs + e] = rsa[e];
+    }
+  }
+}
+
+// ================================ forward ================================
+// CTA (value slice, head, batch), DK threads: thread (i = tid / P, p = tid % P) holds S[p*32 + jj][v0 + i],
+// jj < 32, in registers; per token: sa = a . S (P-lane sum), S = w S + b sa + k v_i, o_i = scale q . S.
+template <class IN, int DK>
+__global__ void __launch_bounds__(DK) gdr_fwd(Geo g, Ptrs<IN> p) {
+  using L = Lay<IN, DK, false>;
+  constexpr int P = L::P, KP = L::KP;
+  TC_SMEM(smem);
+  float* work = reinterpret_cast<float*>(smem);
+  unsigned char* slots = smem + align128(L::work);
+  const int sl = int(blockIdx.x), h = int(blockIdx.y), b = int(blockIdx.z), v0 = sl * kVs;
+  const int tid = int(threadIdx.x), i = tid / P, pp = tid % P;
+  const int64_t bh = int64_t(b) * g.H + h;
+  float S[32];
+#pragma unroll
+  for (int jj = 0; jj < 32; ++jj)
+    S[jj] = p.s0 ? p.s0[(bh * DK + pp * 32 + jj) * g.Dv + v0 + i] : 0.f;
+  issue_chunk<IN, DK, false>(g, p, slots, b, h, v0, 0);
+  for (int c = 0; c < g.nch; ++c) {
+    const int t0 = c * kCh, n = imin(kCh, g.T - t0);
+    cp_wait_all();
+    __syncthreads();  // chunk c landed for every thread; chunk c - 1's reads of the work rows are done
+    convert_chunk<IN, DK, false>(g, slots + (c & 1) * L::slot, work, n);
+    __syncthreads();
+    if (c + 1 < g.nch) issue_chunk<IN, DK, false>(g, p, slots + ((c + 1) & 1) * L::slot, b, h, v0, c + 1);
+    for (int tt = 0; tt < n; ++tt) {
+      const float* row = work + tt * KP + pp * kPad;
+      const float *qr = row, *kr = row + kCh * KP, *wr = row + 2 * kCh * KP, *ar = row + 3 * kCh * KP,
+                  *br = row + 4 * kCh * KP;
+      float s4[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int jj = 0; jj < 32; jj += 4) {
+        const float4 a4 = *reinterpret_cast<const float4*>(ar + jj);
+        s4[0] = fmaf(a4.x, S[jj], s4[0]);
+        s4[1] = fmaf(a4.y, S[jj + 1], s4[1]);
+        s4[2] = fmaf(a4.z, S[jj + 2], s4[2]);
+        s4[3] = fmaf(a4.w, S[jj + 3], s4[3]);
+      }
+      const float sa = part_sum<P>((s4[0] + s4[1]) + (s4[2] + s4[3]));
+      const float vi = work[5 * kCh * KP + tt * kVs + i];
+      float o4[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int jj = 0; jj < 32; jj += 4) {
+        const float4 w4 = *reinterpret_cast<const float4*>(wr + jj), b4 = *reinterpret_cast<const float4*>(br + jj),
+                     k4 = *reinterpret_cast<const float4*>(kr + jj), q4 = *reinterpret_cast<const float4*>(qr + jj);
+        const float wv[4] = {w4.x, w4.y, w4.z, w4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w}, kv[4] = {k4.x, k4.y, k4.z, k4.w},
+                    qv[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          S[jj + u] = fmaf(S[jj + u], wv[u], fmaf(sa, bv[u], vi * kv[u]));
+          o4[u] = fmaf(qv[u], S[jj + u], o4[u]);
+        }
+      }
+      const float o = part_sum<P>((o4[0] + o4[1]) + (o4[2] + o4[3]));
+      if (pp == 0) {
+        const int64_t at = tok(g, b, t0 + tt, h) * g.Dv + v0 + i;
+        p.o[at] = fromf<IN>(o * g.scale);
+        if (p.sa) p.sa[at] = sa;
+      }
+    }
+    if (p.ckpt) {
+      float* ck = p.ckpt + (bh * g.nch + c) * int64_t(DK) * g.Dv + v0 + i;
+#pragma unroll
+      for (int jj = 0; jj < 32; ++jj) ck[int64_t(pp * 32 + jj) * g.Dv] = S[jj];
+    }
+  }
+  if (p.final_s) {
+#pragma unroll
+    for (int jj = 0; jj < 32; ++jj) p.final_s[(bh * DK + pp * 32 + jj) * g.Dv + v0 + i] = S[jj];
+  }
+}
+
+// ================================ backward ================================
+// CTA (value slice, head, batch), DK threads, chunks in reverse. G = dL/dS_t (after o_t's term), twice:
+//   value-major (thread i = tid / P, p = tid % P: G[p*32 + jj][v0 + i]): G += q do_i; dsa_i = b . G, dv_i = k . G
+//     (P-lane sums); G = w G + a dsa_i.  All of a chunk's steps first; dsa goes to shared memory.
+//   key-major (thread j = tid: G[j][v0 + i] and S[j][v0 + i], i < 32): per step (reverse)
+//     G += q_j do;  dq_j = S_t . do;  S_{t-1} = (S_t - b_j sa - k_j v) / w_j;  dw_j = G . S_{t-1};
+//     db_j = G . sa;  dk_j = G . v;  da_j = S_{t-1} . dsa;  G = w_j G + a_j dsa
+//   and the slice's dq, dk, dlw = w dw, da, db to `part`. At a chunk's first token S_{t-1} is the exact state
+//   before the chunk (the checkpoint), so inverted steps never drift across chunks.
+template <class IN, int DK>
+__global__ void __launch_bounds__(DK) gdr_bwd(Geo g, Ptrs<IN> p) {
+  using L = Lay<IN, DK, true>;
+  constexpr int P = L::P, KP = L::KP;
+  TC_SMEM(smem);
+  float* work = reinterpret_cast<float*>(smem);
+  float* wv = work + 5 * kCh * KP;  // v, do * scale, sa, dsa rows
+  unsigned char* slots = smem + align128(L::work);
+  const int sl = int(blockIdx.x), h = int(blockIdx.y), b = int(blockIdx.z), v0 = sl * kVs;
+  const int tid = int(threadIdx.x), i = tid / P, pp = tid % P, j = tid;
+  const int jcol = (j / 32) * kPad + j % 32;
+  const int64_t bh = int64_t(b) * g.H + h, BTHK = int64_t(g.B) * g.T * g.H * DK;
+  float Gv[32], G[kVs], S[kVs];
+#pragma unroll
+  for (int jj = 0; jj < 32; ++jj) Gv[jj] = p.dfinal ? p.dfinal[(bh * DK + pp * 32 + jj) * g.Dv + v0 + i] : 0.f;
+  auto load_rows = [&](float (&dst)[kVs], const float* src) {  // row j of a [Dk, Dv] f32 matrix, the CTA's columns
+#pragma unroll
+    for (int u = 0; u < kVs; u += 4) {
+      const float4 x = *reinterpret_cast<const float4*>(src + int64_t(j) * g.Dv + v0 + u);
+      dst[u] = x.x;
+      dst[u + 1] = x.y;
+      dst[u + 2] = x.z;
+      dst[u + 3] = x.w;
+    }
+  };
+  if (p.dfinal) load_rows(G, p.dfinal + bh * DK * g.Dv);
+  else
+#pragma unroll
+    for (int u = 0; u < kVs; ++u) G[u] = 0.f;
+  load_rows(S, p.ckpt + (bh * g.nch + g.nch - 1) * int64_t(DK) * g.Dv);
+  float* part = p.part + int64_t(sl) * 5 * BTHK;
+  issue_chunk<IN, DK, true>(g, p, slots, b, h, v0, g.nch - 1);
+  for (int c = g.nch - 1, it = 0; c >= 0; --c, ++it) {
+    const int t0 = c * kCh, n = imin(kCh, g.T - t0);
+    cp_wait_all();
+    __syncthreads();  // chunk c landed; chunk c + 1's reads of the work rows are done
+    convert_chunk<IN, DK, true>(g, slots + (it & 1) * L::slot, work, n);
+    __syncthreads();
+    if (c > 0) issue_chunk<IN, DK, true>(g, p, slots + ((it + 1) & 1) * L::slot, b, h, v0, c - 1);
+    // value-major: dsa and dv of every step of the chunk
+    for (int tt = n - 1; tt >= 0; --tt) {
+      const float* row = work + tt * KP + pp * kPad;
+      const float *qr = row, *kr = row + kCh * KP, *wr = row + 2 * kCh * KP, *ar = row + 3 * kCh * KP,
+                  *br = row + 4 * kCh * KP;
+      const float doi = wv[kCh * kVs + tt * kVs + i];
+      float ds4[4] = {0.f, 0.f, 0.f, 0.f}, dv4[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int jj = 0; jj < 32; jj += 4) {
+        const float4 q4 = *reinterpret_cast<const float4*>(qr + jj), b4 = *reinterpret_cast<const float4*>(br + jj),
+                     k4 = *reinterpret_cast<const float4*>(kr + jj);
+        const float qv[4] = {q4.x, q4.y, q4.z, q4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w}, kv[4] = {k4.x, k4.y, k4.z, k4.w};
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          Gv[jj + u] = fmaf(doi, qv[u], Gv[jj + u]);
+          ds4[u] = fmaf(bv[u], Gv[jj + u], ds4[u]);
+          dv4[u] = fmaf(kv[u], Gv[jj + u], dv4[u]);
+        }
+      }
+      const float dsa = part_sum<P>((ds4[0] + ds4[1]) + (ds4[2] + ds4[3]));
+      const float dvi = part_sum<P>((dv4[0] + dv4[1]) + (dv4[2] + dv4[3]));
+#pragma unroll
+      for (int jj = 0; jj < 32; jj += 4) {
+        const float4 w4 = *reinterpret_cast<const float4*>(wr + jj), a4 = *reinterpret_cast<const float4*>(ar + jj);
+        const float wq[4] = {w4.x, w4.y, w4.z, w4.w}, av[4] = {a4.x, a4.y, a4.z, a4.w};
+#pragma unroll
+        for (int u = 0; u < 4; ++u) Gv[jj + u] = fmaf(wq[u], Gv[jj + u], av[u] * dsa);
+      }
+      if (pp == 0) {
+        wv[3 * kCh * kVs + tt * kVs + i] = dsa;
+        p.dv[tok(g, b, t0 + tt, h) * g.Dv + v0 + i] = fromf<IN>(dvi);
+      }
+    }
+    __syncthreads();  // the chunk's dsa rows
+    // key-major: the per-key gradients of this value slice. S_{t-1} by inverting the step, except at the
+    // chunk's first token, where it is the exact state before the chunk (a checkpoint, the initial state or 0)
+    auto key_step = [&](int tt, const float* exact, bool zero) {
+      const float qj = work[tt * KP + jcol], kj = work[kCh * KP + tt * KP + jcol], wj = work[2 * kCh * KP + tt * KP + jcol],
+                  aj = work[3 * kCh * KP + tt * KP + jcol], bj = work[4 * kCh * KP + tt * KP + jcol];
+      const float rw = 1.f / wj;
+      const float *vr = wv + tt * kVs, *dor = wv + kCh * kVs + tt * kVs, *sar = wv + 2 * kCh * kVs + tt * kVs,
+                  *dsr = wv + 3 * kCh * kVs + tt * kVs;
+      float dq = 0.f, dk = 0.f, dw = 0.f, da = 0.f, db = 0.f;
+#pragma unroll
+      for (int u0 = 0; u0 < kVs; u0 += 4) {
+        const float4 v4 = *reinterpret_cast<const float4*>(vr + u0), d4 = *reinterpret_cast<const float4*>(dor + u0),
+                     s4 = *reinterpret_cast<const float4*>(sar + u0), z4 = *reinterpret_cast<const float4*>(dsr + u0);
+        const float vv[4] = {v4.x, v4.y, v4.z, v4.w}, dd[4] = {d4.x, d4.y, d4.z, d4.w}, ss[4] = {s4.x, s4.y, s4.z, s4.w},
+                    zz[4] = {z4.x, z4.y, z4.z, z4.w};
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int x = u0 + u;
+          G[x] = fmaf(qj, dd[u], G[x]);
+          dq = fmaf(S[x], dd[u], dq);
+          const float sp = exact ? exact[x] : zero ? 0.f : fmaf(-kj, vv[u], fmaf(-bj, ss[u], S[x])) * rw;
+          dw = fmaf(G[x], sp, dw);
+          db = fmaf(G[x], ss[u], db);
+          dk = fmaf(G[x], vv[u], dk);
+          da = fmaf(sp, zz[u], da);
+          G[x] = fmaf(wj, G[x], aj * zz[u]);
+          S[x] = sp;
+        }
+      }
+      const int64_t at = tok(g, b, t0 + tt, h) * DK + j;
+      part[at] = dq;
+      part[BTHK + at] = dk;
+      part[2 * BTHK + at] = dw * wj;
+      part[3 * BTHK + at] = da;
+      part[4 * BTHK + at] = db;
+    };
+    for (int tt = n - 1; tt >= 1; --tt) key_step(tt, nullptr, false);
+    const float* exact = c > 0    ? p.ckpt + (bh * g.nch + c - 1) * int64_t(DK) * g.Dv + int64_t(j) * g.Dv + v0
+                         : p.s0 ? p.s0 + (bh * DK + j) * g.Dv + v0
+                                : nullptr;
+    key_step(0, exact, exact == nullptr);
+  }
+  if (p.ds0) {
+#pragma unroll
+    for (int u = 0; u < kVs; u += 4)
+      *reinterpret_cast<float4*>(p.ds0 + (bh * DK + j) * g.Dv + v0 + u) = make_float4(G[u], G[u + 1], G[u + 2], G[u + 3]);
+  }
+}
+
+// Sums the value slices' per-key gradients: dq, dk, da, db in IN, dlw in f32.
+template <class IN>
+__global__ void gdr_finish(int64_t n, int nsl, Ptrs<IN> p) {
+#ifdef GDR_EMULATE
+  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
+#else
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
+#endif
+    float s[5] = {0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int q = 0; q < nsl; ++q)
+#pragma unroll
+      for (int m = 0; m < 5; ++m) s[m] += p.part[(int64_t(q) * 5 + m) * n + e];
+    p.dq[e] = fromf<IN>(s[0]);
+    p.dk[e] = fromf<IN>(s[1]);
+    p.dlw[e] = s[2];
+    p.da[e] = fromf<IN>(s[3]);
+    p.db[e] = fromf<IN>(s[4]);
+  }
+}
+
+// ================================ launches ================================
+#ifdef GDR_EMULATE
+#define GDR_LAUNCH(name, kern, grid, threads, smem, st, ...) \
+  ::seqmix::mixers::gdr_cuda::emu_launch(grid, threads, smem, [&] { kern(__VA_ARGS__); })
+#else
+#define GDR_LAUNCH(name, kern, grid, threads, smem, st, ...)                                                     \
+  do {                                                                                                           \
+    auto* gk_ = kern;                                                                                            \
+    if ((smem) > 48 * 1024)                                                                                      \
+      SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(gk_, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));     \
+    gk_<<<grid, threads, smem, st>>>(__VA_ARGS__);                                                               \
+    SEQMIX_CUDA_CHECK_LAUNCH(name);                                                                              \
+  } while (0)
+#endif
+
+template <class IN>
+inline size_t max_smem(int Dk) {
+  switch (Dk) {
+    case 32: return Lay<IN, 32, true>::total;
+    case 64: return Lay<IN, 64, true>::total;
+    default: return Lay<IN, 128, true>::total;
+  }
+}
+
+template <class IN, int DK>
+void forward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
+  const dim3 grid(unsigned(g.Dv / kVs), unsigned(g.H), unsigned(g.B));
+  GDR_LAUNCH("generalized_delta fwd", (gdr_fwd<IN, DK>), grid, DK, (Lay<IN, DK, false>::total), st, g, p);
+}
+
+template <class IN, int DK>
+void backward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
+  const dim3 grid(unsigned(g.Dv / kVs), unsigned(g.H), unsigned(g.B));
+  GDR_LAUNCH("generalized_delta bwd", (gdr_bwd<IN, DK>), grid, DK, (Lay<IN, DK, true>::total), st, g, p);
+  const int64_t n = int64_t(g.B) * g.T * g.H * DK;
+#ifdef GDR_EMULATE
+  const dim3 fg(1, 1, 1);
+#else
+  const dim3 fg(unsigned((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096), 1, 1);
+#endif
+  GDR_LAUNCH("generalized_delta finish", (gdr_finish<IN>), fg, 256, size_t(0), st, n, g.Dv / kVs, p);
+}
+
+// Forward: q, k, v, a, b, lw, s0 (or null) in; o, final_s, and for the backward sa and ckpt out.
+template <class IN>
+void forward(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
+  if (g.Dk == 32) forward_dk<IN, 32>(g, p, st);
+  else if (g.Dk == 64) forward_dk<IN, 64>(g, p, st);
+  else forward_dk<IN, 128>(g, p, st);
+}
+
+// Backward: the forward's inputs, sa, ckpt, dout and dfinal (or null) in; part as scratch; dq, dk, dv, da, db,
+// dlw, ds0 (or null) out.
+template <class IN>
+void backward(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
+  if (g.Dk == 32) backward_dk<IN, 32>(g, p, st);
+  else if (g.Dk == 64) backward_dk<IN, 64>(g, p, st);
+  else backward_dk<IN, 128>(g, p, st);
+}
+
+}  // namespace seqmix::mixers::gdr_cuda
