@@ -21,6 +21,7 @@
 
 #ifdef SEQMIX_WITH_CUDA
 #include "layers/mixers/common/delta_rule_cuda.h"
+#include "layers/mixers/common/generalized_delta_cuda.h"
 #endif
 
 namespace seqmix::bench {
@@ -29,7 +30,7 @@ namespace {
 
 struct Config : MixerBenchConfig {
   bool ops = true;
-  Config() { kinds = {"gated", "plain"}; }
+  Config() { kinds = {"gated", "plain", "rwkv7"}; }
 };
 
 #ifdef SEQMIX_WITH_CUDA
@@ -73,15 +74,21 @@ mixers::DeltaResult call(const std::string& impl, const Tensor& q, const Tensor&
   return mixers::delta_rule(q, k, v, beta, g, Tensor(), options(D));
 }
 
-// rwkv7: the generalized rule's op composition (it has no fused kernel).
-mixers::DeltaResult call_generalized(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw, const Tensor& a,
-                                     const Tensor& b, int64_t D) {
-  return mixers::generalized_delta_rule(q, k, v, lw, a, b, Tensor(), options(D));
+// rwkv7, the generalized rule: impl "kernel": generalized_delta_cuda (with the decay bound the rwkv7 mixer
+// promises); "ops": generalized_delta_rule() without that bound (the chunked op composition).
+mixers::DeltaResult call_generalized(const std::string& impl, const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const Tensor& lw, const Tensor& a, const Tensor& b, int64_t D) {
+  mixers::DeltaOptions o = options(D);
+  if (impl == "kernel") {
+    o.min_log_decay = -std::exp(-0.5) * (1.0 + 1e-6);
+    return mixers::generalized_delta_cuda(q, k, v, lw, a, b, Tensor(), o);
+  }
+  return mixers::generalized_delta_rule(q, k, v, lw, a, b, Tensor(), o);
 }
 
 void run_forward(const std::string& impl, const Problem& p, int64_t D) {
   autograd::NoGradGuard ng;
-  if (p.lw.defined()) call_generalized(p.q, p.k, p.v, p.lw, p.a, p.b, D);
+  if (p.lw.defined()) call_generalized(impl, p.q, p.k, p.v, p.lw, p.a, p.b, D);
   else call(impl, p.q, p.k, p.v, p.beta, p.g, D);
 }
 
@@ -90,7 +97,7 @@ void run_forward_backward(const std::string& impl, const Problem& p, int64_t D) 
   mixers::DeltaResult r;
   if (p.lw.defined()) {
     Tensor lw = grad_leaf(p.lw), a = grad_leaf(p.a), b = grad_leaf(p.b);
-    r = call_generalized(q, k, v, lw, a, b, D);
+    r = call_generalized(impl, q, k, v, lw, a, b, D);
   } else {
     Tensor beta = grad_leaf(p.beta), g = grad_leaf(p.g);
     r = call(impl, q, k, v, beta, g, D);
@@ -101,7 +108,32 @@ void run_forward_backward(const std::string& impl, const Problem& p, int64_t D) 
 double rel_err(const Tensor& a, const Tensor& b) { return bench::rel_err(a, b, 1e-3); }
 
 // The kernel vs the CPU reference (f32 on the same bf16 inputs): o, final state and every gradient.
+bool check_small_generalized(const Config& c, Generator& gen) {
+  const int64_t B = 1, T = 200, H = 2, D = c.D;
+  Problem p = make_problem("rwkv7", B, T, H, D, gen);
+  const auto host = host_f32;
+  const auto leaf = grad_leaf;
+  Tensor qr = leaf(host(p.q)), kr = leaf(host(p.k)), vr = leaf(host(p.v)), lr = leaf(host(p.lw)), ar = leaf(host(p.a)),
+         br = leaf(host(p.b));
+  mixers::DeltaResult ref = mixers::generalized_delta_rule_reference(qr, kr, vr, lr, ar, br, Tensor(), options(D));
+  autograd::backward({ref.o, ref.final_state}, {host(p.dout), host(p.dfinal)});
+  Tensor qd = leaf(p.q), kd = leaf(p.k), vd = leaf(p.v), ld = leaf(p.lw), ad = leaf(p.a), bd = leaf(p.b);
+  mixers::DeltaResult got = call_generalized("kernel", qd, kd, vd, ld, ad, bd, D);
+  autograd::backward({got.o, got.final_state}, {p.dout, p.dfinal});
+  double e[8] = {rel_err(host(got.o), ref.o),         rel_err(host(got.final_state), ref.final_state),
+                 rel_err(host(qd.grad()), qr.grad()), rel_err(host(kd.grad()), kr.grad()),
+                 rel_err(host(vd.grad()), vr.grad()), rel_err(host(ld.grad()), lr.grad()),
+                 rel_err(host(ad.grad()), ar.grad()), rel_err(host(bd.grad()), br.grad())};
+  const bool ok = all_below(e, 3e-2);
+  std::printf("{\"bench\":\"delta\",\"kind\":\"rwkv7\",\"check\":\"kernel vs cpu reference\",\"B\":1,\"T\":200,\"H\":2,"
+              "\"D\":%lld,\"o\":%.2e,\"final_state\":%.2e,\"dq\":%.2e,\"dk\":%.2e,\"dv\":%.2e,\"dlw\":%.2e,\"da\":%.2e,"
+              "\"db\":%.2e,\"ok\":%s}\n",
+              (long long)D, e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7], ok ? "true" : "false");
+  return ok;
+}
+
 bool check_small(const Config& c, const std::string& kind, Generator& gen) {
+  if (kind == "rwkv7") return check_small_generalized(c, gen);
   const int64_t B = 1, T = 200, H = 2, D = c.D;
   Problem p = make_problem(kind, B, T, H, D, gen);
   const auto host = host_f32;
@@ -179,34 +211,34 @@ int delta_main(const std::vector<std::string>& args) {
   Generator gen(2024);
   bool ok = true;
   if (c.check)
-    for (const std::string& kind : c.kinds)
-      if (kind != "rwkv7") ok = check_small(c, kind, gen) && ok;
-  std::vector<Row> rows, rwkv7_rows;
+    for (const std::string& kind : c.kinds) ok = check_small(c, kind, gen) && ok;
+  std::vector<Row> rows;
   for (const std::string& kind : c.kinds) {
-    if (kind == "rwkv7") {  // op composition only, not in the kernel-vs-ops pairs below
-      rwkv7_rows.push_back(measure(c, kind, "ops", c.B, c.T, gen));
-      continue;
-    }
     rows.push_back(measure(c, kind, "kernel", c.B, c.T, gen));
     if (c.ops) rows.push_back(measure(c, kind, "ops", c.B, c.T, gen));
   }
   std::vector<Row> scaling;
   if (c.long_run)
     for (const std::string& kind : c.kinds) {
-      if (kind == "rwkv7") continue;
       scaling.push_back(measure(c, kind, "kernel", 1, c.T, gen));
       scaling.push_back(measure(c, kind, "kernel", 1, c.long_T, gen));
     }
   std::printf("\ndelta rule, bf16, H=%lld Dk=Dv=%lld (median of %d)\n", (long long)c.H, (long long)c.D, c.iters);
   std::printf("%-7s %-7s %3s %7s %11s %14s %13s\n", "kind", "impl", "B", "T", "fwd ms", "fwd+bwd ms", "ns/token f+b");
-  for (const std::vector<Row>* table : {&rows, &rwkv7_rows})
-    for (const Row& r : *table)
-      std::printf("%-7s %-7s %3lld %7lld %11.3f %14.3f %13.2f\n", r.kind.c_str(), r.impl.c_str(), (long long)r.B,
-                  (long long)r.T, r.ms[0], r.ms[1], ns_per_token(r.ms[1], r.B * r.T));
+  for (const Row& r : rows)
+    std::printf("%-7s %-7s %3lld %7lld %11.3f %14.3f %13.2f\n", r.kind.c_str(), r.impl.c_str(), (long long)r.B,
+                (long long)r.T, r.ms[0], r.ms[1], ns_per_token(r.ms[1], r.B * r.T));
   for (size_t i = 0; i + 1 < rows.size(); i += 2)
     if (c.ops && rows[i].impl == "kernel")
       std::printf("%-7s kernel speed-up over ops: fwd %.2fx, fwd+bwd %.2fx\n", rows[i].kind.c_str(), rows[i + 1].ms[0] / rows[i].ms[0],
                   rows[i + 1].ms[1] / rows[i].ms[1]);
+  auto kernel_ms = [&](const char* kind) {
+    for (const Row& r : rows)
+      if (r.kind == kind && r.impl == "kernel") return r.ms[1];
+    return 0.0;
+  };
+  if (kernel_ms("rwkv7") > 0 && kernel_ms("plain") > 0)
+    std::printf("rwkv7 kernel / plain (deltanet) kernel, fwd+bwd: %.2fx\n", kernel_ms("rwkv7") / kernel_ms("plain"));
   if (!scaling.empty()) {
     std::printf("\nscaling (kernel, B=1): ns per token, fwd+bwd\n");
     for (size_t i = 0; i + 1 < scaling.size(); i += 2)

@@ -98,6 +98,9 @@ if has delta; then
     echo "== racecheck"
     timeout 120 compute-sanitizer --tool racecheck ./build-gpu/tests/test_gpu \
       --gtest_filter='Bf16/DeltaRuleGpuVsCpu.*/2:Bf16/DeltaRuleGpuVsCpu.*/7:F32/DeltaRuleGpuVsCpu.*/1' 2>&1 | tail -6
+    echo "== racecheck, the generalized rule's kernels"
+    timeout 120 compute-sanitizer --tool racecheck ./build-gpu/tests/test_gpu \
+      --gtest_filter='Bf16/GeneralizedDeltaGpuVsCpu.*/5:F32/GeneralizedDeltaGpuVsCpu.*/2' 2>&1 | tail -4
     echo "== synccheck"
     timeout 60 compute-sanitizer --tool synccheck ./build-gpu/tests/test_gpu \
       --gtest_filter='Bf16/DeltaRuleGpuVsCpu.*/7' 2>&1 | tail -3
@@ -120,6 +123,9 @@ if has prof; then
       echo "== ncu delta plain"
       timeout 150 ncu --metrics "$metrics" -k 'regex:prep|_state|_out|_wy' --print-summary per-kernel \
         ./build-gpu/seqmix_bench delta --kinds plain --no-check --no-long --no-ops --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
+      echo "== ncu delta rwkv7 (the generalized rule's recurrent kernels)"
+      timeout 150 ncu --metrics "$metrics" -k 'regex:gdr_' --print-summary per-kernel \
+        ./build-gpu/seqmix_bench delta --kinds rwkv7 --no-check --no-long --no-ops --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
     fi
   } > "$OUT/prof.log" 2>&1
   note "prof: see prof.log"
