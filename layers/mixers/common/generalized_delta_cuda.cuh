@@ -18,6 +18,7 @@
 #ifndef GDR_EMULATE
 #include "core/cuda/cuda_check.h"
 #else
+#include <atomic>
 #include <cstring>
 #include <functional>
 #endif
@@ -34,11 +35,15 @@ using tc::tof;
 
 constexpr int kCh = 16;  // tokens per shared-memory chunk, and the checkpoint interval of the state
 constexpr int kVs = 32;  // value columns per CTA
-constexpr int kPad = 36; // a 32-key part of a work row takes 36 floats: the parts' float4 reads hit distinct banks
+// The forward and the backward's value-major pass: a thread holds VT value columns x KT keys of the state (so
+// each key element read from shared memory feeds VT columns), KT * VT = 32 (KT = Geo::kt: 8, 16 or 32);
+// P = Dk / KT lanes share a column group; a CTA has (kVs / VT) * P = Dk threads. A KT-key part of a work row
+// takes KT + 4 floats, so that the parts' float4 reads hit distinct banks.
 
 struct Geo {
   int B, T, H, Dk, Dv;
   int nch;      // chunks of kCh tokens: ceil(T / kCh)
+  int kt;       // keys per thread in the forward / value-major pass: 8, 16 or 32
   float scale;  // applied to o
 };
 
@@ -54,6 +59,7 @@ struct Ptrs {
   const IN* dout;               // [B, T, H, Dv]
   const float* dfinal;          // [B, H, Dk, Dv] or null
   float* part;                  // [Dv / kVs, 5, B, T, H, Dk]: each value slice's dq, dk, dlw, da, db
+  int* count;                   // [B, H, nch], zeros: value slices done with each chunk
   IN* dv;                       // [B, T, H, Dv]
   float* ds0;                   // [B, H, Dk, Dv] or null
   IN *dq, *dk, *da, *db;        // [B, T, H, Dk]
@@ -80,6 +86,25 @@ __device__ __forceinline__ void cp_wait_all() {
 #endif
 }
 
+// Makes this thread's global writes visible to the other CTAs, then (thread 0) counts this CTA in *counter;
+// returns, to every thread of the CTA, whether it was the last of `total`.
+__device__ __forceinline__ bool last_to_arrive(int* counter, int total, int* flag) {
+#ifdef GDR_EMULATE
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  __syncthreads();
+  if (threadIdx.x == 0) *flag = std::atomic_ref<int>(*counter).fetch_add(1) == total - 1;
+  __syncthreads();
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#else
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) *flag = atomicAdd(counter, 1) == total - 1;
+  __syncthreads();
+  __threadfence();
+#endif
+  return *flag != 0;
+}
+
 __device__ __forceinline__ float shfl_xor(float x, int m) {
 #ifdef GDR_EMULATE
   return emu_shfl_xor(x, m);
@@ -87,19 +112,29 @@ __device__ __forceinline__ float shfl_xor(float x, int m) {
   return __shfl_xor_sync(0xffffffffu, x, m);
 #endif
 }
-// Sum over the P adjacent lanes that hold one value column's key parts.
-template <int P>
-__device__ __forceinline__ float part_sum(float x) {
-  if constexpr (P > 1) x += shfl_xor(x, 1);
-  if constexpr (P > 2) x += shfl_xor(x, 2);
-  return x;
+// Sums over the P adjacent lanes that hold one column group's key parts (kVT sums interleaved).
+template <int P, int VT>
+__device__ __forceinline__ void part_sums(float (&x)[VT]) {
+#pragma unroll
+  for (int m = 1; m < P; m <<= 1)
+#pragma unroll
+    for (int v = 0; v < VT; ++v) x[v] += shfl_xor(x[v], m);
+}
+// The VT x 4 partial sums of a column group, added per column.
+template <int VT>
+__device__ __forceinline__ void fold4(const float (&acc)[VT][4], float (&out)[VT]) {
+#pragma unroll
+  for (int v = 0; v < VT; ++v) out[v] = (acc[v][0] + acc[v][1]) + (acc[v][2] + acc[v][3]);
 }
 
 // ---- shared memory: f32 work rows of the current chunk, and two raw slots the next chunk copies into ----
-template <class IN, int DK, bool BWD>
+template <class IN, int DK, bool BWD, int KT>
 struct Lay {
-  static constexpr int P = DK / 32;     // key parts (one per lane of a value column's lane group)
-  static constexpr int KP = P * kPad;   // padded work row of DK keys
+  static constexpr int VT = 32 / KT;    // value columns per thread
+  static constexpr int PAD = KT + 4;    // floats per KT-key part of a work row
+  static constexpr int P = DK / KT;     // key parts (one per lane of a column group)
+  static constexpr int KP = P * PAD;    // padded work row of DK keys
+  static_assert((kVs / VT) * P == DK, "a CTA has Dk threads");
   static constexpr int nvals = BWD ? 4 : 1;  // value rows: v (bwd: + do, sa, dsa)
   // work: q, k, w, a, b [kCh][KP]; v (, do * scale, sa, dsa) [kCh][kVs]
   static constexpr size_t work = size_t(5 * kCh * KP + nvals * kCh * kVs) * 4;
@@ -107,7 +142,7 @@ struct Lay {
   static constexpr size_t rkey = size_t(kCh) * DK * sizeof(IN), rlw = size_t(kCh) * DK * 4;
   static constexpr size_t rval = size_t(kCh) * kVs * sizeof(IN), rsa = size_t(kCh) * kVs * 4;
   static constexpr size_t slot = align128(4 * rkey + rlw + rval + (BWD ? rval + rsa : 0));
-  static constexpr size_t total = align128(work) + 2 * slot;
+  static constexpr size_t total = align128(work) + 2 * slot + (BWD ? 128 : 0);  // bwd: a flag word at the end
 };
 
 __device__ __forceinline__ int64_t tok(const Geo& g, int b, int t, int h) { return (int64_t(b) * g.T + t) * g.H + h; }
@@ -115,10 +150,10 @@ __device__ __forceinline__ int imin(int x, int y) { return x < y ? x : y; }
 
 // Issues the copies of chunk c (tokens c * kCh .. + n) into a raw slot: q, k, a, b, lw rows of the head, the
 // CTA's value columns of v (and of dout, sa).
-template <class IN, int DK, bool BWD>
+template <class IN, int DK, bool BWD, int KT>
 __device__ __forceinline__ void issue_chunk(const Geo& g, const Ptrs<IN>& p, unsigned char* slot, int b, int h, int v0,
                                             int c) {
-  using L = Lay<IN, DK, BWD>;
+  using L = Lay<IN, DK, BWD, KT>;
   const int t0 = c * kCh, n = imin(kCh, g.T - t0);
   constexpr int kk = int(DK * sizeof(IN) / 16), kl = DK * 4 / 16, kv = int(kVs * sizeof(IN) / 16), ks = kVs * 4 / 16;
   const IN* keys[4] = {p.q, p.k, p.a, p.b};
@@ -151,15 +186,15 @@ __device__ __forceinline__ void issue_chunk(const Geo& g, const Ptrs<IN>& p, uns
 }
 
 // Converts a landed raw slot (n tokens) to the f32 work rows: w = e^{lw}, do scaled by g.scale.
-template <class IN, int DK, bool BWD>
+template <class IN, int DK, bool BWD, int KT>
 __device__ __forceinline__ void convert_chunk(const Geo& g, const unsigned char* slot, float* work, int n) {
-  using L = Lay<IN, DK, BWD>;
+  using L = Lay<IN, DK, BWD, KT>;
   const IN* rk[4] = {reinterpret_cast<const IN*>(slot), reinterpret_cast<const IN*>(slot + L::rkey),
                      reinterpret_cast<const IN*>(slot + 2 * L::rkey), reinterpret_cast<const IN*>(slot + 3 * L::rkey)};
   const float* rlw = reinterpret_cast<const float*>(slot + 4 * L::rkey);
   // work rows: 0 q, 1 k, 2 w, 3 a, 4 b
   for (int e = int(threadIdx.x); e < n * DK; e += DK) {
-    const int t = e / DK, j = e % DK, col = t * L::KP + (j / 32) * kPad + j % 32;
+    const int t = e / DK, j = e % DK, col = t * L::KP + (j / KT) * L::PAD + j % KT;
     work[col] = tof(rk[0][e]);
     work[kCh * L::KP + col] = tof(rk[1][e]);
     work[2 * kCh * L::KP + col] = __expf(rlw[e]);
@@ -180,101 +215,121 @@ __device__ __forceinline__ void convert_chunk(const Geo& g, const unsigned char*
 }
 
 // ================================ forward ================================
-// CTA (value slice, head, batch), DK threads: thread (i = tid / P, p = tid % P) holds S[p*32 + jj][v0 + i],
-// jj < 32, in registers; per token: sa = a . S (P-lane sum), S = w S + b sa + k v_i, o_i = scale q . S.
-template <class IN, int DK>
+// CTA (value slice, head, batch), DK threads: thread (column group c = tid / P, part p = tid % P) holds
+// S[p*kKT + jj][v0 + c*kVT + v], jj < kKT, v < kVT, in registers; per token: sa = a . S (P-lane sums),
+// S = w S + b sa + k v, o = scale q . S.
+template <class IN, int DK, int KT>
 __global__ void __launch_bounds__(DK) gdr_fwd(Geo g, Ptrs<IN> p) {
-  using L = Lay<IN, DK, false>;
-  constexpr int P = L::P, KP = L::KP;
+  using L = Lay<IN, DK, false, KT>;
+  constexpr int P = L::P, KP = L::KP, kKT = KT, kVT = L::VT, kPad = L::PAD;
   TC_SMEM(smem);
   float* work = reinterpret_cast<float*>(smem);
   unsigned char* slots = smem + align128(L::work);
   const int sl = int(blockIdx.x), h = int(blockIdx.y), b = int(blockIdx.z), v0 = sl * kVs;
-  const int tid = int(threadIdx.x), i = tid / P, pp = tid % P;
+  const int tid = int(threadIdx.x), i0 = (tid / P) * kVT, pp = tid % P;
   const int64_t bh = int64_t(b) * g.H + h;
-  float S[32];
+  float S[kVT][kKT];
 #pragma unroll
-  for (int jj = 0; jj < 32; ++jj)
-    S[jj] = p.s0 ? p.s0[(bh * DK + pp * 32 + jj) * g.Dv + v0 + i] : 0.f;
-  issue_chunk<IN, DK, false>(g, p, slots, b, h, v0, 0);
+  for (int jj = 0; jj < kKT; ++jj)
+#pragma unroll
+    for (int v = 0; v < kVT; ++v) S[v][jj] = p.s0 ? p.s0[(bh * DK + pp * kKT + jj) * g.Dv + v0 + i0 + v] : 0.f;
+  issue_chunk<IN, DK, false, KT>(g, p, slots, b, h, v0, 0);
   for (int c = 0; c < g.nch; ++c) {
     const int t0 = c * kCh, n = imin(kCh, g.T - t0);
     cp_wait_all();
     __syncthreads();  // chunk c landed for every thread; chunk c - 1's reads of the work rows are done
-    convert_chunk<IN, DK, false>(g, slots + (c & 1) * L::slot, work, n);
+    convert_chunk<IN, DK, false, KT>(g, slots + (c & 1) * L::slot, work, n);
     __syncthreads();
-    if (c + 1 < g.nch) issue_chunk<IN, DK, false>(g, p, slots + ((c + 1) & 1) * L::slot, b, h, v0, c + 1);
+    if (c + 1 < g.nch) issue_chunk<IN, DK, false, KT>(g, p, slots + ((c + 1) & 1) * L::slot, b, h, v0, c + 1);
     for (int tt = 0; tt < n; ++tt) {
       const float* row = work + tt * KP + pp * kPad;
       const float *qr = row, *kr = row + kCh * KP, *wr = row + 2 * kCh * KP, *ar = row + 3 * kCh * KP,
                   *br = row + 4 * kCh * KP;
-      float s4[4] = {0.f, 0.f, 0.f, 0.f};
+      float acc[kVT][4] = {}, sa[kVT], o[kVT], vi[kVT];
 #pragma unroll
-      for (int jj = 0; jj < 32; jj += 4) {
+      for (int jj = 0; jj < kKT; jj += 4) {
         const float4 a4 = *reinterpret_cast<const float4*>(ar + jj);
-        s4[0] = fmaf(a4.x, S[jj], s4[0]);
-        s4[1] = fmaf(a4.y, S[jj + 1], s4[1]);
-        s4[2] = fmaf(a4.z, S[jj + 2], s4[2]);
-        s4[3] = fmaf(a4.w, S[jj + 3], s4[3]);
-      }
-      const float sa = part_sum<P>((s4[0] + s4[1]) + (s4[2] + s4[3]));
-      const float vi = work[5 * kCh * KP + tt * kVs + i];
-      float o4[4] = {0.f, 0.f, 0.f, 0.f};
+        const float av[4] = {a4.x, a4.y, a4.z, a4.w};
 #pragma unroll
-      for (int jj = 0; jj < 32; jj += 4) {
+        for (int u = 0; u < 4; ++u)
+#pragma unroll
+          for (int v = 0; v < kVT; ++v) acc[v][u] = fmaf(av[u], S[v][jj + u], acc[v][u]);
+      }
+      fold4(acc, sa);
+      part_sums<P, kVT>(sa);
+#pragma unroll
+      for (int v = 0; v < kVT; ++v) {
+        vi[v] = work[5 * kCh * KP + tt * kVs + i0 + v];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) acc[v][u] = 0.f;
+      }
+#pragma unroll
+      for (int jj = 0; jj < kKT; jj += 4) {
         const float4 w4 = *reinterpret_cast<const float4*>(wr + jj), b4 = *reinterpret_cast<const float4*>(br + jj),
                      k4 = *reinterpret_cast<const float4*>(kr + jj), q4 = *reinterpret_cast<const float4*>(qr + jj);
         const float wv[4] = {w4.x, w4.y, w4.z, w4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w}, kv[4] = {k4.x, k4.y, k4.z, k4.w},
                     qv[4] = {q4.x, q4.y, q4.z, q4.w};
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          S[jj + u] = fmaf(S[jj + u], wv[u], fmaf(sa, bv[u], vi * kv[u]));
-          o4[u] = fmaf(qv[u], S[jj + u], o4[u]);
-        }
+        for (int u = 0; u < 4; ++u)
+#pragma unroll
+          for (int v = 0; v < kVT; ++v) {
+            S[v][jj + u] = fmaf(S[v][jj + u], wv[u], fmaf(sa[v], bv[u], vi[v] * kv[u]));
+            acc[v][u] = fmaf(qv[u], S[v][jj + u], acc[v][u]);
+          }
       }
-      const float o = part_sum<P>((o4[0] + o4[1]) + (o4[2] + o4[3]));
+      fold4(acc, o);
+      part_sums<P, kVT>(o);
       if (pp == 0) {
-        const int64_t at = tok(g, b, t0 + tt, h) * g.Dv + v0 + i;
-        p.o[at] = fromf<IN>(o * g.scale);
-        if (p.sa) p.sa[at] = sa;
+        const int64_t at = tok(g, b, t0 + tt, h) * g.Dv + v0 + i0;
+#pragma unroll
+        for (int v = 0; v < kVT; ++v) {
+          p.o[at + v] = fromf<IN>(o[v] * g.scale);
+          if (p.sa) p.sa[at + v] = sa[v];
+        }
       }
     }
     if (p.ckpt) {
-      float* ck = p.ckpt + (bh * g.nch + c) * int64_t(DK) * g.Dv + v0 + i;
+      float* ck = p.ckpt + (bh * g.nch + c) * int64_t(DK) * g.Dv + v0 + i0;
 #pragma unroll
-      for (int jj = 0; jj < 32; ++jj) ck[int64_t(pp * 32 + jj) * g.Dv] = S[jj];
+      for (int jj = 0; jj < kKT; ++jj)
+#pragma unroll
+        for (int v = 0; v < kVT; ++v) ck[int64_t(pp * kKT + jj) * g.Dv + v] = S[v][jj];
     }
   }
   if (p.final_s) {
 #pragma unroll
-    for (int jj = 0; jj < 32; ++jj) p.final_s[(bh * DK + pp * 32 + jj) * g.Dv + v0 + i] = S[jj];
+    for (int jj = 0; jj < kKT; ++jj)
+#pragma unroll
+      for (int v = 0; v < kVT; ++v) p.final_s[(bh * DK + pp * kKT + jj) * g.Dv + v0 + i0 + v] = S[v][jj];
   }
 }
 
 // ================================ backward ================================
 // CTA (value slice, head, batch), DK threads, chunks in reverse. G = dL/dS_t (after o_t's term), twice:
-//   value-major (thread i = tid / P, p = tid % P: G[p*32 + jj][v0 + i]): G += q do_i; dsa_i = b . G, dv_i = k . G
+//   value-major (as the forward's S: G[p*kKT + jj][v0 + c*kVT + v]): G += q do_i; dsa_i = b . G, dv_i = k . G
 //     (P-lane sums); G = w G + a dsa_i.  All of a chunk's steps first; dsa goes to shared memory.
 //   key-major (thread j = tid: G[j][v0 + i] and S[j][v0 + i], i < 32): per step (reverse)
 //     G += q_j do;  dq_j = S_t . do;  S_{t-1} = (S_t - b_j sa - k_j v) / w_j;  dw_j = G . S_{t-1};
 //     db_j = G . sa;  dk_j = G . v;  da_j = S_{t-1} . dsa;  G = w_j G + a_j dsa
 //   and the slice's dq, dk, dlw = w dw, da, db to `part`. At a chunk's first token S_{t-1} is the exact state
 //   before the chunk (the checkpoint), so inverted steps never drift across chunks.
-template <class IN, int DK>
+template <class IN, int DK, int KT>
 __global__ void __launch_bounds__(DK) gdr_bwd(Geo g, Ptrs<IN> p) {
-  using L = Lay<IN, DK, true>;
-  constexpr int P = L::P, KP = L::KP;
+  using L = Lay<IN, DK, true, KT>;
+  constexpr int P = L::P, KP = L::KP, kKT = KT, kVT = L::VT, kPad = L::PAD;
   TC_SMEM(smem);
   float* work = reinterpret_cast<float*>(smem);
   float* wv = work + 5 * kCh * KP;  // v, do * scale, sa, dsa rows
   unsigned char* slots = smem + align128(L::work);
   const int sl = int(blockIdx.x), h = int(blockIdx.y), b = int(blockIdx.z), v0 = sl * kVs;
-  const int tid = int(threadIdx.x), i = tid / P, pp = tid % P, j = tid;
-  const int jcol = (j / 32) * kPad + j % 32;
+  const int tid = int(threadIdx.x), i0 = (tid / P) * kVT, pp = tid % P, j = tid;
+  const int jcol = (j / kKT) * kPad + j % kKT;
   const int64_t bh = int64_t(b) * g.H + h, BTHK = int64_t(g.B) * g.T * g.H * DK;
-  float Gv[32], G[kVs], S[kVs];
+  float Gv[kVT][kKT], G[kVs], S[kVs];
 #pragma unroll
-  for (int jj = 0; jj < 32; ++jj) Gv[jj] = p.dfinal ? p.dfinal[(bh * DK + pp * 32 + jj) * g.Dv + v0 + i] : 0.f;
+  for (int jj = 0; jj < kKT; ++jj)
+#pragma unroll
+    for (int v = 0; v < kVT; ++v) Gv[v][jj] = p.dfinal ? p.dfinal[(bh * DK + pp * kKT + jj) * g.Dv + v0 + i0 + v] : 0.f;
   auto load_rows = [&](float (&dst)[kVs], const float* src) {  // row j of a [Dk, Dv] f32 matrix, the CTA's columns
 #pragma unroll
     for (int u = 0; u < kVs; u += 4) {
@@ -291,45 +346,57 @@ __global__ void __launch_bounds__(DK) gdr_bwd(Geo g, Ptrs<IN> p) {
     for (int u = 0; u < kVs; ++u) G[u] = 0.f;
   load_rows(S, p.ckpt + (bh * g.nch + g.nch - 1) * int64_t(DK) * g.Dv);
   float* part = p.part + int64_t(sl) * 5 * BTHK;
-  issue_chunk<IN, DK, true>(g, p, slots, b, h, v0, g.nch - 1);
+  const int nsl = g.Dv / kVs;
+  issue_chunk<IN, DK, true, KT>(g, p, slots, b, h, v0, g.nch - 1);
   for (int c = g.nch - 1, it = 0; c >= 0; --c, ++it) {
     const int t0 = c * kCh, n = imin(kCh, g.T - t0);
     cp_wait_all();
     __syncthreads();  // chunk c landed; chunk c + 1's reads of the work rows are done
-    convert_chunk<IN, DK, true>(g, slots + (it & 1) * L::slot, work, n);
+    convert_chunk<IN, DK, true, KT>(g, slots + (it & 1) * L::slot, work, n);
     __syncthreads();
-    if (c > 0) issue_chunk<IN, DK, true>(g, p, slots + ((it + 1) & 1) * L::slot, b, h, v0, c - 1);
+    if (c > 0) issue_chunk<IN, DK, true, KT>(g, p, slots + ((it + 1) & 1) * L::slot, b, h, v0, c - 1);
     // value-major: dsa and dv of every step of the chunk
     for (int tt = n - 1; tt >= 0; --tt) {
       const float* row = work + tt * KP + pp * kPad;
       const float *qr = row, *kr = row + kCh * KP, *wr = row + 2 * kCh * KP, *ar = row + 3 * kCh * KP,
                   *br = row + 4 * kCh * KP;
-      const float doi = wv[kCh * kVs + tt * kVs + i];
-      float ds4[4] = {0.f, 0.f, 0.f, 0.f}, dv4[4] = {0.f, 0.f, 0.f, 0.f};
+      float doi[kVT], dsa[kVT], dvi[kVT], ds[kVT][4] = {}, dvp[kVT][4] = {};
 #pragma unroll
-      for (int jj = 0; jj < 32; jj += 4) {
+      for (int v = 0; v < kVT; ++v) doi[v] = wv[kCh * kVs + tt * kVs + i0 + v];
+#pragma unroll
+      for (int jj = 0; jj < kKT; jj += 4) {
         const float4 q4 = *reinterpret_cast<const float4*>(qr + jj), b4 = *reinterpret_cast<const float4*>(br + jj),
                      k4 = *reinterpret_cast<const float4*>(kr + jj);
         const float qv[4] = {q4.x, q4.y, q4.z, q4.w}, bv[4] = {b4.x, b4.y, b4.z, b4.w}, kv[4] = {k4.x, k4.y, k4.z, k4.w};
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          Gv[jj + u] = fmaf(doi, qv[u], Gv[jj + u]);
-          ds4[u] = fmaf(bv[u], Gv[jj + u], ds4[u]);
-          dv4[u] = fmaf(kv[u], Gv[jj + u], dv4[u]);
-        }
-      }
-      const float dsa = part_sum<P>((ds4[0] + ds4[1]) + (ds4[2] + ds4[3]));
-      const float dvi = part_sum<P>((dv4[0] + dv4[1]) + (dv4[2] + dv4[3]));
+        for (int u = 0; u < 4; ++u)
 #pragma unroll
-      for (int jj = 0; jj < 32; jj += 4) {
+          for (int v = 0; v < kVT; ++v) {
+            Gv[v][jj + u] = fmaf(doi[v], qv[u], Gv[v][jj + u]);
+            ds[v][u] = fmaf(bv[u], Gv[v][jj + u], ds[v][u]);
+            dvp[v][u] = fmaf(kv[u], Gv[v][jj + u], dvp[v][u]);
+          }
+      }
+      fold4(ds, dsa);
+      fold4(dvp, dvi);
+      part_sums<P, kVT>(dsa);
+      part_sums<P, kVT>(dvi);
+#pragma unroll
+      for (int jj = 0; jj < kKT; jj += 4) {
         const float4 w4 = *reinterpret_cast<const float4*>(wr + jj), a4 = *reinterpret_cast<const float4*>(ar + jj);
         const float wq[4] = {w4.x, w4.y, w4.z, w4.w}, av[4] = {a4.x, a4.y, a4.z, a4.w};
 #pragma unroll
-        for (int u = 0; u < 4; ++u) Gv[jj + u] = fmaf(wq[u], Gv[jj + u], av[u] * dsa);
+        for (int u = 0; u < 4; ++u)
+#pragma unroll
+          for (int v = 0; v < kVT; ++v) Gv[v][jj + u] = fmaf(wq[u], Gv[v][jj + u], av[u] * dsa[v]);
       }
       if (pp == 0) {
-        wv[3 * kCh * kVs + tt * kVs + i] = dsa;
-        p.dv[tok(g, b, t0 + tt, h) * g.Dv + v0 + i] = fromf<IN>(dvi);
+        const int64_t at = tok(g, b, t0 + tt, h) * g.Dv + v0 + i0;
+#pragma unroll
+        for (int v = 0; v < kVT; ++v) {
+          wv[3 * kCh * kVs + tt * kVs + i0 + v] = dsa[v];
+          p.dv[at + v] = fromf<IN>(dvi[v]);
+        }
       }
     }
     __syncthreads();  // the chunk's dsa rows
@@ -374,31 +441,27 @@ __global__ void __launch_bounds__(DK) gdr_bwd(Geo g, Ptrs<IN> p) {
                          : p.s0 ? p.s0 + (bh * DK + j) * g.Dv + v0
                                 : nullptr;
     key_step(0, exact, exact == nullptr);
+    // The last value slice done with this chunk sums every slice's per-key gradients (fixed order:
+    // deterministic) while they are fresh in L2.
+    if (last_to_arrive(p.count + bh * g.nch + c, nsl, reinterpret_cast<int*>(smem + L::total - 128))) {
+      for (int e = tid; e < n * DK; e += DK) {
+        const int64_t at = tok(g, b, t0 + e / DK, h) * DK + e % DK;
+        float sum[5] = {0.f, 0.f, 0.f, 0.f, 0.f};
+        for (int q = 0; q < nsl; ++q)
+#pragma unroll
+          for (int m = 0; m < 5; ++m) sum[m] += p.part[(int64_t(q) * 5 + m) * BTHK + at];
+        p.dq[at] = fromf<IN>(sum[0]);
+        p.dk[at] = fromf<IN>(sum[1]);
+        p.dlw[at] = sum[2];
+        p.da[at] = fromf<IN>(sum[3]);
+        p.db[at] = fromf<IN>(sum[4]);
+      }
+    }
   }
   if (p.ds0) {
 #pragma unroll
     for (int u = 0; u < kVs; u += 4)
       *reinterpret_cast<float4*>(p.ds0 + (bh * DK + j) * g.Dv + v0 + u) = make_float4(G[u], G[u + 1], G[u + 2], G[u + 3]);
-  }
-}
-
-// Sums the value slices' per-key gradients: dq, dk, da, db in IN, dlw in f32.
-template <class IN>
-__global__ void gdr_finish(int64_t n, int nsl, Ptrs<IN> p) {
-#ifdef GDR_EMULATE
-  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
-#else
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-#endif
-    float s[5] = {0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int q = 0; q < nsl; ++q)
-#pragma unroll
-      for (int m = 0; m < 5; ++m) s[m] += p.part[(int64_t(q) * 5 + m) * n + e];
-    p.dq[e] = fromf<IN>(s[0]);
-    p.dk[e] = fromf<IN>(s[1]);
-    p.dlw[e] = s[2];
-    p.da[e] = fromf<IN>(s[3]);
-    p.db[e] = fromf<IN>(s[4]);
   }
 }
 
@@ -417,49 +480,52 @@ __global__ void gdr_finish(int64_t n, int nsl, Ptrs<IN> p) {
   } while (0)
 #endif
 
+// The most shared memory any layout takes (KT = 8 pads its rows the most).
 template <class IN>
 inline size_t max_smem(int Dk) {
   switch (Dk) {
-    case 32: return Lay<IN, 32, true>::total;
-    case 64: return Lay<IN, 64, true>::total;
-    default: return Lay<IN, 128, true>::total;
+    case 32: return Lay<IN, 32, true, 8>::total;
+    case 64: return Lay<IN, 64, true, 8>::total;
+    default: return Lay<IN, 128, true, 8>::total;
   }
 }
 
-template <class IN, int DK>
+template <class IN, int DK, int KT>
 void forward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
   const dim3 grid(unsigned(g.Dv / kVs), unsigned(g.H), unsigned(g.B));
-  GDR_LAUNCH("generalized_delta fwd", (gdr_fwd<IN, DK>), grid, DK, (Lay<IN, DK, false>::total), st, g, p);
+  GDR_LAUNCH("generalized_delta fwd", (gdr_fwd<IN, DK, KT>), grid, DK, (Lay<IN, DK, false, KT>::total), st, g, p);
 }
 
-template <class IN, int DK>
+template <class IN, int DK, int KT>
 void backward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
   const dim3 grid(unsigned(g.Dv / kVs), unsigned(g.H), unsigned(g.B));
-  GDR_LAUNCH("generalized_delta bwd", (gdr_bwd<IN, DK>), grid, DK, (Lay<IN, DK, true>::total), st, g, p);
-  const int64_t n = int64_t(g.B) * g.T * g.H * DK;
-#ifdef GDR_EMULATE
-  const dim3 fg(1, 1, 1);
-#else
-  const dim3 fg(unsigned((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096), 1, 1);
-#endif
-  GDR_LAUNCH("generalized_delta finish", (gdr_finish<IN>), fg, 256, size_t(0), st, n, g.Dv / kVs, p);
+  GDR_LAUNCH("generalized_delta bwd", (gdr_bwd<IN, DK, KT>), grid, DK, (Lay<IN, DK, true, KT>::total), st, g, p);
+}
+
+// Calls f.template operator()<DK, KT>() for g.Dk and g.kt.
+template <class F>
+void dispatch_shape(const Geo& g, F&& f) {
+  auto by_kt = [&]<int DK>() {
+    if (g.kt == 8) f.template operator()<DK, 8>();
+    else if (g.kt == 32) f.template operator()<DK, 32>();
+    else f.template operator()<DK, 16>();
+  };
+  if (g.Dk == 32) by_kt.template operator()<32>();
+  else if (g.Dk == 64) by_kt.template operator()<64>();
+  else by_kt.template operator()<128>();
 }
 
 // Forward: q, k, v, a, b, lw, s0 (or null) in; o, final_s, and for the backward sa and ckpt out.
 template <class IN>
 void forward(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
-  if (g.Dk == 32) forward_dk<IN, 32>(g, p, st);
-  else if (g.Dk == 64) forward_dk<IN, 64>(g, p, st);
-  else forward_dk<IN, 128>(g, p, st);
+  dispatch_shape(g, [&]<int DK, int KT>() { forward_dk<IN, DK, KT>(g, p, st); });
 }
 
-// Backward: the forward's inputs, sa, ckpt, dout and dfinal (or null) in; part as scratch; dq, dk, dv, da, db,
-// dlw, ds0 (or null) out.
+// Backward: the forward's inputs, sa, ckpt, dout and dfinal (or null) in; part and count (zeroed) as scratch;
+// dq, dk, dv, da, db, dlw, ds0 (or null) out.
 template <class IN>
 void backward(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
-  if (g.Dk == 32) backward_dk<IN, 32>(g, p, st);
-  else if (g.Dk == 64) backward_dk<IN, 64>(g, p, st);
-  else backward_dk<IN, 128>(g, p, st);
+  dispatch_shape(g, [&]<int DK, int KT>() { backward_dk<IN, DK, KT>(g, p, st); });
 }
 
 }  // namespace seqmix::mixers::gdr_cuda
