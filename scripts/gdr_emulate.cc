@@ -120,12 +120,11 @@ bool run_case(const Case& c, std::mt19937& rng, bool verbose) {
   };
   std::vector<IN> q = to_in(x.q), k = to_in(x.k), v = to_in(x.v), a = to_in(x.a), b = to_in(x.b), dout = to_in(R);
   std::vector<float> lw = to_f(x.lw), s0 = to_f(x.s0), dfin = to_f(R2);
-  Geo g{c.B, c.T, c.H, c.Dk, c.Dv, (c.T + kCh - 1) / kCh, c.kt, float(scale)};
+  Geo g{c.B, c.T, c.H, c.Dk, c.Dv, (c.T + kCh - 1) / kCh, c.kt, c.kt, float(scale)};
   const int nsl = c.Dv / kVs;
   std::vector<IN> o(nv), dq(nk), dk(nk), da(nk), db(nk), dv(nv);
   std::vector<float> fin(ns), sa(nv), ckpt(size_t(c.B) * c.H * g.nch * c.Dk * c.Dv), part(size_t(nsl) * 5 * nk), dlw(nk),
       ds0(ns);
-  std::vector<int> count(size_t(c.B) * c.H * g.nch, 0);
   Ptrs<IN> p{};
   p.q = q.data();
   p.k = k.data();
@@ -141,7 +140,6 @@ bool run_case(const Case& c, std::mt19937& rng, bool verbose) {
   p.dout = dout.data();
   p.dfinal = c.dfinal ? dfin.data() : nullptr;
   p.part = part.data();
-  p.count = count.data();
   p.dv = dv.data();
   p.ds0 = ds0.data();
   p.dq = dq.data();

@@ -13,8 +13,9 @@
 //     G_{t-1} = diag(w_t) G_t + a_t dsa_t^T,   dlw_t = w_t (.) dw_t,   d initial state = G_{-1}.
 // The per-value sums (dsa, dv) and the per-key sums (dq, dk, dw, da, db) run over different indices, so a CTA
 // keeps G twice: value-major (as the forward) for dsa and dv, key-major (a thread per key, the CTA's 32 value
-// columns in registers, with S) for the per-key sums, which each value slice writes to a scratch buffer; the
-// last slice CTA to finish a chunk sums the slices' values of that chunk (fixed order: deterministic). S_{t-1} comes from S_t by inverting the step, S_{t-1} = (S_t - b sa^T -
+// columns in registers, with S) for the per-key sums, which each value slice writes to a scratch buffer that
+// a last kernel sums (fixed order: deterministic; summing them inside the backward, by the last value slice
+// to finish each chunk, was measured 2.5 ms slower: it sits on that CTA's sequential path). S_{t-1} comes from S_t by inverting the step, S_{t-1} = (S_t - b sa^T -
 // k v^T) / w, from the exact state saved at the end of each 16-token chunk: this needs w bounded away from 0
 // (generalized_delta_cuda.h). Memory: sa (T Dv f32) and one f32 state per 16 tokens.
 //
@@ -60,10 +61,15 @@ Geo make_geo(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const Delt
   g.Dv = int(Dv);
   g.nch = int((T + gdr_cuda::kCh - 1) / gdr_cuda::kCh);
   g.scale = float(opt.scale);
-  // keys per thread of the forward / value-major pass (SEQMIX_GDR_KT=8|16|32, for timing the layouts)
-  const char* kt = std::getenv("SEQMIX_GDR_KT");
-  g.kt = kt ? std::atoi(kt) : 16;
-  if (g.kt != 8 && g.kt != 32) g.kt = 16;
+  // keys per thread of the forward / the backward's value-major pass (SEQMIX_GDR_KT, SEQMIX_GDR_KT_BWD = 8, 16
+  // or 32, for timing the layouts)
+  auto kt = [](const char* name, int fallback) {
+    const char* e = std::getenv(name);
+    const int v = e ? std::atoi(e) : fallback;
+    return v == 8 || v == 16 || v == 32 ? v : fallback;
+  };
+  g.kt = kt("SEQMIX_GDR_KT", 16);
+  g.kt_bwd = kt("SEQMIX_GDR_KT_BWD", 32);
   return g;
 }
 
@@ -98,7 +104,6 @@ autograd::Tensors GdrFunction::backward(const autograd::Tensors& grads) {
     if (dfinal.defined()) dfinal = dfinal.detach().to(DType::F32).contiguous();
     const int64_t B = geo.B, T = geo.T, H = geo.H, Dk = geo.Dk, nsl = geo.Dv / gdr_cuda::kVs;
     Tensor part = Tensor::empty({nsl, 5, B, T, H, Dk}, DType::F32, dev);
-    Tensor count = zeros({B, H, int64_t(geo.nch)}, DType::I32, dev);
     dq = Tensor::empty(q.shape(), q.dtype(), dev);
     dk = Tensor::empty(k.shape(), k.dtype(), dev);
     dv = Tensor::empty(v.shape(), v.dtype(), dev);
@@ -121,7 +126,6 @@ autograd::Tensors GdrFunction::backward(const autograd::Tensors& grads) {
       p.dout = ptr<const IN>(dout);
       p.dfinal = ptr<const float>(dfinal);
       p.part = ptr<float>(part);
-      p.count = ptr<int>(count);
       p.dv = ptr<IN>(dv);
       p.ds0 = ptr<float>(ds0);
       p.dq = ptr<IN>(dq);

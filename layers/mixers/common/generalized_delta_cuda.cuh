@@ -18,7 +18,6 @@
 #ifndef GDR_EMULATE
 #include "core/cuda/cuda_check.h"
 #else
-#include <atomic>
 #include <cstring>
 #include <functional>
 #endif
@@ -43,7 +42,7 @@ constexpr int kVs = 32;  // value columns per CTA
 struct Geo {
   int B, T, H, Dk, Dv;
   int nch;      // chunks of kCh tokens: ceil(T / kCh)
-  int kt;       // keys per thread in the forward / value-major pass: 8, 16 or 32
+  int kt, kt_bwd;  // keys per thread in the forward / the backward's value-major pass: 8, 16 or 32
   float scale;  // applied to o
 };
 
@@ -59,7 +58,6 @@ struct Ptrs {
   const IN* dout;               // [B, T, H, Dv]
   const float* dfinal;          // [B, H, Dk, Dv] or null
   float* part;                  // [Dv / kVs, 5, B, T, H, Dk]: each value slice's dq, dk, dlw, da, db
-  int* count;                   // [B, H, nch], zeros: value slices done with each chunk
   IN* dv;                       // [B, T, H, Dv]
   float* ds0;                   // [B, H, Dk, Dv] or null
   IN *dq, *dk, *da, *db;        // [B, T, H, Dk]
@@ -84,25 +82,6 @@ __device__ __forceinline__ void cp_wait_all() {
 #ifndef GDR_EMULATE
   asm volatile("cp.async.wait_group 0;\n" ::);
 #endif
-}
-
-// Makes this thread's global writes visible to the other CTAs, then (thread 0) counts this CTA in *counter;
-// returns, to every thread of the CTA, whether it was the last of `total`.
-__device__ __forceinline__ bool last_to_arrive(int* counter, int total, int* flag) {
-#ifdef GDR_EMULATE
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  __syncthreads();
-  if (threadIdx.x == 0) *flag = std::atomic_ref<int>(*counter).fetch_add(1) == total - 1;
-  __syncthreads();
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-#else
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) *flag = atomicAdd(counter, 1) == total - 1;
-  __syncthreads();
-  __threadfence();
-#endif
-  return *flag != 0;
 }
 
 __device__ __forceinline__ float shfl_xor(float x, int m) {
@@ -142,7 +121,7 @@ struct Lay {
   static constexpr size_t rkey = size_t(kCh) * DK * sizeof(IN), rlw = size_t(kCh) * DK * 4;
   static constexpr size_t rval = size_t(kCh) * kVs * sizeof(IN), rsa = size_t(kCh) * kVs * 4;
   static constexpr size_t slot = align128(4 * rkey + rlw + rval + (BWD ? rval + rsa : 0));
-  static constexpr size_t total = align128(work) + 2 * slot + (BWD ? 128 : 0);  // bwd: a flag word at the end
+  static constexpr size_t total = align128(work) + 2 * slot;
 };
 
 __device__ __forceinline__ int64_t tok(const Geo& g, int b, int t, int h) { return (int64_t(b) * g.T + t) * g.H + h; }
@@ -346,7 +325,6 @@ __global__ void __launch_bounds__(DK) gdr_bwd(Geo g, Ptrs<IN> p) {
     for (int u = 0; u < kVs; ++u) G[u] = 0.f;
   load_rows(S, p.ckpt + (bh * g.nch + g.nch - 1) * int64_t(DK) * g.Dv);
   float* part = p.part + int64_t(sl) * 5 * BTHK;
-  const int nsl = g.Dv / kVs;
   issue_chunk<IN, DK, true, KT>(g, p, slots, b, h, v0, g.nch - 1);
   for (int c = g.nch - 1, it = 0; c >= 0; --c, ++it) {
     const int t0 = c * kCh, n = imin(kCh, g.T - t0);
@@ -441,27 +419,31 @@ __global__ void __launch_bounds__(DK) gdr_bwd(Geo g, Ptrs<IN> p) {
                          : p.s0 ? p.s0 + (bh * DK + j) * g.Dv + v0
                                 : nullptr;
     key_step(0, exact, exact == nullptr);
-    // The last value slice done with this chunk sums every slice's per-key gradients (fixed order:
-    // deterministic) while they are fresh in L2.
-    if (last_to_arrive(p.count + bh * g.nch + c, nsl, reinterpret_cast<int*>(smem + L::total - 128))) {
-      for (int e = tid; e < n * DK; e += DK) {
-        const int64_t at = tok(g, b, t0 + e / DK, h) * DK + e % DK;
-        float sum[5] = {0.f, 0.f, 0.f, 0.f, 0.f};
-        for (int q = 0; q < nsl; ++q)
-#pragma unroll
-          for (int m = 0; m < 5; ++m) sum[m] += p.part[(int64_t(q) * 5 + m) * BTHK + at];
-        p.dq[at] = fromf<IN>(sum[0]);
-        p.dk[at] = fromf<IN>(sum[1]);
-        p.dlw[at] = sum[2];
-        p.da[at] = fromf<IN>(sum[3]);
-        p.db[at] = fromf<IN>(sum[4]);
-      }
-    }
   }
   if (p.ds0) {
 #pragma unroll
     for (int u = 0; u < kVs; u += 4)
       *reinterpret_cast<float4*>(p.ds0 + (bh * DK + j) * g.Dv + v0 + u) = make_float4(G[u], G[u + 1], G[u + 2], G[u + 3]);
+  }
+}
+
+// Sums the value slices' per-key gradients: dq, dk, da, db in IN, dlw in f32 (fixed order: deterministic).
+template <class IN>
+__global__ void gdr_finish(int64_t n, int nsl, Ptrs<IN> p) {
+#ifdef GDR_EMULATE
+  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
+#else
+  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
+#endif
+    float s[5] = {0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int q = 0; q < nsl; ++q)
+#pragma unroll
+      for (int m = 0; m < 5; ++m) s[m] += p.part[(int64_t(q) * 5 + m) * n + e];
+    p.dq[e] = fromf<IN>(s[0]);
+    p.dk[e] = fromf<IN>(s[1]);
+    p.dlw[e] = s[2];
+    p.da[e] = fromf<IN>(s[3]);
+    p.db[e] = fromf<IN>(s[4]);
   }
 }
 
@@ -500,14 +482,21 @@ template <class IN, int DK, int KT>
 void backward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
   const dim3 grid(unsigned(g.Dv / kVs), unsigned(g.H), unsigned(g.B));
   GDR_LAUNCH("generalized_delta bwd", (gdr_bwd<IN, DK, KT>), grid, DK, (Lay<IN, DK, true, KT>::total), st, g, p);
+  const int64_t n = int64_t(g.B) * g.T * g.H * DK;
+#ifdef GDR_EMULATE
+  const dim3 fg(1, 1, 1);
+#else
+  const dim3 fg(unsigned((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096), 1, 1);
+#endif
+  GDR_LAUNCH("generalized_delta finish", (gdr_finish<IN>), fg, 256, size_t(0), st, n, g.Dv / kVs, p);
 }
 
-// Calls f.template operator()<DK, KT>() for g.Dk and g.kt.
+// Calls f.template operator()<DK, KT>() for g.Dk and kt.
 template <class F>
-void dispatch_shape(const Geo& g, F&& f) {
+void dispatch_shape(const Geo& g, int kt, F&& f) {
   auto by_kt = [&]<int DK>() {
-    if (g.kt == 8) f.template operator()<DK, 8>();
-    else if (g.kt == 32) f.template operator()<DK, 32>();
+    if (kt == 8) f.template operator()<DK, 8>();
+    else if (kt == 32) f.template operator()<DK, 32>();
     else f.template operator()<DK, 16>();
   };
   if (g.Dk == 32) by_kt.template operator()<32>();
@@ -518,14 +507,14 @@ void dispatch_shape(const Geo& g, F&& f) {
 // Forward: q, k, v, a, b, lw, s0 (or null) in; o, final_s, and for the backward sa and ckpt out.
 template <class IN>
 void forward(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
-  dispatch_shape(g, [&]<int DK, int KT>() { forward_dk<IN, DK, KT>(g, p, st); });
+  dispatch_shape(g, g.kt, [&]<int DK, int KT>() { forward_dk<IN, DK, KT>(g, p, st); });
 }
 
-// Backward: the forward's inputs, sa, ckpt, dout and dfinal (or null) in; part and count (zeroed) as scratch;
-// dq, dk, dv, da, db, dlw, ds0 (or null) out.
+// Backward: the forward's inputs, sa, ckpt, dout and dfinal (or null) in; part as scratch; dq, dk, dv, da, db,
+// dlw, ds0 (or null) out.
 template <class IN>
 void backward(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
-  dispatch_shape(g, [&]<int DK, int KT>() { backward_dk<IN, DK, KT>(g, p, st); });
+  dispatch_shape(g, g.kt_bwd, [&]<int DK, int KT>() { backward_dk<IN, DK, KT>(g, p, st); });
 }
 
 }  // namespace seqmix::mixers::gdr_cuda
