@@ -103,7 +103,8 @@ autograd::Tensors GdrFunction::backward(const autograd::Tensors& grads) {
     dout = dout.contiguous();
     if (dfinal.defined()) dfinal = dfinal.detach().to(DType::F32).contiguous();
     const int64_t B = geo.B, T = geo.T, H = geo.H, Dk = geo.Dk, nsl = geo.Dv / gdr_cuda::kVs;
-    Tensor part = Tensor::empty({nsl, 5, B, T, H, Dk}, DType::F32, dev);
+    const int64_t part_bytes = nsl * (v.dtype() == DType::F32 ? 20 : 12) * B * T * H * Dk;  // see gdr_cuda::PartT
+    Tensor part = Tensor::empty({part_bytes}, DType::U8, dev);
     dq = Tensor::empty(q.shape(), q.dtype(), dev);
     dk = Tensor::empty(k.shape(), k.dtype(), dev);
     dv = Tensor::empty(v.shape(), v.dtype(), dev);
@@ -125,7 +126,7 @@ autograd::Tensors GdrFunction::backward(const autograd::Tensors& grads) {
       p.ckpt = ptr<float>(s[8]);
       p.dout = ptr<const IN>(dout);
       p.dfinal = ptr<const float>(dfinal);
-      p.part = ptr<float>(part);
+      p.part = ptr<unsigned char>(part);
       p.dv = ptr<IN>(dv);
       p.ds0 = ptr<float>(ds0);
       p.dq = ptr<IN>(dq);

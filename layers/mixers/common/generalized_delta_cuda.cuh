@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "layers/mixers/common/tc_tiles.cuh"
 
@@ -57,7 +58,7 @@ struct Ptrs {
   float* final_s;               // [B, H, Dk, Dv] or null
   const IN* dout;               // [B, T, H, Dv]
   const float* dfinal;          // [B, H, Dk, Dv] or null
-  float* part;                  // [Dv / kVs, 5, B, T, H, Dk]: each value slice's dq, dk, dlw, da, db
+  unsigned char* part;          // per value slice (Dv / kVs): dq, dk, da, db [B, T, H, Dk] in PartT<IN>, dlw in f32
   IN* dv;                       // [B, T, H, Dv]
   float* ds0;                   // [B, H, Dk, Dv] or null
   IN *dq, *dk, *da, *db;        // [B, T, H, Dk]
@@ -123,6 +124,17 @@ struct Lay {
   static constexpr size_t slot = align128(4 * rkey + rlw + rval + (BWD ? rval + rsa : 0));
   static constexpr size_t total = align128(work) + 2 * slot;
 };
+
+// The element type of the value slices' partial per-key gradients: 16-bit inputs keep them in their own type
+// (their sum is rounded to it anyway; half the bytes of the largest scratch buffer), f32 inputs in f32. dlw's
+// partials are f32 always.
+template <class IN>
+using PartT = std::conditional_t<sizeof(IN) == 2, IN, float>;
+// Byte offset of plane m (0 dq, 1 dk, 2 da, 3 db, 4 dlw) of value slice q, n elements per plane.
+template <class IN>
+__host__ __device__ __forceinline__ int64_t part_offset(int q, int m, int64_t n) {
+  return (int64_t(q) * (4 * sizeof(PartT<IN>) + 4) + int64_t(m) * sizeof(PartT<IN>)) * n;
+}
 
 __device__ __forceinline__ int64_t tok(const Geo& g, int b, int t, int h) { return (int64_t(b) * g.T + t) * g.H + h; }
 __device__ __forceinline__ int imin(int x, int y) { return x < y ? x : y; }
@@ -324,7 +336,8 @@ __global__ void __launch_bounds__(DK) gdr_bwd(Geo g, Ptrs<IN> p) {
 #pragma unroll
     for (int u = 0; u < kVs; ++u) G[u] = 0.f;
   load_rows(S, p.ckpt + (bh * g.nch + g.nch - 1) * int64_t(DK) * g.Dv);
-  float* part = p.part + int64_t(sl) * 5 * BTHK;
+  PartT<IN>* part = reinterpret_cast<PartT<IN>*>(p.part + part_offset<IN>(sl, 0, BTHK));  // dq, dk, da, db planes
+  float* part_dlw = reinterpret_cast<float*>(p.part + part_offset<IN>(sl, 4, BTHK));
   issue_chunk<IN, DK, true, KT>(g, p, slots, b, h, v0, g.nch - 1);
   for (int c = g.nch - 1, it = 0; c >= 0; --c, ++it) {
     const int t0 = c * kCh, n = imin(kCh, g.T - t0);
@@ -408,11 +421,11 @@ __global__ void __launch_bounds__(DK) gdr_bwd(Geo g, Ptrs<IN> p) {
         }
       }
       const int64_t at = tok(g, b, t0 + tt, h) * DK + j;
-      part[at] = dq;
-      part[BTHK + at] = dk;
-      part[2 * BTHK + at] = dw * wj;
-      part[3 * BTHK + at] = da;
-      part[4 * BTHK + at] = db;
+      part[at] = fromf<PartT<IN>>(dq);
+      part[BTHK + at] = fromf<PartT<IN>>(dk);
+      part[2 * BTHK + at] = fromf<PartT<IN>>(da);
+      part[3 * BTHK + at] = fromf<PartT<IN>>(db);
+      part_dlw[at] = dw * wj;
     };
     for (int tt = n - 1; tt >= 1; --tt) key_step(tt, nullptr, false);
     const float* exact = c > 0    ? p.ckpt + (bh * g.nch + c - 1) * int64_t(DK) * g.Dv + int64_t(j) * g.Dv + v0
@@ -436,14 +449,16 @@ __global__ void gdr_finish(int64_t n, int nsl, Ptrs<IN> p) {
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
 #endif
     float s[5] = {0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int q = 0; q < nsl; ++q)
+    for (int q = 0; q < nsl; ++q) {
 #pragma unroll
-      for (int m = 0; m < 5; ++m) s[m] += p.part[(int64_t(q) * 5 + m) * n + e];
+      for (int m = 0; m < 4; ++m) s[m] += tof(reinterpret_cast<const PartT<IN>*>(p.part + part_offset<IN>(q, m, n))[e]);
+      s[4] += reinterpret_cast<const float*>(p.part + part_offset<IN>(q, 4, n))[e];
+    }
     p.dq[e] = fromf<IN>(s[0]);
     p.dk[e] = fromf<IN>(s[1]);
-    p.dlw[e] = s[2];
-    p.da[e] = fromf<IN>(s[3]);
-    p.db[e] = fromf<IN>(s[4]);
+    p.da[e] = fromf<IN>(s[2]);
+    p.db[e] = fromf<IN>(s[3]);
+    p.dlw[e] = s[4];
   }
 }
 
