@@ -141,6 +141,9 @@ bool run_case(const Case& c, std::mt19937& rng, bool verbose) {
   p.dfinal = c.dfinal ? dfin.data() : nullptr;
   std::vector<unsigned char> part(size_t(nsl) * (4 * sizeof(PartT<IN>) + 4) * nk);
   p.part = part.data();
+  std::vector<float> dsa(nv), gck(ckpt.size());
+  p.dsa = dsa.data();
+  p.gck = gck.data();
   p.dv = dv.data();
   p.ds0 = ds0.data();
   p.dq = dq.data();

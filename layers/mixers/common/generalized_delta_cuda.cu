@@ -105,6 +105,8 @@ autograd::Tensors GdrFunction::backward(const autograd::Tensors& grads) {
     const int64_t B = geo.B, T = geo.T, H = geo.H, Dk = geo.Dk, nsl = geo.Dv / gdr_cuda::kVs;
     const int64_t part_bytes = nsl * (v.dtype() == DType::F32 ? 20 : 12) * B * T * H * Dk;  // see gdr_cuda::PartT
     Tensor part = Tensor::empty({part_bytes}, DType::U8, dev);
+    Tensor dsa = Tensor::empty({B, T, H, int64_t(geo.Dv)}, DType::F32, dev);
+    Tensor gck = Tensor::empty({B, H, int64_t(geo.nch), Dk, int64_t(geo.Dv)}, DType::F32, dev);
     dq = Tensor::empty(q.shape(), q.dtype(), dev);
     dk = Tensor::empty(k.shape(), k.dtype(), dev);
     dv = Tensor::empty(v.shape(), v.dtype(), dev);
@@ -127,6 +129,8 @@ autograd::Tensors GdrFunction::backward(const autograd::Tensors& grads) {
       p.dout = ptr<const IN>(dout);
       p.dfinal = ptr<const float>(dfinal);
       p.part = ptr<unsigned char>(part);
+      p.dsa = ptr<float>(dsa);
+      p.gck = ptr<float>(gck);
       p.dv = ptr<IN>(dv);
       p.ds0 = ptr<float>(ds0);
       p.dq = ptr<IN>(dq);

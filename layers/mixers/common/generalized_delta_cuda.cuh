@@ -57,6 +57,8 @@ struct Ptrs {
   float* ckpt;                  // [B, H, nch, Dk, Dv]: the state after each chunk (null: not kept)
   float* final_s;               // [B, H, Dk, Dv] or null
   const IN* dout;               // [B, T, H, Dv]
+  float* dsa;                   // [B, T, H, Dv]: dL/dsa_t (backward scratch)
+  float* gck;                   // [B, H, nch, Dk, Dv]: dL/dS at each chunk's last token from the tokens after it
   const float* dfinal;          // [B, H, Dk, Dv] or null
   unsigned char* part;          // per value slice (Dv / kVs): dq, dk, da, db [B, T, H, Dk] in PartT<IN>, dlw in f32
   IN* dv;                       // [B, T, H, Dv]
@@ -115,13 +117,12 @@ struct Lay {
   static constexpr int P = DK / KT;     // key parts (one per lane of a column group)
   static constexpr int KP = P * PAD;    // padded work row of DK keys
   static_assert((kVs / VT) * P == DK, "a CTA has Dk threads");
-  static constexpr int nvals = BWD ? 4 : 1;  // value rows: v (bwd: + do, sa, dsa)
-  // work: q, k, w, a, b [kCh][KP]; v (, do * scale, sa, dsa) [kCh][kVs]
-  static constexpr size_t work = size_t(5 * kCh * KP + nvals * kCh * kVs) * 4;
-  // raw slot: q, k, a, b [kCh][DK] IN; lw [kCh][DK] f32; v [kCh][kVs] IN (, do IN, sa f32)
+  // work: q, k, w, a, b [kCh][KP]; the value row [kCh][kVs]: v (bwd: do * scale)
+  static constexpr size_t work = size_t(5 * kCh * KP + kCh * kVs) * 4;
+  // raw slot: q, k, a, b [kCh][DK] IN; lw [kCh][DK] f32; v (bwd: do) [kCh][kVs] IN
   static constexpr size_t rkey = size_t(kCh) * DK * sizeof(IN), rlw = size_t(kCh) * DK * 4;
-  static constexpr size_t rval = size_t(kCh) * kVs * sizeof(IN), rsa = size_t(kCh) * kVs * 4;
-  static constexpr size_t slot = align128(4 * rkey + rlw + rval + (BWD ? rval + rsa : 0));
+  static constexpr size_t rval = size_t(kCh) * kVs * sizeof(IN);
+  static constexpr size_t slot = align128(4 * rkey + rlw + rval);
   static constexpr size_t total = align128(work) + 2 * slot;
 };
 
@@ -140,13 +141,13 @@ __device__ __forceinline__ int64_t tok(const Geo& g, int b, int t, int h) { retu
 __device__ __forceinline__ int imin(int x, int y) { return x < y ? x : y; }
 
 // Issues the copies of chunk c (tokens c * kCh .. + n) into a raw slot: q, k, a, b, lw rows of the head, the
-// CTA's value columns of v (and of dout, sa).
+// CTA's value columns of v (bwd: of dout).
 template <class IN, int DK, bool BWD, int KT>
 __device__ __forceinline__ void issue_chunk(const Geo& g, const Ptrs<IN>& p, unsigned char* slot, int b, int h, int v0,
                                             int c) {
   using L = Lay<IN, DK, BWD, KT>;
   const int t0 = c * kCh, n = imin(kCh, g.T - t0);
-  constexpr int kk = int(DK * sizeof(IN) / 16), kl = DK * 4 / 16, kv = int(kVs * sizeof(IN) / 16), ks = kVs * 4 / 16;
+  constexpr int kk = int(DK * sizeof(IN) / 16), kl = DK * 4 / 16, kv = int(kVs * sizeof(IN) / 16);
   const IN* keys[4] = {p.q, p.k, p.a, p.b};
   for (int e = int(threadIdx.x); e < n * kk; e += DK) {
     const int t = e / kk, pc = e % kk;
@@ -161,18 +162,12 @@ __device__ __forceinline__ void issue_chunk(const Geo& g, const Ptrs<IN>& p, uns
     cp16(slot + 4 * L::rkey + size_t(t) * DK * 4 + pc * 16, p.lw + tok(g, b, t0 + t, h) * DK + pc * 4);
   }
   unsigned char* vs = slot + 4 * L::rkey + L::rlw;
+  const IN* vsrc = BWD ? p.dout : p.v;
   for (int e = int(threadIdx.x); e < n * kv; e += DK) {
     const int t = e / kv, pc = e % kv;
     const int64_t src = tok(g, b, t0 + t, h) * g.Dv + v0;
-    cp16(vs + size_t(t) * kVs * sizeof(IN) + pc * 16, reinterpret_cast<const unsigned char*>(p.v + src) + pc * 16);
-    if constexpr (BWD)
-      cp16(vs + L::rval + size_t(t) * kVs * sizeof(IN) + pc * 16, reinterpret_cast<const unsigned char*>(p.dout + src) + pc * 16);
+    cp16(vs + size_t(t) * kVs * sizeof(IN) + pc * 16, reinterpret_cast<const unsigned char*>(vsrc + src) + pc * 16);
   }
-  if constexpr (BWD)
-    for (int e = int(threadIdx.x); e < n * ks; e += DK) {
-      const int t = e / ks, pc = e % ks;
-      cp16(vs + 2 * L::rval + size_t(t) * kVs * 4 + pc * 16, p.sa + tok(g, b, t0 + t, h) * g.Dv + v0 + pc * 4);
-    }
   cp_commit();
 }
 
@@ -194,15 +189,7 @@ __device__ __forceinline__ void convert_chunk(const Geo& g, const unsigned char*
   }
   const IN* rv = reinterpret_cast<const IN*>(slot + 4 * L::rkey + L::rlw);
   float* wv = work + 5 * kCh * L::KP;
-  for (int e = int(threadIdx.x); e < n * kVs; e += DK) {
-    wv[e] = tof(rv[e]);
-    if constexpr (BWD) {
-      const IN* rdo = reinterpret_cast<const IN*>(slot + 4 * L::rkey + L::rlw + L::rval);
-      const float* rsa = reinterpret_cast<const float*>(slot + 4 * L::rkey + L::rlw + 2 * L::rval);
-      wv[kCh * kVs + e] = tof(rdo[e]) * g.scale;
-      wv[2 * kCh * kVs + e] = rsa[e];
-    }
-  }
+  for (int e = int(threadIdx.x); e < n * kVs; e += DK) wv[e] = BWD ? tof(rv[e]) * g.scale : tof(rv[e]);
 }
 
 // ================================ forward ================================
@@ -296,64 +283,55 @@ __global__ void __launch_bounds__(DK) gdr_fwd(Geo g, Ptrs<IN> p) {
 }
 
 // ================================ backward ================================
-// CTA (value slice, head, batch), DK threads, chunks in reverse. G = dL/dS_t (after o_t's term), twice:
-//   value-major (as the forward's S: G[p*kKT + jj][v0 + c*kVT + v]): G += q do_i; dsa_i = b . G, dv_i = k . G
-//     (P-lane sums); G = w G + a dsa_i.  All of a chunk's steps first; dsa goes to shared memory.
-//   key-major (thread j = tid: G[j][v0 + i] and S[j][v0 + i], i < 32): per step (reverse)
+// Two kernels. G = dL/dS_t (after o_t's term); G_T = d final state.
+// gdr_bwd_seq, CTA (value slice, head, batch), chunks in reverse, G value-major as the forward's S
+//   (G[p*kKT + jj][v0 + c*kVT + v]): per token (reverse) G += q do_i; dsa_i = b . G, dv_i = k . G (P-lane sums);
+//   G = w G + a dsa_i. Writes dsa, dv, and G as it enters each chunk's last token (gck): the sequential part.
+// gdr_bwd_keys, CTA (chunk, value slice, head, batch), all chunks at once: thread j holds G[j][v0 + i] (from gck)
+//   and S[j][v0 + i] (from the checkpoint), i < 32, and walks the chunk backwards:
 //     G += q_j do;  dq_j = S_t . do;  S_{t-1} = (S_t - b_j sa - k_j v) / w_j;  dw_j = G . S_{t-1};
 //     db_j = G . sa;  dk_j = G . v;  da_j = S_{t-1} . dsa;  G = w_j G + a_j dsa
-//   and the slice's dq, dk, dlw = w dw, da, db to `part`. At a chunk's first token S_{t-1} is the exact state
-//   before the chunk (the checkpoint), so inverted steps never drift across chunks.
+//   writing the slice's dq, dk, da, db, dlw = w dw to `part` (gdr_finish sums the slices). At the chunk's first
+//   token S_{t-1} is the exact state before the chunk (a checkpoint, the initial state or 0), so inverted steps
+//   never drift across chunks; chunk 0's last G is d initial state.
 template <class IN, int DK, int KT>
-__global__ void __launch_bounds__(DK) gdr_bwd(Geo g, Ptrs<IN> p) {
+__global__ void __launch_bounds__(DK) gdr_bwd_seq(Geo g, Ptrs<IN> p) {
   using L = Lay<IN, DK, true, KT>;
   constexpr int P = L::P, KP = L::KP, kKT = KT, kVT = L::VT, kPad = L::PAD;
   TC_SMEM(smem);
   float* work = reinterpret_cast<float*>(smem);
-  float* wv = work + 5 * kCh * KP;  // v, do * scale, sa, dsa rows
+  const float* wdo = work + 5 * kCh * KP;  // do * scale
   unsigned char* slots = smem + align128(L::work);
   const int sl = int(blockIdx.x), h = int(blockIdx.y), b = int(blockIdx.z), v0 = sl * kVs;
-  const int tid = int(threadIdx.x), i0 = (tid / P) * kVT, pp = tid % P, j = tid;
-  const int jcol = (j / kKT) * kPad + j % kKT;
-  const int64_t bh = int64_t(b) * g.H + h, BTHK = int64_t(g.B) * g.T * g.H * DK;
-  float Gv[kVT][kKT], G[kVs], S[kVs];
+  const int tid = int(threadIdx.x), i0 = (tid / P) * kVT, pp = tid % P;
+  const int64_t bh = int64_t(b) * g.H + h;
+  float Gv[kVT][kKT];
 #pragma unroll
   for (int jj = 0; jj < kKT; ++jj)
 #pragma unroll
     for (int v = 0; v < kVT; ++v) Gv[v][jj] = p.dfinal ? p.dfinal[(bh * DK + pp * kKT + jj) * g.Dv + v0 + i0 + v] : 0.f;
-  auto load_rows = [&](float (&dst)[kVs], const float* src) {  // row j of a [Dk, Dv] f32 matrix, the CTA's columns
-#pragma unroll
-    for (int u = 0; u < kVs; u += 4) {
-      const float4 x = *reinterpret_cast<const float4*>(src + int64_t(j) * g.Dv + v0 + u);
-      dst[u] = x.x;
-      dst[u + 1] = x.y;
-      dst[u + 2] = x.z;
-      dst[u + 3] = x.w;
-    }
-  };
-  if (p.dfinal) load_rows(G, p.dfinal + bh * DK * g.Dv);
-  else
-#pragma unroll
-    for (int u = 0; u < kVs; ++u) G[u] = 0.f;
-  load_rows(S, p.ckpt + (bh * g.nch + g.nch - 1) * int64_t(DK) * g.Dv);
-  PartT<IN>* part = reinterpret_cast<PartT<IN>*>(p.part + part_offset<IN>(sl, 0, BTHK));  // dq, dk, da, db planes
-  float* part_dlw = reinterpret_cast<float*>(p.part + part_offset<IN>(sl, 4, BTHK));
   issue_chunk<IN, DK, true, KT>(g, p, slots, b, h, v0, g.nch - 1);
   for (int c = g.nch - 1, it = 0; c >= 0; --c, ++it) {
     const int t0 = c * kCh, n = imin(kCh, g.T - t0);
+    {  // G entering the chunk's last token, for gdr_bwd_keys
+      float* gk = p.gck + (bh * g.nch + c) * int64_t(DK) * g.Dv + v0 + i0;
+#pragma unroll
+      for (int jj = 0; jj < kKT; ++jj)
+#pragma unroll
+        for (int v = 0; v < kVT; ++v) gk[int64_t(pp * kKT + jj) * g.Dv + v] = Gv[v][jj];
+    }
     cp_wait_all();
     __syncthreads();  // chunk c landed; chunk c + 1's reads of the work rows are done
     convert_chunk<IN, DK, true, KT>(g, slots + (it & 1) * L::slot, work, n);
     __syncthreads();
     if (c > 0) issue_chunk<IN, DK, true, KT>(g, p, slots + ((it + 1) & 1) * L::slot, b, h, v0, c - 1);
-    // value-major: dsa and dv of every step of the chunk
     for (int tt = n - 1; tt >= 0; --tt) {
       const float* row = work + tt * KP + pp * kPad;
       const float *qr = row, *kr = row + kCh * KP, *wr = row + 2 * kCh * KP, *ar = row + 3 * kCh * KP,
                   *br = row + 4 * kCh * KP;
       float doi[kVT], dsa[kVT], dvi[kVT], ds[kVT][4] = {}, dvp[kVT][4] = {};
 #pragma unroll
-      for (int v = 0; v < kVT; ++v) doi[v] = wv[kCh * kVs + tt * kVs + i0 + v];
+      for (int v = 0; v < kVT; ++v) doi[v] = wdo[tt * kVs + i0 + v];
 #pragma unroll
       for (int jj = 0; jj < kKT; jj += 4) {
         const float4 q4 = *reinterpret_cast<const float4*>(qr + jj), b4 = *reinterpret_cast<const float4*>(br + jj),
@@ -385,55 +363,85 @@ __global__ void __launch_bounds__(DK) gdr_bwd(Geo g, Ptrs<IN> p) {
         const int64_t at = tok(g, b, t0 + tt, h) * g.Dv + v0 + i0;
 #pragma unroll
         for (int v = 0; v < kVT; ++v) {
-          wv[3 * kCh * kVs + tt * kVs + i0 + v] = dsa[v];
+          p.dsa[at + v] = dsa[v];
           p.dv[at + v] = fromf<IN>(dvi[v]);
         }
       }
     }
-    __syncthreads();  // the chunk's dsa rows
-    // key-major: the per-key gradients of this value slice. S_{t-1} by inverting the step, except at the
-    // chunk's first token, where it is the exact state before the chunk (a checkpoint, the initial state or 0)
-    auto key_step = [&](int tt, const float* exact, bool zero) {
-      const float qj = work[tt * KP + jcol], kj = work[kCh * KP + tt * KP + jcol], wj = work[2 * kCh * KP + tt * KP + jcol],
-                  aj = work[3 * kCh * KP + tt * KP + jcol], bj = work[4 * kCh * KP + tt * KP + jcol];
-      const float rw = 1.f / wj;
-      const float *vr = wv + tt * kVs, *dor = wv + kCh * kVs + tt * kVs, *sar = wv + 2 * kCh * kVs + tt * kVs,
-                  *dsr = wv + 3 * kCh * kVs + tt * kVs;
-      float dq = 0.f, dk = 0.f, dw = 0.f, da = 0.f, db = 0.f;
-#pragma unroll
-      for (int u0 = 0; u0 < kVs; u0 += 4) {
-        const float4 v4 = *reinterpret_cast<const float4*>(vr + u0), d4 = *reinterpret_cast<const float4*>(dor + u0),
-                     s4 = *reinterpret_cast<const float4*>(sar + u0), z4 = *reinterpret_cast<const float4*>(dsr + u0);
-        const float vv[4] = {v4.x, v4.y, v4.z, v4.w}, dd[4] = {d4.x, d4.y, d4.z, d4.w}, ss[4] = {s4.x, s4.y, s4.z, s4.w},
-                    zz[4] = {z4.x, z4.y, z4.z, z4.w};
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int x = u0 + u;
-          G[x] = fmaf(qj, dd[u], G[x]);
-          dq = fmaf(S[x], dd[u], dq);
-          const float sp = exact ? exact[x] : zero ? 0.f : fmaf(-kj, vv[u], fmaf(-bj, ss[u], S[x])) * rw;
-          dw = fmaf(G[x], sp, dw);
-          db = fmaf(G[x], ss[u], db);
-          dk = fmaf(G[x], vv[u], dk);
-          da = fmaf(sp, zz[u], da);
-          G[x] = fmaf(wj, G[x], aj * zz[u]);
-          S[x] = sp;
-        }
-      }
-      const int64_t at = tok(g, b, t0 + tt, h) * DK + j;
-      part[at] = fromf<PartT<IN>>(dq);
-      part[BTHK + at] = fromf<PartT<IN>>(dk);
-      part[2 * BTHK + at] = fromf<PartT<IN>>(da);
-      part[3 * BTHK + at] = fromf<PartT<IN>>(db);
-      part_dlw[at] = dw * wj;
-    };
-    for (int tt = n - 1; tt >= 1; --tt) key_step(tt, nullptr, false);
-    const float* exact = c > 0    ? p.ckpt + (bh * g.nch + c - 1) * int64_t(DK) * g.Dv + int64_t(j) * g.Dv + v0
-                         : p.s0 ? p.s0 + (bh * DK + j) * g.Dv + v0
-                                : nullptr;
-    key_step(0, exact, exact == nullptr);
   }
-  if (p.ds0) {
+}
+
+// Shared memory of gdr_bwd_keys: v, do * scale, sa, dsa rows of the chunk [kCh][kVs] f32.
+constexpr size_t kKeysSmem = size_t(4 * kCh * kVs) * 4;
+
+template <class IN, int DK>
+__global__ void __launch_bounds__(DK, 4) gdr_bwd_keys(Geo g, Ptrs<IN> p) {
+  TC_SMEM(smem);
+  float* vals = reinterpret_cast<float*>(smem);
+  const int nsl = g.Dv / kVs;
+  const int c = int(blockIdx.x) / nsl, sl = int(blockIdx.x) % nsl, h = int(blockIdx.y), b = int(blockIdx.z);
+  const int v0 = sl * kVs, t0 = c * kCh, n = imin(kCh, g.T - t0), j = int(threadIdx.x);
+  const int64_t bh = int64_t(b) * g.H + h, BTHK = int64_t(g.B) * g.T * g.H * DK;
+  for (int e = j; e < 4 * n * kVs; e += DK) {
+    const int r = e / (n * kVs), t = (e / kVs) % n, i = e % kVs;
+    const int64_t at = tok(g, b, t0 + t, h) * g.Dv + v0 + i;
+    vals[(r * kCh + t) * kVs + i] = r == 0 ? tof(p.v[at]) : r == 1 ? tof(p.dout[at]) * g.scale : r == 2 ? p.sa[at] : p.dsa[at];
+  }
+  float G[kVs], S[kVs];
+  auto load_row = [&](float (&dst)[kVs], const float* src) {  // row j of a [Dk, Dv] f32 matrix, the CTA's columns
+#pragma unroll
+    for (int u = 0; u < kVs; u += 4) {
+      const float4 x = *reinterpret_cast<const float4*>(src + int64_t(j) * g.Dv + v0 + u);
+      dst[u] = x.x;
+      dst[u + 1] = x.y;
+      dst[u + 2] = x.z;
+      dst[u + 3] = x.w;
+    }
+  };
+  load_row(G, p.gck + (bh * g.nch + c) * int64_t(DK) * g.Dv);
+  load_row(S, p.ckpt + (bh * g.nch + c) * int64_t(DK) * g.Dv);
+  __syncthreads();
+  PartT<IN>* part = reinterpret_cast<PartT<IN>*>(p.part + part_offset<IN>(sl, 0, BTHK));  // dq, dk, da, db planes
+  float* part_dlw = reinterpret_cast<float*>(p.part + part_offset<IN>(sl, 4, BTHK));
+  auto key_step = [&](int tt, const float* exact, bool zero) {
+    const int64_t at = tok(g, b, t0 + tt, h) * DK + j;
+    const float qj = tof(p.q[at]), kj = tof(p.k[at]), wj = __expf(p.lw[at]), aj = tof(p.a[at]), bj = tof(p.b[at]);
+    const float rw = 1.f / wj;
+    const float *vr = vals + tt * kVs, *dor = vals + (kCh + tt) * kVs, *sar = vals + (2 * kCh + tt) * kVs,
+                *dsr = vals + (3 * kCh + tt) * kVs;
+    float dq = 0.f, dk = 0.f, dw = 0.f, da = 0.f, db = 0.f;
+#pragma unroll
+    for (int u0 = 0; u0 < kVs; u0 += 4) {
+      const float4 v4 = *reinterpret_cast<const float4*>(vr + u0), d4 = *reinterpret_cast<const float4*>(dor + u0),
+                   s4 = *reinterpret_cast<const float4*>(sar + u0), z4 = *reinterpret_cast<const float4*>(dsr + u0);
+      const float vv[4] = {v4.x, v4.y, v4.z, v4.w}, dd[4] = {d4.x, d4.y, d4.z, d4.w}, ss[4] = {s4.x, s4.y, s4.z, s4.w},
+                  zz[4] = {z4.x, z4.y, z4.z, z4.w};
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int x = u0 + u;
+        G[x] = fmaf(qj, dd[u], G[x]);
+        dq = fmaf(S[x], dd[u], dq);
+        const float sp = exact ? exact[x] : zero ? 0.f : fmaf(-kj, vv[u], fmaf(-bj, ss[u], S[x])) * rw;
+        dw = fmaf(G[x], sp, dw);
+        db = fmaf(G[x], ss[u], db);
+        dk = fmaf(G[x], vv[u], dk);
+        da = fmaf(sp, zz[u], da);
+        G[x] = fmaf(wj, G[x], aj * zz[u]);
+        S[x] = sp;
+      }
+    }
+    part[at] = fromf<PartT<IN>>(dq);
+    part[BTHK + at] = fromf<PartT<IN>>(dk);
+    part[2 * BTHK + at] = fromf<PartT<IN>>(da);
+    part[3 * BTHK + at] = fromf<PartT<IN>>(db);
+    part_dlw[at] = dw * wj;
+  };
+  for (int tt = n - 1; tt >= 1; --tt) key_step(tt, nullptr, false);
+  const float* exact = c > 0    ? p.ckpt + (bh * g.nch + c - 1) * int64_t(DK) * g.Dv + int64_t(j) * g.Dv + v0
+                       : p.s0 ? p.s0 + (bh * DK + j) * g.Dv + v0
+                              : nullptr;
+  key_step(0, exact, exact == nullptr);
+  if (c == 0 && p.ds0) {
 #pragma unroll
     for (int u = 0; u < kVs; u += 4)
       *reinterpret_cast<float4*>(p.ds0 + (bh * DK + j) * g.Dv + v0 + u) = make_float4(G[u], G[u + 1], G[u + 2], G[u + 3]);
@@ -496,7 +504,9 @@ void forward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
 template <class IN, int DK, int KT>
 void backward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
   const dim3 grid(unsigned(g.Dv / kVs), unsigned(g.H), unsigned(g.B));
-  GDR_LAUNCH("generalized_delta bwd", (gdr_bwd<IN, DK, KT>), grid, DK, (Lay<IN, DK, true, KT>::total), st, g, p);
+  GDR_LAUNCH("generalized_delta bwd_seq", (gdr_bwd_seq<IN, DK, KT>), grid, DK, (Lay<IN, DK, true, KT>::total), st, g, p);
+  const dim3 cgrid(unsigned(int64_t(g.nch) * (g.Dv / kVs)), unsigned(g.H), unsigned(g.B));
+  GDR_LAUNCH("generalized_delta bwd_keys", (gdr_bwd_keys<IN, DK>), cgrid, DK, kKeysSmem, st, g, p);
   const int64_t n = int64_t(g.B) * g.T * g.H * DK;
 #ifdef GDR_EMULATE
   const dim3 fg(1, 1, 1);
@@ -525,8 +535,8 @@ void forward(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
   dispatch_shape(g, g.kt, [&]<int DK, int KT>() { forward_dk<IN, DK, KT>(g, p, st); });
 }
 
-// Backward: the forward's inputs, sa, ckpt, dout and dfinal (or null) in; part as scratch; dq, dk, dv, da, db,
-// dlw, ds0 (or null) out.
+// Backward: the forward's inputs, sa, ckpt, dout and dfinal (or null) in; dsa, gck and part as scratch; dq, dk,
+// dv, da, db, dlw, ds0 (or null) out.
 template <class IN>
 void backward(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
   dispatch_shape(g, g.kt_bwd, [&]<int DK, int KT>() { backward_dk<IN, DK, KT>(g, p, st); });
