@@ -23,6 +23,7 @@
 // O(Dk Dv) FMAs on CUDA cores, with no tensor cores.
 #include "layers/mixers/common/generalized_delta_cuda.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -61,15 +62,21 @@ Geo make_geo(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const Delt
   g.Dv = int(Dv);
   g.nch = int((T + gdr_cuda::kCh - 1) / gdr_cuda::kCh);
   g.scale = float(opt.scale);
-  // keys per thread of the forward / the backward's value-major pass (SEQMIX_GDR_KT, SEQMIX_GDR_KT_BWD = 8, 16
-  // or 32, for timing the layouts)
-  auto kt = [](const char* name, int fallback) {
-    const char* e = std::getenv(name);
-    const int v = e ? std::atoi(e) : fallback;
-    return v == 8 || v == 16 || v == 32 ? v : fallback;
+  // thread layouts (keys x value columns per thread) of the forward and of the backward's value-major pass:
+  // SEQMIX_GDR_FWD / SEQMIX_GDR_BWD = 16x2 (default), 8x2, 8x4 or 32x1, for timing them
+  auto layout = [](const char* name, int& kt, int& vt) {
+    kt = 16;
+    vt = 2;
+    if (const char* e = std::getenv(name)) {
+      int a = 0, b = 0;
+      if (std::sscanf(e, "%dx%d", &a, &b) == 2) {
+        kt = a;
+        vt = b;
+      }
+    }
   };
-  g.kt = kt("SEQMIX_GDR_KT", 16);
-  g.kt_bwd = kt("SEQMIX_GDR_KT_BWD", 32);
+  layout("SEQMIX_GDR_FWD", g.kt, g.vt);
+  layout("SEQMIX_GDR_BWD", g.kt_bwd, g.vt_bwd);
   return g;
 }
 

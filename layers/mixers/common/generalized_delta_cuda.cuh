@@ -36,14 +36,14 @@ using tc::tof;
 constexpr int kCh = 16;  // tokens per shared-memory chunk, and the checkpoint interval of the state
 constexpr int kVs = 32;  // value columns per CTA
 // The forward and the backward's value-major pass: a thread holds VT value columns x KT keys of the state (so
-// each key element read from shared memory feeds VT columns), KT * VT = 32 (KT = Geo::kt: 8, 16 or 32);
-// P = Dk / KT lanes share a column group; a CTA has (kVs / VT) * P = Dk threads. A KT-key part of a work row
-// takes KT + 4 floats, so that the parts' float4 reads hit distinct banks.
+// each key element read from shared memory feeds VT columns); P = Dk / KT lanes share a column group; a CTA
+// has NT = (kVs / VT) * P threads. A KT-key part of a work row takes KT + 4 floats, so that the parts' float4
+// reads hit distinct banks. Layouts (KT x VT): 16 x 2 (default), 8 x 2, 8 x 4, 32 x 1 (Geo::kt / vt).
 
 struct Geo {
   int B, T, H, Dk, Dv;
   int nch;      // chunks of kCh tokens: ceil(T / kCh)
-  int kt, kt_bwd;  // keys per thread in the forward / the backward's value-major pass: 8, 16 or 32
+  int kt, vt, kt_bwd, vt_bwd;  // thread layouts (KT x VT) of the forward and of the backward's value-major pass
   float scale;  // applied to o
 };
 
@@ -110,13 +110,13 @@ __device__ __forceinline__ void fold4(const float (&acc)[VT][4], float (&out)[VT
 }
 
 // ---- shared memory: f32 work rows of the current chunk, and two raw slots the next chunk copies into ----
-template <class IN, int DK, bool BWD, int KT>
+template <class IN, int DK, bool BWD, int KT, int VT>
 struct Lay {
-  static constexpr int VT = 32 / KT;    // value columns per thread
   static constexpr int PAD = KT + 4;    // floats per KT-key part of a work row
   static constexpr int P = DK / KT;     // key parts (one per lane of a column group)
+  static constexpr int NT = (kVs / VT) * P;  // threads
   static constexpr int KP = P * PAD;    // padded work row of DK keys
-  static_assert((kVs / VT) * P == DK, "a CTA has Dk threads");
+  static_assert(P <= 32 && NT % 32 == 0 && NT <= 1024, "layout");
   // work: q, k, w, a, b [kCh][KP]; the value row [kCh][kVs]: v (bwd: do * scale)
   static constexpr size_t work = size_t(5 * kCh * KP + kCh * kVs) * 4;
   // raw slot: q, k, a, b [kCh][DK] IN; lw [kCh][DK] f32; v (bwd: do) [kCh][kVs] IN
@@ -142,14 +142,14 @@ __device__ __forceinline__ int imin(int x, int y) { return x < y ? x : y; }
 
 // Issues the copies of chunk c (tokens c * kCh .. + n) into a raw slot: q, k, a, b, lw rows of the head, the
 // CTA's value columns of v (bwd: of dout).
-template <class IN, int DK, bool BWD, int KT>
+template <class IN, int DK, bool BWD, int KT, int VT>
 __device__ __forceinline__ void issue_chunk(const Geo& g, const Ptrs<IN>& p, unsigned char* slot, int b, int h, int v0,
                                             int c) {
-  using L = Lay<IN, DK, BWD, KT>;
+  using L = Lay<IN, DK, BWD, KT, VT>;
   const int t0 = c * kCh, n = imin(kCh, g.T - t0);
   constexpr int kk = int(DK * sizeof(IN) / 16), kl = DK * 4 / 16, kv = int(kVs * sizeof(IN) / 16);
   const IN* keys[4] = {p.q, p.k, p.a, p.b};
-  for (int e = int(threadIdx.x); e < n * kk; e += DK) {
+  for (int e = int(threadIdx.x); e < n * kk; e += L::NT) {
     const int t = e / kk, pc = e % kk;
     const int64_t src = tok(g, b, t0 + t, h) * DK;
 #pragma unroll
@@ -157,13 +157,13 @@ __device__ __forceinline__ void issue_chunk(const Geo& g, const Ptrs<IN>& p, uns
       cp16(slot + m * L::rkey + size_t(t) * DK * sizeof(IN) + pc * 16,
            reinterpret_cast<const unsigned char*>(keys[m] + src) + pc * 16);
   }
-  for (int e = int(threadIdx.x); e < n * kl; e += DK) {
+  for (int e = int(threadIdx.x); e < n * kl; e += L::NT) {
     const int t = e / kl, pc = e % kl;
     cp16(slot + 4 * L::rkey + size_t(t) * DK * 4 + pc * 16, p.lw + tok(g, b, t0 + t, h) * DK + pc * 4);
   }
   unsigned char* vs = slot + 4 * L::rkey + L::rlw;
   const IN* vsrc = BWD ? p.dout : p.v;
-  for (int e = int(threadIdx.x); e < n * kv; e += DK) {
+  for (int e = int(threadIdx.x); e < n * kv; e += L::NT) {
     const int t = e / kv, pc = e % kv;
     const int64_t src = tok(g, b, t0 + t, h) * g.Dv + v0;
     cp16(vs + size_t(t) * kVs * sizeof(IN) + pc * 16, reinterpret_cast<const unsigned char*>(vsrc + src) + pc * 16);
@@ -172,14 +172,14 @@ __device__ __forceinline__ void issue_chunk(const Geo& g, const Ptrs<IN>& p, uns
 }
 
 // Converts a landed raw slot (n tokens) to the f32 work rows: w = e^{lw}, do scaled by g.scale.
-template <class IN, int DK, bool BWD, int KT>
+template <class IN, int DK, bool BWD, int KT, int VT>
 __device__ __forceinline__ void convert_chunk(const Geo& g, const unsigned char* slot, float* work, int n) {
-  using L = Lay<IN, DK, BWD, KT>;
+  using L = Lay<IN, DK, BWD, KT, VT>;
   const IN* rk[4] = {reinterpret_cast<const IN*>(slot), reinterpret_cast<const IN*>(slot + L::rkey),
                      reinterpret_cast<const IN*>(slot + 2 * L::rkey), reinterpret_cast<const IN*>(slot + 3 * L::rkey)};
   const float* rlw = reinterpret_cast<const float*>(slot + 4 * L::rkey);
   // work rows: 0 q, 1 k, 2 w, 3 a, 4 b
-  for (int e = int(threadIdx.x); e < n * DK; e += DK) {
+  for (int e = int(threadIdx.x); e < n * DK; e += L::NT) {
     const int t = e / DK, j = e % DK, col = t * L::KP + (j / KT) * L::PAD + j % KT;
     work[col] = tof(rk[0][e]);
     work[kCh * L::KP + col] = tof(rk[1][e]);
@@ -189,17 +189,17 @@ __device__ __forceinline__ void convert_chunk(const Geo& g, const unsigned char*
   }
   const IN* rv = reinterpret_cast<const IN*>(slot + 4 * L::rkey + L::rlw);
   float* wv = work + 5 * kCh * L::KP;
-  for (int e = int(threadIdx.x); e < n * kVs; e += DK) wv[e] = BWD ? tof(rv[e]) * g.scale : tof(rv[e]);
+  for (int e = int(threadIdx.x); e < n * kVs; e += L::NT) wv[e] = BWD ? tof(rv[e]) * g.scale : tof(rv[e]);
 }
 
 // ================================ forward ================================
 // CTA (value slice, head, batch), DK threads: thread (column group c = tid / P, part p = tid % P) holds
 // S[p*kKT + jj][v0 + c*kVT + v], jj < kKT, v < kVT, in registers; per token: sa = a . S (P-lane sums),
 // S = w S + b sa + k v, o = scale q . S.
-template <class IN, int DK, int KT>
-__global__ void __launch_bounds__(DK) gdr_fwd(Geo g, Ptrs<IN> p) {
-  using L = Lay<IN, DK, false, KT>;
-  constexpr int P = L::P, KP = L::KP, kKT = KT, kVT = L::VT, kPad = L::PAD;
+template <class IN, int DK, int KT, int VT>
+__global__ void __launch_bounds__((kVs / VT) * (DK / KT)) gdr_fwd(Geo g, Ptrs<IN> p) {
+  using L = Lay<IN, DK, false, KT, VT>;
+  constexpr int P = L::P, KP = L::KP, kKT = KT, kVT = VT, kPad = L::PAD;
   TC_SMEM(smem);
   float* work = reinterpret_cast<float*>(smem);
   unsigned char* slots = smem + align128(L::work);
@@ -211,14 +211,14 @@ __global__ void __launch_bounds__(DK) gdr_fwd(Geo g, Ptrs<IN> p) {
   for (int jj = 0; jj < kKT; ++jj)
 #pragma unroll
     for (int v = 0; v < kVT; ++v) S[v][jj] = p.s0 ? p.s0[(bh * DK + pp * kKT + jj) * g.Dv + v0 + i0 + v] : 0.f;
-  issue_chunk<IN, DK, false, KT>(g, p, slots, b, h, v0, 0);
+  issue_chunk<IN, DK, false, KT, VT>(g, p, slots, b, h, v0, 0);
   for (int c = 0; c < g.nch; ++c) {
     const int t0 = c * kCh, n = imin(kCh, g.T - t0);
     cp_wait_all();
     __syncthreads();  // chunk c landed for every thread; chunk c - 1's reads of the work rows are done
-    convert_chunk<IN, DK, false, KT>(g, slots + (c & 1) * L::slot, work, n);
+    convert_chunk<IN, DK, false, KT, VT>(g, slots + (c & 1) * L::slot, work, n);
     __syncthreads();
-    if (c + 1 < g.nch) issue_chunk<IN, DK, false, KT>(g, p, slots + ((c + 1) & 1) * L::slot, b, h, v0, c + 1);
+    if (c + 1 < g.nch) issue_chunk<IN, DK, false, KT, VT>(g, p, slots + ((c + 1) & 1) * L::slot, b, h, v0, c + 1);
     for (int tt = 0; tt < n; ++tt) {
       const float* row = work + tt * KP + pp * kPad;
       const float *qr = row, *kr = row + kCh * KP, *wr = row + 2 * kCh * KP, *ar = row + 3 * kCh * KP,
@@ -294,10 +294,10 @@ __global__ void __launch_bounds__(DK) gdr_fwd(Geo g, Ptrs<IN> p) {
 //   writing the slice's dq, dk, da, db, dlw = w dw to `part` (gdr_finish sums the slices). At the chunk's first
 //   token S_{t-1} is the exact state before the chunk (a checkpoint, the initial state or 0), so inverted steps
 //   never drift across chunks; chunk 0's last G is d initial state.
-template <class IN, int DK, int KT>
-__global__ void __launch_bounds__(DK) gdr_bwd_seq(Geo g, Ptrs<IN> p) {
-  using L = Lay<IN, DK, true, KT>;
-  constexpr int P = L::P, KP = L::KP, kKT = KT, kVT = L::VT, kPad = L::PAD;
+template <class IN, int DK, int KT, int VT>
+__global__ void __launch_bounds__((kVs / VT) * (DK / KT)) gdr_bwd_seq(Geo g, Ptrs<IN> p) {
+  using L = Lay<IN, DK, true, KT, VT>;
+  constexpr int P = L::P, KP = L::KP, kKT = KT, kVT = VT, kPad = L::PAD;
   TC_SMEM(smem);
   float* work = reinterpret_cast<float*>(smem);
   const float* wdo = work + 5 * kCh * KP;  // do * scale
@@ -310,7 +310,7 @@ __global__ void __launch_bounds__(DK) gdr_bwd_seq(Geo g, Ptrs<IN> p) {
   for (int jj = 0; jj < kKT; ++jj)
 #pragma unroll
     for (int v = 0; v < kVT; ++v) Gv[v][jj] = p.dfinal ? p.dfinal[(bh * DK + pp * kKT + jj) * g.Dv + v0 + i0 + v] : 0.f;
-  issue_chunk<IN, DK, true, KT>(g, p, slots, b, h, v0, g.nch - 1);
+  issue_chunk<IN, DK, true, KT, VT>(g, p, slots, b, h, v0, g.nch - 1);
   for (int c = g.nch - 1, it = 0; c >= 0; --c, ++it) {
     const int t0 = c * kCh, n = imin(kCh, g.T - t0);
     {  // G entering the chunk's last token, for gdr_bwd_keys
@@ -322,9 +322,9 @@ __global__ void __launch_bounds__(DK) gdr_bwd_seq(Geo g, Ptrs<IN> p) {
     }
     cp_wait_all();
     __syncthreads();  // chunk c landed; chunk c + 1's reads of the work rows are done
-    convert_chunk<IN, DK, true, KT>(g, slots + (it & 1) * L::slot, work, n);
+    convert_chunk<IN, DK, true, KT, VT>(g, slots + (it & 1) * L::slot, work, n);
     __syncthreads();
-    if (c > 0) issue_chunk<IN, DK, true, KT>(g, p, slots + ((it + 1) & 1) * L::slot, b, h, v0, c - 1);
+    if (c > 0) issue_chunk<IN, DK, true, KT, VT>(g, p, slots + ((it + 1) & 1) * L::slot, b, h, v0, c - 1);
     for (int tt = n - 1; tt >= 0; --tt) {
       const float* row = work + tt * KP + pp * kPad;
       const float *qr = row, *kr = row + kCh * KP, *wr = row + 2 * kCh * KP, *ar = row + 3 * kCh * KP,
@@ -371,8 +371,10 @@ __global__ void __launch_bounds__(DK) gdr_bwd_seq(Geo g, Ptrs<IN> p) {
   }
 }
 
-// Shared memory of gdr_bwd_keys: v, do * scale, sa, dsa rows of the chunk [kCh][kVs] f32.
-constexpr size_t kKeysSmem = size_t(4 * kCh * kVs) * 4;
+// Shared memory of gdr_bwd_keys: v, do * scale, sa, dsa rows of the chunk [kCh][kVs], then q, k, w, a, b
+// [kCh][DK], all f32.
+template <int DK>
+constexpr size_t kKeysSmem = size_t(4 * kCh * kVs + 5 * kCh * DK) * 4;
 
 template <class IN, int DK>
 __global__ void __launch_bounds__(DK, 4) gdr_bwd_keys(Geo g, Ptrs<IN> p) {
@@ -386,6 +388,16 @@ __global__ void __launch_bounds__(DK, 4) gdr_bwd_keys(Geo g, Ptrs<IN> p) {
     const int r = e / (n * kVs), t = (e / kVs) % n, i = e % kVs;
     const int64_t at = tok(g, b, t0 + t, h) * g.Dv + v0 + i;
     vals[(r * kCh + t) * kVs + i] = r == 0 ? tof(p.v[at]) : r == 1 ? tof(p.dout[at]) * g.scale : r == 2 ? p.sa[at] : p.dsa[at];
+  }
+  // this thread's key of every token of the chunk (all loads issued before any is used)
+  float* keys = vals + 4 * kCh * kVs;  // [5][kCh][DK]: q, k, w, a, b
+  for (int t = 0; t < n; ++t) {
+    const int64_t at = tok(g, b, t0 + t, h) * DK + j;
+    keys[(0 * kCh + t) * DK + j] = tof(p.q[at]);
+    keys[(1 * kCh + t) * DK + j] = tof(p.k[at]);
+    keys[(2 * kCh + t) * DK + j] = __expf(p.lw[at]);
+    keys[(3 * kCh + t) * DK + j] = tof(p.a[at]);
+    keys[(4 * kCh + t) * DK + j] = tof(p.b[at]);
   }
   float G[kVs], S[kVs];
   auto load_row = [&](float (&dst)[kVs], const float* src) {  // row j of a [Dk, Dv] f32 matrix, the CTA's columns
@@ -405,7 +417,8 @@ __global__ void __launch_bounds__(DK, 4) gdr_bwd_keys(Geo g, Ptrs<IN> p) {
   float* part_dlw = reinterpret_cast<float*>(p.part + part_offset<IN>(sl, 4, BTHK));
   auto key_step = [&](int tt, const float* exact, bool zero) {
     const int64_t at = tok(g, b, t0 + tt, h) * DK + j;
-    const float qj = tof(p.q[at]), kj = tof(p.k[at]), wj = __expf(p.lw[at]), aj = tof(p.a[at]), bj = tof(p.b[at]);
+    const float qj = keys[tt * DK + j], kj = keys[(kCh + tt) * DK + j], wj = keys[(2 * kCh + tt) * DK + j],
+                aj = keys[(3 * kCh + tt) * DK + j], bj = keys[(4 * kCh + tt) * DK + j];
     const float rw = 1.f / wj;
     const float *vr = vals + tt * kVs, *dor = vals + (kCh + tt) * kVs, *sar = vals + (2 * kCh + tt) * kVs,
                 *dsr = vals + (3 * kCh + tt) * kVs;
@@ -489,24 +502,26 @@ __global__ void gdr_finish(int64_t n, int nsl, Ptrs<IN> p) {
 template <class IN>
 inline size_t max_smem(int Dk) {
   switch (Dk) {
-    case 32: return Lay<IN, 32, true, 8>::total;
-    case 64: return Lay<IN, 64, true, 8>::total;
-    default: return Lay<IN, 128, true, 8>::total;
+    case 32: return Lay<IN, 32, true, 8, 4>::total;
+    case 64: return Lay<IN, 64, true, 8, 4>::total;
+    default: return Lay<IN, 128, true, 8, 4>::total;
   }
 }
 
-template <class IN, int DK, int KT>
+template <class IN, int DK, int KT, int VT>
 void forward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
+  using L = Lay<IN, DK, false, KT, VT>;
   const dim3 grid(unsigned(g.Dv / kVs), unsigned(g.H), unsigned(g.B));
-  GDR_LAUNCH("generalized_delta fwd", (gdr_fwd<IN, DK, KT>), grid, DK, (Lay<IN, DK, false, KT>::total), st, g, p);
+  GDR_LAUNCH("generalized_delta fwd", (gdr_fwd<IN, DK, KT, VT>), grid, L::NT, L::total, st, g, p);
 }
 
-template <class IN, int DK, int KT>
+template <class IN, int DK, int KT, int VT>
 void backward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
+  using L = Lay<IN, DK, true, KT, VT>;
   const dim3 grid(unsigned(g.Dv / kVs), unsigned(g.H), unsigned(g.B));
-  GDR_LAUNCH("generalized_delta bwd_seq", (gdr_bwd_seq<IN, DK, KT>), grid, DK, (Lay<IN, DK, true, KT>::total), st, g, p);
+  GDR_LAUNCH("generalized_delta bwd_seq", (gdr_bwd_seq<IN, DK, KT, VT>), grid, L::NT, L::total, st, g, p);
   const dim3 cgrid(unsigned(int64_t(g.nch) * (g.Dv / kVs)), unsigned(g.H), unsigned(g.B));
-  GDR_LAUNCH("generalized_delta bwd_keys", (gdr_bwd_keys<IN, DK>), cgrid, DK, kKeysSmem, st, g, p);
+  GDR_LAUNCH("generalized_delta bwd_keys", (gdr_bwd_keys<IN, DK>), cgrid, DK, kKeysSmem<DK>, st, g, p);
   const int64_t n = int64_t(g.B) * g.T * g.H * DK;
 #ifdef GDR_EMULATE
   const dim3 fg(1, 1, 1);
@@ -516,30 +531,31 @@ void backward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
   GDR_LAUNCH("generalized_delta finish", (gdr_finish<IN>), fg, 256, size_t(0), st, n, g.Dv / kVs, p);
 }
 
-// Calls f.template operator()<DK, KT>() for g.Dk and kt.
+// Calls f.template operator()<DK, KT, VT>() for g.Dk and the layout kt x vt (16 x 2 when not one of the four).
 template <class F>
-void dispatch_shape(const Geo& g, int kt, F&& f) {
-  auto by_kt = [&]<int DK>() {
-    if (kt == 8) f.template operator()<DK, 8>();
-    else if (kt == 32) f.template operator()<DK, 32>();
-    else f.template operator()<DK, 16>();
+void dispatch_shape(const Geo& g, int kt, int vt, F&& f) {
+  auto by_layout = [&]<int DK>() {
+    if (kt == 8 && vt == 2) f.template operator()<DK, 8, 2>();
+    else if (kt == 8 && vt == 4) f.template operator()<DK, 8, 4>();
+    else if (kt == 32 && vt == 1) f.template operator()<DK, 32, 1>();
+    else f.template operator()<DK, 16, 2>();
   };
-  if (g.Dk == 32) by_kt.template operator()<32>();
-  else if (g.Dk == 64) by_kt.template operator()<64>();
-  else by_kt.template operator()<128>();
+  if (g.Dk == 32) by_layout.template operator()<32>();
+  else if (g.Dk == 64) by_layout.template operator()<64>();
+  else by_layout.template operator()<128>();
 }
 
 // Forward: q, k, v, a, b, lw, s0 (or null) in; o, final_s, and for the backward sa and ckpt out.
 template <class IN>
 void forward(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
-  dispatch_shape(g, g.kt, [&]<int DK, int KT>() { forward_dk<IN, DK, KT>(g, p, st); });
+  dispatch_shape(g, g.kt, g.vt, [&]<int DK, int KT, int VT>() { forward_dk<IN, DK, KT, VT>(g, p, st); });
 }
 
 // Backward: the forward's inputs, sa, ckpt, dout and dfinal (or null) in; dsa, gck and part as scratch; dq, dk,
 // dv, da, db, dlw, ds0 (or null) out.
 template <class IN>
 void backward(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
-  dispatch_shape(g, g.kt_bwd, [&]<int DK, int KT>() { backward_dk<IN, DK, KT>(g, p, st); });
+  dispatch_shape(g, g.kt_bwd, g.vt_bwd, [&]<int DK, int KT, int VT>() { backward_dk<IN, DK, KT, VT>(g, p, st); });
 }
 
 }  // namespace seqmix::mixers::gdr_cuda
