@@ -384,20 +384,36 @@ __global__ void __launch_bounds__(DK, 4) gdr_bwd_keys(Geo g, Ptrs<IN> p) {
   const int c = int(blockIdx.x) / nsl, sl = int(blockIdx.x) % nsl, h = int(blockIdx.y), b = int(blockIdx.z);
   const int v0 = sl * kVs, t0 = c * kCh, n = imin(kCh, g.T - t0), j = int(threadIdx.x);
   const int64_t bh = int64_t(b) * g.H + h, BTHK = int64_t(g.B) * g.T * g.H * DK;
-  for (int e = j; e < 4 * n * kVs; e += DK) {
-    const int r = e / (n * kVs), t = (e / kVs) % n, i = e % kVs;
-    const int64_t at = tok(g, b, t0 + t, h) * g.Dv + v0 + i;
-    vals[(r * kCh + t) * kVs + i] = r == 0 ? tof(p.v[at]) : r == 1 ? tof(p.dout[at]) * g.scale : r == 2 ? p.sa[at] : p.dsa[at];
+  // The chunk's v, do * scale, sa, dsa columns and this thread's key of every token: all loads of a batch are
+  // issued (into registers) before any is stored, so the CTA waits for one memory round trip, not one per token.
+  {
+    constexpr int per = 4 * kCh * kVs / DK;  // value elements per thread; the row r of element q is q / (per / 4)
+    float x[per];
+#pragma unroll
+    for (int q = 0; q < per; ++q) {
+      const int e = j + q * DK, r = q / (per / 4), t = (e / kVs) % kCh, i = e % kVs;
+      const int64_t at = tok(g, b, t0 + imin(t, n - 1), h) * g.Dv + v0 + i;
+      x[q] = r == 0 ? tof(p.v[at]) : r == 1 ? tof(p.dout[at]) * g.scale : r == 2 ? p.sa[at] : p.dsa[at];
+    }
+#pragma unroll
+    for (int q = 0; q < per; ++q) vals[j + q * DK] = x[q];
   }
-  // this thread's key of every token of the chunk (all loads issued before any is used)
   float* keys = vals + 4 * kCh * kVs;  // [5][kCh][DK]: q, k, w, a, b
-  for (int t = 0; t < n; ++t) {
-    const int64_t at = tok(g, b, t0 + t, h) * DK + j;
-    keys[(0 * kCh + t) * DK + j] = tof(p.q[at]);
-    keys[(1 * kCh + t) * DK + j] = tof(p.k[at]);
-    keys[(2 * kCh + t) * DK + j] = __expf(p.lw[at]);
-    keys[(3 * kCh + t) * DK + j] = tof(p.a[at]);
-    keys[(4 * kCh + t) * DK + j] = tof(p.b[at]);
+  {
+    float x[5][kCh];
+#pragma unroll
+    for (int t = 0; t < kCh; ++t) {
+      const int64_t at = tok(g, b, t0 + imin(t, n - 1), h) * DK + j;
+      x[0][t] = tof(p.q[at]);
+      x[1][t] = tof(p.k[at]);
+      x[2][t] = p.lw[at];
+      x[3][t] = tof(p.a[at]);
+      x[4][t] = tof(p.b[at]);
+    }
+#pragma unroll
+    for (int t = 0; t < kCh; ++t)
+#pragma unroll
+      for (int m = 0; m < 5; ++m) keys[(m * kCh + t) * DK + j] = m == 2 ? __expf(x[m][t]) : x[m][t];
   }
   float G[kVs], S[kVs];
   auto load_row = [&](float (&dst)[kVs], const float* src) {  // row j of a [Dk, Dv] f32 matrix, the CTA's columns
