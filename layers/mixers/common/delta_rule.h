@@ -8,9 +8,11 @@
 //
 // Three forms that agree: the token-by-token reference (the oracle), the chunked form (WY / UT
 // representation, below) and the one-token step for generation. All are compositions of ops from
-// core/ops.h, so they are differentiable and run on any device whose backend has those ops (on CUDA
-// tensors the chunked form runs as that same op composition on the GPU; there is no CPU-only kernel in
-// it). Computation is in f32 (f64 when the inputs are f64); the output comes back in v's dtype.
+// core/ops.h, so they are differentiable and run on any device whose backend has those ops. On CUDA tensors
+// delta_rule() dispatches to a fused chunked kernel (delta_rule_cuda.h) and generalized_delta_rule() to a
+// fused recurrent kernel when the caller bounds the decays (generalized_delta_cuda.h); otherwise, and with
+// SEQMIX_DELTA_CUDA=0 / SEQMIX_GDR_CUDA=0, the op composition runs on the GPU. Computation is in f32 (f64
+// when the inputs are f64); the output comes back in v's dtype.
 //
 // Chunked form (chunk of C tokens, G = cumulative log decay inside the chunk, Gamma_ts = exp(G_t - G_s)):
 //   A = strict_lower(diag(b) K K^T (.) Gamma),  T = (I + A)^{-1} (recursive block inversion, log2 C levels),
