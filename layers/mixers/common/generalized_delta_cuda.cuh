@@ -371,64 +371,49 @@ __global__ void __launch_bounds__((kVs / VT) * (DK / KT)) gdr_bwd_seq(Geo g, Ptr
   }
 }
 
-// Shared memory of gdr_bwd_keys (byte offsets): the chunk's q, k, a, b [kCh][DK] as IN and lw [kCh][DK] f32 as
-// stored (converted when read); its v, do [kCh][kVs] as IN and sa, dsa [kCh][kVs] f32 as stored; each thread's
-// row of the exact state before the chunk [DK][kVs] f32; the value rows converted, [4][kCh][kVs] f32.
-template <class IN, int DK>
-struct KeysLay {
-  static constexpr size_t rk = size_t(kCh) * DK * sizeof(IN), rl = size_t(kCh) * DK * 4;
-  static constexpr size_t rv = size_t(kCh) * kVs * sizeof(IN), rs = size_t(kCh) * kVs * 4;
-  static constexpr size_t lw = 4 * rk, v = lw + rl, dout = v + rv, sa = dout + rv, dsa = sa + rs;
-  static constexpr size_t exact = align128(dsa + rs), vals = exact + size_t(DK) * kVs * 4;
-  static constexpr size_t total = vals + size_t(4 * kCh * kVs) * 4;
-};
+// Shared memory of gdr_bwd_keys: v, do * scale, sa, dsa rows of the chunk [kCh][kVs], then q, k, w, a, b
+// [kCh][DK], all f32.
+template <int DK>
+constexpr size_t kKeysSmem = size_t(4 * kCh * kVs + 5 * kCh * DK) * 4;
 
 template <class IN, int DK>
 __global__ void __launch_bounds__(DK, 4) gdr_bwd_keys(Geo g, Ptrs<IN> p) {
-  using L = KeysLay<IN, DK>;
   TC_SMEM(smem);
+  float* vals = reinterpret_cast<float*>(smem);
   const int nsl = g.Dv / kVs;
   const int c = int(blockIdx.x) / nsl, sl = int(blockIdx.x) % nsl, h = int(blockIdx.y), b = int(blockIdx.z);
   const int v0 = sl * kVs, t0 = c * kCh, n = imin(kCh, g.T - t0), j = int(threadIdx.x);
   const int64_t bh = int64_t(b) * g.H + h, BTHK = int64_t(g.B) * g.T * g.H * DK;
-  // Everything the chunk reads arrives in one round trip: cp.async for the inputs and the exact state row,
-  // register loads for G and S meanwhile.
-  const float* exact_src = c > 0    ? p.ckpt + (bh * g.nch + c - 1) * int64_t(DK) * g.Dv
-                           : p.s0 ? p.s0 + bh * DK * g.Dv
-                                  : nullptr;
+  // The chunk's v, do * scale, sa, dsa columns and this thread's key of every token: all loads of a batch are
+  // issued (into registers) before any is stored, so the CTA waits for one memory round trip, not one per token.
   {
-    constexpr int kk = int(DK * sizeof(IN) / 16), kl = DK * 4 / 16, kv = int(kVs * sizeof(IN) / 16), ks = kVs * 4 / 16;
-    const IN* keys[4] = {p.q, p.k, p.a, p.b};
-    for (int e = j; e < n * kk; e += DK) {
-      const int t = e / kk, pc = e % kk;
-      const int64_t src = tok(g, b, t0 + t, h) * DK;
+    constexpr int per = 4 * kCh * kVs / DK;  // value elements per thread; the row r of element q is q / (per / 4)
+    float x[per];
 #pragma unroll
-      for (int m = 0; m < 4; ++m)
-        cp16(smem + m * L::rk + size_t(t) * DK * sizeof(IN) + pc * 16,
-             reinterpret_cast<const unsigned char*>(keys[m] + src) + pc * 16);
+    for (int q = 0; q < per; ++q) {
+      const int e = j + q * DK, r = q / (per / 4), t = (e / kVs) % kCh, i = e % kVs;
+      const int64_t at = tok(g, b, t0 + imin(t, n - 1), h) * g.Dv + v0 + i;
+      x[q] = r == 0 ? tof(p.v[at]) : r == 1 ? tof(p.dout[at]) * g.scale : r == 2 ? p.sa[at] : p.dsa[at];
     }
-    for (int e = j; e < n * kl; e += DK) {
-      const int t = e / kl, pc = e % kl;
-      cp16(smem + L::lw + size_t(t) * DK * 4 + pc * 16, p.lw + tok(g, b, t0 + t, h) * DK + pc * 4);
-    }
-    for (int e = j; e < n * kv; e += DK) {
-      const int t = e / kv, pc = e % kv;
-      const int64_t src = tok(g, b, t0 + t, h) * g.Dv + v0;
-      cp16(smem + L::v + size_t(t) * kVs * sizeof(IN) + pc * 16, reinterpret_cast<const unsigned char*>(p.v + src) + pc * 16);
-      cp16(smem + L::dout + size_t(t) * kVs * sizeof(IN) + pc * 16,
-           reinterpret_cast<const unsigned char*>(p.dout + src) + pc * 16);
-    }
-    for (int e = j; e < n * ks; e += DK) {
-      const int t = e / ks, pc = e % ks;
-      const int64_t src = tok(g, b, t0 + t, h) * g.Dv + v0 + pc * 4;
-      cp16(smem + L::sa + size_t(t) * kVs * 4 + pc * 16, p.sa + src);
-      cp16(smem + L::dsa + size_t(t) * kVs * 4 + pc * 16, p.dsa + src);
-    }
-    if (exact_src)
 #pragma unroll
-      for (int pc = 0; pc < ks; ++pc)
-        cp16(smem + L::exact + (size_t(j) * kVs + pc * 4) * 4, exact_src + int64_t(j) * g.Dv + v0 + pc * 4);
-    cp_commit();
+    for (int q = 0; q < per; ++q) vals[j + q * DK] = x[q];
+  }
+  float* keys = vals + 4 * kCh * kVs;  // [5][kCh][DK]: q, k, w, a, b
+  {
+    float x[5][kCh];
+#pragma unroll
+    for (int t = 0; t < kCh; ++t) {
+      const int64_t at = tok(g, b, t0 + imin(t, n - 1), h) * DK + j;
+      x[0][t] = tof(p.q[at]);
+      x[1][t] = tof(p.k[at]);
+      x[2][t] = p.lw[at];
+      x[3][t] = tof(p.a[at]);
+      x[4][t] = tof(p.b[at]);
+    }
+#pragma unroll
+    for (int t = 0; t < kCh; ++t)
+#pragma unroll
+      for (int m = 0; m < 5; ++m) keys[(m * kCh + t) * DK + j] = m == 2 ? __expf(x[m][t]) : x[m][t];
   }
   float G[kVs], S[kVs];
   auto load_row = [&](float (&dst)[kVs], const float* src) {  // row j of a [Dk, Dv] f32 matrix, the CTA's columns
@@ -443,25 +428,13 @@ __global__ void __launch_bounds__(DK, 4) gdr_bwd_keys(Geo g, Ptrs<IN> p) {
   };
   load_row(G, p.gck + (bh * g.nch + c) * int64_t(DK) * g.Dv);
   load_row(S, p.ckpt + (bh * g.nch + c) * int64_t(DK) * g.Dv);
-  cp_wait_all();
   __syncthreads();
-  float* vals = reinterpret_cast<float*>(smem + L::vals);  // v, do * scale, sa, dsa
-  for (int e = j; e < n * kVs; e += DK) {
-    vals[e] = tof(reinterpret_cast<const IN*>(smem + L::v)[e]);
-    vals[kCh * kVs + e] = tof(reinterpret_cast<const IN*>(smem + L::dout)[e]) * g.scale;
-    vals[2 * kCh * kVs + e] = reinterpret_cast<const float*>(smem + L::sa)[e];
-    vals[3 * kCh * kVs + e] = reinterpret_cast<const float*>(smem + L::dsa)[e];
-  }
-  __syncthreads();
-  const IN* rk = reinterpret_cast<const IN*>(smem);  // q, k, a, b planes of kCh * DK
-  const float* rlw = reinterpret_cast<const float*>(smem + L::lw);
   PartT<IN>* part = reinterpret_cast<PartT<IN>*>(p.part + part_offset<IN>(sl, 0, BTHK));  // dq, dk, da, db planes
   float* part_dlw = reinterpret_cast<float*>(p.part + part_offset<IN>(sl, 4, BTHK));
   auto key_step = [&](int tt, const float* exact, bool zero) {
     const int64_t at = tok(g, b, t0 + tt, h) * DK + j;
-    const int kj_at = tt * DK + j;
-    const float qj = tof(rk[kj_at]), kj = tof(rk[kCh * DK + kj_at]), aj = tof(rk[2 * kCh * DK + kj_at]),
-                bj = tof(rk[3 * kCh * DK + kj_at]), wj = __expf(rlw[kj_at]);
+    const float qj = keys[tt * DK + j], kj = keys[(kCh + tt) * DK + j], wj = keys[(2 * kCh + tt) * DK + j],
+                aj = keys[(3 * kCh + tt) * DK + j], bj = keys[(4 * kCh + tt) * DK + j];
     const float rw = 1.f / wj;
     const float *vr = vals + tt * kVs, *dor = vals + (kCh + tt) * kVs, *sar = vals + (2 * kCh + tt) * kVs,
                 *dsr = vals + (3 * kCh + tt) * kVs;
@@ -493,7 +466,9 @@ __global__ void __launch_bounds__(DK, 4) gdr_bwd_keys(Geo g, Ptrs<IN> p) {
     part_dlw[at] = dw * wj;
   };
   for (int tt = n - 1; tt >= 1; --tt) key_step(tt, nullptr, false);
-  const float* exact = exact_src ? reinterpret_cast<const float*>(smem + L::exact) + j * kVs : nullptr;
+  const float* exact = c > 0    ? p.ckpt + (bh * g.nch + c - 1) * int64_t(DK) * g.Dv + int64_t(j) * g.Dv + v0
+                       : p.s0 ? p.s0 + (bh * DK + j) * g.Dv + v0
+                              : nullptr;
   key_step(0, exact, exact == nullptr);
   if (c == 0 && p.ds0) {
 #pragma unroll
@@ -562,7 +537,7 @@ void backward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
   const dim3 grid(unsigned(g.Dv / kVs), unsigned(g.H), unsigned(g.B));
   GDR_LAUNCH("generalized_delta bwd_seq", (gdr_bwd_seq<IN, DK, KT, VT>), grid, L::NT, L::total, st, g, p);
   const dim3 cgrid(unsigned(int64_t(g.nch) * (g.Dv / kVs)), unsigned(g.H), unsigned(g.B));
-  GDR_LAUNCH("generalized_delta bwd_keys", (gdr_bwd_keys<IN, DK>), cgrid, DK, (KeysLay<IN, DK>::total), st, g, p);
+  GDR_LAUNCH("generalized_delta bwd_keys", (gdr_bwd_keys<IN, DK>), cgrid, DK, kKeysSmem<DK>, st, g, p);
   const int64_t n = int64_t(g.B) * g.T * g.H * DK;
 #ifdef GDR_EMULATE
   const dim3 fg(1, 1, 1);
