@@ -53,6 +53,21 @@ T* ptr(const Tensor& t) {
   return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
 }
 
+// The inputs every kernel reads: q, k, v, a, b (IN), lw, s0 (f32).
+template <class IN>
+Ptrs<IN> input_ptrs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw, const Tensor& a, const Tensor& b,
+                    const Tensor& s0) {
+  Ptrs<IN> p{};
+  p.q = ptr<const IN>(q);
+  p.k = ptr<const IN>(k);
+  p.v = ptr<const IN>(v);
+  p.a = ptr<const IN>(a);
+  p.b = ptr<const IN>(b);
+  p.lw = ptr<const float>(lw);
+  p.s0 = ptr<const float>(s0);
+  return p;
+}
+
 Geo make_geo(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const DeltaOptions& opt) {
   Geo g{};
   g.B = int(B);
@@ -123,14 +138,7 @@ autograd::Tensors GdrFunction::backward(const autograd::Tensors& grads) {
     if (needs_input_grad(6)) ds0 = Tensor::empty({B, H, Dk, int64_t(geo.Dv)}, DType::F32, dev);
     cudaStream_t st = ::seqmix::cuda::current_stream();
     dispatch(v.dtype(), [&]<class IN>() {
-      Ptrs<IN> p{};
-      p.q = ptr<const IN>(q);
-      p.k = ptr<const IN>(k);
-      p.v = ptr<const IN>(v);
-      p.a = ptr<const IN>(a);
-      p.b = ptr<const IN>(b);
-      p.lw = ptr<const float>(lw);
-      p.s0 = ptr<const float>(s0);
+      Ptrs<IN> p = input_ptrs<IN>(q, k, v, lw, a, b, s0);
       p.sa = ptr<float>(s[7]);
       p.ckpt = ptr<float>(s[8]);
       p.dout = ptr<const IN>(dout);
@@ -224,14 +232,7 @@ DeltaResult generalized_delta_cuda(const Tensor& q_in, const Tensor& k_in, const
       }
       cudaStream_t st = ::seqmix::cuda::current_stream();
       dispatch(dt, [&]<class IN>() {
-        Ptrs<IN> p{};
-        p.q = ptr<const IN>(q);
-        p.k = ptr<const IN>(k);
-        p.v = ptr<const IN>(v);
-        p.a = ptr<const IN>(a);
-        p.b = ptr<const IN>(b);
-        p.lw = ptr<const float>(lw);
-        p.s0 = ptr<const float>(s0);
+        Ptrs<IN> p = input_ptrs<IN>(q, k, v, lw, a, b, s0);
         p.o = ptr<IN>(res.o);
         p.sa = ptr<float>(sa);
         p.ckpt = ptr<float>(ckpt);

@@ -192,6 +192,23 @@ __device__ __forceinline__ void convert_chunk(const Geo& g, const unsigned char*
   for (int e = int(threadIdx.x); e < n * kVs; e += L::NT) wv[e] = BWD ? tof(rv[e]) * g.scale : tof(rv[e]);
 }
 
+// A thread's KT x VT block of a [Dk, Dv] f32 matrix m (its rows p*KT + jj, columns i0 + v), read (zeros when
+// m is null) or written.
+template <int KT, int VT>
+__device__ __forceinline__ void load_block(float (&x)[VT][KT], const float* m, int Dv, int pp, int i0) {
+#pragma unroll
+  for (int jj = 0; jj < KT; ++jj)
+#pragma unroll
+    for (int v = 0; v < VT; ++v) x[v][jj] = m ? m[int64_t(pp * KT + jj) * Dv + i0 + v] : 0.f;
+}
+template <int KT, int VT>
+__device__ __forceinline__ void store_block(const float (&x)[VT][KT], float* m, int Dv, int pp, int i0) {
+#pragma unroll
+  for (int jj = 0; jj < KT; ++jj)
+#pragma unroll
+    for (int v = 0; v < VT; ++v) m[int64_t(pp * KT + jj) * Dv + i0 + v] = x[v][jj];
+}
+
 // ================================ forward ================================
 // CTA (value slice, head, batch), DK threads: thread (column group c = tid / P, part p = tid % P) holds
 // S[p*kKT + jj][v0 + c*kVT + v], jj < kKT, v < kVT, in registers; per token: sa = a . S (P-lane sums),
@@ -206,11 +223,9 @@ __global__ void __launch_bounds__((kVs / VT) * (DK / KT)) gdr_fwd(Geo g, Ptrs<IN
   const int sl = int(blockIdx.x), h = int(blockIdx.y), b = int(blockIdx.z), v0 = sl * kVs;
   const int tid = int(threadIdx.x), i0 = (tid / P) * kVT, pp = tid % P;
   const int64_t bh = int64_t(b) * g.H + h;
+  const int64_t mat = int64_t(DK) * g.Dv;  // one [Dk, Dv] state
   float S[kVT][kKT];
-#pragma unroll
-  for (int jj = 0; jj < kKT; ++jj)
-#pragma unroll
-    for (int v = 0; v < kVT; ++v) S[v][jj] = p.s0 ? p.s0[(bh * DK + pp * kKT + jj) * g.Dv + v0 + i0 + v] : 0.f;
+  load_block<kKT, kVT>(S, p.s0 ? p.s0 + bh * mat + v0 : nullptr, g.Dv, pp, i0);
   issue_chunk<IN, DK, false, KT, VT>(g, p, slots, b, h, v0, 0);
   for (int c = 0; c < g.nch; ++c) {
     const int t0 = c * kCh, n = imin(kCh, g.T - t0);
@@ -266,20 +281,9 @@ __global__ void __launch_bounds__((kVs / VT) * (DK / KT)) gdr_fwd(Geo g, Ptrs<IN
         }
       }
     }
-    if (p.ckpt) {
-      float* ck = p.ckpt + (bh * g.nch + c) * int64_t(DK) * g.Dv + v0 + i0;
-#pragma unroll
-      for (int jj = 0; jj < kKT; ++jj)
-#pragma unroll
-        for (int v = 0; v < kVT; ++v) ck[int64_t(pp * kKT + jj) * g.Dv + v] = S[v][jj];
-    }
+    if (p.ckpt) store_block<kKT, kVT>(S, p.ckpt + (bh * g.nch + c) * mat + v0, g.Dv, pp, i0);
   }
-  if (p.final_s) {
-#pragma unroll
-    for (int jj = 0; jj < kKT; ++jj)
-#pragma unroll
-      for (int v = 0; v < kVT; ++v) p.final_s[(bh * DK + pp * kKT + jj) * g.Dv + v0 + i0 + v] = S[v][jj];
-  }
+  if (p.final_s) store_block<kKT, kVT>(S, p.final_s + bh * mat + v0, g.Dv, pp, i0);
 }
 
 // ================================ backward ================================
@@ -305,21 +309,13 @@ __global__ void __launch_bounds__((kVs / VT) * (DK / KT)) gdr_bwd_seq(Geo g, Ptr
   const int sl = int(blockIdx.x), h = int(blockIdx.y), b = int(blockIdx.z), v0 = sl * kVs;
   const int tid = int(threadIdx.x), i0 = (tid / P) * kVT, pp = tid % P;
   const int64_t bh = int64_t(b) * g.H + h;
+  const int64_t mat = int64_t(DK) * g.Dv;  // one [Dk, Dv] state
   float Gv[kVT][kKT];
-#pragma unroll
-  for (int jj = 0; jj < kKT; ++jj)
-#pragma unroll
-    for (int v = 0; v < kVT; ++v) Gv[v][jj] = p.dfinal ? p.dfinal[(bh * DK + pp * kKT + jj) * g.Dv + v0 + i0 + v] : 0.f;
+  load_block<kKT, kVT>(Gv, p.dfinal ? p.dfinal + bh * mat + v0 : nullptr, g.Dv, pp, i0);
   issue_chunk<IN, DK, true, KT, VT>(g, p, slots, b, h, v0, g.nch - 1);
   for (int c = g.nch - 1, it = 0; c >= 0; --c, ++it) {
     const int t0 = c * kCh, n = imin(kCh, g.T - t0);
-    {  // G entering the chunk's last token, for gdr_bwd_keys
-      float* gk = p.gck + (bh * g.nch + c) * int64_t(DK) * g.Dv + v0 + i0;
-#pragma unroll
-      for (int jj = 0; jj < kKT; ++jj)
-#pragma unroll
-        for (int v = 0; v < kVT; ++v) gk[int64_t(pp * kKT + jj) * g.Dv + v] = Gv[v][jj];
-    }
+    store_block<kKT, kVT>(Gv, p.gck + (bh * g.nch + c) * mat + v0, g.Dv, pp, i0);  // G entering the chunk's last token
     cp_wait_all();
     __syncthreads();  // chunk c landed; chunk c + 1's reads of the work rows are done
     convert_chunk<IN, DK, true, KT, VT>(g, slots + (it & 1) * L::slot, work, n);
