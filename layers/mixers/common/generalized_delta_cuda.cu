@@ -92,8 +92,6 @@ Geo make_geo(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const Delt
   };
   layout("SEQMIX_GDR_FWD", g.kt, g.vt);
   layout("SEQMIX_GDR_BWD", g.kt_bwd, g.vt_bwd);
-  const char* la = std::getenv("SEQMIX_GDR_FWD_LA");  // the lookahead forward (gdr_fwd_la)
-  g.lookahead = la != nullptr && std::strcmp(la, "0") != 0;
   return g;
 }
 

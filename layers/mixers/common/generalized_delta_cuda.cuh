@@ -44,7 +44,6 @@ struct Geo {
   int B, T, H, Dk, Dv;
   int nch;      // chunks of kCh tokens: ceil(T / kCh)
   int kt, vt, kt_bwd, vt_bwd;  // thread layouts (KT x VT) of the forward and of the backward's value-major pass
-  bool lookahead;              // the forward as gdr_fwd_la
   float scale;  // applied to o
 };
 
@@ -125,9 +124,6 @@ struct Lay {
   static constexpr size_t rval = size_t(kCh) * kVs * sizeof(IN);
   static constexpr size_t slot = align128(4 * rkey + rlw + rval);
   static constexpr size_t total = align128(work) + 2 * slot;
-  // the lookahead forward (gdr_fwd_la) adds rows aw = a_{t+1} (.) w_t, qw = q_t (.) w_t [kCh][KP] and the
-  // per-token scalars a_{t+1}.b_t, a_{t+1}.k_t, q_t.b_t, q_t.k_t [4][kCh] after them
-  static constexpr size_t total_la = total + align128(size_t(2 * kCh * KP + 4 * kCh) * 4);
 };
 
 // The element type of the value slices' partial per-key gradients: 16-bit inputs keep them in their own type
@@ -284,119 +280,6 @@ __global__ void __launch_bounds__((kVs / VT) * (DK / KT)) gdr_fwd(Geo g, Ptrs<IN
           if (p.sa) p.sa[at + v] = sa[v];
         }
       }
-    }
-    if (p.ckpt) store_block<kKT, kVT>(S, p.ckpt + (bh * g.nch + c) * mat + v0, g.Dv, pp, i0);
-  }
-  if (p.final_s) store_block<kKT, kVT>(S, p.final_s + bh * mat + v0, g.Dv, pp, i0);
-}
-
-// Lookahead forward: the same recurrence with sa_{t+1} formed from S_{t-1} one token early,
-//   sa_{t+1} = (a_{t+1} (.) w_t) . S_{t-1} + (a_{t+1} . b_t) sa_t + (a_{t+1} . k_t) v_t,
-//   o_t      = (q_t (.) w_t) . S_{t-1}     + (q_t . b_t) sa_t     + (q_t . k_t) v_t,
-// so a token's two dot products and its update of S all read S_{t-1}: the update no longer waits for the
-// token's own P-lane sums, only for the previous token's (the dependent chain per token halves). The per-token
-// scalars are dot products over Dk formed once per chunk; the first token of a chunk takes sa directly.
-template <class IN, int DK, int KT, int VT>
-__global__ void __launch_bounds__((kVs / VT) * (DK / KT)) gdr_fwd_la(Geo g, Ptrs<IN> p) {
-  using L = Lay<IN, DK, false, KT, VT>;
-  constexpr int P = L::P, KP = L::KP, kKT = KT, kVT = VT, kPad = L::PAD, NT = L::NT;
-  TC_SMEM(smem);
-  float* work = reinterpret_cast<float*>(smem);
-  unsigned char* slots = smem + align128(L::work);
-  float* aw = reinterpret_cast<float*>(smem + L::total);  // [kCh][KP]
-  float* qw = aw + kCh * KP;                               // [kCh][KP]
-  float* sc = qw + kCh * KP;                               // [4][kCh]
-  const int sl = int(blockIdx.x), h = int(blockIdx.y), b = int(blockIdx.z), v0 = sl * kVs;
-  const int tid = int(threadIdx.x), i0 = (tid / P) * kVT, pp = tid % P;
-  const int64_t bh = int64_t(b) * g.H + h;
-  const int64_t mat = int64_t(DK) * g.Dv;  // one [Dk, Dv] state
-  float S[kVT][kKT];
-  load_block<kKT, kVT>(S, p.s0 ? p.s0 + bh * mat + v0 : nullptr, g.Dv, pp, i0);
-  issue_chunk<IN, DK, false, KT, VT>(g, p, slots, b, h, v0, 0);
-  auto col = [](int j) { return (j / KT) * (KT + 4) + j % KT; };
-  for (int c = 0; c < g.nch; ++c) {
-    const int t0 = c * kCh, n = imin(kCh, g.T - t0);
-    cp_wait_all();
-    __syncthreads();  // chunk c landed for every thread; chunk c - 1's reads of the work rows are done
-    convert_chunk<IN, DK, false, KT, VT>(g, slots + (c & 1) * L::slot, work, n);
-    __syncthreads();
-    if (c + 1 < g.nch) issue_chunk<IN, DK, false, KT, VT>(g, p, slots + ((c + 1) & 1) * L::slot, b, h, v0, c + 1);
-    // rows 0 q, 1 k, 2 w, 3 a, 4 b of work -> aw, qw and the scalars
-    for (int e = tid; e < n * DK; e += NT) {
-      const int t = e / DK, at = t * KP + col(e % DK);
-      const float w = work[2 * kCh * KP + at];
-      qw[at] = work[at] * w;
-      aw[at] = t + 1 < n ? work[3 * kCh * KP + at + KP] * w : 0.f;
-    }
-    for (int d = tid / 32; d < 4 * n; d += NT / 32) {  // a warp per scalar: 0 a+.b, 1 a+.k, 2 q.b, 3 q.k
-      const int which = d / n, t = d % n;
-      float x = 0.f;
-      if (which >= 2 || t + 1 < n) {
-        const float* xr = work + (which >= 2 ? t * KP : 3 * kCh * KP + (t + 1) * KP);
-        const float* yr = work + ((which & 1) ? kCh * KP : 4 * kCh * KP) + t * KP;
-        for (int j = tid % 32; j < DK; j += 32) x = fmaf(xr[col(j)], yr[col(j)], x);
-      }
-#pragma unroll
-      for (int m = 16; m >= 1; m >>= 1) x += shfl_xor(x, m);
-      if (tid % 32 == 0) sc[which * kCh + t] = x;
-    }
-    __syncthreads();
-    float sa[kVT];
-    {  // the chunk's first token: sa directly
-      const float* ar = work + 3 * kCh * KP + pp * kPad;
-      float acc[kVT][4] = {};
-#pragma unroll
-      for (int jj = 0; jj < kKT; jj += 4) {
-        const float4 a4 = *reinterpret_cast<const float4*>(ar + jj);
-        const float av[4] = {a4.x, a4.y, a4.z, a4.w};
-#pragma unroll
-        for (int u = 0; u < 4; ++u)
-#pragma unroll
-          for (int v = 0; v < kVT; ++v) acc[v][u] = fmaf(av[u], S[v][jj + u], acc[v][u]);
-      }
-      fold4(acc, sa);
-      part_sums<P, kVT>(sa);
-    }
-    for (int tt = 0; tt < n; ++tt) {
-      const int off = tt * KP + pp * kPad;
-      const float *awr = aw + off, *qwr = qw + off, *kr = work + kCh * KP + off, *wr = work + 2 * kCh * KP + off,
-                  *br = work + 4 * kCh * KP + off;
-      float accA[kVT][4] = {}, accQ[kVT][4] = {}, vi[kVT], sums[2 * kVT];
-#pragma unroll
-      for (int v = 0; v < kVT; ++v) vi[v] = work[5 * kCh * KP + tt * kVs + i0 + v];
-#pragma unroll
-      for (int jj = 0; jj < kKT; jj += 4) {
-        const float4 a4 = *reinterpret_cast<const float4*>(awr + jj), q4 = *reinterpret_cast<const float4*>(qwr + jj),
-                     w4 = *reinterpret_cast<const float4*>(wr + jj), b4 = *reinterpret_cast<const float4*>(br + jj),
-                     k4 = *reinterpret_cast<const float4*>(kr + jj);
-        const float av[4] = {a4.x, a4.y, a4.z, a4.w}, qv[4] = {q4.x, q4.y, q4.z, q4.w}, wv[4] = {w4.x, w4.y, w4.z, w4.w},
-                    bv[4] = {b4.x, b4.y, b4.z, b4.w}, kv[4] = {k4.x, k4.y, k4.z, k4.w};
-#pragma unroll
-        for (int u = 0; u < 4; ++u)
-#pragma unroll
-          for (int v = 0; v < kVT; ++v) {
-            accA[v][u] = fmaf(av[u], S[v][jj + u], accA[v][u]);
-            accQ[v][u] = fmaf(qv[u], S[v][jj + u], accQ[v][u]);
-            S[v][jj + u] = fmaf(S[v][jj + u], wv[u], fmaf(sa[v], bv[u], vi[v] * kv[u]));
-          }
-      }
-#pragma unroll
-      for (int v = 0; v < kVT; ++v) {
-        sums[v] = (accA[v][0] + accA[v][1]) + (accA[v][2] + accA[v][3]);
-        sums[kVT + v] = (accQ[v][0] + accQ[v][1]) + (accQ[v][2] + accQ[v][3]);
-      }
-      part_sums<P, 2 * kVT>(sums);
-      const float beta = sc[tt], kappa = sc[kCh + tt], gamma = sc[2 * kCh + tt], delta = sc[3 * kCh + tt];
-      if (pp == 0) {
-        const int64_t at = tok(g, b, t0 + tt, h) * g.Dv + v0 + i0;
-#pragma unroll
-        for (int v = 0; v < kVT; ++v) {
-          p.o[at + v] = fromf<IN>((sums[kVT + v] + fmaf(gamma, sa[v], delta * vi[v])) * g.scale);
-          if (p.sa) p.sa[at + v] = sa[v];
-        }
-      }
-#pragma unroll
-      for (int v = 0; v < kVT; ++v) sa[v] = sums[v] + fmaf(beta, sa[v], kappa * vi[v]);
     }
     if (p.ckpt) store_block<kKT, kVT>(S, p.ckpt + (bh * g.nch + c) * mat + v0, g.Dv, pp, i0);
   }
@@ -631,9 +514,9 @@ __global__ void gdr_finish(int64_t n, int nsl, Ptrs<IN> p) {
 template <class IN>
 inline size_t max_smem(int Dk) {
   switch (Dk) {
-    case 32: return Lay<IN, 32, false, 8, 4>::total_la;
-    case 64: return Lay<IN, 64, false, 8, 4>::total_la;
-    default: return Lay<IN, 128, false, 8, 4>::total_la;
+    case 32: return Lay<IN, 32, true, 8, 4>::total;
+    case 64: return Lay<IN, 64, true, 8, 4>::total;
+    default: return Lay<IN, 128, true, 8, 4>::total;
   }
 }
 
@@ -641,8 +524,7 @@ template <class IN, int DK, int KT, int VT>
 void forward_dk(const Geo& g, const Ptrs<IN>& p, cudaStream_t st) {
   using L = Lay<IN, DK, false, KT, VT>;
   const dim3 grid(unsigned(g.Dv / kVs), unsigned(g.H), unsigned(g.B));
-  if (g.lookahead) GDR_LAUNCH("generalized_delta fwd_la", (gdr_fwd_la<IN, DK, KT, VT>), grid, L::NT, L::total_la, st, g, p);
-  else GDR_LAUNCH("generalized_delta fwd", (gdr_fwd<IN, DK, KT, VT>), grid, L::NT, L::total, st, g, p);
+  GDR_LAUNCH("generalized_delta fwd", (gdr_fwd<IN, DK, KT, VT>), grid, L::NT, L::total, st, g, p);
 }
 
 template <class IN, int DK, int KT, int VT>
