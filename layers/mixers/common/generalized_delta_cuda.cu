@@ -2,22 +2,26 @@
 // kernel bodies in generalized_delta_cuda.cuh, which the CPU emulation scripts/gdr_emulate.cc compiles for the
 // host). Per batch, head and value column i, the column s = S[:, i] (Dk keys) evolves on its own:
 //     sa_t = a_t . s_{t-1},   s_t = w_t (.) s_{t-1} + b_t sa_t + k_t v_t[i],   o_t[i] = scale q_t . s_t,
-// so the forward keeps the state in registers (a CTA per 32 value columns, P = Dk / 32 lanes per column, 32
-// keys each; a token costs two P-lane sums and no barrier) and reads each 16-token chunk of q, k, w, a, b, v
-// from shared memory, the next chunk arriving by cp.async meanwhile. It saves sa_t and the state after every
-// chunk (f32) for the backward.
+// so the forward keeps the state in registers (a CTA per 32 value columns; a thread holds 2 columns x 16 keys,
+// 8 lanes per column group; a token costs two lane sums and no barrier) and reads each 16-token chunk of q, k,
+// w, a, b, v from shared memory, the next chunk arriving by cp.async meanwhile. It saves sa_t and the state
+// after every chunk (f32) for the backward.
 //
 // Backward (G_t = dL/dS_t including o_t's term, G_T = d final state):
 //     G_t += scale q_t do_t^T,   dq_t = scale S_t do_t,   dsa_t = G_t^T b_t,   dv_t = G_t^T k_t,
 //     dk_t = G_t v_t,   db_t = G_t sa_t,   dw_t = (G_t (.) S_{t-1}) 1,   da_t = S_{t-1} dsa_t,
 //     G_{t-1} = diag(w_t) G_t + a_t dsa_t^T,   dlw_t = w_t (.) dw_t,   d initial state = G_{-1}.
-// The per-value sums (dsa, dv) and the per-key sums (dq, dk, dw, da, db) run over different indices, so a CTA
-// keeps G twice: value-major (as the forward) for dsa and dv, key-major (a thread per key, the CTA's 32 value
-// columns in registers, with S) for the per-key sums, which each value slice writes to a scratch buffer that
-// a last kernel sums (fixed order: deterministic; summing them inside the backward, by the last value slice
-// to finish each chunk, was measured 2.5 ms slower: it sits on that CTA's sequential path). S_{t-1} comes from S_t by inverting the step, S_{t-1} = (S_t - b sa^T -
-// k v^T) / w, from the exact state saved at the end of each 16-token chunk: this needs w bounded away from 0
-// (generalized_delta_cuda.h). Memory: sa (T Dv f32) and one f32 state per 16 tokens.
+// The per-value sums (dsa, dv) and the per-key sums (dq, dk, dw, da, db) run over different indices, so G is
+// held twice, by three kernels:
+//   gdr_bwd_seq   the reverse recurrence, value-major as the forward: dsa, dv, and G entering each chunk (saved);
+//   gdr_bwd_keys  every (chunk, value slice, head, batch) at once, key-major (a thread per key, 32 value columns
+//                 of G and S in registers): the per-key sums of its slice, to a scratch buffer;
+//   gdr_finish    the slices' sum (fixed order: deterministic).
+// S_{t-1} comes from S_t by inverting the step, S_{t-1} = (S_t - b sa^T - k v^T) / w, inside a 16-token chunk,
+// from the exact state saved at its end: this needs w bounded away from 0 (generalized_delta_cuda.h). Memory:
+// sa and dsa (T Dv f32), one f32 state and one f32 G per 16 tokens, the slices' partial sums.
+// Measured alternatives (docs/PERF.md): one backward kernel for both passes (slower: latency bound by one CTA
+// per slice), summing the slices inside it (+2.5 ms), other thread layouts (SEQMIX_GDR_FWD / SEQMIX_GDR_BWD).
 //
 // This is a recurrent kernel, not the chunked WY form of delta_rule_cuda.cu: the per-token work is
 // O(Dk Dv) FMAs on CUDA cores, with no tensor cores.

@@ -210,7 +210,7 @@ __device__ __forceinline__ void store_block(const float (&x)[VT][KT], float* m, 
 }
 
 // ================================ forward ================================
-// CTA (value slice, head, batch), DK threads: thread (column group c = tid / P, part p = tid % P) holds
+// CTA (value slice, head, batch), NT threads: thread (column group c = tid / P, part p = tid % P) holds
 // S[p*kKT + jj][v0 + c*kVT + v], jj < kKT, v < kVT, in registers; per token: sa = a . S (P-lane sums),
 // S = w S + b sa + k v, o = scale q . S.
 template <class IN, int DK, int KT, int VT>
