@@ -69,7 +69,7 @@ double dot(const V& x, const V& y) {
 double rnd_round(double x, bool bf16) { return bf16 ? emu::round_to<__nv_bfloat16>(x) : double(float(x)); }
 
 template <class IN>
-bool run_case(const Case& c, std::mt19937& rng, bool verbose) {
+bool run_case(const Case& c, std::mt19937& rng) {
   const double scale = 0.7;
   std::normal_distribution<double> nd(0.0, 1.0);
   std::uniform_real_distribution<double> ud(0.0, 1.0);
@@ -211,7 +211,6 @@ bool run_case(const Case& c, std::mt19937& rng, bool verbose) {
   }
   std::printf("%s B=%d T=%d H=%d Dk=%d Dv=%d s0=%d dfinal=%d %dx%d %s: o %.1e final %.1e |%s\n", ok ? "ok  " : "FAIL", c.B,
               c.T, c.H, c.Dk, c.Dv, int(c.s0), int(c.dfinal), c.kt, c.vt, c.bf16 ? "bf16" : "f32 ", e_o, e_fin, msg.c_str());
-  (void)verbose;
   return ok;
 }
 
@@ -235,7 +234,7 @@ int main(int argc, char** argv) {
       cases.push_back(c);
     }
   bool ok = true;
-  for (const Case& c : cases) ok = (c.bf16 ? run_case<__nv_bfloat16>(c, rng, false) : run_case<float>(c, rng, false)) && ok;
+  for (const Case& c : cases) ok = (c.bf16 ? run_case<__nv_bfloat16>(c, rng) : run_case<float>(c, rng)) && ok;
   std::printf(ok ? "all cases passed\n" : "SOME CASES FAILED\n");
   return ok ? 0 : 1;
 }

@@ -7,6 +7,7 @@
 #include "core/kernels.h"
 
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -190,20 +191,23 @@ void set_gemm_sm_margin(int sms) {
 
 int gemm_sm_margin() { return g_gemm_sm_margin; }
 
-int sm_count() {
+namespace {
+// A CUDA attribute of the current device, queried once per (device, attribute): callers ask on every launch.
+int device_attribute(cudaDeviceAttr attr) {
   int dev = current_device();
   check_index(dev);
   static std::mutex mu;
-  static std::vector<int> counts;
+  static std::map<std::pair<int, int>, int> cache;
   std::lock_guard<std::mutex> lock(mu);
-  if (counts.empty()) counts.assign(size_t(cuda_device_count()), 0);
-  if (counts[dev] == 0) {
-    int n = 0;
-    SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    counts[dev] = n;
-  }
-  return counts[dev];
+  auto [it, fresh] = cache.try_emplace({dev, int(attr)}, 0);
+  if (fresh) SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&it->second, attr, dev));
+  return it->second;
 }
+}  // namespace
+
+int sm_count() { return device_attribute(cudaDevAttrMultiProcessorCount); }
+
+int max_shared_memory_optin() { return device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin); }
 
 void copy_between_devices(const Tensor& dst, const Tensor& src) {
   SEQMIX_CHECK(dst.shape() == src.shape(), "copy between devices: shapes differ (", shape_str(dst.shape()), " and ",

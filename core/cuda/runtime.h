@@ -18,6 +18,7 @@ cublasHandle_t cublas_handle();       // bound to current_stream()
 cublasLtHandle_t cublaslt_handle();
 void* cublas_workspace(size_t* bytes);  // a per-device workspace for cuBLASLt
 int sm_count();
+int max_shared_memory_optin();        // dynamic shared memory one block may opt in to, bytes
 // SMs the GEMMs leave free for kernels that run beside them (this thread's launches; 0: use all).
 // cuBLASLt's Hopper kernels are persistent, one CTA per SM: a collective that holds a few SMs (NCCL
 // during the bucketed gradient reduction) otherwise stalls the whole GEMM until it ends.

@@ -517,16 +517,7 @@ void need_cuda_contiguous(const Tensor& t, const char* op, const char* what) {
   SEQMIX_CHECK(t.is_contiguous(), op, ": ", what, " must be contiguous (got strides ", shape_str(t.strides()), ")");
 }
 
-size_t max_smem_optin() {
-  static size_t per_dev[64] = {};
-  int dev = current_device();
-  if (dev < 64 && per_dev[dev]) return per_dev[dev];
-  int v = 0;
-  SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  size_t r = size_t(v) - 1024;  // room for the kernels' static shared memory
-  if (dev < 64) per_dev[dev] = r;
-  return r;
-}
+size_t max_smem_optin() { return size_t(max_shared_memory_optin()) - 1024; }  // room for static shared memory
 
 template <typename K>
 void allow_smem(K kernel, size_t bytes) {

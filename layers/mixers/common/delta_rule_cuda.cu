@@ -99,19 +99,7 @@ namespace {
 using delta_cuda::Geo;
 using delta_cuda::Ptrs;
 
-int max_smem_optin() {
-  static int cached[64] = {};
-  const int dev = ::seqmix::cuda::current_device();
-  const int slot = dev & 63;
-  if (cached[slot] == 0) {
-    int v = 0;
-    SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    cached[slot] = v;
-  }
-  return cached[slot];
-}
-
-size_t smem_limit() { return size_t(max_smem_optin()) - 1024; }  // margin for static shared memory
+size_t smem_limit() { return size_t(::seqmix::cuda::max_shared_memory_optin()) - 1024; }  // margin for static shared memory
 
 // IN = the element type of q, k, v; OP = the operand type (bf16 unless f32 operands fit and the input is f32).
 template <class F>

@@ -99,12 +99,6 @@ Geo make_geo(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const Delt
   return g;
 }
 
-int max_smem_optin() {
-  int v = 0;
-  SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, ::seqmix::cuda::current_device()));
-  return v;
-}
-
 struct GdrFunction : autograd::CustomFunction {
   Geo geo{};
   DType dtypes[7] = {};  // q, k, v, lw, a, b, s0 as given
@@ -193,7 +187,7 @@ bool generalized_delta_cuda_supported(const Tensor& q, const Tensor& k, const Te
   if (Dv % gdr_cuda::kVs != 0 || Dv < gdr_cuda::kVs || Dv > 4096) return false;
   if (!(opt.min_log_decay >= kGdrMinLogDecay)) return false;
   if (B > 65535 || H > 65535 || T > (int64_t(1) << 30) || B * T * H * std::max(Dk, Dv) > (int64_t(1) << 40)) return false;
-  return gdr_cuda::max_smem<float>(int(Dk)) <= size_t(max_smem_optin());
+  return gdr_cuda::max_smem<float>(int(Dk)) <= size_t(::seqmix::cuda::max_shared_memory_optin());
 }
 
 DeltaResult generalized_delta_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& lw_in,

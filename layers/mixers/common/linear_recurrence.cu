@@ -753,18 +753,6 @@ size_t smem_bwd(const Geo& g) {
   return size_t(g.C) * (2 * s.ldk + 2 * s.ldv + 2 * s.ldc + 1 + (g.gw > 0 ? s.ldg : 0)) * sizeof(float);
 }
 
-int max_smem_optin() {
-  static int cached[64] = {};
-  int dev = ::seqmix::cuda::current_device();
-  int slot = dev & 63;
-  if (cached[slot] == 0) {
-    int v = 0;
-    SEQMIX_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    cached[slot] = v;
-  }
-  return cached[slot];
-}
-
 template <typename K>
 void set_smem(K kernel, size_t bytes) {
   if (bytes > 48 * 1024)
@@ -833,7 +821,7 @@ bool use_tc(const Inputs& in) {
   if (!lr_tc::env_enabled()) return false;
   const lr_tc::TcGeo g = tc_geo(in.geo);
   if (!lr_tc::shape_ok(g) || g.T < g.C) return false;
-  const size_t limit = size_t(max_smem_optin()) - 1024;
+  const size_t limit = size_t(::seqmix::cuda::max_shared_memory_optin()) - 1024;
   if (std::max({lr_tc::smem_state(g), lr_tc::smem_fwd(g), lr_tc::smem_bwd(g)}) > limit) return false;
   return tc_aligned({&in.q, &in.k, &in.v}, 16);
 }
@@ -844,7 +832,7 @@ bool use_tc(const Inputs& in) {
 // backward_launch's).
 bool use_fused_state(const Inputs& in) {
   if (!lr_tc::fused_state_enabled()) return false;
-  if (lr_tc::smem_state_pass(tc_geo(in.geo)) > size_t(max_smem_optin()) - 1024) return false;
+  if (lr_tc::smem_state_pass(tc_geo(in.geo)) > size_t(::seqmix::cuda::max_shared_memory_optin()) - 1024) return false;
   return in.mode != 2 || tc_aligned({&in.g}, 16);
 }
 
@@ -1109,7 +1097,7 @@ RecurrenceResult linear_recurrence_cuda(const Tensor& q_in, const Tensor& k_in, 
     geo.bonus = bonus_in.defined();
     // Chunk length: opt.chunk (64), halved until a chunk's shared memory fits.
     int C = int(std::clamp<int64_t>(opt.chunk > 0 ? opt.chunk : 64, 16, 64));
-    const size_t limit = size_t(max_smem_optin()) - 1024;  // margin for the kernels' static shared memory
+    const size_t limit = size_t(::seqmix::cuda::max_shared_memory_optin()) - 1024;  // margin for the kernels' static shared memory
     for (;;) {
       geo.C = C;
       if (std::max({smem_state(geo), smem_fwd(geo), smem_bwd(geo)}) <= limit || C <= 16) break;
