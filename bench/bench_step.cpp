@@ -10,6 +10,7 @@
 #include "train/optimizer.h"
 #include "train/trainer.h"
 #ifdef SEQMIX_WITH_CUDA
+#include "core/cuda/kernel_trace.h"
 #include "core/cuda/runtime.h"
 #endif
 
@@ -26,7 +27,8 @@ void sync(Device d) {
 
 int step_main(const std::vector<std::string>& argv) {
   std::map<std::string, std::string> a{{"config", "configs/gpt2-124m.yaml"}, {"batch", "16"}, {"seq", "1024"}, {"vocab", "50304"},
-                                       {"steps", "20"}, {"warmup", "5"}, {"device", "auto"}, {"peak-tflops", "989"}};
+                                       {"steps", "20"}, {"warmup", "5"}, {"device", "auto"}, {"peak-tflops", "989"},
+                                       {"trace", ""}, {"peer", "0"}};
   for (size_t i = 0; i + 1 < argv.size(); i += 2) {
     SEQMIX_CHECK(argv[i].rfind("--", 0) == 0 && a.count(argv[i].substr(2)), "step: unknown option ", argv[i]);
     a[argv[i].substr(2)] = argv[i + 1];
@@ -43,36 +45,64 @@ int step_main(const std::vector<std::string>& argv) {
   Generator g(7);
   Tensor ids = (rand({B, T + 1}, g) * double(V - 1)).to(DType::I32);
   Tensor in = ids.narrow(1, 0, T).contiguous(), tg = ids.narrow(1, 1, T).contiguous();
-  std::vector<double> times;
   double loss = 0;
   if (dev.is_cuda()) cuda::reset_peak(dev.index);
-  for (int s = 0; s < warmup + steps; ++s) {
-    sync(dev);
-    auto t0 = std::chrono::steady_clock::now();
-    {
-      ComputeDtypeGuard cg(compute);
-      // the batch is uploaded each step, as in training (pinned staging + async copy on the GPU)
-      Tensor din = in, dtg = tg;
+  // `n` timed steps after `warm` untimed ones; sorted step times in seconds
+  auto run_steps = [&](int warm, int n) {
+    std::vector<double> times;
+    for (int s = 0; s < warm + n; ++s) {
+      sync(dev);
+      auto t0 = std::chrono::steady_clock::now();
+      {
+        ComputeDtypeGuard cg(compute);
+        // the batch is uploaded each step, as in training (pinned staging + async copy on the GPU)
+        Tensor din = in, dtg = tg;
 #ifdef SEQMIX_WITH_CUDA
-      if (dev.is_cuda()) {
-        din = Tensor::empty(in.shape(), DType::I32, dev);
-        dtg = Tensor::empty(tg.shape(), DType::I32, dev);
-        cuda::upload_async(in.data_ptr(), in.nbytes(), din);
-        cuda::upload_async(tg.data_ptr(), tg.nbytes(), dtg);
-      }
+        if (dev.is_cuda()) {
+          din = Tensor::empty(in.shape(), DType::I32, dev);
+          dtg = Tensor::empty(tg.shape(), DType::I32, dev);
+          cuda::upload_async(in.data_ptr(), in.nbytes(), din);
+          cuda::upload_async(tg.data_ptr(), tg.nbytes(), dtg);
+        }
 #endif
-      Tensor l = model.loss(din, dtg);
-      l.backward();
-      train::clip_grad_norm(model.parameters(), 1.0);  // one host sync, as in training
-      opt.step(1e-4);
-      opt.zero_grad();
-      if (s == warmup + steps - 1) loss = l.item();
+        Tensor l = model.loss(din, dtg);
+        l.backward();
+        train::clip_grad_norm(model.parameters(), 1.0);  // one host sync, as in training
+        opt.step(1e-4);
+        opt.zero_grad();
+        if (s == warm + n - 1) loss = l.item();
+      }
+      sync(dev);
+      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (s >= warm) times.push_back(dt);
     }
-    sync(dev);
-    double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (s >= warmup) times.push_back(dt);
+    std::sort(times.begin(), times.end());
+    return times;
+  };
+  std::vector<double> times = run_steps(warmup, 0);
+#ifdef SEQMIX_WITH_CUDA
+  if (!a["trace"].empty()) {
+    SEQMIX_CHECK(dev.is_cuda(), "step: --trace needs a GPU");
+    cuda::kernel_trace_start();
   }
-  std::sort(times.begin(), times.end());
+#endif
+  times = run_steps(0, steps);
+#ifdef SEQMIX_WITH_CUDA
+  if (!a["trace"].empty()) {
+    cuda::KernelTraceSummary ks = cuda::kernel_trace_stop(a["trace"], steps);
+    std::printf("kernel trace -> %s: per step span %.3f ms, GPU busy %.3f ms (%lld records, %lld dropped)\n", a["trace"].c_str(),
+                ks.span_ms / steps, ks.busy_ms / steps, (long long)ks.records, (long long)ks.dropped);
+  }
+  if (a["peer"] == "1") {
+    // the same steps again once this GPU and the others map each other's memory (as under NCCL's P2P transport)
+    SEQMIX_CHECK(dev.is_cuda(), "step: --peer needs a GPU");
+    double before = times[times.size() / 2];
+    int peers = cuda::enable_peer_access();
+    std::vector<double> after = run_steps(warmup, steps);
+    std::printf("peer access: %d peer(s); median step %.3f ms before, %.3f ms after (%+.2f%%)\n", peers, before * 1e3,
+                after[after.size() / 2] * 1e3, 100.0 * (after[after.size() / 2] / before - 1));
+  }
+#endif
   double med = times[times.size() / 2];
   double tok_s = double(B * T) / med;
   double flops = 3.0 * model.flops_per_token(T) * double(B * T);

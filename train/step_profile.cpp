@@ -6,7 +6,9 @@
 #include <cstdlib>
 #include <string>
 
+#include "core/error.h"
 #ifdef SEQMIX_WITH_CUDA
+#include "core/cuda/kernel_trace.h"
 #include "core/cuda/runtime.h"
 #endif
 
@@ -31,6 +33,55 @@ double StepProfiler::now() const {
   if (cuda_) cuda::synchronize();
 #endif
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+KernelTraceWindow::KernelTraceWindow(int rank, bool cuda) {
+  const char* p = std::getenv("SEQMIX_KERNEL_TRACE");
+  if (!p || !*p) return;
+  SEQMIX_CHECK(cuda, "SEQMIX_KERNEL_TRACE traces GPU kernels, but this run is on the CPU; unset it or train with --device cuda");
+#ifdef SEQMIX_WITH_CUDA
+  SEQMIX_CHECK(cuda::kernel_trace_available(), "SEQMIX_KERNEL_TRACE is set but this build has no CUPTI; unset it");
+  path_ = p;
+  if (rank > 0) {
+    const size_t dot = path_.rfind('.');
+    const std::string tag = ".rank" + std::to_string(rank);
+    if (dot == std::string::npos || path_.find('/', dot) != std::string::npos) path_ += tag;
+    else path_.insert(dot, tag);
+  }
+  if (const char* f = std::getenv("SEQMIX_KERNEL_TRACE_FROM")) {
+    char* end = nullptr;
+    from_ = std::strtoll(f, &end, 10);
+    SEQMIX_CHECK(end && *end == 0 && from_ >= 0, "SEQMIX_KERNEL_TRACE_FROM must be a step count >= 0, got '", f, "'");
+  }
+#endif
+}
+
+void KernelTraceWindow::before_step() {
+  if (path_.empty()) return;
+#ifdef SEQMIX_WITH_CUDA
+  if (seen_++ == from_) {
+    cuda::synchronize();  // earlier steps' kernels stay out
+    cuda::kernel_trace_start();
+    running_ = true;
+  }
+  if (running_) traced_++;
+#endif
+}
+
+void KernelTraceWindow::finish() {
+  if (!running_) {
+    if (!path_.empty()) spdlog::warn("kernel trace: training ran {} steps, fewer than SEQMIX_KERNEL_TRACE_FROM={}; nothing traced", seen_, from_);
+    return;
+  }
+#ifdef SEQMIX_WITH_CUDA
+  cuda::synchronize();
+  running_ = false;
+  cuda::KernelTraceSummary s = cuda::kernel_trace_stop(path_, traced_);
+  const double n = double(traced_);
+  spdlog::info("kernel trace: {} steps, {} records{} -> {}; per step: span {:.3f} ms, GPU busy {:.3f} ms, idle {:.3f} ms", traced_,
+               s.records, s.dropped ? fmt::format(" ({} dropped: totals are low)", s.dropped) : "", path_, s.span_ms / n,
+               s.busy_ms / n, (s.span_ms - s.busy_ms) / n);
+#endif
 }
 
 }  // namespace seqmix::train

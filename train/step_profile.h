@@ -6,6 +6,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <string>
 
 namespace seqmix::train {
 
@@ -35,6 +36,20 @@ class StepProfiler {
   int64_t steps_ = 0;
   double last_ = 0;
   std::array<double, kPhases> sum_{};
+};
+
+// SEQMIX_KERNEL_TRACE=FILE.csv: the GPU time of every kernel over the steps from SEQMIX_KERNEL_TRACE_FROM
+// (default 20, counted from this process's first step) to the end of training, one row per kernel name
+// (core/cuda/kernel_trace.h); rank r > 0 writes FILE.rank<r>.csv. The totals go to the log.
+class KernelTraceWindow {
+ public:
+  KernelTraceWindow(int rank, bool cuda);  // reads the environment
+  void before_step();                   // starts the trace at the chosen step
+  void finish();                        // stops it, writes the file, logs the totals
+ private:
+  std::string path_;
+  int64_t from_ = 20, seen_ = 0, traced_ = 0;
+  bool running_ = false;
 };
 
 }  // namespace seqmix::train

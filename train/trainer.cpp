@@ -486,8 +486,10 @@ int Trainer::run() {
   int64_t window_tokens = 0;
   double last_loss = NAN;
   spdlog::info("training steps {}..{} of {}, {} tokens per step", step_, end, s_.steps, tokens_per_step);
+  KernelTraceWindow kernel_trace(rank_, device_.is_cuda());  // SEQMIX_KERNEL_TRACE only
   while (step_ < end) {
     data::HostBatch batch = prefetch->next();
+    kernel_trace.before_step();
     double lr = lr_at(s_.schedule, step_);
     double gn = 0;
     auto t0 = std::chrono::steady_clock::now();
@@ -545,6 +547,7 @@ int Trainer::run() {
     if (s_.ckpt_every > 0 && step_ % s_.ckpt_every == 0 && step_ < end) save(false);
   }
   if (tty) std::printf("\n");
+  kernel_trace.finish();
   prefetch.reset();
   save(true);
   if (step_ < s_.steps) {

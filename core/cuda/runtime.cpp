@@ -139,6 +139,24 @@ void set_current_stream(cudaStream_t s) {
 
 void synchronize() { SEQMIX_CUDA_CHECK(cudaStreamSynchronize(current_stream())); }
 
+int enable_peer_access() {
+  const int self = current_device(), n = cuda_device_count();
+  int peers = 0;
+  for (int d = 0; d < n; ++d) {
+    int ok_there = 0, ok_back = 0;
+    if (d == self) continue;
+    SEQMIX_CUDA_CHECK(cudaDeviceCanAccessPeer(&ok_there, self, d));
+    SEQMIX_CUDA_CHECK(cudaDeviceCanAccessPeer(&ok_back, d, self));
+    if (!ok_there || !ok_back) continue;
+    SEQMIX_CUDA_CHECK(cudaDeviceEnablePeerAccess(d, 0));
+    SEQMIX_CUDA_CHECK(cudaSetDevice(d));
+    SEQMIX_CUDA_CHECK(cudaDeviceEnablePeerAccess(self, 0));
+    SEQMIX_CUDA_CHECK(cudaSetDevice(self));
+    ++peers;
+  }
+  return peers;
+}
+
 cublasHandle_t cublas_handle() {
   int dev = current_device();
   check_index(dev);

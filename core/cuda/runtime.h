@@ -14,6 +14,9 @@ int current_device();
 cudaStream_t current_stream();        // the stream of the current device for this thread
 void set_current_stream(cudaStream_t s);  // e.g. a communication stream; nullptr restores the default
 void synchronize();                   // waits for the current stream
+// Peer access between the current device and every other one that supports it, both ways (what NCCL's
+// peer-to-peer transport sets up between two ranks); for measuring what it costs. Returns the number of peers.
+int enable_peer_access();
 cublasHandle_t cublas_handle();       // bound to current_stream()
 cublasLtHandle_t cublaslt_handle();
 void* cublas_workspace(size_t* bytes);  // a per-device workspace for cuBLASLt

@@ -193,3 +193,44 @@ TEST(CudaRuntime, CopiesBetweenDevices) {
   }
 }
 #endif
+
+#ifdef SEQMIX_WITH_CUDA
+#include <fstream>
+#include <sstream>
+
+#include "core/cuda/kernel_trace.h"
+
+// The per-kernel trace records what ran between start and stop, names it, and counts each launch once.
+TEST(KernelTrace, CountsTheKernelsBetweenStartAndStop) {
+  SKIP_WITHOUT_CUDA();
+  if (!cuda::kernel_trace_available()) GTEST_SKIP() << "built without CUPTI";
+  Tensor a = ones({1000, 1000}, DType::F32, Device::cuda(0));
+  Tensor warm = add(a, a);  // outside the trace
+  cuda::synchronize();
+  cuda::kernel_trace_start();
+  EXPECT_THROW(cuda::kernel_trace_start(), Error);  // one trace at a time
+  Tensor b;
+  for (int i = 0; i < 3; ++i) b = matmul(a, a);
+  cuda::synchronize();
+  const std::string path = ::testing::TempDir() + "/kernel_trace_test.csv";
+  cuda::KernelTraceSummary s = cuda::kernel_trace_stop(path, 3);
+  EXPECT_GE(s.records, 3);
+  EXPECT_EQ(s.dropped, 0);
+  EXPECT_GT(s.busy_ms, 0.0);
+  EXPECT_GE(s.span_ms, s.busy_ms - 1e-9);
+  std::ifstream in(path);
+  std::string header, row;
+  std::getline(in, header);
+  EXPECT_EQ(header, "name,calls,total_ms,mean_us,ms_per_step");
+  int64_t calls = 0, rows = 0;
+  while (std::getline(in, row)) {
+    ++rows;
+    const size_t q = row.rfind('"');  // name is quoted; calls follow it
+    ASSERT_NE(q, std::string::npos) << row;
+    calls += std::stoll(row.substr(q + 2));
+  }
+  EXPECT_GE(rows, 1);
+  EXPECT_EQ(calls, s.records);
+  EXPECT_NEAR(b.to(Device::cpu()).data<float>()[0], 1000.0f, 1e-3f);
+}
+#endif

@@ -1,0 +1,200 @@
+#include "core/cuda/kernel_trace.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "core/error.h"
+
+#ifdef SEQMIX_WITH_CUPTI
+#include <cupti.h>
+#include <cxxabi.h>
+#endif
+
+namespace seqmix::cuda {
+
+#ifndef SEQMIX_WITH_CUPTI
+
+bool kernel_trace_available() { return false; }
+void kernel_trace_start() {
+  SEQMIX_FAIL("kernel trace: this build has no CUPTI (CMake found no CUDA::cupti); unset SEQMIX_KERNEL_TRACE");
+}
+KernelTraceSummary kernel_trace_stop(const std::string&, int64_t) { return {}; }
+
+#else
+
+namespace {
+
+#define SEQMIX_CUPTI_CHECK(call)                                               \
+  do {                                                                         \
+    CUptiResult seqmix_r_ = (call);                                            \
+    if (seqmix_r_ != CUPTI_SUCCESS) {                                          \
+      const char* seqmix_s_ = "?";                                             \
+      cuptiGetResultString(seqmix_r_, &seqmix_s_);                             \
+      SEQMIX_FAIL("CUPTI error in ", #call, ": ", seqmix_s_);                 \
+    }                                                                          \
+  } while (0)
+
+struct Record {
+  uint32_t name;
+  uint64_t start, end;  // ns, GPU timestamps
+};
+
+// Filled by CUPTI's worker thread (buffer_completed) and read after the final flush.
+struct Trace {
+  std::mutex mu;
+  bool running = false, callbacks = false;
+  std::vector<Record> records;
+  std::unordered_map<std::string, uint32_t> ids;
+  std::vector<std::string> names;
+  int64_t dropped = 0;
+
+  uint32_t id(const std::string& name) {
+    auto [it, fresh] = ids.emplace(name, uint32_t(names.size()));
+    if (fresh) names.push_back(name);
+    return it->second;
+  }
+};
+
+Trace& trace() {
+  static Trace t;
+  return t;
+}
+
+constexpr size_t kBufferBytes = size_t(16) << 20;
+
+std::string demangled(const char* name) {
+  if (!name) return "(unnamed kernel)";
+  int status = 0;
+  char* d = abi::__cxa_demangle(name, nullptr, nullptr, &status);
+  std::string s = status == 0 && d ? d : name;
+  std::free(d);
+  if (s.size() > 160) s = s.substr(0, 157) + "...";  // cutlass-style template lists run to kilobytes
+  return s;
+}
+
+const char* copy_kind(uint8_t kind) {
+  switch (kind) {
+    case CUPTI_ACTIVITY_MEMCPY_KIND_HTOD: return "[copy host to device]";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOH: return "[copy device to host]";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOD: return "[copy device to device]";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_PTOP: return "[copy peer to peer]";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_HTOH: return "[copy host to host]";
+    default: return "[copy, other]";
+  }
+}
+
+void CUPTIAPI buffer_requested(uint8_t** buffer, size_t* size, size_t* max_records) {
+  *buffer = static_cast<uint8_t*>(std::aligned_alloc(8, kBufferBytes));
+  *size = *buffer ? kBufferBytes : 0;
+  *max_records = 0;  // as many as fit
+}
+
+void CUPTIAPI buffer_completed(CUcontext ctx, uint32_t stream, uint8_t* buffer, size_t, size_t valid) {
+  Trace& t = trace();
+  {
+    std::lock_guard<std::mutex> lk(t.mu);
+    CUpti_Activity* r = nullptr;
+    while (cuptiActivityGetNextRecord(buffer, valid, &r) == CUPTI_SUCCESS) {
+      if (r->kind == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) {
+        auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(r);
+        t.records.push_back({t.id(demangled(k->name)), k->start, k->end});
+      } else if (r->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
+        auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(r);
+        t.records.push_back({t.id(copy_kind(m->copyKind)), m->start, m->end});
+      } else if (r->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
+        auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(r);
+        t.records.push_back({t.id("[memset]"), m->start, m->end});
+      }
+    }
+    size_t dropped = 0;
+    if (cuptiActivityGetNumDroppedRecords(ctx, stream, &dropped) == CUPTI_SUCCESS) t.dropped += int64_t(dropped);
+  }
+  std::free(buffer);
+}
+
+const CUpti_ActivityKind kKinds[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
+                                     CUPTI_ACTIVITY_KIND_MEMSET};
+
+}  // namespace
+
+bool kernel_trace_available() { return true; }
+
+void kernel_trace_start() {
+  Trace& t = trace();
+  {
+    std::lock_guard<std::mutex> lk(t.mu);
+    SEQMIX_CHECK(!t.running, "kernel trace: already running");
+    t.records.clear();
+    t.dropped = 0;
+    t.running = true;
+  }
+  if (!t.callbacks) {
+    SEQMIX_CUPTI_CHECK(cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed));
+    t.callbacks = true;
+  }
+  for (CUpti_ActivityKind k : kKinds) SEQMIX_CUPTI_CHECK(cuptiActivityEnable(k));
+}
+
+KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps) {
+  Trace& t = trace();
+  SEQMIX_CHECK(t.running, "kernel trace: stop without start");
+  for (CUpti_ActivityKind k : kKinds) SEQMIX_CUPTI_CHECK(cuptiActivityDisable(k));
+  SEQMIX_CUPTI_CHECK(cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED));
+  std::lock_guard<std::mutex> lk(t.mu);
+  t.running = false;
+
+  KernelTraceSummary s;
+  s.records = int64_t(t.records.size());
+  s.dropped = t.dropped;
+  struct Total {
+    int64_t calls = 0;
+    double ns = 0;
+  };
+  std::vector<Total> per(t.names.size());
+  for (const Record& r : t.records) {
+    per[r.name].calls++;
+    per[r.name].ns += double(r.end - r.start);
+  }
+  // busy time: the union of the intervals (overlapping streams count once)
+  std::sort(t.records.begin(), t.records.end(), [](const Record& a, const Record& b) { return a.start < b.start; });
+  uint64_t busy = 0, cur_start = 0, cur_end = 0, last_end = 0;
+  for (const Record& r : t.records) {
+    if (r.start > cur_end) {
+      busy += cur_end - cur_start;
+      cur_start = r.start;
+      cur_end = r.end;
+    } else {
+      cur_end = std::max(cur_end, r.end);
+    }
+    last_end = std::max(last_end, r.end);
+  }
+  busy += cur_end - cur_start;
+  if (!t.records.empty()) s.span_ms = double(last_end - t.records.front().start) * 1e-6;
+  s.busy_ms = double(busy) * 1e-6;
+
+  std::vector<uint32_t> order;
+  for (uint32_t i = 0; i < per.size(); ++i)
+    if (per[i].calls > 0) order.push_back(i);
+  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return per[a].ns > per[b].ns; });
+  std::ofstream out(csv_path);
+  SEQMIX_CHECK(out.good(), "kernel trace: cannot write ", csv_path, " (check the directory exists and is writable)");
+  out << "name,calls,total_ms,mean_us,ms_per_step\n";
+  const double n = double(std::max<int64_t>(steps, 1));
+  for (uint32_t i : order) {
+    std::string q = t.names[i];
+    for (size_t p = q.find('"'); p != std::string::npos; p = q.find('"', p + 2)) q.insert(p, 1, '"');
+    out << '"' << q << "\"," << per[i].calls << ',' << per[i].ns * 1e-6 << ',' << per[i].ns * 1e-3 / double(per[i].calls)
+        << ',' << per[i].ns * 1e-6 / n << '\n';
+  }
+  t.records.clear();
+  t.records.shrink_to_fit();
+  return s;
+}
+
+#endif
+
+}  // namespace seqmix::cuda

@@ -1,0 +1,27 @@
+// Per-kernel GPU time from CUPTI's activity records: which kernels a change, or a second GPU beside the
+// first, makes slower. The trainer records steps from SEQMIX_KERNEL_TRACE_FROM (default 20) to the end of
+// training when SEQMIX_KERNEL_TRACE=FILE.csv is set; `seqmix_bench step --trace FILE.csv` records its timed
+// steps. Kernel durations come from the GPU's own timestamps, so they are exact; the tracing itself adds
+// host work per launch, so compare traced runs with traced runs only.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace seqmix::cuda {
+
+struct KernelTraceSummary {
+  int64_t records = 0;  // kernels, copies and memsets recorded
+  int64_t dropped = 0;  // records CUPTI lost (its buffers were full): the totals are then low
+  double span_ms = 0;   // from the first record's start to the last one's end
+  double busy_ms = 0;   // the union of the records' intervals: time the GPU ran something
+};
+
+bool kernel_trace_available();  // this build links CUPTI
+// Starts recording every kernel, copy and memset of this process (all devices, all streams). Fails if a
+// trace is already running or the build has no CUPTI.
+void kernel_trace_start();
+// Stops, and writes `csv_path`: one row per kernel name (demangled), copy kind or memset, sorted by total
+// time: name,calls,total_ms,mean_us,ms_per_step (total / `steps`). Returns the totals.
+KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps);
+
+}  // namespace seqmix::cuda

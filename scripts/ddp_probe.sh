@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# On the 2-GPU machine: where does a 2-GPU step lose time against a 1-GPU step? GPT-2-124M (Brown, word level,
+# per-GPU batch 16 x 1024, bf16), in one call:
+#   1. seqmix_bench step on GPU 0, then the same steps again with peer access to GPU 1 enabled (--peer 1):
+#      does mapping the other GPU's memory alone slow the kernels?
+#   2. 1 GPU, 2 GPUs (bf16 reduction, one bucket) and 2 GPUs with NCCL_P2P_DISABLE=1, each with the per-kernel
+#      trace (SEQMIX_KERNEL_TRACE) over steps 100-300; then the kernels whose time per step changed most.
+#   3. Untraced 2-GPU throughput with the NCCL settings in $VARIANTS (default: none, more channels, Simple protocol).
+#   scripts/ddp_probe.sh          (needs .deps and data_cache/brown-word carried, as scripts/ddp_scaling.sh)
+set -uo pipefail
+OUT=${OUT:-/tmp/seqmix_out}
+mkdir -p "$OUT"
+source "$(dirname "$0")/gpu_env.sh"
+t0=$(date +%s)
+configure_gpu_build > "$OUT/build.log" 2>&1
+cmake --build build-gpu -j 32 --target seqmix seqmix_bench test_gpu >> "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -30; exit 1; }
+echo "build $(( $(date +%s) - t0 )) s"
+echo "trace test: $(timeout 60 build-gpu/tests/test_gpu --gtest_filter='KernelTrace*' 2>&1 | grep -E '^\[  (PASSED|FAILED|SKIPPED) ' | tr '\n' ' ')"
+B=build-gpu/seqmix
+STEPS=${STEPS:-300}
+G=(configs/gpt2-124m.yaml --set data.source=brown --set data.tokenizer=word --set data.vocab_size=0 --set train.log_every=10
+   --set train.eval_every=0 --set train.ckpt_every=0 --set train.warmup=5 --set train.steps=$STEPS --set train.dist_timeout=60)
+TWO=(--gpus 2 --set train.reduce_dtype=bf16 --set train.bucket_mb=1000)
+tps() { grep -oE '[0-9.]+[KM]? tok/s' "$1" | tail -6 | sed 's/ tok\/s//' |
+        awk '{v=$1; if (v ~ /K$/) v=v*1e3; else if (v ~ /M$/) v=v*1e6; s+=v; n++} END {if (n) printf "%.1fK", s/n/1e3}'; }
+r() { local name=$1; shift; timeout 90 $B train "${G[@]}" --set run.name=$name "$@" > "$OUT/$name.log" 2>&1
+      echo "$name: $(tps $OUT/$name.log) tok/s (mean of the last 6 windows); $(grep -oE 'per step: .*' $OUT/$name.log | head -1)"; }
+
+echo "== 1. peer access alone (seqmix_bench step, GPU 0)"
+timeout 120 build-gpu/seqmix_bench step --config configs/gpt2-124m.yaml --vocab 14114 --steps 40 --warmup 8 --peer 1 2>&1 | grep -E "peer access|^seqmix"
+
+echo "== 2. traced runs (steps 100..$STEPS)"
+export SEQMIX_KERNEL_TRACE_FROM=100
+SEQMIX_KERNEL_TRACE=$OUT/k_one.csv r one --device cuda
+SEQMIX_KERNEL_TRACE=$OUT/k_two.csv r two "${TWO[@]}"
+SEQMIX_KERNEL_TRACE=$OUT/k_nop2p.csv NCCL_P2P_DISABLE=1 r nop2p "${TWO[@]}"
+unset SEQMIX_KERNEL_TRACE_FROM
+python3 - "$OUT" <<'PY'
+import csv, sys
+out = sys.argv[1]
+def load(n):
+    try: return {r["name"]: float(r["ms_per_step"]) for r in csv.DictReader(open(f"{out}/k_{n}.csv"))}
+    except FileNotFoundError: return {}
+one, two, nop = load("one"), load("two"), load("nop2p")
+print(f"kernel time per step: 1 GPU {sum(one.values()):.3f} ms, 2 GPUs {sum(two.values()):.3f}, 2 GPUs no P2P {sum(nop.values()):.3f}")
+names = sorted(set(one) | set(two), key=lambda n: -abs(two.get(n, 0) - one.get(n, 0)))
+print(f"{'ms/step: 1 GPU':>15} {'2 GPUs':>8} {'no P2P':>8} {'2-1':>7}  kernel")
+for n in names[:25]:
+    a, b, c = one.get(n, 0), two.get(n, 0), nop.get(n, 0)
+    print(f"{a:15.3f} {b:8.3f} {c:8.3f} {b - a:+7.3f}  {n[:110]}")
+PY
+
+echo "== 3. untraced 2-GPU throughput by NCCL setting"
+r base1 --device cuda
+r base2 "${TWO[@]}"
+VARIANTS=${VARIANTS:-"NCCL_MIN_NCHANNELS=32 NCCL_PROTO=Simple"}
+for v in $VARIANTS; do name=v_${v%%=*}; (export "$v"; r "$name" "${TWO[@]}"); done
