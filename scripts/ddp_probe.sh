@@ -5,7 +5,9 @@
 #      does mapping the other GPU's memory alone slow the kernels?
 #   2. 1 GPU, 2 GPUs (bf16 reduction, one bucket) and 2 GPUs with NCCL_P2P_DISABLE=1, each with the per-kernel
 #      trace (SEQMIX_KERNEL_TRACE) over steps 100-300; then the kernels whose time per step changed most.
-#   3. Untraced 2-GPU throughput with the NCCL settings in $VARIANTS (default: none, more channels, Simple protocol).
+#   3. Timelines of 3 steps of the 1- and 2-GPU runs: the GPU's idle gaps by step phase (scripts/timeline_gaps.py).
+#   4. With VARIANTS="NCCL_MIN_NCHANNELS=32 ...": untraced 2-GPU throughput under each NCCL setting.
+# Stage 1 only with PEER=1, stage 2 only with AGG=1.
 #   scripts/ddp_probe.sh          (needs .deps and data_cache/brown-word carried, as scripts/ddp_scaling.sh)
 set -uo pipefail
 OUT=${OUT:-/tmp/seqmix_out}
@@ -26,9 +28,13 @@ tps() { grep -oE '[0-9.]+[KM]? tok/s' "$1" | tail -6 | sed 's/ tok\/s//' |
 r() { local name=$1; shift; timeout 90 $B train "${G[@]}" --set run.name=$name "$@" > "$OUT/$name.log" 2>&1
       echo "$name: $(tps $OUT/$name.log) tok/s (mean of the last 6 windows); $(grep -oE 'per step: .*' $OUT/$name.log | head -1)"; }
 
-echo "== 1. peer access alone (seqmix_bench step, GPU 0)"
-timeout 120 build-gpu/seqmix_bench step --config configs/gpt2-124m.yaml --vocab 14114 --steps 40 --warmup 8 --peer 1 2>&1 | grep -E "peer access|^seqmix"
+if [ -n "${PEER:-}" ]; then
+  echo "== 1. peer access alone (seqmix_bench step, GPU 0)"
+  timeout 120 build-gpu/seqmix_bench step --config configs/gpt2-124m.yaml --vocab 14114 --steps 40 --warmup 8 --peer 1 2>&1 | grep -E "peer access|^seqmix"
 
+fi
+
+if [ -n "${AGG:-}" ]; then
 echo "== 2. traced runs (steps 100..$STEPS)"
 export SEQMIX_KERNEL_TRACE_FROM=100
 SEQMIX_KERNEL_TRACE=$OUT/k_one.csv r one --device cuda
@@ -49,9 +55,18 @@ for n in names[:25]:
     a, b, c = one.get(n, 0), two.get(n, 0), nop.get(n, 0)
     print(f"{a:15.3f} {b:8.3f} {c:8.3f} {b - a:+7.3f}  {n[:110]}")
 PY
+fi
 
-echo "== 3. untraced 2-GPU throughput by NCCL setting"
+echo "== 3. timelines: 3 steps from step 100 (SEQMIX_KERNEL_TRACE_STEPS=3), GPU idle by step phase"
+export SEQMIX_KERNEL_TRACE_FROM=100 SEQMIX_KERNEL_TRACE_STEPS=3
+SEQMIX_KERNEL_TRACE=$OUT/t_one.csv r tone --device cuda --set train.steps=110
+SEQMIX_KERNEL_TRACE=$OUT/t_two.csv r ttwo "${TWO[@]}" --set train.steps=110
+unset SEQMIX_KERNEL_TRACE_FROM SEQMIX_KERNEL_TRACE_STEPS
+for t in t_one t_two t_two.rank1; do python3 scripts/timeline_gaps.py "$OUT/$t.timeline.csv" 3; done
+
+if [ -n "${VARIANTS:-}" ]; then
+echo "== 4. untraced 2-GPU throughput by NCCL setting"
 r base1 --device cuda
 r base2 "${TWO[@]}"
-VARIANTS=${VARIANTS:-"NCCL_MIN_NCHANNELS=32 NCCL_PROTO=Simple"}
 for v in $VARIANTS; do name=v_${v%%=*}; (export "$v"; r "$name" "${TWO[@]}"); done
+fi

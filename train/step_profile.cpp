@@ -41,24 +41,38 @@ KernelTraceWindow::KernelTraceWindow(int rank, bool cuda) {
   SEQMIX_CHECK(cuda, "SEQMIX_KERNEL_TRACE traces GPU kernels, but this run is on the CPU; unset it or train with --device cuda");
 #ifdef SEQMIX_WITH_CUDA
   SEQMIX_CHECK(cuda::kernel_trace_available(), "SEQMIX_KERNEL_TRACE is set but this build has no CUPTI; unset it");
-  path_ = p;
-  if (rank > 0) {
-    const size_t dot = path_.rfind('.');
-    const std::string tag = ".rank" + std::to_string(rank);
-    if (dot == std::string::npos || path_.find('/', dot) != std::string::npos) path_ += tag;
-    else path_.insert(dot, tag);
-  }
-  if (const char* f = std::getenv("SEQMIX_KERNEL_TRACE_FROM")) {
-    char* end = nullptr;
-    from_ = std::strtoll(f, &end, 10);
-    SEQMIX_CHECK(end && *end == 0 && from_ >= 0, "SEQMIX_KERNEL_TRACE_FROM must be a step count >= 0, got '", f, "'");
-  }
+  // "run.csv" -> "run<tag>.csv"
+  auto tagged = [](std::string path, const std::string& tag) {
+    const size_t dot = path.rfind('.');
+    if (dot == std::string::npos || path.find('/', dot) != std::string::npos) return path + tag;
+    return path.insert(dot, tag);
+  };
+  path_ = rank > 0 ? tagged(p, ".rank" + std::to_string(rank)) : std::string(p);
+  auto count = [](const char* name, int64_t* v) {
+    if (const char* f = std::getenv(name)) {
+      char* end = nullptr;
+      *v = std::strtoll(f, &end, 10);
+      SEQMIX_CHECK(end && *end == 0 && *v >= 0, name, " must be a step count >= 0, got '", f, "'");
+    }
+  };
+  count("SEQMIX_KERNEL_TRACE_FROM", &from_);
+  count("SEQMIX_KERNEL_TRACE_STEPS", &limit_);
+  if (limit_ > 0) timeline_ = tagged(path_, ".timeline");
+#endif
+}
+
+void StepProfiler::trace_mark(const char* label) {
+#ifdef SEQMIX_WITH_CUDA
+  cuda::kernel_trace_mark(label);
+#else
+  (void)label;
 #endif
 }
 
 void KernelTraceWindow::before_step() {
   if (path_.empty()) return;
 #ifdef SEQMIX_WITH_CUDA
+  if (running_ && limit_ > 0 && traced_ == limit_) stop();
   if (seen_++ == from_) {
     cuda::synchronize();  // earlier steps' kernels stay out
     cuda::kernel_trace_start();
@@ -69,14 +83,16 @@ void KernelTraceWindow::before_step() {
 }
 
 void KernelTraceWindow::finish() {
-  if (!running_) {
-    if (!path_.empty()) spdlog::warn("kernel trace: training ran {} steps, fewer than SEQMIX_KERNEL_TRACE_FROM={}; nothing traced", seen_, from_);
-    return;
-  }
+  if (running_) stop();
+  else if (!path_.empty() && traced_ == 0)
+    spdlog::warn("kernel trace: training ran {} steps, fewer than SEQMIX_KERNEL_TRACE_FROM={}; nothing traced", seen_, from_);
+}
+
+void KernelTraceWindow::stop() {
 #ifdef SEQMIX_WITH_CUDA
   cuda::synchronize();
   running_ = false;
-  cuda::KernelTraceSummary s = cuda::kernel_trace_stop(path_, traced_);
+  cuda::KernelTraceSummary s = cuda::kernel_trace_stop(path_, traced_, timeline_);
   const double n = double(traced_);
   spdlog::info("kernel trace: {} steps, {} records{} -> {}; per step: span {:.3f} ms, GPU busy {:.3f} ms, idle {:.3f} ms", traced_,
                s.records, s.dropped ? fmt::format(" ({} dropped: totals are low)", s.dropped) : "", path_, s.span_ms / n,

@@ -19,9 +19,11 @@ class StepProfiler {
   // `cuda`: the step runs on a GPU, so each mark waits for the current stream first.
   void start(bool cuda) {
     cuda_ = cuda;
+    trace_mark("step start");
     if (on_) last_ = now();
   }
   void mark(Phase p) {
+    trace_mark(kNames[p]);
     if (!on_) return;
     const double t = now();
     if (steps_ >= kWarmup) sum_[p] += t - last_;
@@ -31,6 +33,8 @@ class StepProfiler {
 
  private:
   static constexpr int kWarmup = 5;
+  static constexpr const char* kNames[kPhases] = {"forward", "backward", "reduction wait", "norm+loss", "optimizer"};
+  static void trace_mark(const char* label);  // a mark in the kernel trace's timeline, if one runs
   double now() const;
   bool on_ = false, cuda_ = false;
   int64_t steps_ = 0;
@@ -39,16 +43,19 @@ class StepProfiler {
 };
 
 // SEQMIX_KERNEL_TRACE=FILE.csv: the GPU time of every kernel over the steps from SEQMIX_KERNEL_TRACE_FROM
-// (default 20, counted from this process's first step) to the end of training, one row per kernel name
-// (core/cuda/kernel_trace.h); rank r > 0 writes FILE.rank<r>.csv. The totals go to the log.
+// (default 20, counted from this process's first step) to the end of training, or for SEQMIX_KERNEL_TRACE_STEPS
+// steps, one row per kernel name (core/cuda/kernel_trace.h); rank r > 0 writes FILE.rank<r>.csv. The totals
+// go to the log. With SEQMIX_KERNEL_TRACE_STEPS, also FILE.timeline.csv: every kernel in time order, with the
+// GPU's idle gaps and the step's phase marks (those of SEQMIX_STEP_PROFILE, which need not be on).
 class KernelTraceWindow {
  public:
   KernelTraceWindow(int rank, bool cuda);  // reads the environment
   void before_step();                   // starts the trace at the chosen step
   void finish();                        // stops it, writes the file, logs the totals
  private:
-  std::string path_;
-  int64_t from_ = 20, seen_ = 0, traced_ = 0;
+  void stop();
+  std::string path_, timeline_;
+  int64_t from_ = 20, limit_ = 0, seen_ = 0, traced_ = 0;
   bool running_ = false;
 };
 

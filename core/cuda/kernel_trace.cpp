@@ -1,6 +1,7 @@
 #include "core/cuda/kernel_trace.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
@@ -22,7 +23,8 @@ bool kernel_trace_available() { return false; }
 void kernel_trace_start() {
   SEQMIX_FAIL("kernel trace: this build has no CUPTI (CMake found no CUDA::cupti); unset SEQMIX_KERNEL_TRACE");
 }
-KernelTraceSummary kernel_trace_stop(const std::string&, int64_t) { return {}; }
+void kernel_trace_mark(const char*) {}
+KernelTraceSummary kernel_trace_stop(const std::string&, int64_t, const std::string&) { return {}; }
 
 #else
 
@@ -40,14 +42,17 @@ namespace {
 
 struct Record {
   uint32_t name;
-  uint64_t start, end;  // ns, GPU timestamps
+  int32_t stream;       // -1: a host mark
+  uint64_t start, end;  // ns, CUPTI's clock (the host's; GPU timestamps are converted to it)
 };
 
 // Filled by CUPTI's worker thread (buffer_completed) and read after the final flush.
 struct Trace {
   std::mutex mu;
-  bool running = false, callbacks = false;
+  std::atomic<bool> running{false};
+  bool callbacks = false;
   std::vector<Record> records;
+  std::vector<Record> marks;
   std::unordered_map<std::string, uint32_t> ids;
   std::vector<std::string> names;
   int64_t dropped = 0;
@@ -101,13 +106,13 @@ void CUPTIAPI buffer_completed(CUcontext ctx, uint32_t stream, uint8_t* buffer, 
     while (cuptiActivityGetNextRecord(buffer, valid, &r) == CUPTI_SUCCESS) {
       if (r->kind == CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) {
         auto* k = reinterpret_cast<const CUpti_ActivityKernel10*>(r);
-        t.records.push_back({t.id(demangled(k->name)), k->start, k->end});
+        t.records.push_back({t.id(demangled(k->name)), int32_t(k->streamId), k->start, k->end});
       } else if (r->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
         auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(r);
-        t.records.push_back({t.id(copy_kind(m->copyKind)), m->start, m->end});
+        t.records.push_back({t.id(copy_kind(m->copyKind)), int32_t(m->streamId), m->start, m->end});
       } else if (r->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
         auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(r);
-        t.records.push_back({t.id("[memset]"), m->start, m->end});
+        t.records.push_back({t.id("[memset]"), int32_t(m->streamId), m->start, m->end});
       }
     }
     size_t dropped = 0;
@@ -129,6 +134,7 @@ void kernel_trace_start() {
     std::lock_guard<std::mutex> lk(t.mu);
     SEQMIX_CHECK(!t.running, "kernel trace: already running");
     t.records.clear();
+    t.marks.clear();
     t.dropped = 0;
     t.running = true;
   }
@@ -139,7 +145,16 @@ void kernel_trace_start() {
   for (CUpti_ActivityKind k : kKinds) SEQMIX_CUPTI_CHECK(cuptiActivityEnable(k));
 }
 
-KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps) {
+void kernel_trace_mark(const char* label) {
+  Trace& t = trace();
+  if (!t.running.load(std::memory_order_relaxed)) return;
+  uint64_t now = 0;
+  if (cuptiGetTimestamp(&now) != CUPTI_SUCCESS) return;
+  std::lock_guard<std::mutex> lk(t.mu);
+  t.marks.push_back({t.id(std::string("> ") + label), -1, now, now});
+}
+
+KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps, const std::string& timeline_path) {
   Trace& t = trace();
   SEQMIX_CHECK(t.running, "kernel trace: stop without start");
   for (CUpti_ActivityKind k : kKinds) SEQMIX_CUPTI_CHECK(cuptiActivityDisable(k));
@@ -190,8 +205,25 @@ KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps)
     out << '"' << q << "\"," << per[i].calls << ',' << per[i].ns * 1e-6 << ',' << per[i].ns * 1e-3 / double(per[i].calls)
         << ',' << per[i].ns * 1e-6 / n << '\n';
   }
+  if (!timeline_path.empty()) {
+    std::vector<Record> all = t.records;
+    all.insert(all.end(), t.marks.begin(), t.marks.end());
+    std::stable_sort(all.begin(), all.end(), [](const Record& a, const Record& b) { return a.start < b.start; });
+    std::ofstream tl(timeline_path);
+    SEQMIX_CHECK(tl.good(), "kernel trace: cannot write ", timeline_path);
+    tl << "start_us,end_us,idle_before_us,stream,name\n";
+    const uint64_t t0 = t.records.empty() ? 0 : t.records.front().start;
+    uint64_t ended = t0;
+    for (const Record& r : all) {
+      const double rel = (double(r.start) - double(t0)) * 1e-3;
+      const double idle = r.stream >= 0 && r.start > ended ? double(r.start - ended) * 1e-3 : 0.0;
+      tl << rel << ',' << (double(r.end) - double(t0)) * 1e-3 << ',' << idle << ',' << r.stream << ",\"" << t.names[r.name] << "\"\n";
+      if (r.stream >= 0) ended = std::max(ended, r.end);
+    }
+  }
   t.records.clear();
   t.records.shrink_to_fit();
+  t.marks.clear();
   return s;
 }
 
