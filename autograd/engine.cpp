@@ -14,12 +14,16 @@ namespace {
 thread_local bool t_grad_enabled = true;
 std::atomic<uint64_t> g_sequence{0};
 
-Tensor accumulate(const Tensor& a, const Tensor& b) {
+// Sums the gradients reaching one input of `node`. A leaf's may arrive in a narrower dtype than the leaf's (a
+// cast passes its gradient back unconverted, see Tensor::to): the sum is formed in the leaf's dtype.
+Tensor accumulate(const Node* node, const Tensor& a, const Tensor& b) {
   if (!a.defined()) return b;
   if (!b.defined()) return a;
   SEQMIX_CHECK(a.shape() == b.shape(), "autograd: gradients of one tensor have different shapes ",
                shape_str(a.shape()), " and ", shape_str(b.shape()));
-  return add(a, b.dtype() == a.dtype() ? b : b.to(a.dtype()));
+  auto* acc = dynamic_cast<const AccumulateGrad*>(node);
+  const DType dt = acc ? acc->leaf_dtype() : a.dtype();
+  return add(a.dtype() == dt ? a : a.to(dt), b.dtype() == dt ? b : b.to(dt));
 }
 
 struct Capture {
@@ -51,7 +55,7 @@ Tensors run(const Tensors& roots, const Tensors& grads, bool retain_graph, const
     Edge e = edge_of(r);
     auto& buf = buffers[e.node.get()];
     buf.resize(e.node->num_outputs);
-    buf[e.input_nr] = accumulate(buf[e.input_nr], g);
+    buf[e.input_nr] = accumulate(e.node.get(), buf[e.input_nr], g);
     root_nodes.push_back(e.node);
   }
 
@@ -102,7 +106,11 @@ Tensors run(const Tensors& roots, const Tensors& grads, bool retain_graph, const
     in.resize(node->num_outputs);
     if (is_capture.count(node.get())) {
       for (size_t c = 0; c < captures.size(); ++c)
-        if (captures[c].node == node.get()) captured[c] = in[captures[c].input_nr];
+        if (captures[c].node == node.get()) {
+          Tensor g = in[captures[c].input_nr];
+          auto* acc = dynamic_cast<const AccumulateGrad*>(node.get());  // a leaf's may come in a cast's dtype
+          captured[c] = acc && g.defined() && g.dtype() != acc->leaf_dtype() ? g.to(acc->leaf_dtype()) : g;
+        }
       continue;
     }
     Tensors out = node->apply(std::move(in));
@@ -114,7 +122,7 @@ Tensors run(const Tensors& roots, const Tensors& grads, bool retain_graph, const
       if (!e.node) continue;
       auto& buf = buffers[e.node.get()];
       buf.resize(e.node->num_outputs);
-      if (out[i].defined()) buf[e.input_nr] = accumulate(buf[e.input_nr], out[i]);
+      if (out[i].defined()) buf[e.input_nr] = accumulate(e.node.get(), buf[e.input_nr], out[i]);
       if (--deps[e.node.get()] == 0) ready.push(e.node);
     }
   }
@@ -138,21 +146,24 @@ Tensors AccumulateGrad::apply(Tensors&& grads) {
   if (!g.defined()) return {};
   Tensor leaf(leaf_);
   AutogradMeta& meta = leaf.autograd_meta();
-  if (g.dtype() != leaf.dtype()) g = g.to(leaf.dtype());
   if (g.device() != leaf.device()) g = g.to(leaf.device());
+  const bool has_grad = meta.grad && meta.grad->defined();
   if (meta.grad_sink) {
-    // Written straight where the caller wants it (data parallel: its bucket), no fresh tensor.
+    // Written straight where the caller wants it (data parallel: its bucket), no fresh tensor; copy_
+    // converts a gradient of another dtype on the way.
     Tensor sink = *meta.grad_sink;
-    sink.copy_(meta.grad && meta.grad->defined() ? add(*meta.grad, g) : g);
+    sink.copy_(has_grad ? add(*meta.grad, g.to(leaf.dtype())) : g);
     meta.grad.reset();
     for (auto& hook : meta.grad_ready_hooks) hook(sink);
     return {};
   }
-  if (meta.grad && meta.grad->defined()) {
+  const bool converted = g.dtype() != leaf.dtype();
+  if (converted) g = g.to(leaf.dtype());  // a fresh contiguous tensor
+  if (has_grad) {
     *meta.grad = add(*meta.grad, g);
   } else {
     // A fresh tensor, never an alias of a gradient used elsewhere, so in-place updates are safe.
-    meta.grad = std::make_shared<Tensor>(g.contiguous().same(g) ? g.clone() : g.contiguous());
+    meta.grad = std::make_shared<Tensor>(converted ? g : g.contiguous().same(g) ? g.clone() : g.contiguous());
   }
   for (auto& hook : meta.grad_ready_hooks) hook(*meta.grad);
   return {};

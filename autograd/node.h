@@ -54,6 +54,7 @@ struct AccumulateGrad : Node {
   explicit AccumulateGrad(std::shared_ptr<TensorImpl> leaf) : leaf_(std::move(leaf)) {}
   Tensors apply(Tensors&& grads) override;
   std::string name() const override { return "AccumulateGrad"; }
+  DType leaf_dtype() const { return leaf_->dtype; }
 
  private:
   std::shared_ptr<TensorImpl> leaf_;

@@ -321,9 +321,13 @@ Tensor Tensor::to(DType dt) const {
   Tensor out = Tensor::empty(shape(), dt, device());
   kernels::copy(out, *this);
   if (needs_grad({this}) && is_floating(dt)) {
-    DType from = dtype();
-    record("cast", {*this}, {out}, [from](const Tensors& g, const std::vector<bool>&) -> Tensors {
-      return {g[0].to(from)};
+    // A leaf's gradient goes back in the cast's dtype: AccumulateGrad converts it once, where it is stored
+    // (a parameter's bf16 gradient lands in a bf16 data-parallel bucket with no f32 round trip, or becomes
+    // the leaf's f32 gradient with no extra copy). Other inputs get their own dtype back here.
+    const DType from = dtype();
+    const bool leaf = is_leaf();
+    record("cast", {*this}, {out}, [from, leaf](const Tensors& g, const std::vector<bool>&) -> Tensors {
+      return {leaf ? g[0] : g[0].to(from)};
     });
   }
   return out;

@@ -7,7 +7,8 @@
 #      trace (SEQMIX_KERNEL_TRACE) over steps 100-300; then the kernels whose time per step changed most.
 #   3. Timelines of 3 steps of the 1- and 2-GPU runs: the GPU's idle gaps by step phase (scripts/timeline_gaps.py).
 #   4. With VARIANTS="NCCL_MIN_NCHANNELS=32 ...": untraced 2-GPU throughput under each NCCL setting.
-# Stage 1 only with PEER=1, stage 2 only with AGG=1.
+# Stage 1 only with PEER=1, stage 2 only with AGG=1, stage 4 with THROUGHPUT=1 or VARIANTS; TESTS=1 first runs the
+# gpu tests (ctest -L gpu), EQUIV=1 scripts/ddp_equivalence.sh.
 #   scripts/ddp_probe.sh          (needs .deps and data_cache/brown-word carried, as scripts/ddp_scaling.sh)
 set -uo pipefail
 OUT=${OUT:-/tmp/seqmix_out}
@@ -18,7 +19,13 @@ configure_gpu_build > "$OUT/build.log" 2>&1
 cmake --build build-gpu -j 32 --target seqmix seqmix_bench test_gpu >> "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -30; exit 1; }
 echo "build $(( $(date +%s) - t0 )) s"
 echo "trace test: $(timeout 60 build-gpu/tests/test_gpu --gtest_filter='KernelTrace*' 2>&1 | grep -E '^\[  (PASSED|FAILED|SKIPPED) ' | tr '\n' ' ')"
+if [ -n "${TESTS:-}" ]; then
+  (cd build-gpu && timeout 240 ctest -L gpu -j 8 --timeout 200) > "$OUT/tests.log" 2>&1
+  echo "gpu tests: $(grep -E 'tests passed|tests failed' "$OUT/tests.log" | tail -1)"
+  grep -E "\((Failed|Timeout|SEGFAULT|Subprocess aborted|Exception)\)" "$OUT/tests.log" | head -20
+fi
 B=build-gpu/seqmix
+[ -n "${EQUIV:-}" ] && bash scripts/ddp_equivalence.sh "$B"
 STEPS=${STEPS:-300}
 G=(configs/gpt2-124m.yaml --set data.source=brown --set data.tokenizer=word --set data.vocab_size=0 --set train.log_every=10
    --set train.eval_every=0 --set train.ckpt_every=0 --set train.warmup=5 --set train.steps=$STEPS --set train.dist_timeout=60)
@@ -59,13 +66,19 @@ fi
 
 echo "== 3. timelines: 3 steps from step 100 (SEQMIX_KERNEL_TRACE_STEPS=3), GPU idle by step phase"
 export SEQMIX_KERNEL_TRACE_FROM=100 SEQMIX_KERNEL_TRACE_STEPS=3
-SEQMIX_KERNEL_TRACE=$OUT/t_one.csv r tone --device cuda --set train.steps=110
-SEQMIX_KERNEL_TRACE=$OUT/t_two.csv r ttwo "${TWO[@]}" --set train.steps=110
+SEQMIX_KERNEL_TRACE=$OUT/t_one.csv r tone --device cuda --set train.steps=104
+SEQMIX_KERNEL_TRACE=$OUT/t_two.csv r ttwo "${TWO[@]}" --set train.steps=104
+for t in t_one t_two; do python3 scripts/timeline_gaps.py "$OUT/$t.timeline.csv" 3 "${TOP:-12}"; done
+# the same 2-GPU timeline under other settings (one line each): TL_VARIANTS="NCCL_MEM_SYNC_DOMAIN=0 ..."
+for v in ${TL_VARIANTS:-}; do
+  name=tl_${v%%=*}
+  (export "$v"; SEQMIX_KERNEL_TRACE=$OUT/$name.csv r "$name" "${TWO[@]}" --set train.steps=104 > /dev/null)
+  echo -n "$v: "; python3 scripts/timeline_gaps.py "$OUT/$name.timeline.csv" 3 0
+done
 unset SEQMIX_KERNEL_TRACE_FROM SEQMIX_KERNEL_TRACE_STEPS
-for t in t_one t_two t_two.rank1; do python3 scripts/timeline_gaps.py "$OUT/$t.timeline.csv" 3; done
 
-if [ -n "${VARIANTS:-}" ]; then
-echo "== 4. untraced 2-GPU throughput by NCCL setting"
+if [ -n "${VARIANTS:-}${THROUGHPUT:-}" ]; then
+echo "== 4. untraced throughput: 1 GPU, 2 GPUs, and 2 GPUs under each NCCL setting in VARIANTS"
 r base1 --device cuda
 r base2 "${TWO[@]}"
 for v in $VARIANTS; do name=v_${v%%=*}; (export "$v"; r "$name" "${TWO[@]}"); done

@@ -18,15 +18,7 @@ r() { local name=$1; shift; timeout 70 $B train "${G[@]}" --set run.name=$name "
       echo "$name: $(grep -oE '[0-9.]+[KM]? tok/s' $OUT/$name.log | tail -6 | tr '\n' ' ')"; }
 r one --device cuda
 r two_bf16 --gpus 2 --set train.reduce_dtype=bf16 --set train.bucket_mb=1000
-Q=(configs/quickstart.yaml --set model.dropout=0 --set train.steps=100 --set train.eval_every=0 --set train.ckpt_every=0 --set train.log_every=10 --set train.dist_timeout=60)
-timeout 60 $B train "${Q[@]}" --set run.name=q1 --device cuda --set train.grad_accum=2 > "$OUT/q1.log" 2>&1
-timeout 60 $B train "${Q[@]}" --set run.name=q2 --gpus 2 > "$OUT/q2.log" 2>&1
-python3 - <<'PY'
-import json
-def losses(n): return {r["step"]: r["loss"] for r in map(json.loads, open(f"runs/{n}/metrics.jsonl")) if "lr" in r}
-a, b = losses("q1"), losses("q2"); c = sorted(set(a) & set(b))
-print(f"2 GPUs vs 1 GPU with accumulation 2 (quickstart, f32 reduction): {len(c)} logged steps, max |loss diff| {max(abs(a[s]-b[s]) for s in c):.3g}")
-PY
+bash scripts/ddp_equivalence.sh "$B"
 echo "gpu tests:"; timeout 90 build-gpu/tests/test_gpu --gtest_filter="*AdamW*:*GradNorm*:*Delta*" 2>&1 | grep -E "PASSED|FAILED|tests ran" | head -12
 python3 - "$OUT" <<'PY'
 import re, sys

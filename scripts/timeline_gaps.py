@@ -4,7 +4,7 @@ SEQMIX_KERNEL_TRACE_STEPS, see train/step_profile.h) and sums the GPU's idle gap
 (the step's marks: the host launches forward until the "forward" mark, then backward, and so on), then lists
 the longest gaps with the kernels around them.
 
-    python3 scripts/timeline_gaps.py RUN.timeline.csv [STEPS] [TOP]
+    python3 scripts/timeline_gaps.py RUN.timeline.csv [STEPS] [TOP]     (TOP 0: the one-line summary only)
 """
 import csv
 import sys
@@ -49,8 +49,12 @@ def main():
         gaps.append((idle, p, kernels[i - 1][3] if i else "", name))
     span = (max(k[1] for k in kernels) - kernels[0][0]) if kernels else 0
     busy = span - sum(by_phase.values())
-    print(f"{path}: {steps} steps, {len(kernels)} records; per step: span {span / steps / 1e3:.3f} ms, "
-          f"busy {busy / steps / 1e3:.3f} ms, idle {sum(by_phase.values()) / steps / 1e3:.3f} ms")
+    ngaps = sum(1 for k in kernels if k[2] > 0)
+    print(f"{path}: {steps} steps, {len(kernels) / steps:.0f} records per step; per step: span {span / steps / 1e3:.3f} ms, "
+          f"busy {busy / steps / 1e3:.3f} ms, idle {sum(by_phase.values()) / steps / 1e3:.3f} ms "
+          f"(mean gap {sum(by_phase.values()) / max(ngaps, 1):.2f} us)")
+    if top == 0:
+        return
     order = ["launching forward", "launching backward", "reduction", "norm+loss", "optimizer", "between steps"]
     print("  idle per step by host phase (ms): " + ", ".join(
         f"{p} {by_phase.get(p, 0) / steps / 1e3:.3f}" for p in order + sorted(set(by_phase) - set(order))))

@@ -41,7 +41,11 @@ Tensor f32_contiguous(const Tensor& g) {
 
 }  // namespace
 
-double grad_norm(const std::vector<Tensor>& params) {
+double grad_norm(const std::vector<Tensor>& params) { return grad_norm(params, Tensor(), nullptr); }
+
+double grad_norm(const std::vector<Tensor>& params, const Tensor& extra, std::vector<double>* extra_out) {
+  SEQMIX_CHECK(!extra.defined() || (extra.dtype() == DType::F64 && extra.is_contiguous() && extra_out),
+               "grad_norm: `extra` must be a contiguous f64 tensor with somewhere to go");
   double total = 0;
   std::vector<detail::GradRef> cuda_refs;
   std::vector<Tensor> keep;
@@ -65,13 +69,20 @@ double grad_norm(const std::vector<Tensor>& params) {
       total += sumsq_cpu(c.data<float>(), c.numel());
     }
   }
+  const bool extra_with_norm = extra.defined() && extra.is_cuda() && !cuda_refs.empty() && extra.device().index == cuda_index;
   if (!cuda_refs.empty()) {
 #ifdef SEQMIX_WITH_CUDA
-    total += detail::grad_sumsq_cuda(cuda_refs);
+    if (extra_with_norm) {
+      extra_out->assign(size_t(extra.numel()), 0.0);
+      total += detail::grad_sumsq_cuda(cuda_refs, extra.data<double>(), size_t(extra.numel()), extra_out->data());
+    } else {
+      total += detail::grad_sumsq_cuda(cuda_refs);
+    }
 #else
     SEQMIX_FAIL("grad_norm: CUDA gradients but this seqmix was built without CUDA");
 #endif
   }
+  if (extra.defined() && !extra_with_norm) *extra_out = extra.cpu().to_vector<double>();
   return std::sqrt(total);
 }
 

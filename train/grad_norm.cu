@@ -119,10 +119,17 @@ std::vector<GradLaunch<G>> pack(const std::vector<GradRef>& grads) {
 
 }  // namespace
 
-double grad_sumsq_cuda(const std::vector<GradRef>& grads) {
+double grad_sumsq_cuda(const std::vector<GradRef>& grads, const double* extra, size_t n_extra, double* extra_host) {
   const std::vector<GradLaunch<float>> launches = pack<float>(grads);
   const std::vector<GradLaunch<__nv_bfloat16>> launches16 = pack<__nv_bfloat16>(grads);
-  if (launches.empty() && launches16.empty()) return 0.0;
+  if (launches.empty() && launches16.empty()) {
+    if (n_extra > 0) {
+      cudaStream_t stream = seqmix::cuda::current_stream();
+      SEQMIX_CUDA_CHECK(cudaMemcpyAsync(extra_host, extra, n_extra * sizeof(double), cudaMemcpyDeviceToHost, stream));
+      SEQMIX_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    return 0.0;
+  }
   std::vector<unsigned> grids;  // f32 launches, then bf16
   int64_t nparts = 0;
   auto add_grid = [&](int64_t groups) {
@@ -155,6 +162,8 @@ double grad_sumsq_cuda(const std::vector<GradRef>& grads) {
     final_sum_kernel<<<1, kFinalThreads, 0, stream>>>(partial, nparts, out);
     SEQMIX_CUDA_CHECK_LAUNCH("final_sum_kernel");
     SEQMIX_CUDA_CHECK(cudaMemcpyAsync(&result, out, sizeof(double), cudaMemcpyDeviceToHost, stream));
+    if (n_extra > 0)
+      SEQMIX_CUDA_CHECK(cudaMemcpyAsync(extra_host, extra, n_extra * sizeof(double), cudaMemcpyDeviceToHost, stream));
     SEQMIX_CUDA_CHECK(cudaStreamSynchronize(stream));
   } catch (...) {
     seqmix::cuda::free(scratch);

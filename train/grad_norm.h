@@ -16,6 +16,9 @@ namespace seqmix::train {
 
 // sqrt(sum over params of sum(grad^2)).
 double grad_norm(const std::vector<Tensor>& params);
+// The same, and `extra` (f64, contiguous; computed on the gradients' device before this call) read back into
+// *extra_out in the same host synchronization (data parallel: the reduced per-parameter flags and loss).
+double grad_norm(const std::vector<Tensor>& params, const Tensor& extra, std::vector<double>* extra_out);
 // grad *= factor, in place, for every defined gradient.
 void scale_grads(const std::vector<Tensor>& params, double factor);
 // Computes the norm; if it is finite and above max_norm (> 0), scales the gradients by
@@ -35,7 +38,9 @@ struct GradRef {
 };
 #ifdef SEQMIX_WITH_CUDA
 // train/grad_norm.cu, on cuda::current_stream().
-double grad_sumsq_cuda(const std::vector<GradRef>& grads);  // one host synchronization
+// One host synchronization; `n_extra` doubles at `extra` (device) are copied to `extra_host` before it.
+double grad_sumsq_cuda(const std::vector<GradRef>& grads, const double* extra = nullptr, size_t n_extra = 0,
+                       double* extra_host = nullptr);
 void scale_cuda(const std::vector<GradRef>& grads, float factor);  // asynchronous
 #endif
 }  // namespace detail

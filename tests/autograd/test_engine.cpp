@@ -117,6 +117,37 @@ TEST(Engine, GradSinkReceivesTheGradientPlusWhatWasAccumulated) {
   seqmix::testing::expect_error_contains([&] { w.set_grad_sink(zeros({2})); }, "set_grad_sink");
 }
 
+// A cast passes a leaf's gradient back in the cast's dtype; the leaf still gets it in its own dtype, summed there
+// when several casts (or a cast and a direct use) reach it, and a sink gets it converted once.
+TEST(Engine, CastOfALeafDeliversItsGradientInTheLeafsDtype) {
+  Tensor w = full({4}, 1.0);  // f32 leaf
+  w.requires_grad_();
+  // two casts: gradients 1 and 2^-9 arrive in bf16; 1 + 2^-9 is exact in f32 and rounds to 1 in bf16
+  (sum(cast(w, DType::BF16)) + sum(cast(w, DType::BF16) * (1.0 / 512))).backward();
+  ASSERT_EQ(w.grad().dtype(), DType::F32);
+  for (float x : w.grad().to_vector<float>()) EXPECT_EQ(x, 1.0f + 1.0f / 512);
+  Tensor v = full({2}, 1.0);
+  v.requires_grad_();
+  sum(cast(v, DType::BF16)).backward();  // one cast only: converted where it lands
+  ASSERT_EQ(v.grad().dtype(), DType::F32);
+  EXPECT_EQ(v.grad().to_vector<float>(), (std::vector<float>{1, 1}));
+  // summed in the leaf's dtype: 1 (bf16 path) + 2^-9 (f32 path) is exact in f32, lost in bf16
+  Tensor u = full({2}, 1.0);
+  u.requires_grad_();
+  (sum(cast(u, DType::BF16)).to(DType::F32) + sum(u * (1.0 / 512))).backward();
+  EXPECT_EQ(u.grad().to_vector<float>(), (std::vector<float>{1.0f + 1.0f / 512, 1.0f + 1.0f / 512}));
+  // a sink of the cast's dtype receives it with no f32 round trip; grad() through a cast: the leaf's dtype
+  Tensor sink = zeros({2}, DType::BF16);
+  u.set_grad(Tensor());
+  u.set_grad_sink(sink);
+  sum(cast(u, DType::BF16) * 3.0).backward();
+  EXPECT_EQ(sink.to_vector<float>(), (std::vector<float>{3, 3}));
+  u.set_grad_sink(Tensor());
+  Tensors g = grad({sum(cast(u, DType::BF16) * 2.0)}, {u}, {Tensor()});
+  ASSERT_EQ(g[0].dtype(), DType::F32);
+  EXPECT_EQ(g[0].to_vector<float>(), (std::vector<float>{2, 2}));
+}
+
 TEST(Engine, GradFunctionDoesNotTouchDotGrad) {
   Tensor x = seqmix::testing::random_f64({4}, 1);
   Tensor y = sum(sin(x));

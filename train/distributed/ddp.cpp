@@ -227,8 +227,16 @@ void DataParallel::finish_backward(const Tensor& local_loss) {
   std::vector<double> seen(size_t(n) + 1, 0.0);
   for (int64_t i = 0; i < n; ++i) seen[size_t(i)] = had_grad_[size_t(i)] ? 1.0 : 0.0;
   Tensor seen_t = Tensor::from_vector<double>(seen, {n + 1});
+#ifdef SEQMIX_WITH_CUDA
+  if (comm_.device().is_cuda()) {  // through pinned staging: the host does not wait for backward to end
+    Tensor dev = Tensor::empty({n + 1}, DType::F64, comm_.device());
+    cuda::upload_async(seen_t.data_ptr(), seen_t.nbytes(), dev);
+    seen_t = dev;
+  }
+#endif
   if (!comm_.device().is_cpu()) seen_t = seen_t.to(comm_.device());
   if (local_loss.defined()) make_view(seen_t, {1}, {1}, seen_t.offset() + n).copy_(local_loss.reshape({1}));
+  has_loss_ = local_loss.defined();
   WorkPtr seen_work = comm_.all_reduce_sum_async(seen_t);
   for (Bucket& b : buckets_) {
     b.work->wait();  // the collective averaged over the ranks
@@ -245,8 +253,18 @@ void DataParallel::finish_backward(const Tensor& local_loss) {
     }
   }
   seen_work->wait();
-  seen = seen_t.cpu().to_vector<double>();
-  mean_loss_ = local_loss.defined() ? seen[size_t(n)] / double(comm_.world()) : NAN;
+  // Read on the host later, with the gradient norm (one host synchronization for both, and the norm's
+  // kernels queue behind the reduction instead of waiting for the host): see resolve_seen().
+  seen_pending_ = seen_t;
+  if (opt_.zero1) resolve_seen();
+}
+
+void DataParallel::resolve_seen(std::vector<double> seen) {
+  if (!seen_pending_.defined()) return;
+  if (seen.empty()) seen = seen_pending_.cpu().to_vector<double>();
+  seen_pending_ = Tensor();
+  const int64_t n = int64_t(params_.size());
+  mean_loss_ = has_loss_ ? seen[size_t(n)] / double(comm_.world()) : NAN;
   if (opt_.zero1) {
     // The full gradients are no longer needed: the owned chunks hold what the update reads.
     for (auto& np : params_) np.second.set_grad(Tensor());
@@ -263,10 +281,13 @@ void DataParallel::finish_backward(const Tensor& local_loss) {
 double DataParallel::clip_grad_norm(double max_norm) {
   double norm;
   if (!opt_.zero1) {
-    // Every rank holds the same reduced gradients: the local norm is the global one.
+    // Every rank holds the same reduced gradients: the local norm is the global one. A parameter no rank
+    // saw still has its bucket's zeros as gradient here, which add nothing.
     std::vector<Tensor> ps;
     for (auto& np : params_) ps.push_back(np.second);
-    norm = train::grad_norm(ps);
+    std::vector<double> seen;
+    norm = seen_pending_.defined() ? train::grad_norm(ps, seen_pending_, &seen) : train::grad_norm(ps);
+    if (!seen.empty()) resolve_seen(std::move(seen));
   } else {
     std::vector<Tensor> segs;
     for (Segment& s : segments_) segs.push_back(s.view);
@@ -278,6 +299,7 @@ double DataParallel::clip_grad_norm(double max_norm) {
 }
 
 void DataParallel::step(double lr) {
+  resolve_seen();
   const double scale = grad_scale_;
   grad_scale_ = 1.0;
   if (!opt_.zero1) {
@@ -304,6 +326,7 @@ void DataParallel::step(double lr) {
 }
 
 void DataParallel::zero_grad() {
+  seen_pending_ = Tensor();
   grad_scale_ = 1.0;  // a skipped step must not hand its clipping factor to the next one
   if (adamw_) adamw_->zero_grad();
   if (shard_adamw_) shard_adamw_->zero_grad();

@@ -61,7 +61,10 @@ class DataParallel {
   // `local_loss` (optional, a scalar tensor on any device): this rank's loss, whose mean over the ranks
   // mean_loss() then returns (reduced with the per-parameter gradient flags, no extra collective).
   void finish_backward(const Tensor& local_loss = Tensor());
-  double mean_loss() const { return mean_loss_; }
+  double mean_loss() {
+    resolve_seen();
+    return mean_loss_;
+  }
   // The global gradient norm (every rank gets the same value); clips to max_norm when > 0
   // (as train::clip_grad_norm, through the factor the next step() applies inside AdamW).
   double clip_grad_norm(double max_norm);
@@ -104,6 +107,9 @@ class DataParallel {
     DataParallel* self = nullptr;
   };
 
+  // Applies the reduced per-parameter flags and loss of finish_backward (read from the device unless given):
+  // the mean loss, and no gradient for a parameter no rank saw.
+  void resolve_seen(std::vector<double> seen = {});
   void on_grad_ready(int param, const Tensor& grad);
   void pack_grad(int param, const Tensor& grad);
   void set_sinks(bool on);
@@ -120,6 +126,8 @@ class DataParallel {
   std::vector<int> slot_of_;    // and its index in that bucket's params / offsets / sinks
   std::vector<bool> ready_;
   double mean_loss_ = 0;
+  Tensor seen_pending_;    // finish_backward's reduced flags and loss, not yet read (resolve_seen)
+  bool has_loss_ = false;
   double grad_scale_ = 1.0;  // the clipping factor of clip_grad_norm, for the next step()
   std::vector<bool> had_grad_;  // this rank produced a gradient for the parameter in this step
   int next_launch_ = 0;
