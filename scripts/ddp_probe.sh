@@ -6,8 +6,9 @@
 #   2. 1 GPU, 2 GPUs (bf16 reduction, one bucket) and 2 GPUs with NCCL_P2P_DISABLE=1, each with the per-kernel
 #      trace (SEQMIX_KERNEL_TRACE) over steps 100-300; then the kernels whose time per step changed most.
 #   3. Timelines of 3 steps of the 1- and 2-GPU runs: the GPU's idle gaps by step phase (scripts/timeline_gaps.py).
-#   4. With VARIANTS="NCCL_MIN_NCHANNELS=32 ...": untraced 2-GPU throughput under each NCCL setting.
-# Stage 1 only with PEER=1, stage 2 only with AGG=1, stage 4 with THROUGHPUT=1 or VARIANTS; TESTS=1 first runs the
+#   4. Untraced throughput, 1 and 2 GPUs, and under each setting of VARIANTS="NCCL_MIN_NCHANNELS=32 ...".
+# Stage 1 only with PEER=1, stage 2 only with AGG=1, stage 3 with TL=1, stage 4 with THROUGHPUT=1 or VARIANTS
+# (VARIANTS1: 1 GPU, VARIANTS_DEFAULT: 2 GPUs with the default buckets); TESTS=1 first runs the
 # gpu tests (ctest -L gpu), EQUIV=1 scripts/ddp_equivalence.sh.
 #   scripts/ddp_probe.sh          (needs .deps and data_cache/brown-word carried, as scripts/ddp_scaling.sh)
 set -uo pipefail
@@ -64,6 +65,7 @@ for n in names[:25]:
 PY
 fi
 
+if [ -n "${TL:-}" ]; then
 echo "== 3. timelines: 3 steps from step 100 (SEQMIX_KERNEL_TRACE_STEPS=3), GPU idle by step phase"
 export SEQMIX_KERNEL_TRACE_FROM=100 SEQMIX_KERNEL_TRACE_STEPS=3
 SEQMIX_KERNEL_TRACE=$OUT/t_one.csv r tone --device cuda --set train.steps=104
@@ -76,10 +78,13 @@ for v in ${TL_VARIANTS:-}; do
   echo -n "$v: "; python3 scripts/timeline_gaps.py "$OUT/$name.timeline.csv" 3 0
 done
 unset SEQMIX_KERNEL_TRACE_FROM SEQMIX_KERNEL_TRACE_STEPS
+fi
 
 if [ -n "${VARIANTS:-}${THROUGHPUT:-}" ]; then
 echo "== 4. untraced throughput: 1 GPU, 2 GPUs, and 2 GPUs under each NCCL setting in VARIANTS"
 r base1 --device cuda
 r base2 "${TWO[@]}"
-for v in $VARIANTS; do name=v_${v%%=*}; (export "$v"; r "$name" "${TWO[@]}"); done
+for v in ${VARIANTS:-}; do (export "$v"; r "v2_${v//=/_}" "${TWO[@]}"); done        # 2 GPUs, bf16, one bucket
+for v in ${VARIANTS1:-}; do (export "$v"; r "v1_${v//=/_}" --device cuda); done       # 1 GPU
+for v in ${VARIANTS_DEFAULT:-}; do (export "$v"; r "vd_${v//=/_}" --gpus 2); done     # 2 GPUs, default buckets
 fi
