@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -395,8 +396,10 @@ void Trainer::build(const std::string& resume) {
   spdlog::info("run {} on {} ({}), {} parameters ({} non-embedding), vocabulary {}, {}", run_dir_, device_.str(),
                dtype_name(compute_dtype_), model_->num_parameters(), model_->non_embedding_parameters(), vocab, data_desc);
   if (comm_) {
-    spdlog::info("data parallel: {} ranks ({}), {} gradient buckets{}", world_, comm_->backend(), ddp_->num_buckets(),
-                 s_.zero1 ? ", ZeRO-1 optimizer state sharding" : "");
+    const char* queues = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+    spdlog::info("data parallel: {} ranks ({}), {} gradient buckets{}{}", world_, comm_->backend(), ddp_->num_buckets(),
+                 s_.zero1 ? ", ZeRO-1 optimizer state sharding" : "",
+                 device_.is_cuda() && queues ? fmt::format(", CUDA_DEVICE_MAX_CONNECTIONS={}", queues) : "");
     comm_->barrier();
   }
 }
