@@ -9,7 +9,7 @@
 #   4. Untraced throughput, 1 and 2 GPUs, and under each setting of VARIANTS="NCCL_MIN_NCHANNELS=32 ...".
 # Stage 1 only with PEER=1, stage 2 only with AGG=1, stage 3 with TL=1, stage 4 with THROUGHPUT=1 or VARIANTS
 # (VARIANTS1: 1 GPU, VARIANTS_DEFAULT: 2 GPUs with the default buckets); TESTS=1 first runs the
-# gpu tests (ctest -L gpu), EQUIV=1 scripts/ddp_equivalence.sh.
+# gpu tests (ctest -L gpu), EQUIV=1 scripts/ddp_equivalence.sh, TORCH=1 adds PyTorch DDP to stage 4.
 #   scripts/ddp_probe.sh          (needs .deps and data_cache/brown-word carried, as scripts/ddp_scaling.sh)
 set -uo pipefail
 OUT=${OUT:-/tmp/seqmix_out}
@@ -87,4 +87,8 @@ r base2 "${TWO[@]}"
 for v in ${VARIANTS:-}; do (export "$v"; r "v2_${v//=/_}" "${TWO[@]}"); done        # 2 GPUs, bf16, one bucket
 for v in ${VARIANTS1:-}; do (export "$v"; r "v1_${v//=/_}" --device cuda); done       # 1 GPU
 for v in ${VARIANTS_DEFAULT:-}; do (export "$v"; r "vd_${v//=/_}" --gpus 2); done     # 2 GPUs, default buckets
+if [ -n "${TORCH:-}" ]; then  # the peer, same model and batch: PyTorch eager DDP
+  echo "torch 1 GPU: $(timeout 120 python3 bench/torch_gpt2.py --no-compile --steps 30 --vocab 14114 2>&1 | tail -1)"
+  echo "torch 2 GPUs: $(timeout 150 torchrun --standalone --nproc_per_node 2 bench/torch_gpt2.py --no-compile --steps 30 --vocab 14114 2>&1 | grep -v Warning | tail -1)"
+fi
 fi
