@@ -15,10 +15,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/seqmix_out}
 mkdir -p "$OUT"
 source "$(dirname "$0")/gpu_env.sh"
-t0=$(date +%s)
-configure_gpu_build > "$OUT/build.log" 2>&1
-cmake --build build-gpu -j 32 --target seqmix seqmix_bench test_gpu >> "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -30; exit 1; }
-echo "build $(( $(date +%s) - t0 )) s"
+build_gpu seqmix seqmix_bench test_gpu || exit 1
 echo "trace test: $(timeout 60 build-gpu/tests/test_gpu --gtest_filter='KernelTrace*' 2>&1 | grep -E '^\[  (PASSED|FAILED|SKIPPED) ' | tr '\n' ' ')"
 if [ -n "${TESTS:-}" ]; then
   (cd build-gpu && timeout 240 ctest -L gpu -j 8 --timeout 200) > "$OUT/tests.log" 2>&1

@@ -7,10 +7,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/seqmix_out}
 mkdir -p "$OUT"
 source "$(dirname "$0")/gpu_env.sh"
-t0=$(date +%s)
-configure_gpu_build > "$OUT/build.log" 2>&1
-cmake --build build-gpu -j 32 --target seqmix test_gpu seqmix_bench >> "$OUT/build.log" 2>&1 || { grep -E "error" -A3 "$OUT/build.log" | head -30; exit 1; }
-echo "build $(( $(date +%s) - t0 )) s"
+build_gpu seqmix test_gpu seqmix_bench || exit 1
 B=build-gpu/seqmix
 G=(configs/gpt2-124m.yaml --set data.source=brown --set data.tokenizer=word --set data.vocab_size=0 --set train.log_every=10
    --set train.eval_every=0 --set train.ckpt_every=0 --set train.warmup=5 --set train.steps=400 --set train.dist_timeout=60)
