@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <string>
@@ -73,18 +74,20 @@ void KernelTraceWindow::before_step() {
   if (path_.empty()) return;
 #ifdef SEQMIX_WITH_CUDA
   if (running_ && limit_ > 0 && traced_ == limit_) stop();
-  if (seen_++ == from_) {
-    cuda::synchronize();  // earlier steps' kernels stay out
+  const int64_t step = seen_++;
+  if (step == std::max<int64_t>(from_ - 1, 0)) {  // a warm-up step: CUPTI's start-up stays out of the window
+    cuda::synchronize();
     cuda::kernel_trace_start();
     running_ = true;
   }
-  if (running_) traced_++;
+  if (running_ && step == from_) window_start_ = cuda::kernel_trace_now();
+  if (running_ && step >= from_) traced_++;
 #endif
 }
 
 void KernelTraceWindow::finish() {
   if (running_) stop();
-  else if (!path_.empty() && traced_ == 0)
+  if (!path_.empty() && traced_ == 0)
     spdlog::warn("kernel trace: training ran {} steps, fewer than SEQMIX_KERNEL_TRACE_FROM={}; nothing traced", seen_, from_);
 }
 
@@ -92,8 +95,8 @@ void KernelTraceWindow::stop() {
 #ifdef SEQMIX_WITH_CUDA
   cuda::synchronize();
   running_ = false;
-  cuda::KernelTraceSummary s = cuda::kernel_trace_stop(path_, traced_, timeline_);
-  const double n = double(traced_);
+  cuda::KernelTraceSummary s = cuda::kernel_trace_stop(path_, traced_, timeline_, window_start_);
+  const double n = double(std::max<int64_t>(traced_, 1));
   spdlog::info("kernel trace: {} steps, {} records{} -> {}; per step: span {:.3f} ms, GPU busy {:.3f} ms, idle {:.3f} ms", traced_,
                s.records, s.dropped ? fmt::format(" ({} dropped: totals are low)", s.dropped) : "", path_, s.span_ms / n,
                s.busy_ms / n, (s.span_ms - s.busy_ms) / n);

@@ -46,7 +46,8 @@ class StepProfiler {
 // (default 20, counted from this process's first step) to the end of training, or for SEQMIX_KERNEL_TRACE_STEPS
 // steps, one row per kernel name (core/cuda/kernel_trace.h); rank r > 0 writes FILE.rank<r>.csv. The totals
 // go to the log. With SEQMIX_KERNEL_TRACE_STEPS, also FILE.timeline.csv: every kernel in time order, with the
-// GPU's idle gaps and the step's phase marks (those of SEQMIX_STEP_PROFILE, which need not be on).
+// GPU's idle gaps and the step's phase marks (those of SEQMIX_STEP_PROFILE, which need not be on). CUPTI starts
+// one step before the window (its start-up stalls the host for a millisecond or two, which the window leaves out).
 class KernelTraceWindow {
  public:
   KernelTraceWindow(int rank, bool cuda);  // reads the environment
@@ -56,6 +57,7 @@ class KernelTraceWindow {
   void stop();
   std::string path_, timeline_;
   int64_t from_ = 20, limit_ = 0, seen_ = 0, traced_ = 0;
+  uint64_t window_start_ = 0;  // the trace's clock at the first counted step
   bool running_ = false;
 };
 

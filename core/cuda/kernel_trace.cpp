@@ -23,8 +23,9 @@ bool kernel_trace_available() { return false; }
 void kernel_trace_start() {
   SEQMIX_FAIL("kernel trace: this build has no CUPTI (CMake found no CUDA::cupti); unset SEQMIX_KERNEL_TRACE");
 }
+uint64_t kernel_trace_now() { return 0; }
 void kernel_trace_mark(const char*) {}
-KernelTraceSummary kernel_trace_stop(const std::string&, int64_t, const std::string&) { return {}; }
+KernelTraceSummary kernel_trace_stop(const std::string&, int64_t, const std::string&, uint64_t) { return {}; }
 
 #else
 
@@ -145,6 +146,12 @@ void kernel_trace_start() {
   for (CUpti_ActivityKind k : kKinds) SEQMIX_CUPTI_CHECK(cuptiActivityEnable(k));
 }
 
+uint64_t kernel_trace_now() {
+  uint64_t now = 0;
+  SEQMIX_CUPTI_CHECK(cuptiGetTimestamp(&now));
+  return now;
+}
+
 void kernel_trace_mark(const char* label) {
   Trace& t = trace();
   if (!t.running.load(std::memory_order_relaxed)) return;
@@ -154,13 +161,19 @@ void kernel_trace_mark(const char* label) {
   t.marks.push_back({t.id(std::string("> ") + label), -1, now, now});
 }
 
-KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps, const std::string& timeline_path) {
+KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps, const std::string& timeline_path,
+                                     uint64_t since) {
   Trace& t = trace();
   SEQMIX_CHECK(t.running, "kernel trace: stop without start");
   for (CUpti_ActivityKind k : kKinds) SEQMIX_CUPTI_CHECK(cuptiActivityDisable(k));
   SEQMIX_CUPTI_CHECK(cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED));
   std::lock_guard<std::mutex> lk(t.mu);
   t.running = false;
+  if (since > 0) {
+    auto before = [since](const Record& r) { return r.start < since; };
+    t.records.erase(std::remove_if(t.records.begin(), t.records.end(), before), t.records.end());
+    t.marks.erase(std::remove_if(t.marks.begin(), t.marks.end(), before), t.marks.end());
+  }
 
   KernelTraceSummary s;
   s.records = int64_t(t.records.size());

@@ -20,13 +20,18 @@ bool kernel_trace_available();  // this build links CUPTI
 // Starts recording every kernel, copy and memset of this process (all devices, all streams). Fails if a
 // trace is already running or the build has no CUPTI.
 void kernel_trace_start();
+// The trace's clock now (ns): pass it to kernel_trace_stop as `since` to leave out what ran before, e.g. a first
+// step that paid for the trace's start-up. 0 without CUPTI.
+uint64_t kernel_trace_now();
 // A host-side mark in the timeline (e.g. "backward done"), at the host's clock, which CUPTI's GPU timestamps
 // share; nothing when no trace runs.
 void kernel_trace_mark(const char* label);
 // Stops, and writes `csv_path`: one row per kernel name (demangled), copy kind or memset, sorted by total
 // time: name,calls,total_ms,mean_us,ms_per_step (total / `steps`). With `timeline_path`, also every record
 // and mark in time order: start_us,end_us,idle_before_us,stream,name (times from the first record; the idle
-// gap is the time since every earlier record had ended; marks have stream -1). Returns the totals.
-KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps, const std::string& timeline_path = "");
+// gap is the time since every earlier record had ended; marks have stream -1). Records and marks that started
+// before `since` (kernel_trace_now) are left out. Returns the totals.
+KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps, const std::string& timeline_path = "",
+                                     uint64_t since = 0);
 
 }  // namespace seqmix::cuda
