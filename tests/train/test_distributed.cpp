@@ -481,6 +481,8 @@ TEST(DataParallel, ParametersWithoutAGradientAreNotUpdated) {
   for (bool zero1 : {false, true}) {
     dist::InProcessGroup g(2, 10);
     std::vector<std::vector<float>> unused(2), partial(2);
+    std::vector<double> norm(2), mean_loss(2);
+    std::vector<int> never_has_grad(2, -1);
     std::vector<std::thread> ts;
     for (int r = 0; r < 2; ++r)
       ts.emplace_back([&, r] {
@@ -495,7 +497,14 @@ TEST(DataParallel, ParametersWithoutAGradientAreNotUpdated) {
           Tensor loss = sum(used * 2.0);
           if (r == 0) loss = add(loss, sum(some));  // only rank 0 uses `some`
           loss.backward();
-          dp.finish_backward();
+          if (step == 0) {  // as the trainer does: the flags and the loss are read with the norm
+            dp.finish_backward(loss);
+            norm[size_t(r)] = dp.clip_grad_norm(1e9);
+            mean_loss[size_t(r)] = dp.mean_loss();
+            never_has_grad[size_t(r)] = never.grad().defined();
+          } else {
+            dp.finish_backward();
+          }
           dp.step(0.1);
           dp.zero_grad();
         }
@@ -503,6 +512,12 @@ TEST(DataParallel, ParametersWithoutAGradientAreNotUpdated) {
         partial[size_t(r)] = some.to_vector<float>();
       });
     for (auto& t : ts) t.join();
+    // gradients 2 on `used` (12 elements), 0.5 on `some` (3); losses 24 + 3 and 24
+    for (int r = 0; r < 2; ++r) {
+      EXPECT_NEAR(norm[size_t(r)], std::sqrt(12 * 4.0 + 3 * 0.25), 1e-6) << "zero1 " << zero1;
+      EXPECT_DOUBLE_EQ(mean_loss[size_t(r)], 25.5) << "zero1 " << zero1;
+      EXPECT_EQ(never_has_grad[size_t(r)], 0) << "zero1 " << zero1;
+    }
     for (float x : unused[0]) EXPECT_EQ(x, 1.f) << "zero1 " << zero1;
     EXPECT_EQ(unused[1], unused[0]);
     for (float x : partial[0]) EXPECT_LT(x, 1.f) << "zero1 " << zero1;  // grad 0.5 on average: updated
