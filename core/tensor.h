@@ -151,6 +151,13 @@ class Tensor {
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t);
 
+// The tensor's data as T* with no dtype check (kernel launchers pass their own element types, e.g.
+// __nv_bfloat16), or nullptr for an undefined tensor (an optional input).
+template <typename T>
+T* data_or_null(const Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
 // A view of `base` sharing its storage (no autograd record; ops build differentiable views on this).
 Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset);
 

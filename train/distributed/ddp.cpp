@@ -222,7 +222,7 @@ void DataParallel::finish_backward(const Tensor& local_loss) {
   if (opt_.gemm_sm_margin > 0) set_gemm_margin(comm_, 0);
   // How many ranks saw a gradient for each parameter (queued after the buckets; tiny): a parameter no rank
   // saw is left without one, so the optimizer skips it as a single process would.
-  // The step's loss rides along (one collective and one host wait for both).
+  // The step's loss rides along (one collective for both; the host reads them with the gradient norm).
   const int64_t n = int64_t(params_.size());
   std::vector<double> seen(size_t(n) + 1, 0.0);
   for (int64_t i = 0; i < n; ++i) seen[size_t(i)] = had_grad_[size_t(i)] ? 1.0 : 0.0;
@@ -234,7 +234,6 @@ void DataParallel::finish_backward(const Tensor& local_loss) {
     seen_t = dev;
   }
 #endif
-  if (!comm_.device().is_cpu()) seen_t = seen_t.to(comm_.device());
   if (local_loss.defined()) make_view(seen_t, {1}, {1}, seen_t.offset() + n).copy_(local_loss.reshape({1}));
   has_loss_ = local_loss.defined();
   WorkPtr seen_work = comm_.all_reduce_sum_async(seen_t);

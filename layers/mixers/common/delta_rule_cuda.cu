@@ -145,11 +145,6 @@ bool op_f32_fits(const Geo& g) {
   return delta_cuda::max_smem<float>(g) <= smem_limit() && legacy_wy_f32_bytes(g) <= smem_limit();
 }
 
-template <typename T>
-T* ptr(const Tensor& t) {
-  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
-}
-
 struct Saved {
   Tensor q, k, v, beta, g, s0;  // prepared inputs (contiguous; q, k, v in one dtype; beta, g, s0 f32)
   Tensor W, Kd, U, states, gC, Tm;  // forward buffers (U holds U'; Tm each chunk's T)
@@ -198,32 +193,32 @@ autograd::Tensors DeltaFunction::backward(const autograd::Tensors& grads) {
     cudaStream_t st = ::seqmix::cuda::current_stream();
     dispatch(v.dtype(), op_f32, [&]<class IN, class OP>() {
       Ptrs<IN, OP> p{};
-      p.q = ptr<const IN>(q);
-      p.k = ptr<const IN>(k);
-      p.v = ptr<const IN>(v);
-      p.dout = ptr<const IN>(dout);
-      p.beta = ptr<const float>(beta);
-      p.g = ptr<const float>(g);
-      p.s0 = ptr<const float>(s0);
-      p.dfinal = ptr<const float>(dfinal);
-      p.W = ptr<OP>(s[6]);
-      p.Kd = ptr<OP>(s[7]);
-      p.Qg = ptr<OP>(Qg);
-      p.U = ptr<float>(s[8]);
-      p.states = ptr<float>(s[9]);
-      p.gC = ptr<float>(s[10]);
-      p.Tm = ptr<OP>(s[11]);
-      p.dU = ptr<float>(dU);
-      p.dH = ptr<float>(dH);
-      p.dqh = ptr<float>(dqh);
-      p.dkh = ptr<float>(dkh);
-      p.dGp = ptr<float>(dGp);
-      p.dq = ptr<IN>(dq);
-      p.dk = ptr<IN>(dk);
-      p.dv = ptr<IN>(dv);
-      p.dbeta = ptr<float>(dbeta);
-      p.dg = ptr<float>(dg);
-      p.ds0 = ptr<float>(ds0);
+      p.q = data_or_null<const IN>(q);
+      p.k = data_or_null<const IN>(k);
+      p.v = data_or_null<const IN>(v);
+      p.dout = data_or_null<const IN>(dout);
+      p.beta = data_or_null<const float>(beta);
+      p.g = data_or_null<const float>(g);
+      p.s0 = data_or_null<const float>(s0);
+      p.dfinal = data_or_null<const float>(dfinal);
+      p.W = data_or_null<OP>(s[6]);
+      p.Kd = data_or_null<OP>(s[7]);
+      p.Qg = data_or_null<OP>(Qg);
+      p.U = data_or_null<float>(s[8]);
+      p.states = data_or_null<float>(s[9]);
+      p.gC = data_or_null<float>(s[10]);
+      p.Tm = data_or_null<OP>(s[11]);
+      p.dU = data_or_null<float>(dU);
+      p.dH = data_or_null<float>(dH);
+      p.dqh = data_or_null<float>(dqh);
+      p.dkh = data_or_null<float>(dkh);
+      p.dGp = data_or_null<float>(dGp);
+      p.dq = data_or_null<IN>(dq);
+      p.dk = data_or_null<IN>(dk);
+      p.dv = data_or_null<IN>(dv);
+      p.dbeta = data_or_null<float>(dbeta);
+      p.dg = data_or_null<float>(dg);
+      p.ds0 = data_or_null<float>(ds0);
       delta_cuda::backward<IN, OP>(geo, p, st);
     });
   }
@@ -310,20 +305,20 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
       cudaStream_t st = ::seqmix::cuda::current_stream();
       dispatch(dt, op_f32, [&]<class IN, class OP>() {
         Ptrs<IN, OP> p{};
-        p.q = ptr<const IN>(sv.q);
-        p.k = ptr<const IN>(sv.k);
-        p.v = ptr<const IN>(sv.v);
-        p.beta = ptr<const float>(sv.beta);
-        p.g = ptr<const float>(sv.g);
-        p.s0 = ptr<const float>(sv.s0);
-        p.W = ptr<OP>(sv.W);
-        p.Kd = ptr<OP>(sv.Kd);
-        p.Tm = ptr<OP>(sv.Tm);
-        p.U = ptr<float>(sv.U);
-        p.states = ptr<float>(sv.states);
-        p.gC = ptr<float>(sv.gC);
-        p.final_s = ptr<float>(res.final_state);
-        p.o = ptr<IN>(res.o);
+        p.q = data_or_null<const IN>(sv.q);
+        p.k = data_or_null<const IN>(sv.k);
+        p.v = data_or_null<const IN>(sv.v);
+        p.beta = data_or_null<const float>(sv.beta);
+        p.g = data_or_null<const float>(sv.g);
+        p.s0 = data_or_null<const float>(sv.s0);
+        p.W = data_or_null<OP>(sv.W);
+        p.Kd = data_or_null<OP>(sv.Kd);
+        p.Tm = data_or_null<OP>(sv.Tm);
+        p.U = data_or_null<float>(sv.U);
+        p.states = data_or_null<float>(sv.states);
+        p.gC = data_or_null<float>(sv.gC);
+        p.final_s = data_or_null<float>(res.final_state);
+        p.o = data_or_null<IN>(res.o);
         delta_cuda::forward<IN, OP>(geo, p, st);
       });
     }

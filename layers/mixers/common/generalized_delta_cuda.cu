@@ -52,23 +52,18 @@ void dispatch(DType in, F&& f) {
   else f.template operator()<float>();
 }
 
-template <typename T>
-T* ptr(const Tensor& t) {
-  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
-}
-
 // The inputs every kernel reads: q, k, v, a, b (IN), lw, s0 (f32).
 template <class IN>
 Ptrs<IN> input_ptrs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw, const Tensor& a, const Tensor& b,
                     const Tensor& s0) {
   Ptrs<IN> p{};
-  p.q = ptr<const IN>(q);
-  p.k = ptr<const IN>(k);
-  p.v = ptr<const IN>(v);
-  p.a = ptr<const IN>(a);
-  p.b = ptr<const IN>(b);
-  p.lw = ptr<const float>(lw);
-  p.s0 = ptr<const float>(s0);
+  p.q = data_or_null<const IN>(q);
+  p.k = data_or_null<const IN>(k);
+  p.v = data_or_null<const IN>(v);
+  p.a = data_or_null<const IN>(a);
+  p.b = data_or_null<const IN>(b);
+  p.lw = data_or_null<const float>(lw);
+  p.s0 = data_or_null<const float>(s0);
   return p;
 }
 
@@ -137,20 +132,20 @@ autograd::Tensors GdrFunction::backward(const autograd::Tensors& grads) {
     cudaStream_t st = ::seqmix::cuda::current_stream();
     dispatch(v.dtype(), [&]<class IN>() {
       Ptrs<IN> p = input_ptrs<IN>(q, k, v, lw, a, b, s0);
-      p.sa = ptr<float>(s[7]);
-      p.ckpt = ptr<float>(s[8]);
-      p.dout = ptr<const IN>(dout);
-      p.dfinal = ptr<const float>(dfinal);
-      p.part = ptr<unsigned char>(part);
-      p.dsa = ptr<float>(dsa);
-      p.gck = ptr<float>(gck);
-      p.dv = ptr<IN>(dv);
-      p.ds0 = ptr<float>(ds0);
-      p.dq = ptr<IN>(dq);
-      p.dk = ptr<IN>(dk);
-      p.da = ptr<IN>(da);
-      p.db = ptr<IN>(db);
-      p.dlw = ptr<float>(dlw);
+      p.sa = data_or_null<float>(s[7]);
+      p.ckpt = data_or_null<float>(s[8]);
+      p.dout = data_or_null<const IN>(dout);
+      p.dfinal = data_or_null<const float>(dfinal);
+      p.part = data_or_null<unsigned char>(part);
+      p.dsa = data_or_null<float>(dsa);
+      p.gck = data_or_null<float>(gck);
+      p.dv = data_or_null<IN>(dv);
+      p.ds0 = data_or_null<float>(ds0);
+      p.dq = data_or_null<IN>(dq);
+      p.dk = data_or_null<IN>(dk);
+      p.da = data_or_null<IN>(da);
+      p.db = data_or_null<IN>(db);
+      p.dlw = data_or_null<float>(dlw);
       gdr_cuda::backward<IN>(geo, p, st);
     });
   }
@@ -231,10 +226,10 @@ DeltaResult generalized_delta_cuda(const Tensor& q_in, const Tensor& k_in, const
       cudaStream_t st = ::seqmix::cuda::current_stream();
       dispatch(dt, [&]<class IN>() {
         Ptrs<IN> p = input_ptrs<IN>(q, k, v, lw, a, b, s0);
-        p.o = ptr<IN>(res.o);
-        p.sa = ptr<float>(sa);
-        p.ckpt = ptr<float>(ckpt);
-        p.final_s = ptr<float>(res.final_state);
+        p.o = data_or_null<IN>(res.o);
+        p.sa = data_or_null<float>(sa);
+        p.ckpt = data_or_null<float>(ckpt);
+        p.final_s = data_or_null<float>(res.final_state);
         gdr_cuda::forward<IN>(geo, p, st);
       });
     }

@@ -775,15 +775,6 @@ void launch_scan(const Geo& geo, E* buf, const float* glast, const float* edge_i
   SEQMIX_CUDA_CHECK_LAUNCH(REVERSE ? "linear_recurrence state_scan_kernel (backward)" : "linear_recurrence state_scan_kernel");
 }
 
-template <typename T>
-const T* cptr(const Tensor& t) {
-  return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
-}
-template <typename T>
-T* mptr(const Tensor& t) {
-  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
-}
-
 // Dispatch over the decay mode (0 none, 1 per head, 2 per channel).
 template <class F>
 void with_mode(int mode, F&& f) {
@@ -858,31 +849,40 @@ Tensor forward_launch(const Inputs& in, const Tensor& glast, const Tensor& o, co
   SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence", [&]<typename T>() {
     with_mode(in.mode, [&]<int MODE>() {
       if (fused) {
-        lr_tc::state_pass(tc_elem(in), MODE, false, tc_geo(geo), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
-                          cptr<float>(in.s0), mptr<float>(final_state), states.data_ptr(), mptr<float>(glast), st);
+        lr_tc::state_pass(tc_elem(in), MODE, false, tc_geo(geo), in.k.data_ptr(), in.v.data_ptr(),
+                          data_or_null<const float>(in.g), data_or_null<const float>(in.s0),
+                          data_or_null<float>(final_state), states.data_ptr(), data_or_null<float>(glast), st);
       } else if (tc) {
-        lr_tc::chunk_state(tc_elem(in), MODE, false, tc_geo(geo), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
-                           states.data_ptr(), mptr<float>(glast), st);
+        lr_tc::chunk_state(tc_elem(in), MODE, false, tc_geo(geo), in.k.data_ptr(), in.v.data_ptr(),
+                           data_or_null<const float>(in.g), states.data_ptr(), data_or_null<float>(glast), st);
       } else {
         auto kern = chunk_state_kernel<T, MODE, false>;
         const size_t sb = smem_state(geo);
         set_smem(kern, sb);
-        kern<<<grid, kThreads, sb, st>>>(geo, cptr<T>(in.k), cptr<T>(in.v), cptr<float>(in.g), mptr<float>(states),
-                                         mptr<float>(glast));
+        kern<<<grid, kThreads, sb, st>>>(geo, data_or_null<const T>(in.k), data_or_null<const T>(in.v),
+                                         data_or_null<const float>(in.g), data_or_null<float>(states),
+                                         data_or_null<float>(glast));
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_kernel");
       }
-      const float* gl = MODE > 0 ? cptr<float>(glast) : nullptr;
-      if (tc && !fused) launch_scan<false>(geo, mptr<__nv_bfloat16>(states), gl, cptr<float>(in.s0), mptr<float>(final_state), st);
-      if (!tc) launch_scan<false>(geo, mptr<float>(states), gl, cptr<float>(in.s0), mptr<float>(final_state), st);
+      const float* gl = MODE > 0 ? data_or_null<const float>(glast) : nullptr;
+      if (tc && !fused)
+        launch_scan<false>(geo, data_or_null<__nv_bfloat16>(states), gl, data_or_null<const float>(in.s0),
+                           data_or_null<float>(final_state), st);
+      if (!tc)
+        launch_scan<false>(geo, data_or_null<float>(states), gl, data_or_null<const float>(in.s0),
+                           data_or_null<float>(final_state), st);
       if (tc) {
-        lr_tc::chunk_fwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(), cptr<float>(in.g),
-                         cptr<float>(in.u), states.data_ptr(), o.data_ptr(), st);
+        lr_tc::chunk_fwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
+                         data_or_null<const float>(in.g), data_or_null<const float>(in.u), states.data_ptr(),
+                         o.data_ptr(), st);
       } else {
         auto kern = chunk_fwd_kernel<T, MODE>;
         const size_t sb = smem_fwd(geo);
         set_smem(kern, sb);
-        kern<<<grid, kThreads, sb, st>>>(geo, cptr<T>(in.q), cptr<T>(in.k), cptr<T>(in.v), cptr<float>(in.g),
-                                         cptr<float>(in.u), cptr<float>(states), mptr<T>(o));
+        kern<<<grid, kThreads, sb, st>>>(geo, data_or_null<const T>(in.q), data_or_null<const T>(in.k),
+                                         data_or_null<const T>(in.v), data_or_null<const float>(in.g),
+                                         data_or_null<const float>(in.u), data_or_null<const float>(states),
+                                         data_or_null<T>(o));
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_fwd_kernel");
       }
     });
@@ -936,46 +936,60 @@ Grads backward_launch(const Inputs& in, Tensor states, const Tensor& glast, cons
   SEQMIX_CUDA_DISPATCH_FLOAT(in.v.dtype(), "linear_recurrence backward", [&]<typename T>() {
     with_mode(in.mode, [&]<int MODE>() {
       if (fused) {
-        lr_tc::state_pass(tc_elem(in), MODE, true, tc_geo(geo), in.q.data_ptr(), dout.data_ptr(), cptr<float>(in.g),
-                          cptr<float>(dfinal), mptr<float>(gr.ds0), dstates.data_ptr(), nullptr, st);
+        lr_tc::state_pass(tc_elem(in), MODE, true, tc_geo(geo), in.q.data_ptr(), dout.data_ptr(),
+                          data_or_null<const float>(in.g), data_or_null<const float>(dfinal),
+                          data_or_null<float>(gr.ds0), dstates.data_ptr(), nullptr, st);
       } else if (tc) {
-        lr_tc::chunk_state(tc_elem(in), MODE, true, tc_geo(geo), in.q.data_ptr(), dout.data_ptr(), cptr<float>(in.g),
-                           dstates.data_ptr(), nullptr, st);
+        lr_tc::chunk_state(tc_elem(in), MODE, true, tc_geo(geo), in.q.data_ptr(), dout.data_ptr(),
+                           data_or_null<const float>(in.g), dstates.data_ptr(), nullptr, st);
       } else {
         auto kern = chunk_state_kernel<T, MODE, true>;
         const size_t sb = smem_state(geo);
         set_smem(kern, sb);
-        kern<<<grid, kThreads, sb, st>>>(geo, cptr<T>(in.q), cptr<T>(dout), cptr<float>(in.g), mptr<float>(dstates), nullptr);
+        kern<<<grid, kThreads, sb, st>>>(geo, data_or_null<const T>(in.q), data_or_null<const T>(dout),
+                                         data_or_null<const float>(in.g), data_or_null<float>(dstates), nullptr);
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_state_kernel (backward)");
       }
-      const float* gl = MODE > 0 ? cptr<float>(glast) : nullptr;
-      if (tc && !fused) launch_scan<true>(geo, mptr<__nv_bfloat16>(dstates), gl, cptr<float>(dfinal), mptr<float>(gr.ds0), st);
-      if (!tc) launch_scan<true>(geo, mptr<float>(dstates), gl, cptr<float>(dfinal), mptr<float>(gr.ds0), st);
+      const float* gl = MODE > 0 ? data_or_null<const float>(glast) : nullptr;
+      if (tc && !fused)
+        launch_scan<true>(geo, data_or_null<__nv_bfloat16>(dstates), gl, data_or_null<const float>(dfinal),
+                          data_or_null<float>(gr.ds0), st);
+      if (!tc)
+        launch_scan<true>(geo, data_or_null<float>(dstates), gl, data_or_null<const float>(dfinal),
+                          data_or_null<float>(gr.ds0), st);
       if (tc) {
-        lr_tc::chunk_bwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(), dout.data_ptr(),
-                         cptr<float>(in.g), cptr<float>(in.u), states.data_ptr(), dstates.data_ptr(), gr.dq.data_ptr(),
-                         gr.dk.data_ptr(), gr.dv.data_ptr(),
-                         lr_tc::TcBwdOut{mptr<float>(rbuf), mptr<float>(pbuf), mptr<float>(ctot), mptr<float>(dubuf)}, st);
+        lr_tc::chunk_bwd(tc_elem(in), MODE, tc_geo(geo), in.q.data_ptr(), in.k.data_ptr(), in.v.data_ptr(),
+                         dout.data_ptr(), data_or_null<const float>(in.g), data_or_null<const float>(in.u),
+                         states.data_ptr(), dstates.data_ptr(), gr.dq.data_ptr(), gr.dk.data_ptr(), gr.dv.data_ptr(),
+                         lr_tc::TcBwdOut{data_or_null<float>(rbuf), data_or_null<float>(pbuf),
+                                         data_or_null<float>(ctot), data_or_null<float>(dubuf)},
+                         st);
       } else {
         auto kern = chunk_bwd_kernel<T, MODE>;
         const size_t sb = smem_bwd(geo);
         set_smem(kern, sb);
-        BwdOut bo{mptr<float>(rbuf), mptr<float>(pbuf), mptr<float>(ctot), mptr<float>(dubuf)};
-        kern<<<grid, kThreads, sb, st>>>(geo, cptr<T>(in.q), cptr<T>(in.k), cptr<T>(in.v), cptr<T>(dout), cptr<float>(in.g),
-                                         cptr<float>(in.u), cptr<float>(states), cptr<float>(dstates), mptr<T>(gr.dq),
-                                         mptr<T>(gr.dk), mptr<T>(gr.dv), bo);
+        BwdOut bo{data_or_null<float>(rbuf), data_or_null<float>(pbuf), data_or_null<float>(ctot),
+                  data_or_null<float>(dubuf)};
+        kern<<<grid, kThreads, sb, st>>>(geo, data_or_null<const T>(in.q), data_or_null<const T>(in.k),
+                                         data_or_null<const T>(in.v), data_or_null<const T>(dout),
+                                         data_or_null<const float>(in.g), data_or_null<const float>(in.u),
+                                         data_or_null<const float>(states), data_or_null<const float>(dstates),
+                                         data_or_null<T>(gr.dq), data_or_null<T>(gr.dk), data_or_null<T>(gr.dv), bo);
         SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence chunk_bwd_kernel");
       }
     });
   });
   if (dg_on) {
     dim3 gs(unsigned((geo.Dk + 127) / 128), unsigned(geo.B * geo.H));
-    dg_suffix_kernel<<<gs, 128, 0, st>>>(geo, mptr<float>(ctot), dfinal.defined() && final_state.defined() ? cptr<float>(dfinal) : nullptr,
-                                         cptr<float>(final_state));
+    dg_suffix_kernel<<<gs, 128, 0, st>>>(
+        geo, data_or_null<float>(ctot),
+        dfinal.defined() && final_state.defined() ? data_or_null<const float>(dfinal) : nullptr,
+        data_or_null<const float>(final_state));
     SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence dg_suffix_kernel");
     dim3 gd(unsigned(geo.N), unsigned(geo.B * geo.H));
     const int th = geo.Dk >= 128 ? 128 : 32 * ((geo.Dk + 31) / 32);
-    dg_kernel<<<gd, th, 0, st>>>(geo, cptr<float>(rbuf), cptr<float>(pbuf), cptr<float>(ctot), mptr<float>(dg32));
+    dg_kernel<<<gd, th, 0, st>>>(geo, data_or_null<const float>(rbuf), data_or_null<const float>(pbuf),
+                                 data_or_null<const float>(ctot), data_or_null<float>(dg32));
     SEQMIX_CUDA_CHECK_LAUNCH("linear_recurrence dg_kernel");
     gr.dg = in.mode == 1 ? sum(dg32, -1) : dg32;
   }
