@@ -82,6 +82,12 @@ std::string demangled(const char* name) {
   return s;
 }
 
+// A CSV field: quoted, inner quotes doubled (demangled names hold commas).
+std::string csv_quoted(std::string s) {
+  for (size_t p = s.find('"'); p != std::string::npos; p = s.find('"', p + 2)) s.insert(p, 1, '"');
+  return '"' + s + '"';
+}
+
 const char* copy_kind(uint8_t kind) {
   switch (kind) {
     case CUPTI_ACTIVITY_MEMCPY_KIND_HTOD: return "[copy host to device]";
@@ -213,10 +219,8 @@ KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps,
   out << "name,calls,total_ms,mean_us,ms_per_step\n";
   const double n = double(std::max<int64_t>(steps, 1));
   for (uint32_t i : order) {
-    std::string q = t.names[i];
-    for (size_t p = q.find('"'); p != std::string::npos; p = q.find('"', p + 2)) q.insert(p, 1, '"');
-    out << '"' << q << "\"," << per[i].calls << ',' << per[i].ns * 1e-6 << ',' << per[i].ns * 1e-3 / double(per[i].calls)
-        << ',' << per[i].ns * 1e-6 / n << '\n';
+    out << csv_quoted(t.names[i]) << ',' << per[i].calls << ',' << per[i].ns * 1e-6 << ','
+        << per[i].ns * 1e-3 / double(per[i].calls) << ',' << per[i].ns * 1e-6 / n << '\n';
   }
   if (!timeline_path.empty()) {
     std::vector<Record> all = t.records;
@@ -230,7 +234,8 @@ KernelTraceSummary kernel_trace_stop(const std::string& csv_path, int64_t steps,
     for (const Record& r : all) {
       const double rel = (double(r.start) - double(t0)) * 1e-3;
       const double idle = r.stream >= 0 && r.start > ended ? double(r.start - ended) * 1e-3 : 0.0;
-      tl << rel << ',' << (double(r.end) - double(t0)) * 1e-3 << ',' << idle << ',' << r.stream << ",\"" << t.names[r.name] << "\"\n";
+      tl << rel << ',' << (double(r.end) - double(t0)) * 1e-3 << ',' << idle << ',' << r.stream << ','
+         << csv_quoted(t.names[r.name]) << '\n';
       if (r.stream >= 0) ended = std::max(ended, r.end);
     }
   }
