@@ -121,15 +121,16 @@ bool run_case(const Case& cs, double tol, double* worst) {
   std::vector<float> beta = convf(r.beta), g = convf(r.g), s0 = convf(r.s0), dfinal = convf(r.dfinal);
   Geo geo{B, T, H, Dk, Dv, C, N, Dv % 32 == 0 ? 32 : 16, float(r.scale), 1e-6f, cs.gated};
   const size_t Tp = size_t(N) * C, BH = size_t(B) * H;
-  Buf<OP> W(BH * Tp * Dk), Kd(BH * Tp * Dk), Qg(BH * Tp * Dk), Tm(BH * Tp * C);
-  Buf<float> U(BH * Tp * Dv), states(BH * N * Dk * Dv), gC(BH * N), fin(BH * Dk * Dv), dU(BH * Tp * Dv), dH(BH * N * Dk * Dv),
+  Buf<OP> W(BH * Tp * Dk), Kd(BH * Tp * Dk), Qg(BH * Tp * Dk), Tm(BH * Tp * C), Un(BH * Tp * Dv), dUn(BH * Tp * Dv),
+      states(BH * N * Dk * Dv), dH(BH * N * Dk * Dv);
+  Buf<float> U(BH * Tp * Dv), gC(BH * N), fin(BH * Dk * Dv), dU(BH * Tp * Dv),
       dqh(BH * Tp * Dk), dkh(BH * Tp * Dk), dGp(BH * Tp), dbeta(size_t(B) * T * H), dg(size_t(B) * T * H), ds0(BH * Dk * Dv);
   Buf<IN> o(size_t(B) * T * H * Dv), dq(size_t(B) * T * H * Dk), dk(size_t(B) * T * H * Dk), dv(size_t(B) * T * H * Dv);
   Ptrs<IN, OP> p{};
   p.q = q.data(); p.k = k.data(); p.v = v.data(); p.dout = dout.data();
   p.beta = beta.data(); p.g = cs.gated ? g.data() : nullptr; p.s0 = cs.s0 ? s0.data() : nullptr; p.dfinal = dfinal.data();
-  p.W = W.p; p.Kd = Kd.p; p.Qg = Qg.p; p.Tm = Tm.p; p.U = U.p; p.states = states.p; p.gC = gC.p; p.final_s = fin.p;
-  p.dU = dU.p; p.dH = dH.p; p.dqh = dqh.p; p.dkh = dkh.p; p.dGp = dGp.p;
+  p.W = W.p; p.Kd = Kd.p; p.Qg = Qg.p; p.Tm = Tm.p; p.U = U.p; p.Un = Un.p; p.states = states.p; p.gC = gC.p; p.final_s = fin.p;
+  p.dU = dU.p; p.dUn = dUn.p; p.dH = dH.p; p.dqh = dqh.p; p.dkh = dkh.p; p.dGp = dGp.p;
   p.o = o.p; p.dq = dq.p; p.dk = dk.p; p.dv = dv.p; p.dbeta = dbeta.p; p.dg = dg.p; p.ds0 = ds0.p;
   forward<IN, OP>(geo, p, nullptr);
   backward<IN, OP>(geo, p, nullptr);

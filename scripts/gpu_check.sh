@@ -123,9 +123,11 @@ if has prof; then
       echo "== ncu delta plain"
       timeout 150 ncu --metrics "$metrics" -k 'regex:prep|_state|_out|_wy' --print-summary per-kernel \
         ./build-gpu/seqmix_bench delta --kinds plain --no-check --no-long --no-ops --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
-      echo "== ncu delta rwkv7 (the generalized rule's recurrent kernels)"
-      timeout 150 ncu --metrics "$metrics" -k 'regex:gdr_' --print-summary per-kernel \
-        ./build-gpu/seqmix_bench delta --kinds rwkv7 --no-check --no-long --no-ops --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
+      if [ -z "${NO_PROF_GDR:-}" ]; then
+        echo "== ncu delta rwkv7 (the generalized rule's recurrent kernels)"
+        timeout 150 ncu --metrics "$metrics" -k 'regex:gdr_' --print-summary per-kernel \
+          ./build-gpu/seqmix_bench delta --kinds rwkv7 --no-check --no-long --no-ops --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
+      fi
     fi
   } > "$OUT/prof.log" 2>&1
   note "prof: see prof.log"

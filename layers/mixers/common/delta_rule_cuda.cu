@@ -37,8 +37,11 @@
 // again; dW, dX, dY, dA; dv, dbeta, the WY parts of dk^ and dG), bwd_out (per chunk: F, dq^, the rest of
 // dk^ and dG; dq, dk through the normalization; dg).
 //
-// Memory: O(T (Dk + Dv + C)) activations (W, Kd, U', T saved; dU', Qg, dq^, dk^ in the backward) plus one f32
-// state per chunk (S_n saved; dS_{n+1} in the backward).
+// Memory: O(T (Dk + Dv + C)) activations (W, Kd, U', T saved; dU', Qg, dq^, dk^ in the backward) plus one
+// state per chunk (S_n saved; dS_{n+1} in the backward). The sequential kernels keep the state in f32; what they
+// save for the other kernels (S_n, U', dS_{n+1}, dU') is stored in the operand type, since every later use of it is
+// an operand of a product (bf16: half the bytes of f32 for the largest buffers; one dot product, e^{G_C} <dS', S_n>
+// in dG, now reads the rounded values).
 // Products: every C x C, C x D and D x D product in shared memory; WMMA m16n16k16 bf16 -> f32 (a warp per
 // 16 x 16 output tile, its epilogue through a per-warp f32 scratch tile), or plain f32 products for f32
 // operands. Row-wise work (the L2 normalization and its backward) takes a warp per row with shuffle sums, several
@@ -147,7 +150,7 @@ bool op_f32_fits(const Geo& g) {
 
 struct Saved {
   Tensor q, k, v, beta, g, s0;  // prepared inputs (contiguous; q, k, v in one dtype; beta, g, s0 f32)
-  Tensor W, Kd, U, states, gC, Tm;  // forward buffers (U holds U'; Tm each chunk's T)
+  Tensor W, Kd, Un, states, gC, Tm;  // forward buffers in the operand dtype (Un: U'; Tm each chunk's T), gC f32
 };
 
 struct DeltaFunction : autograd::CustomFunction {
@@ -160,7 +163,7 @@ struct DeltaFunction : autograd::CustomFunction {
 };
 
 autograd::Tensors DeltaFunction::backward(const autograd::Tensors& grads) {
-  const autograd::Tensors& s = saved();  // q, k, v, beta, g, s0, W, Kd, U, states, gC, Tm
+  const autograd::Tensors& s = saved();  // q, k, v, beta, g, s0, W, Kd, Un, states, gC, Tm
   Tensor dout = grads.size() > 0 ? grads[0] : Tensor();
   Tensor dfinal = grads.size() > 1 ? grads[1] : Tensor();
   if (!dout.defined() && !dfinal.defined()) return autograd::Tensors(6);
@@ -179,8 +182,9 @@ autograd::Tensors DeltaFunction::backward(const autograd::Tensors& grads) {
     const int64_t B = geo.B, T = geo.T, H = geo.H, Dk = geo.Dk, Dv = geo.Dv, Tp = int64_t(geo.N) * geo.C;
     const DType opdt = op_f32 ? DType::F32 : DType::BF16;
     Tensor dU = Tensor::empty({B, H, Tp, Dv}, DType::F32, dev);
+    Tensor dUn = Tensor::empty({B, H, Tp, Dv}, opdt, dev);
     Tensor Qg = Tensor::empty({B, H, Tp, Dk}, opdt, dev);
-    Tensor dH = Tensor::empty({B, H, int64_t(geo.N), Dk, Dv}, DType::F32, dev);
+    Tensor dH = Tensor::empty({B, H, int64_t(geo.N), Dk, Dv}, opdt, dev);
     Tensor dqh = Tensor::empty({B, H, Tp, Dk}, DType::F32, dev);
     Tensor dkh = Tensor::empty({B, H, Tp, Dk}, DType::F32, dev);
     Tensor dGp = Tensor::empty({B, H, Tp}, DType::F32, dev);
@@ -204,12 +208,13 @@ autograd::Tensors DeltaFunction::backward(const autograd::Tensors& grads) {
       p.W = data_or_null<OP>(s[6]);
       p.Kd = data_or_null<OP>(s[7]);
       p.Qg = data_or_null<OP>(Qg);
-      p.U = data_or_null<float>(s[8]);
-      p.states = data_or_null<float>(s[9]);
+      p.Un = data_or_null<OP>(s[8]);
+      p.states = data_or_null<OP>(s[9]);
       p.gC = data_or_null<float>(s[10]);
       p.Tm = data_or_null<OP>(s[11]);
       p.dU = data_or_null<float>(dU);
-      p.dH = data_or_null<float>(dH);
+      p.dUn = data_or_null<OP>(dUn);
+      p.dH = data_or_null<OP>(dH);
       p.dqh = data_or_null<float>(dqh);
       p.dkh = data_or_null<float>(dkh);
       p.dGp = data_or_null<float>(dGp);
@@ -299,8 +304,9 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
       sv.W = Tensor::empty({B, H, Tp, Dk}, opdt, dev);
       sv.Kd = Tensor::empty({B, H, Tp, Dk}, opdt, dev);
       if (want_grad) sv.Tm = Tensor::empty({B, H, Tp, int64_t(geo.C)}, opdt, dev);  // for bwd_wy only
-      sv.U = Tensor::empty({B, H, Tp, Dv}, DType::F32, dev);
-      sv.states = Tensor::empty({B, H, int64_t(geo.N), Dk, Dv}, DType::F32, dev);
+      const Tensor U = Tensor::empty({B, H, Tp, Dv}, DType::F32, dev);  // the forward's own
+      sv.Un = Tensor::empty({B, H, Tp, Dv}, opdt, dev);
+      sv.states = Tensor::empty({B, H, int64_t(geo.N), Dk, Dv}, opdt, dev);
       sv.gC = Tensor::empty({B, H, int64_t(geo.N)}, DType::F32, dev);
       cudaStream_t st = ::seqmix::cuda::current_stream();
       dispatch(dt, op_f32, [&]<class IN, class OP>() {
@@ -314,8 +320,9 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
         p.W = data_or_null<OP>(sv.W);
         p.Kd = data_or_null<OP>(sv.Kd);
         p.Tm = data_or_null<OP>(sv.Tm);
-        p.U = data_or_null<float>(sv.U);
-        p.states = data_or_null<float>(sv.states);
+        p.U = data_or_null<float>(U);
+        p.Un = data_or_null<OP>(sv.Un);
+        p.states = data_or_null<OP>(sv.states);
         p.gC = data_or_null<float>(sv.gC);
         p.final_s = data_or_null<float>(res.final_state);
         p.o = data_or_null<IN>(res.o);
@@ -334,7 +341,7 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
     fn->b_dtype = beta_in.dtype();
     fn->g_dtype = g_in.defined() ? g_in.dtype() : DType::F32;
     fn->s0_dtype = s0_in.defined() ? s0_in.dtype() : DType::F32;
-    fn->save_for_backward({sv.q, sv.k, sv.v, sv.beta, sv.g, sv.s0, sv.W, sv.Kd, sv.U, sv.states, sv.gC, sv.Tm});
+    fn->save_for_backward({sv.q, sv.k, sv.v, sv.beta, sv.g, sv.s0, sv.W, sv.Kd, sv.Un, sv.states, sv.gC, sv.Tm});
     autograd::CustomFunction::attach(fn, {q_in, k_in, v_in, beta_in, g_in, s0_in},
                                      opt.want_final_state ? autograd::Tensors{res.o, final_out} : autograd::Tensors{res.o});
   }

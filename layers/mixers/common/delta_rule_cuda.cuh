@@ -62,10 +62,13 @@ struct Ptrs {
   OP *W, *Kd, *Qg;              // hp: W = T diag(b e^G) K, Kd = diag(e^(G_C - G)) K, Qg = diag(e^G) Q
   OP *Tm;                       // hp [.., C]: each chunk's T = (I + A)^{-1} (fwd_prep saves it for bwd_wy; may be null
                                 // in a forward without backward)
-  float *U;                     // hp [.., Dv]: U = T diag(b) V, overwritten by U' = U - W S_n
-  float *states, *gC, *final_s;
-  float *dU;                    // hp [.., Dv]: P^T dO, overwritten by dU' = P^T dO + Kd dS_{n+1}
-  float *dH;                    // [B, H, N, Dk, Dv]: dS_{n+1}, the gradient of the state leaving chunk n
+  float *U;                     // hp [.., Dv]: U = T diag(b) V (f32: fwd_state subtracts W S_n from it)
+  OP *Un;                       // hp [.., Dv]: U' = U - W S_n, rounded to OP (every later use is an operand)
+  OP *states;                   // [B, H, N, Dk, Dv]: S_n rounded to OP (only ever an operand after fwd_state)
+  float *gC, *final_s;
+  float *dU;                    // hp [.., Dv]: P^T dO (f32: bwd_state adds Kd dS_{n+1} to it)
+  OP *dUn;                      // hp [.., Dv]: dU' = P^T dO + Kd dS_{n+1}, rounded to OP
+  OP *dH;                       // [B, H, N, Dk, Dv]: dS_{n+1}, the gradient of the state leaving chunk n, rounded to OP
   float *dqh, *dkh;             // hp [.., Dk]: gradients of the normalized q, k
   float *dGp;                   // hp [..]: dL/dG (cumulative log decay) from the WY part
   IN *o, *dq, *dk, *dv;
@@ -823,6 +826,35 @@ template <class OP>
 __device__ __forceinline__ void load_f32(OP* dst, int ld, const float* src, int64_t srcld, int rows, int cols) {
   load_f32_rows(dst, ld, src, srcld, rows, cols, [](int, float x) { return x; });
 }
+// OP [rows, cols] (row stride srcld) -> OP tile (stride ld), element (r, j) = conv(r, value) rounded to OP.
+// 16-byte pieces (16 / sizeof(OP) elements): cols and srcld multiples of that, src 16-byte aligned.
+template <class OP, class Conv>
+__device__ __forceinline__ void load_op_rows(OP* dst, int ld, const OP* src, int64_t srcld, int rows, int cols, Conv&& conv) {
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  constexpr int per = 16 / int(sizeof(OP));
+  const int vc = cols / per, total = rows * vc;
+  for (int e0 = tid; e0 < total; e0 += kLdBatch * nthr) {
+    uint4 v[kLdBatch];
+#pragma unroll
+    for (int k = 0; k < kLdBatch; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) v[k] = ld16(src + int64_t(e / vc) * srcld + (e % vc) * per);
+    }
+#pragma unroll
+    for (int k = 0; k < kLdBatch; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) {
+        const int r = e / vc, j = (e % vc) * per;
+#pragma unroll
+        for (int h = 0; h < per; h += 4) {
+          const float x[4] = {conv(r, elem16<OP>(v[k], h)), conv(r, elem16<OP>(v[k], h + 1)),
+                              conv(r, elem16<OP>(v[k], h + 2)), conv(r, elem16<OP>(v[k], h + 3))};
+          st4op(dst + r * ld + j + h, x);
+        }
+      }
+    }
+  }
+}
 // 16-byte pieces: cols and ld multiples of 8 elements (16 / sizeof(OP) divides them), src and dst 16-byte aligned.
 template <int R = kLdBatch, class OP>
 __device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) {
@@ -983,8 +1015,8 @@ constexpr int kPrefetchR = 4;  // C = 64, Dk = 128, bf16: 1024 pieces of 16 byte
 constexpr int kPrefetchRU = 2;  // the f32 U / dU columns of a step: C = 64, DVT = 32: 512 pieces = 2 per thread
 
 // The f32 state tile S [Dk, DVT] (row stride lds) of a sequential kernel: columns j0 .. j0 + DVT - 1 of a [Dk, Dv]
-// f32 state (src null: zeros), and back (also into an OP operand copy of stride ldop when op is given, from the
-// same read of S). 16-byte pieces, consecutive threads along a row (element accesses where the global state is
+// f32 state (src null: zeros), and back to a global [Dk, Dv] state in f32 or rounded to OP (also into an OP operand
+// copy of stride ldop when op is given, from the same read of S). 16-byte pieces, consecutive threads along a row (element accesses where the global state is
 // not 16-byte aligned).
 template <bool P2 = false>
 __device__ __forceinline__ void state_cols_in(float* S, int lds, const float* src, const Geo& g, int j0) {
@@ -1002,17 +1034,21 @@ __device__ __forceinline__ void state_cols_in(float* S, int lds, const float* sr
     }
   });
 }
-template <bool P2 = false, class OP>
-__device__ __forceinline__ void state_cols_out(float* dst, OP* op, int ldop, const float* S, int lds, const Geo& g, int j0) {
-  const bool vec = reinterpret_cast<uintptr_t>(dst) % 16 == 0;
+template <bool P2 = false, class D, class OP>
+__device__ __forceinline__ void state_cols_out(D* dst, OP* op, int ldop, const float* S, int lds, const Geo& g, int j0) {
+  const bool vec = reinterpret_cast<uintptr_t>(dst) % (4 * sizeof(D)) == 0;
   for_pieces_block<P2>(g.Dk, g.DVT / 4, [&](int i, int q) {
     const int j = q * 4;
     const uint4 v = ld16(S + i * lds + j);
-    float* d = dst + int64_t(i) * g.Dv + j0 + j;
-    if (vec) {
-      st16(d, v);
-    } else {
-      d[0] = u2f(v.x), d[1] = u2f(v.y), d[2] = u2f(v.z), d[3] = u2f(v.w);
+    D* d = dst + int64_t(i) * g.Dv + j0 + j;
+    if constexpr (std::is_same_v<D, float>) {
+      if (vec) st16(d, v);
+      else d[0] = u2f(v.x), d[1] = u2f(v.y), d[2] = u2f(v.z), d[3] = u2f(v.w);
+    } else {  // the saved states: rounded to D (= OP), 8 bytes for bf16
+      const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
+      if (vec) st4op(d, x);
+      else
+        for (int e = 0; e < 4; ++e) d[e] = fromf<D>(x[e]);
     }
     if (op) {
       const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
@@ -1418,13 +1454,12 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
       pk.load(p.Kd + (row0 + C) * Dk, C, Dk);
       pu.load(p.U + (row0 + C) * Dv + j0, C, DVT, Dv);
     }
-    // U' = U - W S_n: 16-byte pieces of U to global and of U' rounded to OP
+    // U' = U - W S_n: pieces of U' rounded to OP to global and to the operand tile
     mm_vec4<OP>(C, DVT, scr,
                 [&](int t, int j, const float (&x)[4]) {
                   const uint4 o = ld16(Uf + t * ld.vf + j);
                   const float up[4] = {u2f(o.x) - x[0], u2f(o.y) - x[1], u2f(o.z) - x[2], u2f(o.w) - x[3]};
-                  st16(p.U + (row0 + t) * Dv + j0 + j, uint4{f2u(up[0]), f2u(up[1]),
-                                                             f2u(up[2]), f2u(up[3])});
+                  st4op(p.Un + (row0 + t) * Dv + j0 + j, up);
                   st4op(Up + t * ld.vt + j, up);
                 },
                 term<false, false>(Wt, ld.k, Sop, ld.vt, Dk));
@@ -1471,13 +1506,13 @@ __global__ void __launch_bounds__(kThreads, 3) fwd_out(Geo g, Ptrs<IN, OP> p) {
   const Chunk c = chunk_of(g);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, w = lay.w, ldw = lay.ldw, npieces = Dv / w;
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
-  const float* Sn = p.states + state_off(g, c.b, c.h, c.n);
-  const float* Up = p.U + row0 * Dv;
+  const OP* Sn = p.states + state_off(g, c.b, c.h, c.n);
+  const OP* Up = p.Un + row0 * Dv;
   // piece i: S_n's columns [i w, (i + 1) w) in rows 0 .. Dk - 1 of its buffer, U''s in the C rows after them
   auto load_piece = [&](int i) {
     OP* b = buf[i & 1];
-    load_f32(b, ldw, Sn + i * w, Dv, Dk, w);
-    load_f32(b + Dk * ldw, ldw, Up + i * w, Dv, C, w);
+    copy_rows(b, ldw, Sn + i * w, Dk, w, Dv);
+    copy_rows(b + Dk * ldw, ldw, Up + i * w, C, w, Dv);
   };
   load_gb(G, nullptr, g.gated ? p.g : nullptr, p.beta, g, c);
   load_normalized(Q, ld.k, rq, p.q, g, c, Dk);
@@ -1602,13 +1637,12 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
       pq.load(p.Qg + (row0 - C) * Dk, C, Dk);
       pw.load(p.W + (row0 - C) * Dk, C, Dk);
     }
-    // dU' = P^T dO + Kd dS_{n+1}: 16-byte pieces of dU' to global and of -dU' rounded to OP
+    // dU' = P^T dO + Kd dS_{n+1}: pieces of dU' rounded to OP to global and of -dU' to the operand tile
     mm_vec4<OP>(C, DVT, scr,
                 [&](int t, int j, const float (&x)[4]) {
                   const uint4 o = ld16(Uf + t * ld.vf + j);
                   const float du[4] = {u2f(o.x) + x[0], u2f(o.y) + x[1], u2f(o.z) + x[2], u2f(o.w) + x[3]};
-                  st16(p.dU + (row0 + t) * Dv + j0 + j, uint4{f2u(du[0]), f2u(du[1]),
-                                                              f2u(du[2]), f2u(du[3])});
+                  st4op(p.dUn + (row0 + t) * Dv + j0 + j, du);
                   const float nd[4] = {-du[0], -du[1], -du[2], -du[3]};
                   st4op(ndU + t * ld.vt + j, nd);
                 },
@@ -1655,8 +1689,8 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   load_gb(G, bb, g.gated ? p.g : nullptr, p.beta, g, c);
   for (int t = tid; t < C; t += nthr) db[t] = dG[t] = 0.f;
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
-  load_f32(dU, ld.v, p.dU + row0 * Dv, Dv, C, Dv);
-  load_f32(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dv, Dk, Dv);
+  copy_rows(dU, ld.v, p.dUn + row0 * Dv, C, Dv);
+  copy_rows(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dk, Dv);
   copy_rows(T, ld.c, p.Tm + row0 * C, C, C);  // fwd_prep's T (the same values an inversion here would give)
   __syncthreads();
   RowPrefetch<OP, kPrefetchR> pw;  // the saved W in flight during dW = -dU' S_n^T (its buffer holds S_n until then)
@@ -1814,7 +1848,7 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   load_normalized(Q, ld.k, rq, p.q, g, c, Dk);
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
   load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
-  load_f32(Up, ld.v, p.U + row0 * Dv, Dv, C, Dv);
+  copy_rows(Up, ld.v, p.Un + row0 * Dv, C, Dv);
   __syncthreads();
   mm_vec4_or<OP>(
       C, C, scr,
@@ -1830,33 +1864,33 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   // dO -> diag(e^G) dO and S_n over U' (F^T Q waits for the last product, which shares its dk^ pass)
   scale_rows4(dO, ld.v, C, Dv, [&](int t) { return dr_exp(G[t]); });
-  const float* Hn = p.dH + state_off(g, c.b, c.h, c.n);
-  const float* Sn = p.states + state_off(g, c.b, c.h, c.n);
+  const OP* Hn = p.dH + state_off(g, c.b, c.h, c.n);
+  const OP* Sn = p.states + state_off(g, c.b, c.h, c.n);
   // G_C (= G_{C-1}) scales S_n in S_{n+1} = e^{G_C} S_n + Kd^T U' and appears in Kd = diag(e^{G_C - G}) K:
-  // dG_{C-1} += e^{G_C} <dS_{n+1}, S_n> (f32, from global) + sum_t y_t and dG_t -= y_t with y_t = k_t . dKs_t,
+  // dG_{C-1} += e^{G_C} <dS_{n+1}, S_n> (both as saved, in OP) + sum_t y_t and dG_t -= y_t with y_t = k_t . dKs_t,
   // the same rounded y on both sides so that they cancel where they should (dg = 0 at T = 1 without S_0).
   // S_n (dense [Dk, Dv]) is read once for both: kLdBatch 16-byte pieces of S_n and of dS' in flight per thread.
   float part = 0.f;
   {
-    const int vc = Dv / 4, total = Dk * vc;
+    constexpr int per = 16 / int(sizeof(OP));
+    const int vc = Dv / per, total = Dk * vc;
     for (int e0 = tid; e0 < total; e0 += kLdBatch * nthr) {
       uint4 sv[kLdBatch], hv[kLdBatch];
 #pragma unroll
       for (int k = 0; k < kLdBatch; ++k) {
         const int e = e0 + k * nthr;
         if (e < total) {
-          sv[k] = ld16(Sn + int64_t(e) * 4);
-          hv[k] = ld16(Hn + int64_t(e) * 4);
+          sv[k] = ld16(Sn + int64_t(e) * per);
+          hv[k] = ld16(Hn + int64_t(e) * per);
         }
       }
 #pragma unroll
       for (int k = 0; k < kLdBatch; ++k) {
         const int e = e0 + k * nthr;
         if (e < total) {
-          const int r = e / vc, j = (e % vc) * 4;
-          const float x[4] = {u2f(sv[k].x), u2f(sv[k].y), u2f(sv[k].z), u2f(sv[k].w)};
-          st4op(S + r * ld.v + j, x);
-          part += u2f(hv[k].x) * x[0] + u2f(hv[k].y) * x[1] + u2f(hv[k].z) * x[2] + u2f(hv[k].w) * x[3];
+          st16(S + (e / vc) * ld.v + (e % vc) * per, sv[k]);
+#pragma unroll
+          for (int i = 0; i < per; ++i) part += elem16<OP>(hv[k], i) * elem16<OP>(sv[k], i);
         }
       }
     }
@@ -1875,8 +1909,8 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   const float GC = G[C - 1];
   // dS_{n+1} replaces S_n; diag(e^{G_C - G}) U' replaces dO (U' rounded to OP first, as in F and the forward)
-  load_f32(S, ld.v, Hn, Dv, Dk, Dv);
-  load_f32_rows(dO, ld.v, p.U + row0 * Dv, Dv, C, Dv, [&](int t, float x) { return tof(fromf<OP>(x)) * dr_exp(GC - G[t]); });
+  copy_rows(S, ld.v, Hn, Dk, Dv);
+  load_op_rows(dO, ld.v, p.Un + row0 * Dv, Dv, C, Dv, [&](int t, float x) { return x * dr_exp(GC - G[t]); });
   __syncthreads();
   // dk^ += F^T Q + diag(e^{G_C - G}) U' dS'^T in one pass: k_s enters F_ts through Gamma_ts with - G_s (dG), and
   // the second product's k-dots are the y above
