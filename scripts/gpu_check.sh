@@ -112,7 +112,7 @@ fi
 
 # Per-kernel times (Nsight Compute) of one recurrence / delta-rule forward+backward at B=4 T=4096 H=16 D=128.
 if has prof; then
-  metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__occupancy_limit_shared_mem
+  metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,launch__occupancy_limit_shared_mem${EXTRA_METRICS:+,$EXTRA_METRICS}
   {
     for k in ${PROF_KINDS:-linear_attention gla}; do
       echo "== ncu recurrence $k"
