@@ -383,6 +383,31 @@ __device__ __forceinline__ void mma_term_u(tc::FragC& acc, const Term<TA, TB, bf
                       TB ? t.b + size_t(j0) * t.ldb + kk : t.b + size_t(kk) * t.ldb + j0, t.ldb);
 }
 
+// Two horizontally adjacent output tiles (i0, j0) and (i0, j0 + 16) of one term: A's fragment is loaded once per k
+// step for both, and the two accumulators' mma chains interleave instead of each waiting on its own previous step.
+template <bool TA, bool TB>
+__device__ __forceinline__ void mma_term2(tc::FragC& acc0, tc::FragC& acc1, const Term<TA, TB, bf16>& t, int i0, int j0) {
+  using LA = std::conditional_t<TA, wm::col_major, wm::row_major>;
+  using LB = std::conditional_t<TB, wm::col_major, wm::row_major>;
+  for (int kk = 0; kk < t.K; kk += 16) {
+    wm::fragment<wm::matrix_a, 16, 16, 16, bf16, LA> fa;
+    wm::fragment<wm::matrix_b, 16, 16, 16, bf16, LB> fb0, fb1;
+    const bf16* b0 = TB ? t.b + size_t(j0) * t.ldb + kk : t.b + size_t(kk) * t.ldb + j0;
+    wm::load_matrix_sync(fa, TA ? t.a + size_t(kk) * t.lda + i0 : t.a + size_t(i0) * t.lda + kk, unsigned(t.lda));
+    wm::load_matrix_sync(fb0, b0, unsigned(t.ldb));
+    wm::load_matrix_sync(fb1, TB ? b0 + size_t(16) * t.ldb : b0 + 16, unsigned(t.ldb));
+    wm::mma_sync(acc0, fa, fb0, acc0);
+    wm::mma_sync(acc1, fa, fb1, acc1);
+  }
+}
+// Whether a warp walk with Pair = true takes its tiles in horizontal pairs (mma_term2): an even number of tile columns,
+// and at least one pair for every warp. Pair is a template flag of the walks (mm*, mm_vec4*, mm_pieces_ab), set by the
+// kernels whose registers have room for the second accumulator (bwd_wy, bwd_out: 128 per thread); the others would
+// spill.
+__device__ __forceinline__ bool pair_tiles(int tn, int ntiles, const tc::Lanes& w) {
+  return tn % 2 == 0 && ntiles >= 2 * w.nwarps;
+}
+
 template <bool TA, bool TB>
 __device__ __forceinline__ float dot_term(const Term<TA, TB, float>& t, int i, int j) {
   float s = 0.f;
@@ -396,16 +421,14 @@ __device__ __forceinline__ float dot_term(const Term<TA, TB, float>& t, int i, i
 // elem(i, j, value). No __syncthreads inside.
 // init (f32, row stride ldi, a multiple of 4; 32-byte aligned tiles), if not null, is the starting value of the
 // sums (the accumulator loaded from it: a product continued from a stored partial one gives the same f32 result).
-template <class OP, class TileEpi, class ElemFn, class... Terms>
+template <class OP, bool Pair = false, class TileEpi, class ElemFn, class... Terms>
 __device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const float* init, int ldi, TileEpi&& tile_epi, ElemFn&& elem,
                                              const Terms&... terms) {
   if constexpr (std::is_same_v<OP, bf16>) {
     const tc::Lanes w = tc::lanes();
     const int tn = N / 16, ntiles = (M / 16) * tn;
     float* s = scr + w.warp * kScrTile;
-    for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
-      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
-      tc::FragC acc;
+    auto start = [&](tc::FragC& acc, int i0, int j0) {
       if (init == nullptr) {
         wm::fill_fragment(acc, 0.f);
       } else {
@@ -417,6 +440,23 @@ __device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const flo
         wm::load_matrix_sync(acc, init + size_t(i0) * ldi + j0, unsigned(ldi), wm::mem_row_major);
 #endif
       }
+    };
+    if (Pair && pair_tiles(tn, ntiles, w)) {
+      for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
+        const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+        tc::FragC acc0, acc1;
+        start(acc0, i0, j0);
+        start(acc1, i0, j0 + 16);
+        (mma_term2(acc0, acc1, terms, i0, j0), ...);
+        tc::through_scratch(s, acc0, [&] { tile_epi(w, i0, j0, s); });
+        tc::through_scratch(s, acc1, [&] { tile_epi(w, i0, j0 + 16, s); });
+      }
+      return;
+    }
+    for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
+      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      tc::FragC acc;
+      start(acc, i0, j0);
       (mma_term(acc, terms, i0, j0), ...);
       tc::through_scratch(s, acc, [&] { tile_epi(w, i0, j0, s); });
     }
@@ -431,17 +471,17 @@ __device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const flo
     }
   }
 }
-template <class OP, class TileEpi, class ElemFn, class... Terms>
+template <class OP, bool Pair = false, class TileEpi, class ElemFn, class... Terms>
 __device__ __forceinline__ void mm_walk(int M, int N, float* scr, TileEpi&& tile_epi, ElemFn&& elem, const Terms&... terms) {
-  mm_walk_init<OP>(M, N, scr, nullptr, 0, tile_epi, elem, terms...);
+  mm_walk_init<OP, Pair>(M, N, scr, nullptr, 0, tile_epi, elem, terms...);
 }
 
 // out(i, j) = sum over the terms, for i < M, j < N (multiples of 16); epi(i, j, value) is called exactly
 // once per element. bf16: a warp owns whole 16 x 16 tiles, the accumulator goes through its f32 scratch
 // and its lanes run the epilogue. float: one element per thread, f32 FFMA. No __syncthreads inside.
-template <class OP, class Epi, class... Terms>
+template <class OP, bool Pair = false, class Epi, class... Terms>
 __device__ __forceinline__ void mm(int M, int N, float* scr, Epi&& epi, const Terms&... terms) {
-  mm_walk<OP>(
+  mm_walk<OP, Pair>(
       M, N, scr,
       [&](const tc::Lanes& w, int i0, int j0, const float* s) {
         tc::for_elems(w, [&](int r, int c) { epi(i0 + r, j0 + c, s[r * kScrLd + c]); });
@@ -450,9 +490,9 @@ __device__ __forceinline__ void mm(int M, int N, float* scr, Epi&& epi, const Te
 }
 
 // As mm, the sums starting from init (see mm_walk_init).
-template <class OP, class Epi, class... Terms>
+template <class OP, bool Pair = false, class Epi, class... Terms>
 __device__ __forceinline__ void mm_init(int M, int N, float* scr, const float* init, int ldi, Epi&& epi, const Terms&... terms) {
-  mm_walk_init<OP>(
+  mm_walk_init<OP, Pair>(
       M, N, scr, init, ldi,
       [&](const tc::Lanes& w, int i0, int j0, const float* s) {
         tc::for_elems(w, [&](int r, int c) { epi(i0 + r, j0 + c, s[r * kScrLd + c]); });
@@ -463,9 +503,9 @@ __device__ __forceinline__ void mm_init(int M, int N, float* scr, const float* i
 // As mm, with a per-row reduction: epi(i, j, value) returns a contribution, and rowfn(i, sum) is called with
 // the sum of the contributions of row i over each 16-column tile (bf16: once per tile row, summed in the
 // warp's scratch, so that rowfn's shared-memory atomics are 16 times fewer) or over each element (float).
-template <class OP, class Epi, class RowFn, class... Terms>
+template <class OP, bool Pair = false, class Epi, class RowFn, class... Terms>
 __device__ __forceinline__ void mm_rows(int M, int N, float* scr, Epi&& epi, RowFn&& rowfn, const Terms&... terms) {
-  mm_walk<OP>(
+  mm_walk<OP, Pair>(
       M, N, scr,
       [&](const tc::Lanes& w, int i0, int j0, float* s) {
         tc::for_elems(w, [&](int r, int c) {
@@ -504,9 +544,9 @@ __device__ __forceinline__ void vec4_tile(const tc::Lanes& w, float* s, F&& f, R
 // As mm_rows, with the epilogue on pieces of a row: piece(i, j, v, n) gets v[0 .. n) = out(i, j .. j + n)
 // (bf16: n = 4 in vec4_tile's lane order, so that the pieces' global accesses are 16-byte and coalesced; float:
 // n = 1), may rewrite v, and returns the row contribution of the piece; rowfn(i, sum) as in mm_rows.
-template <class OP, class Piece, class RowFn, class... Terms>
+template <class OP, bool Pair = false, class Piece, class RowFn, class... Terms>
 __device__ __forceinline__ void mm_pieces(int M, int N, float* scr, Piece&& piece, RowFn&& rowfn, const Terms&... terms) {
-  mm_walk<OP>(
+  mm_walk<OP, Pair>(
       M, N, scr,
       [&](const tc::Lanes& w, int i0, int j0, float* s) {
         vec4_tile(
@@ -522,35 +562,58 @@ __device__ __forceinline__ void mm_pieces(int M, int N, float* scr, Piece&& piec
 // dotk(i, j, v, n) = sum_c v[c] k(i, j + c); piece(i, j, v, n) as in mm_pieces, on v = a + b, returns its k-dot;
 // rowa(i, sa) gets the k-dot of a, rowb(i, sb) that of b, computed as k.(a + b) - k.a (bf16: per 16-column tile
 // row; float: per element). bf16: vec4_tile's lane order (n = 4); the accumulator continues from a into a + b; a's
-// row dots wait in the scratch tile's spare column 16 (store_matrix_sync writes columns 0 .. 15 only). No __syncthreads inside.
-static_assert(kScrLd >= 17, "mm_pieces_ab keeps a row sum in column 16 of the scratch tile");
-template <class OP, class DotK, class Piece, class RowA, class RowB, class TA, class TB>
+// row dots wait in the scratch tile's spare column 16 (17 for the second tile of a pair; store_matrix_sync writes
+// columns 0 .. 15 only). No __syncthreads inside.
+static_assert(kScrLd >= 18, "mm_pieces_ab keeps row sums in columns 16 and 17 of the scratch tile");
+template <class OP, bool Pair = false, class DotK, class Piece, class RowA, class RowB, class TA, class TB>
 __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& dotk, Piece&& piece, RowA&& rowa, RowB&& rowb,
                                              const TA& ta, const TB& tb) {
   if constexpr (std::is_same_v<OP, bf16>) {
     const tc::Lanes w = tc::lanes();
     const int tn = N / 16, ntiles = (M / 16) * tn;
     float* s = scr + w.warp * kScrTile;
-    for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
-      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
-      tc::FragC acc;
-      wm::fill_fragment(acc, 0.f);
-      mma_term(acc, ta, i0, j0);
+    // a's part of tile (i0, j0): its k-dots to rowa and to the scratch's spare column col (16 or 17)
+    auto a_part = [&](const tc::FragC& acc, int i0, int j0, int col) {
       wm::store_matrix_sync(s, acc, kScrLd, wm::mem_row_major);
       __syncwarp();
       vec4_tile(
           w, s, [&](int r, int c, float* x) { return dotk(i0 + r, j0 + c, x, 4); },
           [&](int r, float sa) {
-            s[r * kScrLd + 16] = sa;
+            s[r * kScrLd + col] = sa;
             rowa(i0 + r, sa);
           });
       __syncwarp();
-      mma_term(acc, tb, i0, j0);
+    };
+    auto ab_part = [&](const tc::FragC& acc, int i0, int j0, int col) {
       tc::through_scratch(s, acc, [&] {
         vec4_tile(
             w, s, [&](int r, int c, float* x) { return piece(i0 + r, j0 + c, x, 4); },
-            [&](int r, float sab) { rowb(i0 + r, sab - s[r * kScrLd + 16]); });
+            [&](int r, float sab) { rowb(i0 + r, sab - s[r * kScrLd + col]); });
       });
+    };
+    if (Pair && pair_tiles(tn, ntiles, w)) {  // two tiles (mma_term2); their a-dots in columns 16 and 17
+      for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
+        const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+        tc::FragC acc0, acc1;
+        wm::fill_fragment(acc0, 0.f);
+        wm::fill_fragment(acc1, 0.f);
+        mma_term2(acc0, acc1, ta, i0, j0);
+        a_part(acc0, i0, j0, 16);
+        a_part(acc1, i0, j0 + 16, 17);
+        mma_term2(acc0, acc1, tb, i0, j0);
+        ab_part(acc0, i0, j0, 16);
+        ab_part(acc1, i0, j0 + 16, 17);
+      }
+      return;
+    }
+    for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
+      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      tc::FragC acc;
+      wm::fill_fragment(acc, 0.f);
+      mma_term(acc, ta, i0, j0);
+      a_part(acc, i0, j0, 16);
+      mma_term(acc, tb, i0, j0);
+      ab_part(acc, i0, j0, 16);
     }
   } else {
     (void)scr;
@@ -1062,25 +1125,38 @@ __device__ __forceinline__ void state_cols_out(D* dst, OP* op, int ldop, const f
 // columns 4 (l >> 3), so that a warp's 16-byte accesses cover 8 whole 64-byte row segments (coalesced global,
 // and conflict-free on the scratch (stride kScrLd) and on f32 tiles of stride = 4 mod 32 floats).
 // float: a piece per thread. No __syncthreads inside.
-template <class OP, class Epi4, class... Terms>
+template <class OP, bool Pair = false, class Epi4, class... Terms>
 __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, const Terms&... terms) {
   if constexpr (std::is_same_v<OP, bf16>) {
     const tc::Lanes w = tc::lanes();
     const int tn = N / 16, ntiles = (M / 16) * tn;
     float* s = scr + w.warp * kScrTile;
+    auto epi_tile = [&](int i0, int j0) {
+      for (int q = w.lane; q < 64; q += w.nlanes) {
+        const int r = (q & 7) + ((q >> 5) << 3), c = ((q >> 3) & 3) << 2;
+        const uint4 v = ld16(s + r * kScrLd + c);
+        const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
+        epi4(i0 + r, j0 + c, x);
+      }
+    };
+    if (Pair && pair_tiles(tn, ntiles, w)) {
+      for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
+        const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+        tc::FragC acc0, acc1;
+        wm::fill_fragment(acc0, 0.f);
+        wm::fill_fragment(acc1, 0.f);
+        (mma_term2(acc0, acc1, terms, i0, j0), ...);
+        tc::through_scratch(s, acc0, [&] { epi_tile(i0, j0); });
+        tc::through_scratch(s, acc1, [&] { epi_tile(i0, j0 + 16); });
+      }
+      return;
+    }
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
       const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
       tc::FragC acc;
       wm::fill_fragment(acc, 0.f);
       (mma_term(acc, terms, i0, j0), ...);
-      tc::through_scratch(s, acc, [&] {
-        for (int q = w.lane; q < 64; q += w.nlanes) {
-          const int r = (q & 7) + ((q >> 5) << 3), c = ((q >> 3) & 3) << 2;
-          const uint4 v = ld16(s + r * kScrLd + c);
-          const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
-          epi4(i0 + r, j0 + c, x);
-        }
-      });
+      tc::through_scratch(s, acc, [&] { epi_tile(i0, j0); });
     }
   } else {
     (void)scr;
@@ -1098,10 +1174,10 @@ __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, c
 
 // mm_vec4 for bf16 operands; float operands: mm with the element epilogue epi1(i, j, value) (bwd_wy's f32 build:
 // its register allocation spills with mm_vec4's 4-element float walk).
-template <class OP, class Epi4, class Epi1, class... Terms>
+template <class OP, bool Pair = false, class Epi4, class Epi1, class... Terms>
 __device__ __forceinline__ void mm_vec4_or(int M, int N, float* scr, Epi4&& epi4, Epi1&& epi1, const Terms&... terms) {
-  if constexpr (std::is_same_v<OP, bf16>) mm_vec4<OP>(M, N, scr, epi4, terms...);
-  else mm<OP>(M, N, scr, epi1, terms...);
+  if constexpr (std::is_same_v<OP, bf16>) mm_vec4<OP, Pair>(M, N, scr, epi4, terms...);
+  else mm<OP, Pair>(M, N, scr, epi1, terms...);
 }
 
 // X(t, c) *= f(t) for t < rows, c < cols (OP, row stride ld, cols a multiple of 4): 4 elements a step, one f(t)
@@ -1695,7 +1771,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   RowPrefetch<OP, kPrefetchR> pw;  // the saved W in flight during dW = -dU' S_n^T (its buffer holds S_n until then)
   pw.load(p.W + row0 * Dk, C, Dk);
-  mm_vec4_or<OP>(
+  mm_vec4_or<OP, true>(
       C, Dk, scr,
       [&](int t, int j, const float (&x)[4]) {
         const float y[4] = {-x[0], -x[1], -x[2], -x[3]};
@@ -1705,7 +1781,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();  // S_n is dead: the saved W takes S2 while dX goes to S3
   pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
   // dX = T^T dW over X: dk^ = b e^G dX, dbeta += e^G dX.k, dG += b e^G dX.k (X = diag(b e^G) K)
-  mm_pieces<OP>(C, Dk, scr,
+  mm_pieces<OP, true>(C, Dk, scr,
                 [&](int t, int j, float* x, int n) {
                   st_opn(X + t * ld.k + j, x, n);
                   const float eg = dr_exp(G[t]), s = bb[t] * eg;
@@ -1723,19 +1799,19 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   // V's rows in flight during that product (Y's buffer holds W until then); f32 inputs (twice the pieces): load_rows
   ColPrefetch<IN, sizeof(IN) == 4 ? 1 : kPrefetchR> pv;
   pv.load(p.v, g, c, Dv, 0, Dv);
-  mm_vec4_or<OP>(
+  mm_vec4_or<OP, true>(
       C, C, scr, [&](int t, int s, const float (&x)[4]) { st4op(P + t * ldp + s, x); },
       [&](int t, int s, float x) { P[t * ldp + s] = x; }, term<false, true>(X, ld.k, Wt, ld.k, Dk));
   __syncthreads();  // dX and W are dead: Y takes S2, U S3
   pv.store(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);
   __syncthreads();
-  mm_vec4_or<OP>(
+  mm_vec4_or<OP, true>(
       C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(Ut + t * ld.v + j, x); },
       [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
   __syncthreads();
   // dY = T^T dU' over Y: dv = b dY, dbeta += dY.v (Y = diag(b) V)
   const bool vvec = (reinterpret_cast<uintptr_t>(p.v) | reinterpret_cast<uintptr_t>(p.dv)) % (4 * sizeof(IN)) == 0;
-  mm_pieces<OP>(C, Dv, scr,
+  mm_pieces<OP, true>(C, Dv, scr,
                 [&](int t, int j, const float* x, int n) {
                   st_opn(Y + t * ld.v + j, x, n);
                   if (t >= c.L) return 0.f;
@@ -1765,7 +1841,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   // dA = -(dX W^T + dY U^T), strictly lower (the sums continue from P: the same f32 values as one product);
   // A_ts = b_t (k_t.k_s) e^{G_t - G_s}: E = dA (.) diag(b) Gamma over T, P keeps the sums for dbeta
   // bf16: 4 columns per lane (one 16-byte P store, one 8-byte T store, b_t and G_t read once per piece)
-  mm_walk_init<OP>(
+  mm_walk_init<OP, true>(
       C, C, scr, P, ldp,
       [&](const tc::Lanes& w, int i0, int j0, const float* sc) {
         for (int q = w.lane; q < 64; q += w.nlanes) {
@@ -1787,7 +1863,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
       term<false, true>(Y, ld.v, Ut, ld.v, Dv));
   __syncthreads();
   // dbeta_t += sum_{s<t} dA_ts (k_t.k_s) Gamma_ts (K K^T again, in f32, as A's)
-  mm_pieces<OP>(C, C, scr,
+  mm_pieces<OP, true>(C, C, scr,
                 [&](int t, int s, const float* x, int n) {  // n = 4: P's piece in one 16-byte load
                   float pv[4];
                   if (n == 4) {
@@ -1804,7 +1880,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
                 },
                 [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<false, true>(K, ld.k, K, ld.k, Dk));
   // k_t enters A_ts (row, + G_t) and A_st (column, - G_s): dk^ += E K + E^T K in one pass
-  mm_pieces_ab<OP>(
+  mm_pieces_ab<OP, true>(
       C, Dk, scr, [&](int t, int j, const float* x, int n) { return dot_rows(x, n, K + t * ld.k + j); },
       [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
       [&](int t, float r) { dr_atomic_add(&dG[t], r); }, [&](int t, float r) { dr_atomic_add(&dG[t], -r); },
@@ -1850,7 +1926,7 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   copy_rows(Up, ld.v, p.Un + row0 * Dv, C, Dv);
   __syncthreads();
-  mm_vec4_or<OP>(
+  mm_vec4_or<OP, true>(
       C, C, scr,
       [&](int t, int s, const float (&x)[4]) {
         const float gt = G[t];
@@ -1899,7 +1975,7 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   if (w.lane == 0) red[w.warp] = part;
   for (int t = tid; t < C; t += nthr) yrow[t] = 0.f;
   __syncthreads();
-  mm_pieces<OP>(C, Dk, scr,
+  mm_pieces<OP, true>(C, Dk, scr,
                 [&](int t, int j, const float* x, int n) {
                   st_f32n(p.dqh + (row0 + t) * Dk + j, x, n);
                   return dot_rows(x, n, Q + t * ld.k + j);
@@ -1914,7 +1990,7 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   // dk^ += F^T Q + diag(e^{G_C - G}) U' dS'^T in one pass: k_s enters F_ts through Gamma_ts with - G_s (dG), and
   // the second product's k-dots are the y above
-  mm_pieces_ab<OP>(
+  mm_pieces_ab<OP, true>(
       C, Dk, scr, [&](int t, int j, const float* x, int n) { return dot_rows(x, n, K + t * ld.k + j); },
       [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
       [&](int t, float r) { dr_atomic_add(&dG[t], -r); }, [&](int t, float r) { dr_atomic_add(&yrow[t], r); },
