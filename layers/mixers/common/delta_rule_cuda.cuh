@@ -401,9 +401,9 @@ __device__ __forceinline__ void mma_term2(tc::FragC& acc0, tc::FragC& acc1, cons
   }
 }
 // Whether a warp walk with Pair = true takes its tiles in horizontal pairs (mma_term2): an even number of tile columns,
-// and at least one pair for every warp. Pair is a template flag of the walks (mm*, mm_vec4*, mm_pieces_ab), set by the
-// kernels whose registers have room for the second accumulator (bwd_wy, bwd_out: 128 per thread); the others would
-// spill.
+// and at least one pair for every warp. Pair is a template flag of the walks (mm*, mm_vec4*, mm_pieces_ab), set where it
+// measured faster: bwd_out (1.35 -> 1.28 ms at B=4 T=4096 H=16 D=128 on the H100); bwd_wy was slower with it (1.28 ->
+// 1.38 ms), and the kernels with tighter register bounds would spill.
 __device__ __forceinline__ bool pair_tiles(int tn, int ntiles, const tc::Lanes& w) {
   return tn % 2 == 0 && ntiles >= 2 * w.nwarps;
 }
@@ -1771,7 +1771,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   RowPrefetch<OP, kPrefetchR> pw;  // the saved W in flight during dW = -dU' S_n^T (its buffer holds S_n until then)
   pw.load(p.W + row0 * Dk, C, Dk);
-  mm_vec4_or<OP, true>(
+  mm_vec4_or<OP>(
       C, Dk, scr,
       [&](int t, int j, const float (&x)[4]) {
         const float y[4] = {-x[0], -x[1], -x[2], -x[3]};
@@ -1781,7 +1781,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();  // S_n is dead: the saved W takes S2 while dX goes to S3
   pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
   // dX = T^T dW over X: dk^ = b e^G dX, dbeta += e^G dX.k, dG += b e^G dX.k (X = diag(b e^G) K)
-  mm_pieces<OP, true>(C, Dk, scr,
+  mm_pieces<OP>(C, Dk, scr,
                 [&](int t, int j, float* x, int n) {
                   st_opn(X + t * ld.k + j, x, n);
                   const float eg = dr_exp(G[t]), s = bb[t] * eg;
@@ -1799,19 +1799,19 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   // V's rows in flight during that product (Y's buffer holds W until then); f32 inputs (twice the pieces): load_rows
   ColPrefetch<IN, sizeof(IN) == 4 ? 1 : kPrefetchR> pv;
   pv.load(p.v, g, c, Dv, 0, Dv);
-  mm_vec4_or<OP, true>(
+  mm_vec4_or<OP>(
       C, C, scr, [&](int t, int s, const float (&x)[4]) { st4op(P + t * ldp + s, x); },
       [&](int t, int s, float x) { P[t * ldp + s] = x; }, term<false, true>(X, ld.k, Wt, ld.k, Dk));
   __syncthreads();  // dX and W are dead: Y takes S2, U S3
   pv.store(Y, ld.v, p.v, g, c, Dv, 0, Dv, 1.f, bb);
   __syncthreads();
-  mm_vec4_or<OP, true>(
+  mm_vec4_or<OP>(
       C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(Ut + t * ld.v + j, x); },
       [&](int t, int j, float x) { Ut[t * ld.v + j] = fromf<OP>(x); }, term<false, false>(T, ld.c, Y, ld.v, C));
   __syncthreads();
   // dY = T^T dU' over Y: dv = b dY, dbeta += dY.v (Y = diag(b) V)
   const bool vvec = (reinterpret_cast<uintptr_t>(p.v) | reinterpret_cast<uintptr_t>(p.dv)) % (4 * sizeof(IN)) == 0;
-  mm_pieces<OP, true>(C, Dv, scr,
+  mm_pieces<OP>(C, Dv, scr,
                 [&](int t, int j, const float* x, int n) {
                   st_opn(Y + t * ld.v + j, x, n);
                   if (t >= c.L) return 0.f;
@@ -1841,7 +1841,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   // dA = -(dX W^T + dY U^T), strictly lower (the sums continue from P: the same f32 values as one product);
   // A_ts = b_t (k_t.k_s) e^{G_t - G_s}: E = dA (.) diag(b) Gamma over T, P keeps the sums for dbeta
   // bf16: 4 columns per lane (one 16-byte P store, one 8-byte T store, b_t and G_t read once per piece)
-  mm_walk_init<OP, true>(
+  mm_walk_init<OP>(
       C, C, scr, P, ldp,
       [&](const tc::Lanes& w, int i0, int j0, const float* sc) {
         for (int q = w.lane; q < 64; q += w.nlanes) {
@@ -1863,7 +1863,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
       term<false, true>(Y, ld.v, Ut, ld.v, Dv));
   __syncthreads();
   // dbeta_t += sum_{s<t} dA_ts (k_t.k_s) Gamma_ts (K K^T again, in f32, as A's)
-  mm_pieces<OP, true>(C, C, scr,
+  mm_pieces<OP>(C, C, scr,
                 [&](int t, int s, const float* x, int n) {  // n = 4: P's piece in one 16-byte load
                   float pv[4];
                   if (n == 4) {
@@ -1880,7 +1880,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
                 },
                 [&](int t, float r) { dr_atomic_add(&db[t], r); }, term<false, true>(K, ld.k, K, ld.k, Dk));
   // k_t enters A_ts (row, + G_t) and A_st (column, - G_s): dk^ += E K + E^T K in one pass
-  mm_pieces_ab<OP, true>(
+  mm_pieces_ab<OP>(
       C, Dk, scr, [&](int t, int j, const float* x, int n) { return dot_rows(x, n, K + t * ld.k + j); },
       [&](int t, int j, const float* x, int n) { return add_rows_dot(p.dkh + (row0 + t) * Dk + j, x, n, K + t * ld.k + j); },
       [&](int t, float r) { dr_atomic_add(&dG[t], r); }, [&](int t, float r) { dr_atomic_add(&dG[t], -r); },
