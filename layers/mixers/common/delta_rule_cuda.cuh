@@ -727,10 +727,23 @@ __device__ __forceinline__ int64_t state_off(const Geo& g, int b, int h, int n) 
 
 // x / sqrt(|x|^2 + eps) per row into dst (OP, stride ld); rows >= L are zeros; r[row] = 1 / sqrt(|x|^2 + eps).
 // A warp per row (coalesced loads, the sum of squares through warp_sum). Each warp loads kNormRows rows (kNormElems
-// elements per lane: C = 64, D <= 128 with 8 warps: the whole tile) into registers before any sum, so that one
-// round trip covers them; with fewer lanes (the emulation) the row goes in blocks, read again for the stores.
-// A lane's sum runs over its elements in ascending order, as one row at a time would. No __syncthreads inside.
+// consecutive elements per lane, one 8-byte (bf16) / 16-byte (f32) load where aligned: C = 64, D <= 128 with 8 warps:
+// the whole tile) into registers before any sum, so that one round trip covers them; with fewer lanes (the
+// emulation) the row goes in blocks, read again for the stores. No __syncthreads inside.
 constexpr int kNormRows = 4, kNormElems = 4;
+// x[0 .. 3] = src[0 .. 3] as f32 (zeros where !ok): one load where vec (src aligned for ld4f), else four.
+template <class T>
+__device__ __forceinline__ void ld4f_or_zero(const T* src, bool ok, bool vec, float (&x)[4]) {
+  if (!ok) {
+    x[0] = x[1] = x[2] = x[3] = 0.f;
+  } else if (vec) {
+    ld4f(src, x);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) x[e] = tof(src[e]);
+  }
+}
+static_assert(kNormElems == 4, "the row walks load 4 consecutive elements per lane (ld4f_or_zero)");
 template <class IN, class OP>
 __device__ __forceinline__ void load_normalized(OP* dst, int ld, float* r, const IN* x, const Geo& g, const Chunk& c, int D) {
   const tc::Lanes w = tc::lanes();
@@ -739,16 +752,12 @@ __device__ __forceinline__ void load_normalized(OP* dst, int ld, float* r, const
     float xv[kNormRows][kNormElems], rn[kNormRows];
     const IN* row0 = x + tok(g, c.b, c.t0 + t0, c.h) * D;  // row t0 + q nwarps at q rstride further
     const int rstride = w.nwarps * g.H * D;
+    const bool vec = reinterpret_cast<uintptr_t>(x) % (4 * sizeof(IN)) == 0;  // D is a multiple of 16
     auto load_block = [&](int jb) {
 #pragma unroll
       for (int q = 0; q < kNormRows; ++q) {
-        const int t = t0 + q * w.nwarps;
-        const IN* row = row0 + q * rstride;
-#pragma unroll
-        for (int i = 0; i < kNormElems; ++i) {
-          const int j = jb * span + i * w.nlanes + w.lane;
-          xv[q][i] = t < c.L && j < D ? tof(row[j]) : 0.f;
-        }
+        const int t = t0 + q * w.nwarps, j = jb * span + w.lane * kNormElems;
+        ld4f_or_zero(row0 + q * rstride + j, t < c.L && j < D, vec, xv[q]);
       }
     };
 #pragma unroll
@@ -769,12 +778,11 @@ __device__ __forceinline__ void load_normalized(OP* dst, int ld, float* r, const
       if (nb > 1) load_block(jb);
 #pragma unroll
       for (int q = 0; q < kNormRows; ++q) {
-        const int t = t0 + q * w.nwarps;
+        const int t = t0 + q * w.nwarps, j = jb * span + w.lane * kNormElems;
         if (t >= g.C) continue;
-#pragma unroll
-        for (int i = 0; i < kNormElems; ++i) {
-          const int j = jb * span + i * w.nlanes + w.lane;
-          if (j < D) dst[t * ld + j] = fromf<OP>(xv[q][i] * rn[q]);
+        if (j < D) {  // ld (a multiple of 8) and j (of 4): an 8-byte aligned bf16 store
+          const float y[4] = {xv[q][0] * rn[q], xv[q][1] * rn[q], xv[q][2] * rn[q], xv[q][3] * rn[q]};
+          st4op(dst + t * ld + j, y);
         }
         if (jb == 0 && w.lane == 0) r[t] = rn[q];
       }
@@ -1348,21 +1356,28 @@ __device__ __forceinline__ void unit_lower_inverse_blocked(float* A, int lda, fl
     if (col < kInvC) write_col(col, x);
   }
   __syncthreads();
-  // T block (bm, bj), bm >= bj, element (r, c)
-  auto tb = [&](int bm, int bj, int r, int c) -> float {
-    if (bm > bj) return Toff[(bm * (bm - 1) / 2 + bj) * bs + r * kInvLd + c];
-    return r > c ? A[(bm * 16 + r) * lda + bj * 16 + c] : (r == c ? 1.f : 0.f);
-  };
-  // (2) off-diagonal blocks by distance
+  // (2) off-diagonal blocks by distance. M's sum over m = bj uses T_jj (unit lower, in A's diagonal block: element
+  // (k, c) is A's for k > c, 1 for k = c, 0 above), then the T_mj blocks in Toff; unrolled, with selects instead of
+  // a branch per element (the same sums in the same order: the zero terms add exact zeros).
   for (int d = 1; d < nb; ++d) {
     const int nblk = nb - d;
     for (int e = tid; e < nblk * 256; e += nthr) {
       const int bj = e / 256, r = (e / 16) % 16, c = e % 16, bi = bj + d;
       const float* Arow = A + (bi * 16 + r) * lda;
+      const float* Ad = Arow + bj * 16;
+      const float* Tjj = A + (bj * 16) * lda + bj * 16 + c;
       float s = 0.f;
-      for (int bm = bj; bm < bi; ++bm)
-#pragma unroll 4
-        for (int k = 0; k < 16; ++k) s += Arow[bm * 16 + k] * tb(bm, bj, k, c);
+#pragma unroll
+      for (int k = 0; k < 16; ++k) {
+        const float tv = Tjj[k * lda];
+        s += Ad[k] * (k > c ? tv : (k == c ? 1.f : 0.f));
+      }
+      for (int bm = bj + 1; bm < bi; ++bm) {
+        const float* Am = Arow + bm * 16;
+        const float* Tb = Toff + (bm * (bm - 1) / 2 + bj) * bs + c;
+#pragma unroll
+        for (int k = 0; k < 16; ++k) s += Am[k] * Tb[k * kInvLd];
+      }
       M[bj * bs + r * kInvLd + c] = s;
     }
     __syncthreads();
@@ -2015,6 +2030,8 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   // (rows 0 .. L - 1 of q, then of k), kNormRows of them loaded before their sums as in load_normalized
   {
     const int span = kNormElems * w.nlanes, nb = (Dk + span - 1) / span;  // element blocks per row: 1 on the GPU
+    const bool xvec = (reinterpret_cast<uintptr_t>(p.q) | reinterpret_cast<uintptr_t>(p.k) | reinterpret_cast<uintptr_t>(p.dq) |
+                       reinterpret_cast<uintptr_t>(p.dk)) % (4 * sizeof(IN)) == 0;
     for (int t0 = w.warp; t0 < 2 * c.L; t0 += kNormRows * w.nwarps) {
       float xv[kNormRows][kNormElems], dv[kNormRows][kNormElems], dot[kNormRows], rnv[kNormRows];
 #pragma unroll
@@ -2026,17 +2043,14 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
       auto load_block = [&](int jb) {
 #pragma unroll
         for (int q = 0; q < kNormRows; ++q) {
-          const int t = t0 + q * w.nwarps, r = t < c.L ? t : t - c.L;
-          const bool in = t < 2 * c.L;
+          const int t = t0 + q * w.nwarps, r = t < c.L ? t : t - c.L, j = jb * span + w.lane * kNormElems;
+          const bool in = t < 2 * c.L, ok = in && j < Dk;
           const IN* x = (t < c.L ? p.q : p.k) + (in ? tok(g, c.b, c.t0 + r, c.h) * Dk : 0);
           const float* dx = (t < c.L ? p.dqh : p.dkh) + (in ? (row0 + r) * Dk : 0);
+          ld4f_or_zero(x + j, ok, xvec, xv[q]);
+          ld4f_or_zero(dx + j, ok, true, dv[q]);  // dq^, dk^: ours, 16-byte aligned rows
 #pragma unroll
-          for (int i = 0; i < kNormElems; ++i) {
-            const int j = jb * span + i * w.nlanes + w.lane;
-            const bool ok = in && j < Dk;
-            xv[q][i] = ok ? tof(x[j]) * rnv[q] : 0.f;
-            dv[q][i] = ok ? dx[j] : 0.f;
-          }
+          for (int i = 0; i < kNormElems; ++i) xv[q][i] *= rnv[q];
         }
       };
       for (int jb = 0; jb < nb; ++jb) {
@@ -2055,10 +2069,14 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
           const int t = t0 + q * w.nwarps, r = t < c.L ? t : t - c.L;
           if (t >= 2 * c.L) continue;
           IN* out = (t < c.L ? p.dq : p.dk) + tok(g, c.b, c.t0 + r, c.h) * Dk;
+          const int j = jb * span + w.lane * kNormElems;
+          if (j < Dk) {
+            float y[4];
 #pragma unroll
-          for (int i = 0; i < kNormElems; ++i) {
-            const int j = jb * span + i * w.nlanes + w.lane;
-            if (j < Dk) out[j] = fromf<IN>(rnv[q] * (dv[q][i] - xv[q][i] * dot[q]));
+            for (int i = 0; i < kNormElems; ++i) y[i] = rnv[q] * (dv[q][i] - xv[q][i] * dot[q]);
+            if (xvec) st4op(out + j, y);
+            else
+              for (int i = 0; i < kNormElems; ++i) out[j + i] = fromf<IN>(y[i]);
           }
         }
       }
