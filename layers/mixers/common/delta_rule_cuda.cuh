@@ -868,30 +868,39 @@ __device__ __forceinline__ void load_gb(float* G, float* bb, const float* gptr, 
   }
 }
 
+// The batched walk of the tile loads below: pieces e < total, R of them loaded per thread (load(e), a uint4)
+// before their stores (store(e, v)), so that one global round trip covers a batch.
+template <int R = kLdBatch, class Load, class Store>
+__device__ __forceinline__ void batched_pieces(int total, Load&& load, Store&& store) {
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  for (int e0 = tid; e0 < total; e0 += R * nthr) {
+    uint4 v[R];
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) v[k] = load(e);
+    }
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) store(e, v[k]);
+    }
+  }
+}
+
 // f32 [rows, cols] (row stride srcld) -> OP tile (stride ld); load_f32_rows: element (r, j) = conv(r, value)
 // rounded to OP. 16-byte loads: cols and srcld multiples of 4, src 16-byte aligned. A thread issues kLdBatch
 // loads before its first shared-memory store (kLdBatch).
 template <class OP, class Conv>
 __device__ __forceinline__ void load_f32_rows(OP* dst, int ld, const float* src, int64_t srcld, int rows, int cols, Conv&& conv) {
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  const int vc = cols / 4, total = rows * vc;
-  for (int e0 = tid; e0 < total; e0 += kLdBatch * nthr) {
-    uint4 v[kLdBatch];
-#pragma unroll
-    for (int k = 0; k < kLdBatch; ++k) {
-      const int e = e0 + k * nthr;
-      if (e < total) v[k] = ld16(src + int64_t(e / vc) * srcld + (e % vc) * 4);
-    }
-#pragma unroll
-    for (int k = 0; k < kLdBatch; ++k) {
-      const int e = e0 + k * nthr;
-      if (e < total) {
+  const int vc = cols / 4;
+  batched_pieces(
+      rows * vc, [&](int e) { return ld16(src + int64_t(e / vc) * srcld + (e % vc) * 4); },
+      [&](int e, const uint4& v) {
         const int r = e / vc, j = (e % vc) * 4;
-        const float x[4] = {conv(r, u2f(v[k].x)), conv(r, u2f(v[k].y)), conv(r, u2f(v[k].z)), conv(r, u2f(v[k].w))};
+        const float x[4] = {conv(r, u2f(v.x)), conv(r, u2f(v.y)), conv(r, u2f(v.z)), conv(r, u2f(v.w))};
         st4op(dst + r * ld + j, x);  // one 8-byte (bf16) store instead of four 2-byte ones
-      }
-    }
-  }
+      });
 }
 template <class OP>
 __device__ __forceinline__ void load_f32(OP* dst, int ld, const float* src, int64_t srcld, int rows, int cols) {
@@ -901,58 +910,29 @@ __device__ __forceinline__ void load_f32(OP* dst, int ld, const float* src, int6
 // 16-byte pieces (16 / sizeof(OP) elements): cols and srcld multiples of that, src 16-byte aligned.
 template <class OP, class Conv>
 __device__ __forceinline__ void load_op_rows(OP* dst, int ld, const OP* src, int64_t srcld, int rows, int cols, Conv&& conv) {
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   constexpr int per = 16 / int(sizeof(OP));
-  const int vc = cols / per, total = rows * vc;
-  for (int e0 = tid; e0 < total; e0 += kLdBatch * nthr) {
-    uint4 v[kLdBatch];
-#pragma unroll
-    for (int k = 0; k < kLdBatch; ++k) {
-      const int e = e0 + k * nthr;
-      if (e < total) v[k] = ld16(src + int64_t(e / vc) * srcld + (e % vc) * per);
-    }
-#pragma unroll
-    for (int k = 0; k < kLdBatch; ++k) {
-      const int e = e0 + k * nthr;
-      if (e < total) {
+  const int vc = cols / per;
+  batched_pieces(
+      rows * vc, [&](int e) { return ld16(src + int64_t(e / vc) * srcld + (e % vc) * per); },
+      [&](int e, const uint4& v) {
         const int r = e / vc, j = (e % vc) * per;
 #pragma unroll
         for (int h = 0; h < per; h += 4) {
-          const float x[4] = {conv(r, elem16<OP>(v[k], h)), conv(r, elem16<OP>(v[k], h + 1)),
-                              conv(r, elem16<OP>(v[k], h + 2)), conv(r, elem16<OP>(v[k], h + 3))};
+          const float x[4] = {conv(r, elem16<OP>(v, h)), conv(r, elem16<OP>(v, h + 1)), conv(r, elem16<OP>(v, h + 2)),
+                              conv(r, elem16<OP>(v, h + 3))};
           st4op(dst + r * ld + j + h, x);
         }
-      }
-    }
-  }
+      });
 }
 // 16-byte pieces: cols and ld multiples of 8 elements (16 / sizeof(OP) divides them), src and dst 16-byte aligned.
 template <int R = kLdBatch, class OP>
 __device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) {
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   if (srcld < 0) srcld = cols;
   constexpr int per = 16 / int(sizeof(OP));
-  const int vc = cols / per, total = rows * vc;
-  for (int e0 = tid; e0 < total; e0 += R * nthr) {  // R loads in flight before their stores
-    uint4 v[R];
-#pragma unroll
-    for (int k = 0; k < R; ++k) {
-      const int e = e0 + k * nthr;
-      if (e < total) v[k] = ld16(src + int64_t(e / vc) * srcld + (e % vc) * per);
-    }
-#pragma unroll
-    for (int k = 0; k < R; ++k) {
-      const int e = e0 + k * nthr;
-      if (e < total) {
-        OP* d = dst + (e / vc) * ld + (e % vc) * per;
-#ifdef DELTA_EMULATE
-        std::memcpy(d, &v[k], 16);
-#else
-        *reinterpret_cast<uint4*>(d) = v[k];
-#endif
-      }
-    }
-  }
+  const int vc = cols / per;
+  batched_pieces<R>(
+      rows * vc, [&](int e) { return ld16(src + int64_t(e / vc) * srcld + (e % vc) * per); },
+      [&](int e, const uint4& v) { st16(dst + (e / vc) * ld + (e % vc) * per, v); });
 }
 
 // copy_rows one piece at a time (the sequential kernels' fallback: their registers are scarce).
