@@ -94,6 +94,7 @@
 #include "core/cuda/runtime.h"
 #include "core/ops.h"
 #include "layers/mixers/common/delta_rule_cuda.cuh"
+#include "layers/mixers/common/kernel_grads.h"
 
 namespace seqmix::mixers {
 
@@ -174,11 +175,7 @@ autograd::Tensors DeltaFunction::backward(const autograd::Tensors& grads) {
   {
     autograd::NoGradGuard ng;
     ::seqmix::cuda::select_device(dev.index);
-    if (!dout.defined()) dout = zeros(v.shape(), v.dtype(), dev);
-    dout = dout.detach();
-    if (dout.dtype() != v.dtype()) dout = dout.to(v.dtype());
-    dout = dout.contiguous();
-    if (dfinal.defined()) dfinal = dfinal.detach().to(DType::F32).contiguous();
+    kernel_output_grads(dout, dfinal, v);
     const int64_t B = geo.B, T = geo.T, H = geo.H, Dk = geo.Dk, Dv = geo.Dv, Tp = int64_t(geo.N) * geo.C;
     const DType opdt = op_f32 ? DType::F32 : DType::BF16;
     Tensor dU = Tensor::empty({B, H, Tp, Dv}, DType::F32, dev);

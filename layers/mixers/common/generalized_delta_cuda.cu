@@ -37,6 +37,7 @@
 #include "core/cuda/runtime.h"
 #include "core/ops.h"
 #include "layers/mixers/common/generalized_delta_cuda.cuh"
+#include "layers/mixers/common/kernel_grads.h"
 
 namespace seqmix::mixers {
 
@@ -112,11 +113,7 @@ autograd::Tensors GdrFunction::backward(const autograd::Tensors& grads) {
   {
     autograd::NoGradGuard ng;
     ::seqmix::cuda::select_device(dev.index);
-    if (!dout.defined()) dout = zeros(v.shape(), v.dtype(), dev);
-    dout = dout.detach();
-    if (dout.dtype() != v.dtype()) dout = dout.to(v.dtype());
-    dout = dout.contiguous();
-    if (dfinal.defined()) dfinal = dfinal.detach().to(DType::F32).contiguous();
+    kernel_output_grads(dout, dfinal, v);
     const int64_t B = geo.B, T = geo.T, H = geo.H, Dk = geo.Dk, nsl = geo.Dv / gdr_cuda::kVs;
     const int64_t part_bytes = nsl * (v.dtype() == DType::F32 ? 20 : 12) * B * T * H * Dk;  // see gdr_cuda::PartT
     Tensor part = Tensor::empty({part_bytes}, DType::U8, dev);

@@ -83,6 +83,7 @@
 #include "core/cuda/device_utils.cuh"
 #include "core/cuda/runtime.h"
 #include "core/ops.h"
+#include "layers/mixers/common/kernel_grads.h"
 #include "layers/mixers/common/linear_recurrence.cuh"
 #include "layers/mixers/common/linear_recurrence_cuda.h"
 #include "layers/mixers/common/linear_recurrence_tc.cuh"
@@ -1020,11 +1021,7 @@ struct RecurrenceFunction : autograd::CustomFunction {
     Grads gr;
     {
       autograd::NoGradGuard ng;
-      if (!dout.defined()) dout = zeros(in.v.shape(), in.v.dtype(), in.v.device());
-      dout = dout.detach();
-      if (dout.dtype() != in.v.dtype()) dout = dout.to(in.v.dtype());
-      dout = dout.contiguous();
-      if (dfinal.defined()) dfinal = dfinal.detach().to(DType::F32).contiguous();
+      kernel_output_grads(dout, dfinal, in.v);
       ::seqmix::cuda::select_device(in.v.device().index);
       gr = backward_launch(in, s[6], s[7], s[8], dout, dfinal, needs_input_grad(3));
     }
