@@ -888,24 +888,6 @@ __device__ __forceinline__ void batched_pieces(int total, Load&& load, Store&& s
   }
 }
 
-// f32 [rows, cols] (row stride srcld) -> OP tile (stride ld); load_f32_rows: element (r, j) = conv(r, value)
-// rounded to OP. 16-byte loads: cols and srcld multiples of 4, src 16-byte aligned. A thread issues kLdBatch
-// loads before its first shared-memory store (kLdBatch).
-template <class OP, class Conv>
-__device__ __forceinline__ void load_f32_rows(OP* dst, int ld, const float* src, int64_t srcld, int rows, int cols, Conv&& conv) {
-  const int vc = cols / 4;
-  batched_pieces(
-      rows * vc, [&](int e) { return ld16(src + int64_t(e / vc) * srcld + (e % vc) * 4); },
-      [&](int e, const uint4& v) {
-        const int r = e / vc, j = (e % vc) * 4;
-        const float x[4] = {conv(r, u2f(v.x)), conv(r, u2f(v.y)), conv(r, u2f(v.z)), conv(r, u2f(v.w))};
-        st4op(dst + r * ld + j, x);  // one 8-byte (bf16) store instead of four 2-byte ones
-      });
-}
-template <class OP>
-__device__ __forceinline__ void load_f32(OP* dst, int ld, const float* src, int64_t srcld, int rows, int cols) {
-  load_f32_rows(dst, ld, src, srcld, rows, cols, [](int, float x) { return x; });
-}
 // OP [rows, cols] (row stride srcld) -> OP tile (stride ld), element (r, j) = conv(r, value) rounded to OP.
 // 16-byte pieces (16 / sizeof(OP) elements): cols and srcld multiples of that, src 16-byte aligned.
 template <class OP, class Conv>
