@@ -390,14 +390,14 @@ __device__ __forceinline__ void mma_term2(tc::FragC& acc0, tc::FragC& acc1, cons
   using LA = std::conditional_t<TA, wm::col_major, wm::row_major>;
   using LB = std::conditional_t<TB, wm::col_major, wm::row_major>;
   for (int kk = 0; kk < t.K; kk += 16) {
-    wm::fragment<wm::matrix_a, 16, 16, 16, bf16, LA> fa;
-    wm::fragment<wm::matrix_b, 16, 16, 16, bf16, LB> fb0, fb1;
+    tc::FragA<LA> fa;
+    tc::FragB<LB> fb0, fb1;
     const bf16* b0 = TB ? t.b + size_t(j0) * t.ldb + kk : t.b + size_t(kk) * t.ldb + j0;
-    wm::load_matrix_sync(fa, TA ? t.a + size_t(kk) * t.lda + i0 : t.a + size_t(i0) * t.lda + kk, unsigned(t.lda));
-    wm::load_matrix_sync(fb0, b0, unsigned(t.ldb));
-    wm::load_matrix_sync(fb1, TB ? b0 + size_t(16) * t.ldb : b0 + 16, unsigned(t.ldb));
-    wm::mma_sync(acc0, fa, fb0, acc0);
-    wm::mma_sync(acc1, fa, fb1, acc1);
+    tc::load_a(fa, TA ? t.a + size_t(kk) * t.lda + i0 : t.a + size_t(i0) * t.lda + kk, t.lda);
+    tc::load_b(fb0, b0, t.ldb);
+    tc::load_b(fb1, TB ? b0 + size_t(16) * t.ldb : b0 + 16, t.ldb);
+    tc::mma(acc0, fa, fb0);
+    tc::mma(acc1, fa, fb1);
   }
 }
 // Whether a warp walk with Pair = true takes its tiles in horizontal pairs (mma_term2): an even number of tile columns,
@@ -429,17 +429,8 @@ __device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const flo
     const int tn = N / 16, ntiles = (M / 16) * tn;
     float* s = scr + w.warp * kScrTile;
     auto start = [&](tc::FragC& acc, int i0, int j0) {
-      if (init == nullptr) {
-        wm::fill_fragment(acc, 0.f);
-      } else {
-#ifdef DELTA_EMULATE
-        if (emu_lane0())
-          for (int r = 0; r < 16; ++r)
-            for (int q = 0; q < 16; ++q) acc.x[r][q] = init[(i0 + r) * ldi + j0 + q];
-#else
-        wm::load_matrix_sync(acc, init + size_t(i0) * ldi + j0, unsigned(ldi), wm::mem_row_major);
-#endif
-      }
+      if (init == nullptr) tc::fill(acc, 0.f);
+      else tc::load_acc(acc, init + size_t(i0) * ldi + j0, ldi);
     };
     if (Pair && pair_tiles(tn, ntiles, w)) {
       for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
@@ -574,7 +565,7 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
     float* s = scr + w.warp * kScrTile;
     // a's part of tile (i0, j0): its k-dots to rowa and to the scratch's spare column col (16 or 17)
     auto a_part = [&](const tc::FragC& acc, int i0, int j0, int col) {
-      wm::store_matrix_sync(s, acc, kScrLd, wm::mem_row_major);
+      tc::store_acc(s, acc, kScrLd);
       __syncwarp();
       vec4_tile(
           w, s, [&](int r, int c, float* x) { return dotk(i0 + r, j0 + c, x, 4); },
@@ -595,8 +586,8 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
       for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
         const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
         tc::FragC acc0, acc1;
-        wm::fill_fragment(acc0, 0.f);
-        wm::fill_fragment(acc1, 0.f);
+        tc::fill(acc0, 0.f);
+        tc::fill(acc1, 0.f);
         mma_term2(acc0, acc1, ta, i0, j0);
         a_part(acc0, i0, j0, 16);
         a_part(acc1, i0, j0 + 16, 17);
@@ -609,7 +600,7 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
       const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
       tc::FragC acc;
-      wm::fill_fragment(acc, 0.f);
+      tc::fill(acc, 0.f);
       mma_term(acc, ta, i0, j0);
       a_part(acc, i0, j0, 16);
       mma_term(acc, tb, i0, j0);
@@ -1113,8 +1104,8 @@ __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, c
       for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
         const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
         tc::FragC acc0, acc1;
-        wm::fill_fragment(acc0, 0.f);
-        wm::fill_fragment(acc1, 0.f);
+        tc::fill(acc0, 0.f);
+        tc::fill(acc1, 0.f);
         (mma_term2(acc0, acc1, terms, i0, j0), ...);
         tc::through_scratch(s, acc0, [&] { epi_tile(i0, j0); });
         tc::through_scratch(s, acc1, [&] { epi_tile(i0, j0 + 16); });
@@ -1124,7 +1115,7 @@ __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, c
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
       const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
       tc::FragC acc;
-      wm::fill_fragment(acc, 0.f);
+      tc::fill(acc, 0.f);
       (mma_term(acc, terms, i0, j0), ...);
       tc::through_scratch(s, acc, [&] { epi_tile(i0, j0); });
     }
@@ -1175,18 +1166,11 @@ __device__ __forceinline__ void state_update(float* S, int lds, int M, int N, fl
       const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
       float* st = S + i0 * lds + j0;
       tc::FragC acc;
-#ifdef DELTA_EMULATE
-      if (emu_lane0())
-        for (int r = 0; r < 16; ++r)
-          for (int q = 0; q < 16; ++q) acc.x[r][q] = decay * st[r * lds + q];
-#else
-      wm::load_matrix_sync(acc, st, unsigned(lds), wm::mem_row_major);
-#pragma unroll
-      for (int e = 0; e < acc.num_elements; ++e) acc.x[e] *= decay;  // uniform scale: layout-independent
-#endif
+      tc::load_acc(acc, st, lds);
+      tc::scale(acc, decay);
       if constexpr (U == 0) (mma_term(acc, terms, i0, j0), ...);
       else (mma_term_u<U>(acc, terms, i0, j0), ...);
-      wm::store_matrix_sync(st, acc, unsigned(lds), wm::mem_row_major);
+      tc::store_acc(st, acc, lds);
     }
   } else {
     const int nthr = int(blockDim.x), tid = int(threadIdx.x);

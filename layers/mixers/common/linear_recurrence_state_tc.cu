@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(kThreads) state_pass_tc(TcGeo geo, const T* __
     for (int tile0 = w.warp; tile0 < ntiles; tile0 += kGroup * w.nwarps) {
       FragC acc[kGroup];
 #pragma unroll
-      for (int k = 0; k < kGroup; ++k) wm::fill_fragment(acc[k], 0.f);
+      for (int k = 0; k < kGroup; ++k) fill(acc[k], 0.f);
       for (int s = 0; s < kts; ++s) {
 #pragma unroll
         for (int k = 0; k < kGroup; ++k) {

@@ -380,7 +380,7 @@ __device__ __forceinline__ void build_A(bf16* A, int ldc, const bf16* q, const b
     int ti, si;
     lower_tile(tile, ti, si);
     FragC acc;
-    wm::fill_fragment(acc, 0.f);
+    fill(acc, 0.f);
     if (ti * 16 < L)
       for (int c0 = 0; c0 < Dk; c0 += 16) mma16<wm::row_major, wm::col_major>(acc, q + ti * 16 * ldk + c0, ldk, k + si * 16 * ldk + c0, ldk);
     through_scratch(sc, acc, [&] {
@@ -454,7 +454,7 @@ __global__ void __launch_bounds__(kStateThreads)  // <= 80 registers (3 CTAs / S
   for (int tile = w.warp; tile < ni * nj; tile += w.nwarps) {
     const int jt = tile / ni, it = tile - jt * ni;
     FragC acc;
-    wm::fill_fragment(acc, 0.f);
+    fill(acc, 0.f);
     for (int s = 0; s < kt; ++s)
       mma16<wm::col_major, wm::row_major>(acc, Y + s * 16 * ldv + jt * 16, ldv, X + s * 16 * ldk + it * 16, ldk);
     // rows d = jt * 16 + r (all < Dv), 8 columns per lane: one 16-byte store
@@ -526,7 +526,7 @@ __global__ void __launch_bounds__(kFwdThreads, MODE == 2 ? 2 : 3)
 #pragma unroll
   for (int j = 0; j < kFwdAcc; ++j) {
     const int tile = w.warp + j * w.nwarps;
-    wm::fill_fragment(acc[j], 0.f);
+    fill(acc[j], 0.f);
     if (tile < ntile) {
       const int ti = tile / nj, dj = tile - ti * nj;
       for (int si = 0; si <= ti; ++si)
@@ -614,7 +614,7 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
     int ti, si;
     lower_tile(tile, ti, si);
     FragC acc;
-    wm::fill_fragment(acc, 0.f);
+    fill(acc, 0.f);
     if (ti * 16 < L)
       for (int d0 = 0; d0 < Dv; d0 += 16)
         mma16<wm::row_major, wm::col_major>(acc, dO + ti * 16 * ldv + d0, ldv, v + si * 16 * ldv + d0, ldv);
@@ -673,8 +673,8 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
   for (int tile = w.warp; tile < nrt * nc; tile += w.nwarps) {
     const int ti = tile / nc, cj = tile - ti * nc;
     FragC a1, a2;
-    wm::fill_fragment(a1, 0.f);
-    wm::fill_fragment(a2, 0.f);
+    fill(a1, 0.f);
+    fill(a2, 0.f);
     if (mma_intra)
       for (int si = 0; si <= ti; ++si)
         mma16<wm::row_major, wm::row_major>(a1, dA + ti * 16 * ldc + si * 16, ldc, k + si * 16 * ldk + cj * 16, ldk);
@@ -729,8 +729,8 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
   for (int tile = w.warp; tile < nrt * nc; tile += w.nwarps) {
     const int si = tile / nc, cj = tile - si * nc;
     FragC a1, a2;
-    wm::fill_fragment(a1, 0.f);
-    wm::fill_fragment(a2, 0.f);
+    fill(a1, 0.f);
+    fill(a2, 0.f);
     if (mma_intra)
       for (int ti = si; ti < nrt; ++ti)
         mma16<wm::col_major, wm::row_major>(a1, dA + ti * 16 * ldc + si * 16, ldc, q + ti * 16 * ldk + cj * 16, ldk);
@@ -800,12 +800,12 @@ __global__ void __launch_bounds__(kBwdThreads) chunk_bwd_tc(TcGeo geo, const T* 
   for (int tile = w.warp; tile < nrt * nj; tile += w.nwarps) {
     const int si = tile / nj, dj = tile - si * nj;
     FragC acc;
-    wm::fill_fragment(acc, 0.f);
+    fill(acc, 0.f);
     if constexpr (MODE == 1) {  // K dH^T first, parked in the second scratch tile (one accumulator live)
       for (int c0 = 0; c0 < Dk; c0 += 16)
         mma16<wm::row_major, wm::col_major>(acc, k + si * 16 * ldk + c0, ldk, SH + dj * 16 * ldk + c0, ldk);
-      wm::store_matrix_sync(sc2, acc, kScrLd, wm::mem_row_major);  // read after through_scratch's __syncwarp
-      wm::fill_fragment(acc, 0.f);
+      store_acc(sc2, acc, kScrLd);  // read after through_scratch's __syncwarp
+      fill(acc, 0.f);
     }
     for (int ti = si; ti < nrt; ++ti)
       mma16<wm::col_major, wm::row_major>(acc, A + ti * 16 * ldc + si * 16, ldc, dO + ti * 16 * ldv + dj * 16, ldv);

@@ -164,31 +164,154 @@ __device__ __forceinline__ void for_elems(const Lanes& w, F&& f) {
 }
 
 // ---- products ----
+// A 16 x 16 x 16 bf16 product with an f32 accumulator. On the GPU: two mma.sync m16n8k16 per step, the operands
+// loaded by ldmatrix from shared memory (32-bit shared addresses; nvcuda::wmma's loads compiled to generic 64-bit
+// loads plus a transpose instruction per register, up to a third of a kernel's instructions). The fragment
+// layouts are the PTX ISA's for m16n8k16 (g = lane / 4, t = lane % 4):
+//     A (16 x 16): r0 = A(g, 2t .. 2t+1), r1 = A(g+8, 2t ..), r2 = A(g, 2t+8 ..), r3 = A(g+8, 2t+8 ..)
+//     B (16 x 16, two 16 x 8 halves h): r[2h] = B(2t .. 2t+1, 8h+g), r[2h+1] = B(2t+8 .., 8h+g)
+//     accumulator: x[4h + 0..1] = C(g, 8h+2t ..), x[4h + 2..3] = C(g+8, 8h+2t ..)
+// Layout tags wm::row_major / wm::col_major: A(i, k) = a[i lda + k] / a[k lda + i]; B(k, j) = b[k ldb + j] /
+// b[j ldb + k]. Every operand row must be 16-byte aligned (strides and column offsets multiples of 8 elements).
+// Under SEQMIX_TC_EMULATE the same calls run nvcuda::wmma's emulation above (whole tiles).
+#ifndef SEQMIX_TC_EMULATE
+struct FragC {
+  static constexpr int num_elements = 8;
+  float x[8];
+};
+template <class L>
+struct FragA {
+  unsigned r[4];
+};
+template <class L>
+struct FragB {
+  unsigned r[4];
+};
+
+__device__ __forceinline__ int lane_id() { return int(threadIdx.x) & 31; }
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return unsigned(__cvta_generic_to_shared(p)); }
+
+// Four 8 x 8 b16 matrices; lanes 8 m .. 8 m + 7 give the row addresses of matrix m (volatile: the reads stay
+// between the barriers that order them against the writes of other threads).
+template <bool Trans>
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* row) {
+  if constexpr (Trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(row)));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(row)));
+}
+template <class L>
+__device__ __forceinline__ void load_a(FragA<L>& f, const bf16* a, int lda) {
+  const int l = lane_id();
+  if constexpr (std::is_same_v<L, wm::row_major>)  // matrices (rows 0-7 | 8-15) x (cols 0-7 | 8-15), row-major order
+    ldsm_x4<false>(f.r, a + (l & 15) * lda + ((l >> 4) << 3));
+  else  // stored rows are k: transposed loads, k blocks in the slow position
+    ldsm_x4<true>(f.r, a + ((l & 7) + ((l >> 4) << 3)) * lda + (((l >> 3) & 1) << 3));
+}
+template <class L>
+__device__ __forceinline__ void load_b(FragB<L>& f, const bf16* b, int ldb) {
+  const int l = lane_id();
+  if constexpr (std::is_same_v<L, wm::row_major>)  // stored rows are k: transposed loads
+    ldsm_x4<true>(f.r, b + ((l & 7) + (((l >> 3) & 1) << 3)) * ldb + ((l >> 4) << 3));
+  else  // stored rows are j
+    ldsm_x4<false>(f.r, b + ((l & 7) + ((l >> 4) << 3)) * ldb + (((l >> 3) & 1) << 3));
+}
+__device__ __forceinline__ void mma_16816(float* c, const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <class LA, class LB>
+__device__ __forceinline__ void mma(FragC& acc, const FragA<LA>& a, const FragB<LB>& b) {
+  mma_16816(acc.x, a.r, b.r[0], b.r[1]);
+  mma_16816(acc.x + 4, a.r, b.r[2], b.r[3]);
+}
+__device__ __forceinline__ void fill(FragC& acc, float v) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) acc.x[e] = v;
+}
+__device__ __forceinline__ void scale(FragC& acc, float m) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) acc.x[e] *= m;
+}
+// The accumulator to / from an f32 tile in shared memory (row stride ld: even; 8-byte aligned), a float2 per
+// row piece (the "memory" clobber orders them against the plain loads and stores around them).
+__device__ __forceinline__ void store_acc(float* p, const FragC& acc, int ld) {
+  const int l = lane_id(), g = l >> 2, t = l & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(smem_u32(p + (g + 8 * r) * ld + 8 * h + 2 * t)),
+                   "f"(acc.x[4 * h + 2 * r]), "f"(acc.x[4 * h + 2 * r + 1])
+                   : "memory");
+}
+__device__ __forceinline__ void load_acc(FragC& acc, const float* p, int ld) {
+  const int l = lane_id(), g = l >> 2, t = l & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];"
+                   : "=f"(acc.x[4 * h + 2 * r]), "=f"(acc.x[4 * h + 2 * r + 1])
+                   : "r"(smem_u32(p + (g + 8 * r) * ld + 8 * h + 2 * t))
+                   : "memory");
+}
+#else
 using FragC = wm::fragment<wm::accumulator, 16, 16, 16, float>;
+template <class L>
+using FragA = wm::fragment<wm::matrix_a, 16, 16, 16, bf16, L>;
+template <class L>
+using FragB = wm::fragment<wm::matrix_b, 16, 16, 16, bf16, L>;
+template <class L>
+inline void load_a(FragA<L>& f, const bf16* a, int lda) { wm::load_matrix_sync(f, a, unsigned(lda)); }
+template <class L>
+inline void load_b(FragB<L>& f, const bf16* b, int ldb) { wm::load_matrix_sync(f, b, unsigned(ldb)); }
+template <class LA, class LB>
+inline void mma(FragC& acc, const FragA<LA>& a, const FragB<LB>& b) { wm::mma_sync(acc, a, b, acc); }
+inline void fill(FragC& acc, float v) { wm::fill_fragment(acc, v); }
+inline void scale(FragC& acc, float m) {
+  if (!emu_lane0()) return;
+  for (auto& r : acc.x)
+    for (float& e : r) e *= m;
+}
+inline void store_acc(float* p, const FragC& acc, int ld) { wm::store_matrix_sync(p, acc, unsigned(ld), wm::mem_row_major); }
+inline void load_acc(FragC& acc, const float* p, int ld) {
+  wm::check_ptr(p, unsigned(ld), 4);
+  if (!emu_lane0()) return;
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) acc.x[r][c] = p[r * ld + c];
+}
+#endif
 
 // acc += a (16 x 16, layout LA) * b (16 x 16, layout LB), bf16 operands in shared memory.
 template <class LA, class LB>
 __device__ __forceinline__ void mma16(FragC& acc, const bf16* a, int lda, const bf16* b, int ldb) {
-  wm::fragment<wm::matrix_a, 16, 16, 16, bf16, LA> fa;
-  wm::fragment<wm::matrix_b, 16, 16, 16, bf16, LB> fb;
-  wm::load_matrix_sync(fa, a, unsigned(lda));
-  wm::load_matrix_sync(fb, b, unsigned(ldb));
-  wm::mma_sync(acc, fa, fb, acc);
+  FragA<LA> fa;
+  FragB<LB> fb;
+  load_a(fa, a, lda);
+  load_b(fb, b, ldb);
+  mma(acc, fa, fb);
 }
 
 // The accumulator (or two) into the warp's f32 scratch tile(s) (16 x kScrLd, row-major), then f() on the
 // warp's lanes (the epilogue, reading the scratch) between __syncwarp()s.
 template <class F>
 __device__ __forceinline__ void through_scratch(float* sc, const FragC& acc, F&& f) {
-  wm::store_matrix_sync(sc, acc, kScrLd, wm::mem_row_major);
+  store_acc(sc, acc, kScrLd);
   __syncwarp();
   f();
   __syncwarp();
 }
 template <class F>
 __device__ __forceinline__ void through_scratch(float* sc, const FragC& a1, float* sc2, const FragC& a2, F&& f) {
-  wm::store_matrix_sync(sc, a1, kScrLd, wm::mem_row_major);
-  wm::store_matrix_sync(sc2, a2, kScrLd, wm::mem_row_major);
+  store_acc(sc, a1, kScrLd);
+  store_acc(sc2, a2, kScrLd);
   __syncwarp();
   f();
   __syncwarp();
