@@ -84,6 +84,10 @@ inline float emu_shfl_xor(float, int) {  // a shuffle needs the other lanes runn
 }
 #endif
 inline float __expf(float x) { return std::exp(x); }
+template <class T>
+inline T __ldg(const T* p) {  // the read-only cache load: a plain load here
+  return *p;
+}
 
 #define SEQMIX_TC_EMULATE 1
 #include "layers/mixers/common/tc_tiles.cuh"

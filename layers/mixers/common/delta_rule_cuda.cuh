@@ -347,6 +347,41 @@ __device__ __forceinline__ void ld4f(const T* src, float (&x)[4]) {
 #endif
 }
 
+// threadIdx.x read where it is used: keeps the compiler from hoisting the walks' divisions out of the sequential
+// kernels' chunk loops into registers held across the whole loop (the loops are short of registers).
+__device__ __forceinline__ int dr_tid() {
+#ifdef DELTA_EMULATE
+  return int(threadIdx.x);
+#else
+  unsigned t;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+  return int(t);
+#endif
+}
+__device__ __forceinline__ int dr_ctz(int v) {  // v > 0
+#ifdef DELTA_EMULATE
+  return __builtin_ctz(unsigned(v));
+#else
+  return __ffs(v) - 1;
+#endif
+}
+// q = e / d, r = e % d: shifts and a mask where d is a power of two (every shape with power-of-two head dims; the
+// branch is uniform), else the division (a runtime division is some twenty instructions).
+__device__ __forceinline__ void divmod(int e, int d, int& q, int& r) {
+  if ((d & (d - 1)) == 0) {
+    q = e >> dr_ctz(d);
+    r = e & (d - 1);
+  } else {
+    q = e / d;
+    r = e - q * d;
+  }
+}
+// The origin (i0, j0) of tile number `tile` in a walk over 16 x 16 tiles with tn tiles per row.
+__device__ __forceinline__ void tile_origin(int tile, int tn, int& i0, int& j0) {
+  divmod(tile, tn, i0, j0);
+  i0 *= 16;
+  j0 *= 16;
+}
 // ---- block-level products on shared-memory operands ----
 // A term of a product: sum_k A(i, k) B(k, j) with A(i, k) = TA ? a[k * lda + i] : a[i * lda + k] and
 // B(k, j) = TB ? b[j * ldb + k] : b[k * ldb + j] (so TB reads B^T of a row-major matrix).
@@ -434,7 +469,8 @@ __device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const flo
     };
     if (Pair && pair_tiles(tn, ntiles, w)) {
       for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
-        const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+        int i0, j0;
+        tile_origin(tile, tn, i0, j0);
         tc::FragC acc0, acc1;
         start(acc0, i0, j0);
         start(acc1, i0, j0 + 16);
@@ -445,7 +481,8 @@ __device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const flo
       return;
     }
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
-      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      int i0, j0;
+        tile_origin(tile, tn, i0, j0);
       tc::FragC acc;
       start(acc, i0, j0);
       (mma_term(acc, terms, i0, j0), ...);
@@ -584,7 +621,8 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
     };
     if (Pair && pair_tiles(tn, ntiles, w)) {  // two tiles (mma_term2); their a-dots in columns 16 and 17
       for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
-        const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+        int i0, j0;
+        tile_origin(tile, tn, i0, j0);
         tc::FragC acc0, acc1;
         tc::fill(acc0, 0.f);
         tc::fill(acc1, 0.f);
@@ -598,7 +636,8 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
       return;
     }
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
-      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      int i0, j0;
+        tile_origin(tile, tn, i0, j0);
       tc::FragC acc;
       tc::fill(acc, 0.f);
       mma_term(acc, ta, i0, j0);
@@ -809,14 +848,18 @@ __device__ __forceinline__ void load_rows(OP* dst, int ld, const IN* x, const Ge
     uint4 v[kLdBatch];
 #pragma unroll
     for (int k = 0; k < kLdBatch; ++k) {
-      const int e = e0 + k * nthr, t = e / vc;
-      if (e < total) v[k] = t < c.L ? ld16(x + tok(g, c.b, c.t0 + t, c.h) * D + col0 + (e % vc) * per) : uint4{0u, 0u, 0u, 0u};
+      const int e = e0 + k * nthr;
+      int t, q;
+      divmod(e, vc, t, q);
+      if (e < total) v[k] = t < c.L ? ld16(x + tok(g, c.b, c.t0 + t, c.h) * D + col0 + q * per) : uint4{0u, 0u, 0u, 0u};
     }
 #pragma unroll
     for (int k = 0; k < kLdBatch; ++k) {
       const int e = e0 + k * nthr;
       if (e < total) {
-        const int t = e / vc, j = (e % vc) * per;
+        int t, j;
+        divmod(e, vc, t, j);
+        j *= per;
         const float m = t < c.L ? (rowmul ? mul * rowmul[t] : mul) : 0.f;  // v is zeros past L
 #pragma unroll
         for (int i0 = 0; i0 < per; i0 += 4) {  // 8-byte (bf16) stores instead of 2-byte ones
@@ -859,95 +902,11 @@ __device__ __forceinline__ void load_gb(float* G, float* bb, const float* gptr, 
   }
 }
 
-// The batched walk of the tile loads below: pieces e < total, R of them loaded per thread (load(e), a uint4)
-// before their stores (store(e, v)), so that one global round trip covers a batch.
-template <int R = kLdBatch, class Load, class Store>
-__device__ __forceinline__ void batched_pieces(int total, Load&& load, Store&& store) {
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  for (int e0 = tid; e0 < total; e0 += R * nthr) {
-    uint4 v[R];
-#pragma unroll
-    for (int k = 0; k < R; ++k) {
-      const int e = e0 + k * nthr;
-      if (e < total) v[k] = load(e);
-    }
-#pragma unroll
-    for (int k = 0; k < R; ++k) {
-      const int e = e0 + k * nthr;
-      if (e < total) store(e, v[k]);
-    }
-  }
-}
-
-// OP [rows, cols] (row stride srcld) -> OP tile (stride ld), element (r, j) = conv(r, value) rounded to OP.
-// 16-byte pieces (16 / sizeof(OP) elements): cols and srcld multiples of that, src 16-byte aligned.
-template <class OP, class Conv>
-__device__ __forceinline__ void load_op_rows(OP* dst, int ld, const OP* src, int64_t srcld, int rows, int cols, Conv&& conv) {
-  constexpr int per = 16 / int(sizeof(OP));
-  const int vc = cols / per;
-  batched_pieces(
-      rows * vc, [&](int e) { return ld16(src + int64_t(e / vc) * srcld + (e % vc) * per); },
-      [&](int e, const uint4& v) {
-        const int r = e / vc, j = (e % vc) * per;
-#pragma unroll
-        for (int h = 0; h < per; h += 4) {
-          const float x[4] = {conv(r, elem16<OP>(v, h)), conv(r, elem16<OP>(v, h + 1)), conv(r, elem16<OP>(v, h + 2)),
-                              conv(r, elem16<OP>(v, h + 3))};
-          st4op(dst + r * ld + j + h, x);
-        }
-      });
-}
-// 16-byte pieces: cols and ld multiples of 8 elements (16 / sizeof(OP) divides them), src and dst 16-byte aligned.
-template <int R = kLdBatch, class OP>
-__device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) {
-  if (srcld < 0) srcld = cols;
-  constexpr int per = 16 / int(sizeof(OP));
-  const int vc = cols / per;
-  batched_pieces<R>(
-      rows * vc, [&](int e) { return ld16(src + int64_t(e / vc) * srcld + (e % vc) * per); },
-      [&](int e, const uint4& v) { st16(dst + (e / vc) * ld + (e % vc) * per, v); });
-}
-
-// copy_rows one piece at a time (the sequential kernels' fallback: their registers are scarce).
-template <class OP>
-__device__ __forceinline__ void copy_rows_plain(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld) {
-  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
-  if (srcld < 0) srcld = cols;
-  constexpr int per = 16 / int(sizeof(OP));
-  const int vc = cols / per;
-  for (int e = tid; e < rows * vc; e += nthr) {
-    const int r = e / vc, j = (e % vc) * per;
-#ifdef DELTA_EMULATE
-    std::memcpy(dst + r * ld + j, src + int64_t(r) * srcld + j, 16);
-#else
-    *reinterpret_cast<uint4*>(dst + r * ld + j) = *reinterpret_cast<const uint4*>(src + int64_t(r) * srcld + j);
-#endif
-  }
-}
-
-// threadIdx.x read where it is used: keeps the compiler from hoisting the walks' divisions out of the sequential
-// kernels' chunk loops into registers held across the whole loop (the loops are short of registers).
-__device__ __forceinline__ int dr_tid() {
-#ifdef DELTA_EMULATE
-  return int(threadIdx.x);
-#else
-  unsigned t;
-  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
-  return int(t);
-#endif
-}
-__device__ __forceinline__ int dr_ctz(int v) {  // v > 0
-#ifdef DELTA_EMULATE
-  return __builtin_ctz(unsigned(v));
-#else
-  return __ffs(v) - 1;
-#endif
-}
 // A block-strided walk over the pieces of a tile with vc pieces per row, consecutive threads on consecutive
 // pieces of a row (coalesced): this thread's first piece (r0, pc) and the row step between its pieces, one
 // division per walk instead of one per piece (exact when vc divides the block; else fast is false). P2: shifts
-// and masks instead of the division, fast only for vc a power of two (fwd_state; bwd_state keeps the division:
-// the shift form's register allocation spills there).
+// and masks instead of the division, fast only for vc a power of two (the sequential kernels and the batched tile
+// loads).
 template <bool P2 = false>
 struct PieceWalk {
   int r0, pc, rstep;
@@ -968,6 +927,85 @@ struct PieceWalk {
     }
   }
 };
+// The batched walk of the tile loads below: the pieces (r, q) of rows r < rows with vc pieces each, R of them loaded per
+// thread (load(r, q), a uint4) before their stores (store(r, q, v)), so that one global round trip covers a batch.
+// Where vc is a power of two that divides the block (PieceWalk<true>), a thread's pieces are one column q of rows
+// r0 + k rstep: shifts instead of a division per piece (a third of bwd_state's instructions were such divisions).
+template <int R = kLdBatch, class Load, class Store>
+__device__ __forceinline__ void batched_pieces(int rows, int vc, Load&& load, Store&& store) {
+  const PieceWalk<true> w(vc);
+  if (w.fast) {
+    for (int r0 = w.r0; r0 < rows; r0 += R * w.rstep) {
+      uint4 v[R];
+#pragma unroll
+      for (int k = 0; k < R; ++k)
+        if (r0 + k * w.rstep < rows) v[k] = load(r0 + k * w.rstep, w.pc);
+#pragma unroll
+      for (int k = 0; k < R; ++k)
+        if (r0 + k * w.rstep < rows) store(r0 + k * w.rstep, w.pc, v[k]);
+    }
+    return;
+  }
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x), total = rows * vc;
+  for (int e0 = tid; e0 < total; e0 += R * nthr) {
+    uint4 v[R];
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) v[k] = load(e / vc, e % vc);
+    }
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = e0 + k * nthr;
+      if (e < total) store(e / vc, e % vc, v[k]);
+    }
+  }
+}
+
+// OP [rows, cols] (row stride srcld) -> OP tile (stride ld), element (r, j) = conv(r, value) rounded to OP.
+// 16-byte pieces (16 / sizeof(OP) elements): cols and srcld multiples of that, src 16-byte aligned.
+template <class OP, class Conv>
+__device__ __forceinline__ void load_op_rows(OP* dst, int ld, const OP* src, int64_t srcld, int rows, int cols, Conv&& conv) {
+  constexpr int per = 16 / int(sizeof(OP));
+  batched_pieces(
+      rows, cols / per, [&](int r, int q) { return ld16(src + int64_t(r) * srcld + q * per); },
+      [&](int r, int q, const uint4& v) {
+        const int j = q * per;
+#pragma unroll
+        for (int h = 0; h < per; h += 4) {
+          const float x[4] = {conv(r, elem16<OP>(v, h)), conv(r, elem16<OP>(v, h + 1)), conv(r, elem16<OP>(v, h + 2)),
+                              conv(r, elem16<OP>(v, h + 3))};
+          st4op(dst + r * ld + j + h, x);
+        }
+      });
+}
+// 16-byte pieces: cols and ld multiples of 8 elements (16 / sizeof(OP) divides them), src and dst 16-byte aligned.
+template <int R = kLdBatch, class OP>
+__device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) {
+  if (srcld < 0) srcld = cols;
+  constexpr int per = 16 / int(sizeof(OP));
+  batched_pieces<R>(
+      rows, cols / per, [&](int r, int q) { return ld16(src + int64_t(r) * srcld + q * per); },
+      [&](int r, int q, const uint4& v) { st16(dst + r * ld + q * per, v); });
+}
+
+// copy_rows one piece at a time (the sequential kernels' fallback: their registers are scarce).
+template <class OP>
+__device__ __forceinline__ void copy_rows_plain(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld) {
+  const int nthr = int(blockDim.x), tid = int(threadIdx.x);
+  if (srcld < 0) srcld = cols;
+  constexpr int per = 16 / int(sizeof(OP));
+  const int vc = cols / per;
+  for (int e = tid; e < rows * vc; e += nthr) {
+    const int r = e / vc, j = (e % vc) * per;
+#ifdef DELTA_EMULATE
+    std::memcpy(dst + r * ld + j, src + int64_t(r) * srcld + j, 16);
+#else
+    *reinterpret_cast<uint4*>(dst + r * ld + j) = *reinterpret_cast<const uint4*>(src + int64_t(r) * srcld + j);
+#endif
+  }
+}
+
 // f(r, q) for the pieces q (< vc) of rows r < rows, block-strided as PieceWalk.
 template <bool P2 = false, class F>
 __device__ __forceinline__ void for_pieces_block(int rows, int vc, F&& f) {
@@ -1102,7 +1140,8 @@ __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, c
     };
     if (Pair && pair_tiles(tn, ntiles, w)) {
       for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
-        const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+        int i0, j0;
+        tile_origin(tile, tn, i0, j0);
         tc::FragC acc0, acc1;
         tc::fill(acc0, 0.f);
         tc::fill(acc1, 0.f);
@@ -1113,7 +1152,8 @@ __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, c
       return;
     }
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
-      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      int i0, j0;
+        tile_origin(tile, tn, i0, j0);
       tc::FragC acc;
       tc::fill(acc, 0.f);
       (mma_term(acc, terms, i0, j0), ...);
@@ -1163,7 +1203,8 @@ __device__ __forceinline__ void state_update(float* S, int lds, int M, int N, fl
     const tc::Lanes w = tc::lanes();
     const int tn = N / 16, ntiles = (M / 16) * tn;
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
-      const int i0 = (tile / tn) * 16, j0 = (tile % tn) * 16;
+      int i0, j0;
+        tile_origin(tile, tn, i0, j0);
       float* st = S + i0 * lds + j0;
       tc::FragC acc;
       tc::load_acc(acc, st, lds);
@@ -1224,6 +1265,15 @@ struct ColPrefetch {
     const int nthr = int(blockDim.x), tid = int(threadIdx.x), vc = ncol / per;
     const IN* x0 = x + tok(g, c.b, c.t0, c.h) * D + col0;  // row t at t H D further
     const int64_t rs = int64_t(g.H) * D;
+    const PieceWalk<true> w(vc);
+    if (w.fast) {  // piece k: row r0 + k rstep, column pc (no division per piece)
+#pragma unroll
+      for (int k = 0; k < R; ++k) {
+        const int t = w.r0 + k * w.rstep;
+        v[k] = t < c.L && t < g.C ? ld16(x0 + t * rs + w.pc * per) : uint4{0u, 0u, 0u, 0u};
+      }
+      return;
+    }
 #pragma unroll
     for (int k = 0; k < R; ++k) {
       const int e = tid + k * nthr, t = e / vc;
@@ -1239,17 +1289,27 @@ struct ColPrefetch {
       return;
     }
     const int nthr = int(blockDim.x), tid = int(threadIdx.x), vc = ncol / per;
-#pragma unroll
-    for (int k = 0; k < R; ++k) {
-      const int e = tid + k * nthr, t = e / vc, q = e % vc;
-      if (e >= g.C * vc) break;
-      const float m = rowmul ? (t < c.L ? mul * rowmul[t] : 0.f) : mul;  // v is zeros past L
+    auto put = [&](int t, int q, const uint4& u) {
+      const float m = rowmul ? (t < c.L ? mul * rowmul[t] : 0.f) : mul;  // u is zeros past L
 #pragma unroll
       for (int i0 = 0; i0 < per; i0 += 4) {
-        const float y[4] = {m * elem16<IN>(v[k], i0), m * elem16<IN>(v[k], i0 + 1), m * elem16<IN>(v[k], i0 + 2),
-                            m * elem16<IN>(v[k], i0 + 3)};
+        const float y[4] = {m * elem16<IN>(u, i0), m * elem16<IN>(u, i0 + 1), m * elem16<IN>(u, i0 + 2),
+                            m * elem16<IN>(u, i0 + 3)};
         st4op(dst + t * ld + q * per + i0, y);
       }
+    };
+    const PieceWalk<true> w(vc);
+    if (w.fast) {
+#pragma unroll
+      for (int k = 0; k < R; ++k)
+        if (w.r0 + k * w.rstep < g.C) put(w.r0 + k * w.rstep, w.pc, v[k]);
+      return;
+    }
+#pragma unroll
+    for (int k = 0; k < R; ++k) {
+      const int e = tid + k * nthr;
+      if (e >= g.C * vc) break;
+      put(e / vc, e % vc, v[k]);
     }
   }
 };
@@ -1643,9 +1703,9 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
   const int j0 = int(blockIdx.x) * g.DVT, h = int(blockIdx.y), b = int(blockIdx.z);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, DVT = g.DVT;
   const int64_t bh = int64_t(b * g.H + h);
-  state_cols_in(dS, ld.vf, p.dfinal ? p.dfinal + bh * Dk * Dv : nullptr, g, j0);
-  RowPrefetch<OP, kPrefetchR> pk, pq, pw;  // chunk n - 1's Kd, Qg, W, dU columns in flight during chunk n's products
-  RowPrefetch<float, kPrefetchRU> pu;
+  state_cols_in<true>(dS, ld.vf, p.dfinal ? p.dfinal + bh * Dk * Dv : nullptr, g, j0);
+  RowPrefetch<OP, kPrefetchR, true> pk, pq, pw;  // chunk n - 1's Kd, Qg, W, dU columns in flight during chunk n's products
+  RowPrefetch<float, kPrefetchRU, true> pu;
   {
     const int64_t last = hp_row(g, b, h, g.N - 1, 0);
     pu.load(p.dU + last * Dv + j0, C, DVT, Dv);
@@ -1659,7 +1719,7 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
   for (int n = g.N - 1; n >= 0; --n) {
     const float eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
-    state_cols_out(p.dH + state_off(g, b, h, n), dSop, ld.vt, dS, ld.vf, g, j0);
+    state_cols_out<true>(p.dH + state_off(g, b, h, n), dSop, ld.vt, dS, ld.vf, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
     pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
     pq.store(Qg, ld.k, p.Qg + row0 * Dk, C, Dk);
@@ -1690,7 +1750,7 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
                      term<true, false>(Wt, ld.k, ndU, ld.vt, C));
   }
   __syncthreads();
-  state_cols_out(p.ds0 + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, dS, ld.vf, g, j0);
+  state_cols_out<true>(p.ds0 + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, dS, ld.vf, g, j0);
 }
 
 // (3) per chunk, the WY part: T and W as fwd_prep saved them, U = T diag(b) V again; dW = -dU' S_n^T;
@@ -1730,7 +1790,7 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   copy_rows(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dk, Dv);
   copy_rows(T, ld.c, p.Tm + row0 * C, C, C);  // fwd_prep's T (the same values an inversion here would give)
   __syncthreads();
-  RowPrefetch<OP, kPrefetchR> pw;  // the saved W in flight during dW = -dU' S_n^T (its buffer holds S_n until then)
+  RowPrefetch<OP, kPrefetchR, true> pw;  // the saved W in flight during dW = -dU' S_n^T (its buffer holds S_n until then)
   pw.load(p.W + row0 * Dk, C, Dk);
   mm_vec4_or<OP>(
       C, Dk, scr,
@@ -1925,7 +1985,9 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
       for (int k = 0; k < kLdBatch; ++k) {
         const int e = e0 + k * nthr;
         if (e < total) {
-          st16(S + (e / vc) * ld.v + (e % vc) * per, sv[k]);
+          int r, q;
+          divmod(e, vc, r, q);
+          st16(S + r * ld.v + q * per, sv[k]);
 #pragma unroll
           for (int i = 0; i < per; ++i) part += elem16<OP>(hv[k], i) * elem16<OP>(sv[k], i);
         }
