@@ -1449,7 +1449,8 @@ template <class OP>
 __device__ __forceinline__ void tri_to_op(OP* T, int ldt, const float* A, int lda, int C, OP* gT = nullptr) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
   for (int e = tid; e < C * C; e += nthr) {
-    const int i = e / C, j = e % C;
+    int i, j;
+    divmod(e, C, i, j);
     const OP v = fromf<OP>(j < i ? A[i * lda + j] : (j == i ? 1.f : 0.f));
     T[i * ldt + j] = v;
     if (gT) gT[e] = v;
