@@ -398,41 +398,68 @@ __device__ __forceinline__ Term<TA, TB, OP> term(const OP* a, int lda, const OP*
   return {a, lda, b, ldb, K};
 }
 
+// The operand walks of term t for output tile (i0, j0): A's rows i0.., B's columns j0.. (+ 16 jd), along k.
+template <bool TA, bool TB>
+__device__ __forceinline__ tc::AWalk<std::conditional_t<TA, wm::col_major, wm::row_major>> a_walk(const Term<TA, TB, bf16>& t,
+                                                                                                   int i0) {
+  return {TA ? t.a + i0 : t.a + size_t(i0) * t.lda, t.lda};
+}
+template <bool TA, bool TB>
+__device__ __forceinline__ tc::BWalk<std::conditional_t<TB, wm::col_major, wm::row_major>> b_walk(const Term<TA, TB, bf16>& t,
+                                                                                                   int j0) {
+  return {TB ? t.b + size_t(j0) * t.ldb : t.b + j0, t.ldb};
+}
+
 template <bool TA, bool TB>
 __device__ __forceinline__ void mma_term(tc::FragC& acc, const Term<TA, TB, bf16>& t, int i0, int j0) {
-  using LA = std::conditional_t<TA, wm::col_major, wm::row_major>;
-  using LB = std::conditional_t<TB, wm::col_major, wm::row_major>;
-  for (int kk = 0; kk < t.K; kk += 16)
-    tc::mma16<LA, LB>(acc, TA ? t.a + size_t(kk) * t.lda + i0 : t.a + size_t(i0) * t.lda + kk, t.lda,
-                      TB ? t.b + size_t(j0) * t.ldb + kk : t.b + size_t(kk) * t.ldb + j0, t.ldb);
+  auto wa = a_walk(t, i0);
+  auto wb = b_walk(t, j0);
+  for (int kk = 0; kk < t.K; kk += 16) {
+    tc::FragA<std::conditional_t<TA, wm::col_major, wm::row_major>> fa;
+    tc::FragB<std::conditional_t<TB, wm::col_major, wm::row_major>> fb;
+    wa.load(fa);
+    wb.load(fb);
+    tc::mma(acc, fa, fb);
+    wa.next();
+    wb.next();
+  }
 }
 
 // mma_term with the k steps unrolled U times (bwd_state's update: fewer operand fragments in registers at once).
 template <int U, bool TA, bool TB>
 __device__ __forceinline__ void mma_term_u(tc::FragC& acc, const Term<TA, TB, bf16>& t, int i0, int j0) {
-  using LA = std::conditional_t<TA, wm::col_major, wm::row_major>;
-  using LB = std::conditional_t<TB, wm::col_major, wm::row_major>;
+  auto wa = a_walk(t, i0);
+  auto wb = b_walk(t, j0);
 #pragma unroll U
-  for (int kk = 0; kk < t.K; kk += 16)
-    tc::mma16<LA, LB>(acc, TA ? t.a + size_t(kk) * t.lda + i0 : t.a + size_t(i0) * t.lda + kk, t.lda,
-                      TB ? t.b + size_t(j0) * t.ldb + kk : t.b + size_t(kk) * t.ldb + j0, t.ldb);
+  for (int kk = 0; kk < t.K; kk += 16) {
+    tc::FragA<std::conditional_t<TA, wm::col_major, wm::row_major>> fa;
+    tc::FragB<std::conditional_t<TB, wm::col_major, wm::row_major>> fb;
+    wa.load(fa);
+    wb.load(fb);
+    tc::mma(acc, fa, fb);
+    wa.next();
+    wb.next();
+  }
 }
 
 // Two horizontally adjacent output tiles (i0, j0) and (i0, j0 + 16) of one term: A's fragment is loaded once per k
 // step for both, and the two accumulators' mma chains interleave instead of each waiting on its own previous step.
 template <bool TA, bool TB>
 __device__ __forceinline__ void mma_term2(tc::FragC& acc0, tc::FragC& acc1, const Term<TA, TB, bf16>& t, int i0, int j0) {
-  using LA = std::conditional_t<TA, wm::col_major, wm::row_major>;
-  using LB = std::conditional_t<TB, wm::col_major, wm::row_major>;
+  auto wa = a_walk(t, i0);
+  auto wb0 = b_walk(t, j0);
+  auto wb1 = b_walk(t, j0 + 16);
   for (int kk = 0; kk < t.K; kk += 16) {
-    tc::FragA<LA> fa;
-    tc::FragB<LB> fb0, fb1;
-    const bf16* b0 = TB ? t.b + size_t(j0) * t.ldb + kk : t.b + size_t(kk) * t.ldb + j0;
-    tc::load_a(fa, TA ? t.a + size_t(kk) * t.lda + i0 : t.a + size_t(i0) * t.lda + kk, t.lda);
-    tc::load_b(fb0, b0, t.ldb);
-    tc::load_b(fb1, TB ? b0 + size_t(16) * t.ldb : b0 + 16, t.ldb);
+    tc::FragA<std::conditional_t<TA, wm::col_major, wm::row_major>> fa;
+    tc::FragB<std::conditional_t<TB, wm::col_major, wm::row_major>> fb0, fb1;
+    wa.load(fa);
+    wb0.load(fb0);
+    wb1.load(fb1);
     tc::mma(acc0, fa, fb0);
     tc::mma(acc1, fa, fb1);
+    wa.next();
+    wb0.next();
+    wb1.next();
   }
 }
 // Whether a warp walk with Pair = true takes its tiles in horizontal pairs (mma_term2): an even number of tile columns,
@@ -482,7 +509,7 @@ __device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const flo
     }
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
       int i0, j0;
-        tile_origin(tile, tn, i0, j0);
+      tile_origin(tile, tn, i0, j0);
       tc::FragC acc;
       start(acc, i0, j0);
       (mma_term(acc, terms, i0, j0), ...);
@@ -637,7 +664,7 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
     }
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
       int i0, j0;
-        tile_origin(tile, tn, i0, j0);
+      tile_origin(tile, tn, i0, j0);
       tc::FragC acc;
       tc::fill(acc, 0.f);
       mma_term(acc, ta, i0, j0);
@@ -1124,18 +1151,24 @@ __device__ __forceinline__ void state_cols_out(D* dst, OP* op, int ldop, const f
 // columns 4 (l >> 3), so that a warp's 16-byte accesses cover 8 whole 64-byte row segments (coalesced global,
 // and conflict-free on the scratch (stride kScrLd) and on f32 tiles of stride = 4 mod 32 floats).
 // float: a piece per thread. No __syncthreads inside.
-template <class OP, bool Pair = false, class Epi4, class... Terms>
+template <class OP, bool Pair = false, bool ViaScratch = false, class Epi4, class... Terms>
 __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, const Terms&... terms) {
   if constexpr (std::is_same_v<OP, bf16>) {
     const tc::Lanes w = tc::lanes();
     const int tn = N / 16, ntiles = (M / 16) * tn;
     float* s = scr + w.warp * kScrTile;
-    auto epi_tile = [&](int i0, int j0) {
-      for (int q = w.lane; q < 64; q += w.nlanes) {
-        const int r = (q & 7) + ((q >> 5) << 3), c = ((q >> 3) & 3) << 2;
-        const uint4 v = ld16(s + r * kScrLd + c);
-        const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
-        epi4(i0 + r, j0 + c, x);
+    auto epi_tile = [&](const tc::FragC& acc, int i0, int j0) {
+      if constexpr (ViaScratch) {  // the accumulator's registers are free before the epilogue (fewer live at once)
+        tc::through_scratch(s, acc, [&] {
+          for (int q = w.lane; q < 64; q += w.nlanes) {
+            const int r = (q & 7) + ((q >> 5) << 3), c = ((q >> 3) & 3) << 2;
+            const uint4 v = ld16(s + r * kScrLd + c);
+            const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
+            epi4(i0 + r, j0 + c, x);
+          }
+        });
+      } else {
+        tc::for_quads(acc, s, [&](int r, int c, const float (&x)[4]) { epi4(i0 + r, j0 + c, x); });
       }
     };
     if (Pair && pair_tiles(tn, ntiles, w)) {
@@ -1146,18 +1179,18 @@ __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, c
         tc::fill(acc0, 0.f);
         tc::fill(acc1, 0.f);
         (mma_term2(acc0, acc1, terms, i0, j0), ...);
-        tc::through_scratch(s, acc0, [&] { epi_tile(i0, j0); });
-        tc::through_scratch(s, acc1, [&] { epi_tile(i0, j0 + 16); });
+        epi_tile(acc0, i0, j0);
+        epi_tile(acc1, i0, j0 + 16);
       }
       return;
     }
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
       int i0, j0;
-        tile_origin(tile, tn, i0, j0);
+      tile_origin(tile, tn, i0, j0);
       tc::FragC acc;
       tc::fill(acc, 0.f);
       (mma_term(acc, terms, i0, j0), ...);
-      tc::through_scratch(s, acc, [&] { epi_tile(i0, j0); });
+      epi_tile(acc, i0, j0);
     }
   } else {
     (void)scr;
@@ -1204,7 +1237,7 @@ __device__ __forceinline__ void state_update(float* S, int lds, int M, int N, fl
     const int tn = N / 16, ntiles = (M / 16) * tn;
     for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
       int i0, j0;
-        tile_origin(tile, tn, i0, j0);
+      tile_origin(tile, tn, i0, j0);
       float* st = S + i0 * lds + j0;
       tc::FragC acc;
       tc::load_acc(acc, st, lds);
@@ -1735,8 +1768,9 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
       pq.load(p.Qg + (row0 - C) * Dk, C, Dk);
       pw.load(p.W + (row0 - C) * Dk, C, Dk);
     }
-    // dU' = P^T dO + Kd dS_{n+1}: pieces of dU' rounded to OP to global and of -dU' to the operand tile
-    mm_vec4<OP>(C, DVT, scr,
+    // dU' = P^T dO + Kd dS_{n+1}: pieces of dU' rounded to OP to global and of -dU' to the operand tile (through the
+    // scratch tile: the register epilogue spills here, with four prefetches in flight)
+    mm_vec4<OP, false, true>(C, DVT, scr,
                 [&](int t, int j, const float (&x)[4]) {
                   const uint4 o = ld16(Uf + t * ld.vf + j);
                   const float du[4] = {u2f(o.x) + x[0], u2f(o.y) + x[1], u2f(o.z) + x[2], u2f(o.w) + x[3]};

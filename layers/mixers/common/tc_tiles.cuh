@@ -194,15 +194,19 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) { return unsigned(__
 // Four 8 x 8 b16 matrices; lanes 8 m .. 8 m + 7 give the row addresses of matrix m (volatile: the reads stay
 // between the barriers that order them against the writes of other threads).
 template <bool Trans>
-__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* row) {
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], unsigned row) {
   if constexpr (Trans)
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(row)));
+                 : "r"(row));
   else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(row)));
+                 : "r"(row));
+}
+template <bool Trans>
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* row) {
+  ldsm_x4<Trans>(r, smem_u32(row));
 }
 template <class L>
 __device__ __forceinline__ void load_a(FragA<L>& f, const bf16* a, int lda) {
@@ -220,6 +224,43 @@ __device__ __forceinline__ void load_b(FragB<L>& f, const bf16* b, int ldb) {
   else  // stored rows are j
     ldsm_x4<false>(f.r, b + ((l & 7) + ((l >> 4) << 3)) * ldb + (((l >> 3) & 1) << 3));
 }
+// Operand walks along k: the lane's ldmatrix row address (32-bit shared) of a 16 x 16 operand tile and the byte step
+// to the next k tile, computed once per product instead of 64-bit pointer arithmetic per step.
+// A: row-major steps 16 columns, col-major (stored rows are k) 16 rows; B: row-major (stored rows are k) 16 rows,
+// col-major 16 columns.
+template <class L>
+struct AWalk {
+  unsigned addr, step;
+  __device__ __forceinline__ AWalk(const bf16* a, int lda) {
+    const int l = lane_id();
+    if constexpr (std::is_same_v<L, wm::row_major>) {
+      addr = smem_u32(a + (l & 15) * lda + ((l >> 4) << 3));
+      step = 32;
+    } else {
+      addr = smem_u32(a + ((l & 7) + ((l >> 4) << 3)) * lda + (((l >> 3) & 1) << 3));
+      step = 32u * unsigned(lda);
+    }
+  }
+  __device__ __forceinline__ void load(FragA<L>& f) const { ldsm_x4<!std::is_same_v<L, wm::row_major>>(f.r, addr); }
+  __device__ __forceinline__ void next() { addr += step; }
+};
+template <class L>
+struct BWalk {
+  unsigned addr, step;
+  __device__ __forceinline__ BWalk(const bf16* b, int ldb) {
+    const int l = lane_id();
+    if constexpr (std::is_same_v<L, wm::row_major>) {
+      addr = smem_u32(b + ((l & 7) + (((l >> 3) & 1) << 3)) * ldb + ((l >> 4) << 3));
+      step = 32u * unsigned(ldb);
+    } else {
+      addr = smem_u32(b + ((l & 7) + ((l >> 4) << 3)) * ldb + (((l >> 3) & 1) << 3));
+      step = 32;
+    }
+  }
+  __device__ __forceinline__ void load(FragB<L>& f) const { ldsm_x4<std::is_same_v<L, wm::row_major>>(f.r, addr); }
+  __device__ __forceinline__ void next() { addr += step; }
+};
+
 __device__ __forceinline__ void mma_16816(float* c, const unsigned (&a)[4], unsigned b0, unsigned b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};"
@@ -262,6 +303,23 @@ __device__ __forceinline__ void load_acc(FragC& acc, const float* p, int ld) {
                    : "r"(smem_u32(p + (g + 8 * r) * ld + 8 * h + 2 * t))
                    : "memory");
 }
+// f(r, c, x) on the lane's two row pieces of 4 (x[0 .. 3] = acc(r, c .. c + 3)) straight from the registers: lanes
+// t and t ^ 1 of a quad swap a column pair by shuffles, so that the even lane holds row g and the odd one row g + 8
+// (no scratch tile, no __syncwarp). sc is unused here (the emulation goes through it).
+template <class F>
+__device__ __forceinline__ void for_quads(const FragC& acc, float* sc, F&& f) {
+  (void)sc;
+  const int l = lane_id(), g = l >> 2, t = l & 3;
+  const bool odd = (t & 1) != 0;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float* x = acc.x + 4 * h;  // x[0 .. 1]: row g, columns 8 h + 2 t ..; x[2 .. 3]: row g + 8
+    const float r0 = __shfl_xor_sync(0xffffffffu, odd ? x[0] : x[2], 1);
+    const float r1 = __shfl_xor_sync(0xffffffffu, odd ? x[1] : x[3], 1);
+    const float q[4] = {odd ? r0 : x[0], odd ? r1 : x[1], odd ? x[2] : r0, odd ? x[3] : r1};
+    f(odd ? g + 8 : g, 8 * h + 2 * (t & ~1), q);
+  }
+}
 #else
 using FragC = wm::fragment<wm::accumulator, 16, 16, 16, float>;
 template <class L>
@@ -274,6 +332,24 @@ template <class L>
 inline void load_b(FragB<L>& f, const bf16* b, int ldb) { wm::load_matrix_sync(f, b, unsigned(ldb)); }
 template <class LA, class LB>
 inline void mma(FragC& acc, const FragA<LA>& a, const FragB<LB>& b) { wm::mma_sync(acc, a, b, acc); }
+template <class L>
+struct AWalk {
+  const bf16* p;
+  int ld;
+  size_t step;
+  AWalk(const bf16* a, int lda) : p(a), ld(lda), step(std::is_same_v<L, wm::row_major> ? 16 : size_t(16) * lda) {}
+  void load(FragA<L>& f) const { load_a(f, p, ld); }
+  void next() { p += step; }
+};
+template <class L>
+struct BWalk {
+  const bf16* p;
+  int ld;
+  size_t step;
+  BWalk(const bf16* b, int ldb) : p(b), ld(ldb), step(std::is_same_v<L, wm::row_major> ? size_t(16) * ldb : 16) {}
+  void load(FragB<L>& f) const { load_b(f, p, ld); }
+  void next() { p += step; }
+};
 inline void fill(FragC& acc, float v) { wm::fill_fragment(acc, v); }
 inline void scale(FragC& acc, float m) {
   if (!emu_lane0()) return;
@@ -286,6 +362,18 @@ inline void load_acc(FragC& acc, const float* p, int ld) {
   if (!emu_lane0()) return;
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c) acc.x[r][c] = p[r * ld + c];
+}
+template <class F>
+inline void for_quads(const FragC& acc, float* sc, F&& f) {  // through the scratch tile sc (16 x kScrLd)
+  store_acc(sc, acc, kScrLd);
+  __syncwarp();
+  const Lanes w = lanes();
+  for (int q = w.lane; q < 64; q += w.nlanes) {
+    const int r = q >> 2, c = (q & 3) << 2;
+    const float x[4] = {sc[r * kScrLd + c], sc[r * kScrLd + c + 1], sc[r * kScrLd + c + 2], sc[r * kScrLd + c + 3]};
+    f(r, c, x);
+  }
+  __syncwarp();
 }
 #endif
 
