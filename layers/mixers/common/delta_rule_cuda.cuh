@@ -477,15 +477,15 @@ __device__ __forceinline__ float dot_term(const Term<TA, TB, float>& t, int i, i
   return s;
 }
 
-// The walk shared by mm and mm_rows: out(i, j) = sum over the terms, for i < M, j < N (multiples of 16).
-// bf16: a warp owns whole 16 x 16 tiles; the accumulator goes through its f32 scratch s, then
-// tile_epi(w, i0, j0, s) runs on its lanes (between __syncwarp()s). float: one element per thread, f32 FFMA,
-// elem(i, j, value). No __syncthreads inside.
-// init (f32, row stride ldi, a multiple of 4; 32-byte aligned tiles), if not null, is the starting value of the
-// sums (the accumulator loaded from it: a product continued from a stored partial one gives the same f32 result).
+// The walk shared by mm and mm_pieces: out(i, j) = sum over the terms, for i < M, j < N (multiples of 16).
+// bf16: a warp owns whole 16 x 16 tiles; tile_epi(w, i0, j0, s, acc) gets the accumulator and the warp's f32 scratch s
+// (16 x kScrLd) for an epilogue that goes through it. float: one element per thread, f32 FFMA, elem(i, j, value).
+// init (f32 in shared memory, row stride ldi: even), if not null, is the starting value of the sums (the
+// accumulator loaded from it: a product continued from a stored partial one gives the same f32 result).
+// No __syncthreads inside.
 template <class OP, bool Pair = false, class TileEpi, class ElemFn, class... Terms>
-__device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const float* init, int ldi, TileEpi&& tile_epi, ElemFn&& elem,
-                                             const Terms&... terms) {
+__device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const float* init, int ldi, TileEpi&& tile_epi,
+                                             ElemFn&& elem, const Terms&... terms) {
   if constexpr (std::is_same_v<OP, bf16>) {
     const tc::Lanes w = tc::lanes();
     const int tn = N / 16, ntiles = (M / 16) * tn;
@@ -502,8 +502,8 @@ __device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const flo
         start(acc0, i0, j0);
         start(acc1, i0, j0 + 16);
         (mma_term2(acc0, acc1, terms, i0, j0), ...);
-        tc::through_scratch(s, acc0, [&] { tile_epi(w, i0, j0, s); });
-        tc::through_scratch(s, acc1, [&] { tile_epi(w, i0, j0 + 16, s); });
+        tile_epi(w, i0, j0, s, acc0);
+        tile_epi(w, i0, j0 + 16, s, acc1);
       }
       return;
     }
@@ -513,7 +513,7 @@ __device__ __forceinline__ void mm_walk_init(int M, int N, float* scr, const flo
       tc::FragC acc;
       start(acc, i0, j0);
       (mma_term(acc, terms, i0, j0), ...);
-      tc::through_scratch(s, acc, [&] { tile_epi(w, i0, j0, s); });
+      tile_epi(w, i0, j0, s, acc);
     }
   } else {
     (void)scr;
@@ -538,74 +538,24 @@ template <class OP, bool Pair = false, class Epi, class... Terms>
 __device__ __forceinline__ void mm(int M, int N, float* scr, Epi&& epi, const Terms&... terms) {
   mm_walk<OP, Pair>(
       M, N, scr,
-      [&](const tc::Lanes& w, int i0, int j0, const float* s) {
-        tc::for_elems(w, [&](int r, int c) { epi(i0 + r, j0 + c, s[r * kScrLd + c]); });
+      [&](const tc::Lanes& w, int i0, int j0, float* s, const tc::FragC& acc) {
+        tc::through_scratch(s, acc, [&] { tc::for_elems(w, [&](int r, int c) { epi(i0 + r, j0 + c, s[r * kScrLd + c]); }); });
       },
       [&](int i, int j, float v) { epi(i, j, v); }, terms...);
 }
 
-// As mm, the sums starting from init (see mm_walk_init).
-template <class OP, bool Pair = false, class Epi, class... Terms>
-__device__ __forceinline__ void mm_init(int M, int N, float* scr, const float* init, int ldi, Epi&& epi, const Terms&... terms) {
-  mm_walk_init<OP, Pair>(
-      M, N, scr, init, ldi,
-      [&](const tc::Lanes& w, int i0, int j0, const float* s) {
-        tc::for_elems(w, [&](int r, int c) { epi(i0 + r, j0 + c, s[r * kScrLd + c]); });
-      },
-      [&](int i, int j, float v) { epi(i, j, v); }, terms...);
-}
-
-// As mm, with a per-row reduction: epi(i, j, value) returns a contribution, and rowfn(i, sum) is called with
-// the sum of the contributions of row i over each 16-column tile (bf16: once per tile row, summed in the
-// warp's scratch, so that rowfn's shared-memory atomics are 16 times fewer) or over each element (float).
-template <class OP, bool Pair = false, class Epi, class RowFn, class... Terms>
-__device__ __forceinline__ void mm_rows(int M, int N, float* scr, Epi&& epi, RowFn&& rowfn, const Terms&... terms) {
-  mm_walk<OP, Pair>(
-      M, N, scr,
-      [&](const tc::Lanes& w, int i0, int j0, float* s) {
-        tc::for_elems(w, [&](int r, int c) {
-          float* x = s + r * kScrLd + c;
-          *x = epi(i0 + r, j0 + c, *x);
-        });
-        __syncwarp();
-        for (int r = w.lane; r < 16; r += w.nlanes) {
-          float a = 0.f;
-          for (int c = 0; c < 16; ++c) a += s[r * kScrLd + c];
-          rowfn(i0 + r, a);
-        }
-      },
-      [&](int i, int j, float v) { rowfn(i, epi(i, j, v)); }, terms...);
-}
-
-// The 64 pieces of 4 columns of a warp's 16 x 16 scratch tile s, lane l on rows (l & 7) (+ 8) and columns
-// 4 (l >> 3) (as mm_vec4: a warp's 16-byte accesses cover 8 whole 64-byte row segments, coalesced in global memory,
-// conflict-free on the scratch): f(r, c, x) gets x[0 .. 3] = s(r, c .. c + 3) and returns the piece's row
-// contribution, kept in s(r, c) (only this lane reads that piece); then row(r, sum) once per tile row.
-template <class F, class Row>
-__device__ __forceinline__ void vec4_tile(const tc::Lanes& w, float* s, F&& f, Row&& row) {
-  for (int q = w.lane; q < 64; q += w.nlanes) {
-    const int r = (q & 7) + ((q >> 5) << 3), c = ((q >> 3) & 3) << 2;
-    const uint4 v = ld16(s + r * kScrLd + c);
-    float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
-    s[r * kScrLd + c] = f(r, c, x);
-  }
-  __syncwarp();
-  for (int r = w.lane; r < 16; r += w.nlanes) {
-    const float* sr = s + r * kScrLd;
-    row(r, (sr[0] + sr[4]) + (sr[8] + sr[12]));
-  }
-}
-
-// As mm_rows, with the epilogue on pieces of a row: piece(i, j, v, n) gets v[0 .. n) = out(i, j .. j + n)
-// (bf16: n = 4 in vec4_tile's lane order, so that the pieces' global accesses are 16-byte and coalesced; float:
-// n = 1), may rewrite v, and returns the row contribution of the piece; rowfn(i, sum) as in mm_rows.
+// As mm, with the epilogue on pieces of a row: piece(i, j, v, n) gets v[0 .. n) = out(i, j .. j + n)
+// (bf16: n = 4, tc::for_quads_rows' pieces straight from the accumulator; float: n = 1), may rewrite v, and returns
+// the row contribution of the piece; rowfn(i, sum) gets the sum of the contributions of row i over each 16-column
+// tile (bf16: once per tile row, so that rowfn's shared-memory atomics are 16 times fewer) or over each element
+// (float).
 template <class OP, bool Pair = false, class Piece, class RowFn, class... Terms>
 __device__ __forceinline__ void mm_pieces(int M, int N, float* scr, Piece&& piece, RowFn&& rowfn, const Terms&... terms) {
   mm_walk<OP, Pair>(
       M, N, scr,
-      [&](const tc::Lanes& w, int i0, int j0, float* s) {
-        vec4_tile(
-            w, s, [&](int r, int c, float* x) { return piece(i0 + r, j0 + c, x, 4); },
+      [&](const tc::Lanes&, int i0, int j0, float* s, const tc::FragC& acc) {
+        tc::for_quads_rows(
+            acc, s, [&](int r, int c, float* x) { return piece(i0 + r, j0 + c, x, 4); },
             [&](int r, float a) { rowfn(i0 + r, a); });
       },
       [&](int i, int j, float v) { rowfn(i, piece(i, j, &v, 1)); }, terms...);
@@ -616,10 +566,10 @@ __device__ __forceinline__ void mm_pieces(int M, int N, float* scr, Piece&& piec
 // global read-modify-write per element, instead of two products with a barrier between them.
 // dotk(i, j, v, n) = sum_c v[c] k(i, j + c); piece(i, j, v, n) as in mm_pieces, on v = a + b, returns its k-dot;
 // rowa(i, sa) gets the k-dot of a, rowb(i, sb) that of b, computed as k.(a + b) - k.a (bf16: per 16-column tile
-// row; float: per element). bf16: vec4_tile's lane order (n = 4); the accumulator continues from a into a + b; a's
-// row dots wait in the scratch tile's spare column 16 (17 for the second tile of a pair; store_matrix_sync writes
-// columns 0 .. 15 only). No __syncthreads inside.
-static_assert(kScrLd >= 18, "mm_pieces_ab keeps row sums in columns 16 and 17 of the scratch tile");
+// row; float: per element). bf16: the accumulator continues from a into a + b; a's row dots wait in a register of
+// the lane that owns the row (the emulation: in the scratch tile's spare column 16, 17 for the second tile of a pair;
+// tc::store_acc writes columns 0 .. 15 only). No __syncthreads inside.
+static_assert(kScrLd >= 18, "mm_pieces_ab's emulation keeps row sums in columns 16 and 17 of the scratch tile");
 template <class OP, bool Pair = false, class DotK, class Piece, class RowA, class RowB, class TA, class TB>
 __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& dotk, Piece&& piece, RowA&& rowa, RowB&& rowb,
                                              const TA& ta, const TB& tb) {
@@ -627,38 +577,41 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
     const tc::Lanes w = tc::lanes();
     const int tn = N / 16, ntiles = (M / 16) * tn;
     float* s = scr + w.warp * kScrTile;
-    // a's part of tile (i0, j0): its k-dots to rowa and to the scratch's spare column col (16 or 17)
-    auto a_part = [&](const tc::FragC& acc, int i0, int j0, int col) {
-      tc::store_acc(s, acc, kScrLd);
-      __syncwarp();
-      vec4_tile(
-          w, s, [&](int r, int c, float* x) { return dotk(i0 + r, j0 + c, x, 4); },
+#ifdef DELTA_EMULATE
+    auto keep = [&](float&, int r, int col, float v) { s[r * kScrLd + col] = v; };
+    auto kept = [&](const float&, int r, int col) { return s[r * kScrLd + col]; };
+#else
+    auto keep = [](float& slot, int, int, float v) { slot = v; };  // for_quads_rows: the same lane owns row r in both
+    auto kept = [](const float& slot, int, int) { return slot; };
+#endif
+    // a's part of tile (i0, j0): its k-dots to rowa and to the slot (col: the emulation's scratch column)
+    auto a_part = [&](const tc::FragC& acc, int i0, int j0, float& slot, int col) {
+      tc::for_quads_rows(
+          acc, s, [&](int r, int c, float* x) { return dotk(i0 + r, j0 + c, x, 4); },
           [&](int r, float sa) {
-            s[r * kScrLd + col] = sa;
+            keep(slot, r, col, sa);
             rowa(i0 + r, sa);
           });
-      __syncwarp();
     };
-    auto ab_part = [&](const tc::FragC& acc, int i0, int j0, int col) {
-      tc::through_scratch(s, acc, [&] {
-        vec4_tile(
-            w, s, [&](int r, int c, float* x) { return piece(i0 + r, j0 + c, x, 4); },
-            [&](int r, float sab) { rowb(i0 + r, sab - s[r * kScrLd + col]); });
-      });
+    auto ab_part = [&](const tc::FragC& acc, int i0, int j0, const float& slot, int col) {
+      tc::for_quads_rows(
+          acc, s, [&](int r, int c, float* x) { return piece(i0 + r, j0 + c, x, 4); },
+          [&](int r, float sab) { rowb(i0 + r, sab - kept(slot, r, col)); });
     };
-    if (Pair && pair_tiles(tn, ntiles, w)) {  // two tiles (mma_term2); their a-dots in columns 16 and 17
+    if (Pair && pair_tiles(tn, ntiles, w)) {  // two tiles (mma_term2), two slots
       for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
         int i0, j0;
         tile_origin(tile, tn, i0, j0);
         tc::FragC acc0, acc1;
         tc::fill(acc0, 0.f);
         tc::fill(acc1, 0.f);
+        float sa0 = 0.f, sa1 = 0.f;
         mma_term2(acc0, acc1, ta, i0, j0);
-        a_part(acc0, i0, j0, 16);
-        a_part(acc1, i0, j0 + 16, 17);
+        a_part(acc0, i0, j0, sa0, 16);
+        a_part(acc1, i0, j0 + 16, sa1, 17);
         mma_term2(acc0, acc1, tb, i0, j0);
-        ab_part(acc0, i0, j0, 16);
-        ab_part(acc1, i0, j0 + 16, 17);
+        ab_part(acc0, i0, j0, sa0, 16);
+        ab_part(acc1, i0, j0 + 16, sa1, 17);
       }
       return;
     }
@@ -667,10 +620,11 @@ __device__ __forceinline__ void mm_pieces_ab(int M, int N, float* scr, DotK&& do
       tile_origin(tile, tn, i0, j0);
       tc::FragC acc;
       tc::fill(acc, 0.f);
+      float sa = 0.f;
       mma_term(acc, ta, i0, j0);
-      a_part(acc, i0, j0, 16);
+      a_part(acc, i0, j0, sa, 16);
       mma_term(acc, tb, i0, j0);
-      ab_part(acc, i0, j0, 16);
+      ab_part(acc, i0, j0, sa, 16);
     }
   } else {
     (void)scr;
@@ -1006,17 +960,19 @@ __device__ __forceinline__ void load_op_rows(OP* dst, int ld, const OP* src, int
         }
       });
 }
-// 16-byte pieces: cols and ld multiples of 8 elements (16 / sizeof(OP) divides them), src and dst 16-byte aligned.
-template <int R = kLdBatch, class OP>
-__device__ __forceinline__ void copy_rows(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) {
+// Rows of an OP tile copied by cp.async (16-byte pieces: cols and ld multiples of 8 elements, src and dst 16-byte
+// aligned; no registers): the copies stay in flight until tc::cp_wait_all() (then a barrier), so that
+// several tiles' copies and the loads that go through registers overlap instead of one round trip each.
+template <class OP>
+__device__ __forceinline__ void copy_rows_async(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld = -1) {
   if (srcld < 0) srcld = cols;
   constexpr int per = 16 / int(sizeof(OP));
-  batched_pieces<R>(
-      rows, cols / per, [&](int r, int q) { return ld16(src + int64_t(r) * srcld + q * per); },
-      [&](int r, int q, const uint4& v) { st16(dst + r * ld + q * per, v); });
+  for_pieces_block<true>(rows, cols / per,
+                         [&](int r, int q) { tc::cp16(dst + r * ld + q * per, src + int64_t(r) * srcld + q * per); });
 }
 
-// copy_rows one piece at a time (the sequential kernels' fallback: their registers are scarce).
+// A tile copied one 16-byte piece at a time through registers (the sequential kernels' fallback: their registers are
+// scarce).
 template <class OP>
 __device__ __forceinline__ void copy_rows_plain(OP* dst, int ld, const OP* src, int rows, int cols, int64_t srcld) {
   const int nthr = int(blockDim.x), tid = int(threadIdx.x);
@@ -1044,9 +1000,9 @@ __device__ __forceinline__ void for_pieces_block(int rows, int vc, F&& f) {
     for (int e = tid; e < rows * vc; e += nthr) f(e / vc, e % vc);
   }
 }
-// copy_rows in two halves for the sequential kernels: load() issues the next chunk's 16-byte global loads into
+// A tile copy in two halves for the sequential kernels: load() issues the next chunk's 16-byte global loads into
 // registers (R per thread) before the current chunk's products, store() writes them into shared memory after the
-// barrier that frees the buffer. Shapes with more than R pieces per thread: store() is a plain copy_rows.
+// barrier that frees the buffer. Shapes with more than R pieces per thread: store() is a plain copy_rows_plain.
 // Piece k of a thread is row r0 + k rstep (PieceWalk) when the row's pieces divide the block, so that the
 // addresses need no division per piece.
 template <class OP, int R, bool P2 = false>
@@ -1642,13 +1598,14 @@ __global__ void __launch_bounds__(kThreads, 3) fwd_out(Geo g, Ptrs<IN, OP> p) {
   // piece i: S_n's columns [i w, (i + 1) w) in rows 0 .. Dk - 1 of its buffer, U''s in the C rows after them
   auto load_piece = [&](int i) {
     OP* b = buf[i & 1];
-    copy_rows(b, ldw, Sn + i * w, Dk, w, Dv);
-    copy_rows(b + Dk * ldw, ldw, Up + i * w, C, w, Dv);
+    copy_rows_async(b, ldw, Sn + i * w, Dk, w, Dv);
+    copy_rows_async(b + Dk * ldw, ldw, Up + i * w, C, w, Dv);
   };
   load_gb(G, nullptr, g.gated ? p.g : nullptr, p.beta, g, c);
   load_normalized(Q, ld.k, rq, p.q, g, c, Dk);
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
   load_piece(0);
+  tc::cp_wait_all();
   __syncthreads();
   form_p(P, ld.c, Q, K, ld.k, G, g, scr);
   __syncthreads();
@@ -1657,7 +1614,8 @@ __global__ void __launch_bounds__(kThreads, 3) fwd_out(Geo g, Ptrs<IN, OP> p) {
   const bool ovec = reinterpret_cast<uintptr_t>(p.o) % (4 * sizeof(IN)) == 0;
   for (int i = 0; i < npieces; ++i) {
     // piece i is loaded and Q scaled; every warp is done with piece i - 1 (and with K, for i = 0), whose buffer
-    // piece i + 1 takes
+    // piece i + 1 takes (by cp.async: in flight during piece i's product)
+    tc::cp_wait_all();
     __syncthreads();
     if (i + 1 < npieces) load_piece(i + 1);
     const OP* b = buf[i & 1];
@@ -1818,12 +1776,14 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   const int C = g.C, Dk = g.Dk, Dv = g.Dv;
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
 
+  // dU', S_n and fwd_prep's T (the same values an inversion here would give) by cp.async, in flight during the rest
+  copy_rows_async(dU, ld.v, p.dUn + row0 * Dv, C, Dv);
+  copy_rows_async(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dk, Dv);
+  copy_rows_async(T, ld.c, p.Tm + row0 * C, C, C);
   load_gb(G, bb, g.gated ? p.g : nullptr, p.beta, g, c);
   for (int t = tid; t < C; t += nthr) db[t] = dG[t] = 0.f;
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
-  copy_rows(dU, ld.v, p.dUn + row0 * Dv, C, Dv);
-  copy_rows(S, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dk, Dv);
-  copy_rows(T, ld.c, p.Tm + row0 * C, C, C);  // fwd_prep's T (the same values an inversion here would give)
+  tc::cp_wait_all();
   __syncthreads();
   RowPrefetch<OP, kPrefetchR, true> pw;  // the saved W in flight during dW = -dU' S_n^T (its buffer holds S_n until then)
   pw.load(p.W + row0 * Dk, C, Dk);
@@ -1899,18 +1859,16 @@ __global__ void __launch_bounds__(kThreads) bwd_wy(Geo g, Ptrs<IN, OP> p) {
   // bf16: 4 columns per lane (one 16-byte P store, one 8-byte T store, b_t and G_t read once per piece)
   mm_walk_init<OP>(
       C, C, scr, P, ldp,
-      [&](const tc::Lanes& w, int i0, int j0, const float* sc) {
-        for (int q = w.lane; q < 64; q += w.nlanes) {
-          const int r = (q & 7) + ((q >> 5) << 3), cc = ((q >> 3) & 3) << 2, t = i0 + r, s = j0 + cc;
-          const uint4 v = ld16(sc + r * kScrLd + cc);
-          st16(P + t * ldp + s, v);  // this tile's own elements, already in the accumulator
-          const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
+      [&](const tc::Lanes&, int i0, int j0, float* sc, const tc::FragC& acc) {
+        tc::for_quads(acc, sc, [&](int r, int cc, const float (&x)[4]) {
+          const int t = i0 + r, s = j0 + cc;
+          st16(P + t * ldp + s, uint4{f2u(x[0]), f2u(x[1]), f2u(x[2]), f2u(x[3])});  // this tile's own elements
           const float mb = -bb[t], gt = G[t];
           float y[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) y[e] = s + e < t ? x[e] * mb * dr_exp(gt - G[s + e]) : 0.f;
           st4op(T + t * ld.c + s, y);
-        }
+        });
       },
       [&](int t, int s, float x) {
         P[t * ldp + s] = x;
@@ -1975,12 +1933,13 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
   const tc::Lanes w = tc::lanes();
 
+  copy_rows_async(Up, ld.v, p.Un + row0 * Dv, C, Dv);  // in flight during the loads below
   load_gb(G, nullptr, g.gated ? p.g : nullptr, p.beta, g, c);
   for (int t = tid; t < C; t += nthr) dG[t] = p.dGp[row0 + t];
   load_normalized(Q, ld.k, rq, p.q, g, c, Dk);
   load_normalized(K, ld.k, rk, p.k, g, c, Dk);
   load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
-  copy_rows(Up, ld.v, p.Un + row0 * Dv, C, Dv);
+  tc::cp_wait_all();
   __syncthreads();
   mm_vec4_or<OP, true>(
       C, C, scr,
@@ -2043,8 +2002,9 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
   __syncthreads();
   const float GC = G[C - 1];
   // dS_{n+1} replaces S_n; diag(e^{G_C - G}) U' replaces dO (U' rounded to OP first, as in F and the forward)
-  copy_rows(S, ld.v, Hn, Dk, Dv);
+  copy_rows_async(S, ld.v, Hn, Dk, Dv);
   load_op_rows(dO, ld.v, p.Un + row0 * Dv, Dv, C, Dv, [&](int t, float x) { return x * dr_exp(GC - G[t]); });
+  tc::cp_wait_all();
   __syncthreads();
   // dk^ += F^T Q + diag(e^{G_C - G}) U' dS'^T in one pass: k_s enters F_ts through Gamma_ts with - G_s (dG), and
   // the second product's k-dots are the y above

@@ -67,25 +67,10 @@ struct Ptrs {
   float* dlw;                   // [B, T, H, Dk]
 };
 
-// ---- asynchronous 16-byte copies global -> shared (cp.async; a plain copy in the emulation) ----
-__device__ __forceinline__ void cp16(void* s, const void* g) {
-#ifdef GDR_EMULATE
-  std::memcpy(s, g, 16);
-#else
-  const unsigned sp = static_cast<unsigned>(__cvta_generic_to_shared(s));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sp), "l"(g));
-#endif
-}
-__device__ __forceinline__ void cp_commit() {
-#ifndef GDR_EMULATE
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-__device__ __forceinline__ void cp_wait_all() {
-#ifndef GDR_EMULATE
-  asm volatile("cp.async.wait_group 0;\n" ::);
-#endif
-}
+// asynchronous 16-byte copies global -> shared (tc_tiles.cuh)
+using tc::cp16;
+using tc::cp_commit;
+using tc::cp_wait_all;
 
 __device__ __forceinline__ float shfl_xor(float x, int m) {
 #ifdef GDR_EMULATE

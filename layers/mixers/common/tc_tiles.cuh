@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #ifndef SEQMIX_TC_EMULATE
@@ -141,6 +142,27 @@ __device__ __forceinline__ void load8f(float (&out)[8], const float* src) {
 __device__ __forceinline__ void store8f(float* dst, const float (&v)[8]) {
   reinterpret_cast<float4*>(dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
   reinterpret_cast<float4*>(dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// ---- asynchronous 16-byte copies global -> shared (cp.async: no registers, many in flight; a plain copy in the
+// emulation). cp_wait_all() waits for this thread's copies; a __syncthreads() after it publishes them. ----
+__device__ __forceinline__ void cp16(void* s, const void* g) {
+#ifdef SEQMIX_TC_EMULATE
+  memcpy(s, g, 16);
+#else
+  const unsigned sp = static_cast<unsigned>(__cvta_generic_to_shared(s));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sp), "l"(g) : "memory");
+#endif
+}
+__device__ __forceinline__ void cp_commit() {
+#ifndef SEQMIX_TC_EMULATE
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cp_wait_all() {
+#ifndef SEQMIX_TC_EMULATE
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
 }
 
 // ---- warp geometry; with one thread per block (the CPU emulation) that thread is warp 0 of 1, lane 0 of 1 ----
@@ -320,6 +342,27 @@ __device__ __forceinline__ void for_quads(const FragC& acc, float* sc, F&& f) {
     f(odd ? g + 8 : g, 8 * h + 2 * (t & ~1), q);
   }
 }
+// As for_quads, with a row reduction: f(r, c, x) (x writable) returns the piece's contribution to row r; row(r, sum)
+// gets the sum over the tile row's 16 columns, on the one lane of each row whose t < 2 (lanes t and t ^ 2 hold a
+// row's four pieces: one shuffle), the same lane for row r in every call.
+template <class F, class Row>
+__device__ __forceinline__ void for_quads_rows(const FragC& acc, float* sc, F&& f, Row&& row) {
+  (void)sc;
+  const int l = lane_id(), g = l >> 2, t = l & 3;
+  const bool odd = (t & 1) != 0;
+  const int r = odd ? g + 8 : g;
+  float part = 0.f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float* x = acc.x + 4 * h;
+    const float r0 = __shfl_xor_sync(0xffffffffu, odd ? x[0] : x[2], 1);
+    const float r1 = __shfl_xor_sync(0xffffffffu, odd ? x[1] : x[3], 1);
+    float q[4] = {odd ? r0 : x[0], odd ? r1 : x[1], odd ? x[2] : r0, odd ? x[3] : r1};
+    part += f(r, 8 * h + 2 * (t & ~1), q);
+  }
+  part += __shfl_xor_sync(0xffffffffu, part, 2);
+  if (t < 2) row(r, part);
+}
 #else
 using FragC = wm::fragment<wm::accumulator, 16, 16, 16, float>;
 template <class L>
@@ -362,6 +405,21 @@ inline void load_acc(FragC& acc, const float* p, int ld) {
   if (!emu_lane0()) return;
   for (int r = 0; r < 16; ++r)
     for (int c = 0; c < 16; ++c) acc.x[r][c] = p[r * ld + c];
+}
+template <class F, class Row>
+inline void for_quads_rows(const FragC& acc, float* sc, F&& f, Row&& row) {  // through the scratch tile, a row per lane
+  store_acc(sc, acc, kScrLd);
+  __syncwarp();
+  const Lanes w = lanes();
+  for (int r = w.lane; r < 16; r += w.nlanes) {
+    float part = 0.f;
+    for (int c = 0; c < 16; c += 4) {
+      float x[4] = {sc[r * kScrLd + c], sc[r * kScrLd + c + 1], sc[r * kScrLd + c + 2], sc[r * kScrLd + c + 3]};
+      part += f(r, c, x);
+    }
+    row(r, part);
+  }
+  __syncwarp();
 }
 template <class F>
 inline void for_quads(const FragC& acc, float* sc, F&& f) {  // through the scratch tile sc (16 x kScrLd)
