@@ -42,16 +42,18 @@
 // save for the other kernels (S_n, U', dS_{n+1}, dU') is stored in the operand type, since every later use of it is
 // an operand of a product (bf16: half the bytes of f32 for the largest buffers; one dot product, e^{G_C} <dS', S_n>
 // in dG, now reads the rounded values).
-// Products: every C x C, C x D and D x D product in shared memory; WMMA m16n16k16 bf16 -> f32 (a warp per
-// 16 x 16 output tile, its epilogue through a per-warp f32 scratch tile), or plain f32 products for f32
-// operands. Row-wise work (the L2 normalization and its backward) takes a warp per row with shuffle sums, several
-// rows' loads in flight per warp; tile loads issue a few 16-byte loads per thread before their shared-memory stores
-// (one global round trip per batch, not per piece); the epilogues that add to a global f32 buffer (dk^) load a
-// lane's 8 values together before storing, and bwd_wy (E K + E^T K) and bwd_out (F^T Q + Kd') add two products in
-// one such pass (mm_pieces_ab). The sequential kernels load the next chunk's W, Kd (and Qg, and dO's columns for
-// 16-bit inputs) and their f32 U / dU columns into registers while the current chunk's products run (RowPrefetch,
-// ColPrefetch; launch bounds 256 x 2: 128 registers, two CTAs per SM); the U / dU columns go to shared memory, so
-// that the epilogue's read-modify-write reads them there.
+// Products: every C x C, C x D and D x D product in shared memory; bf16 -> f32 tensor cores (tc_tiles.cuh: a warp
+// per 16 x 16 output tile, ldmatrix + mma.sync, most epilogues straight from the accumulator registers, a few
+// through a per-warp f32 scratch tile), or plain f32 products for f32 operands. Row-wise work (the L2
+// normalization and its backward) takes a warp per row with shuffle sums, several rows' loads in flight per warp;
+// plain tile copies go by cp.async, several tiles in flight at once, and converting tile loads issue a few 16-byte
+// loads per thread before their shared-memory stores (one global round trip per batch, not per piece); the walks
+// over tiles and pieces use shifts, not divisions, for power-of-two shapes. The epilogues that add to a global f32
+// buffer (dk^) load a lane's values together before storing, and bwd_wy (E K + E^T K) and bwd_out (F^T Q + Kd')
+// add two products in one such pass (mm_pieces_ab). The sequential kernels load the next chunk's W, Kd (and Qg,
+// and dO's columns for 16-bit inputs) and their f32 U / dU columns into registers while the current chunk's
+// products run (RowPrefetch, ColPrefetch; launch bounds 256 x 2: 128 registers, two CTAs per SM); the U / dU
+// columns go to shared memory, so that the epilogue's read-modify-write reads them there.
 // 256 threads per CTA. Dynamic shared memory (bytes, C = 64; delta_cuda::Lay*):
 //                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
 //     fwd_prep          (N, H, B)            46,080          55,040            66,304
@@ -78,7 +80,7 @@
 //
 // Status: verified on the lent H100 (tests/gpu/test_delta_rule_gpu.cpp: outputs, final state and every gradient
 // against the CPU reference, f32 / bf16 / f16, odd lengths, initial states; 65,536 tokens with extreme gates) and
-// by CPU emulation (scripts/delta_emulate.sh: the kernel bodies compiled for the host, WMMA emulated on whole
+// by CPU emulation (scripts/delta_emulate.sh: the kernel bodies compiled for the host, the products emulated on whole
 // tiles, against delta_rule_reference in f64 at T = 1, 63, 64, 65, 200, 130, 257, with / without g and S_0,
 // B = 1, 2, Dk = Dv = 16, 64, 128 and Dk != Dv: f32 operands <= 3e-5 relative, bf16 operands <= 1.4e-2; no data
 // race under ThreadSanitizer with 256 threads per block). delta_rule() dispatches here unless SEQMIX_DELTA_CUDA=0.

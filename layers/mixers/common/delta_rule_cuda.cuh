@@ -2,11 +2,11 @@
 // derivation are in delta_rule_cuda.cu's header comment). Included by delta_rule_cuda.cu and, with
 // DELTA_EMULATE defined, by the CPU emulation harness scripts/delta_emulate.cc (scripts/emulate/cuda_host.h
 // supplies the CUDA built-ins, tc_tiles.cuh nvcuda::wmma on whole 16 x 16 tiles, the harness emu_launch).
-// The WMMA tile helpers shared with the linear recurrence's tensor-core kernels are in tc_tiles.cuh.
+// The tensor-core tile helpers shared with the linear recurrence's tensor-core kernels are in tc_tiles.cuh.
 // No spdlog / fmt here.
 //
 // Element types: IN is the type of q, k, v, o and their gradients (bf16, f16 or f32); OP the type of the
-// matmul operands in shared memory: bf16 (WMMA m16n16k16 tensor cores, f32 accumulation) or float (plain
+// matmul operands in shared memory: bf16 (tensor cores, m16n8k16 mma.sync, f32 accumulation) or float (plain
 // f32 FFMA products, for f32 inputs whose shared memory fits, and for the emulation's tight checks).
 #pragma once
 #include <cuda_bf16.h>
@@ -84,10 +84,10 @@ struct Bump {
   }
 };
 
-// Row strides of the operand tiles in shared memory: + 8 elements (16 bytes for bf16) so that the rows of a
-// WMMA load fall on different banks; multiples of 8 as WMMA requires.
+// Row strides of the operand tiles in shared memory: + 8 elements (16 bytes for bf16) so that the 8 rows of an
+// ldmatrix fall on different banks; multiples of 8 (16-byte rows, as ldmatrix requires).
 // vf: the f32 [.., DVT] tiles of the sequential kernels (state, U / dU columns): + 4 floats, so that the 8 rows of
-// a quarter warp's 16-byte accesses down a column (and the WMMA accumulator rows) fall on different banks.
+// a quarter warp's 16-byte accesses down a column (and the accumulator rows) fall on different banks.
 struct Ld {
   int k, v, c, vt, cf, vf;
   __host__ __device__ explicit Ld(const Geo& g)
@@ -191,7 +191,7 @@ struct LayOut {
 template <class OP>
 struct LayWy {
   size_t K, T, S1, S2, S3, S4, scr, rk, G, b, db, dG, total;
-  int ldp;  // row stride (floats) of P: a multiple of 4 (WMMA accumulator loads)
+  int ldp;  // row stride (floats) of P: a multiple of 4 (accumulator loads)
   __host__ __device__ explicit LayWy(const Geo& g) {
     const Ld l(g);
     Bump m;

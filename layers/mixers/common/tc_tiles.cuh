@@ -1,13 +1,14 @@
-// WMMA tile helpers shared by the tensor-core mixer kernels (linear_recurrence_tc.cu, delta_rule_cuda.cuh):
-// bf16 / f16 / f32 conversions, the per-warp f32 scratch tile (16 x kScrLd) that a 16 x 16 accumulator goes
-// through for its epilogue, warp / lane geometry, m16n16k16 bf16 products over shared-memory operands, and
-// the dynamic shared-memory declaration.
+// Tensor-core tile helpers shared by the tensor-core mixer kernels (linear_recurrence_tc.cu, delta_rule_cuda.cuh):
+// bf16 / f16 / f32 conversions, cp.async copies, warp / lane geometry, 16 x 16 x 16 bf16 products over
+// shared-memory operands (ldmatrix + mma.sync m16n8k16 with f32 accumulators), their epilogues (straight from the
+// registers, or through a per-warp f32 scratch tile of 16 x kScrLd), and the dynamic shared-memory declaration.
 //
 // CPU emulation: with SEQMIX_TC_EMULATE defined (by scripts/emulate/cuda_host.h, which must be included
 // first: it supplies threadIdx / blockDim, __syncwarp and emu_lane0()) the kernels compile for the host:
-// nvcuda::wmma is replaced below by whole 16 x 16 tiles in f32 (bf16 operands are exact in f32; only the
-// summation order differs from the GPU), with the hardware's pointer / stride alignment rules checked, and
-// TC_SMEM names the harness's shared-memory buffer of the current block (emu_smem).
+// the products run on whole 16 x 16 tiles in f32 through an nvcuda::wmma stand-in below (bf16 operands are exact
+// in f32; only the summation order differs from the GPU), with WMMA's pointer / stride alignment rules checked
+// (stricter than ldmatrix's), register epilogues go through the scratch tile, and TC_SMEM names the harness's
+// shared-memory buffer of the current block (emu_smem).
 // Include only from .cu files (or the emulation harnesses); no spdlog / fmt here.
 #pragma once
 #include <cuda_bf16.h>
