@@ -410,11 +410,13 @@ __device__ __forceinline__ tc::BWalk<std::conditional_t<TB, wm::col_major, wm::r
   return {TB ? t.b + size_t(j0) * t.ldb : t.b + j0, t.ldb};
 }
 
-template <bool TA, bool TB>
+// acc += the term's product for output tile (i0, j0). U > 0: the k steps unrolled U times (bwd_state's update: fewer
+// operand fragments in registers at once); U = 0: the compiler's choice.
+template <int U = 0, bool TA, bool TB>
 __device__ __forceinline__ void mma_term(tc::FragC& acc, const Term<TA, TB, bf16>& t, int i0, int j0) {
   auto wa = a_walk(t, i0);
   auto wb = b_walk(t, j0);
-  for (int kk = 0; kk < t.K; kk += 16) {
+  auto step = [&] {
     tc::FragA<std::conditional_t<TA, wm::col_major, wm::row_major>> fa;
     tc::FragB<std::conditional_t<TB, wm::col_major, wm::row_major>> fb;
     wa.load(fa);
@@ -422,23 +424,12 @@ __device__ __forceinline__ void mma_term(tc::FragC& acc, const Term<TA, TB, bf16
     tc::mma(acc, fa, fb);
     wa.next();
     wb.next();
-  }
-}
-
-// mma_term with the k steps unrolled U times (bwd_state's update: fewer operand fragments in registers at once).
-template <int U, bool TA, bool TB>
-__device__ __forceinline__ void mma_term_u(tc::FragC& acc, const Term<TA, TB, bf16>& t, int i0, int j0) {
-  auto wa = a_walk(t, i0);
-  auto wb = b_walk(t, j0);
+  };
+  if constexpr (U == 0) {
+    for (int kk = 0; kk < t.K; kk += 16) step();
+  } else {
 #pragma unroll U
-  for (int kk = 0; kk < t.K; kk += 16) {
-    tc::FragA<std::conditional_t<TA, wm::col_major, wm::row_major>> fa;
-    tc::FragB<std::conditional_t<TB, wm::col_major, wm::row_major>> fb;
-    wa.load(fa);
-    wb.load(fb);
-    tc::mma(acc, fa, fb);
-    wa.next();
-    wb.next();
+    for (int kk = 0; kk < t.K; kk += 16) step();
   }
 }
 
@@ -1198,8 +1189,7 @@ __device__ __forceinline__ void state_update(float* S, int lds, int M, int N, fl
       tc::FragC acc;
       tc::load_acc(acc, st, lds);
       tc::scale(acc, decay);
-      if constexpr (U == 0) (mma_term(acc, terms, i0, j0), ...);
-      else (mma_term_u<U>(acc, terms, i0, j0), ...);
+      (mma_term<U>(acc, terms, i0, j0), ...);
       tc::store_acc(st, acc, lds);
     }
   } else {
