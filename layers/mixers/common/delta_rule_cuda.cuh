@@ -1094,51 +1094,30 @@ __device__ __forceinline__ void state_cols_out(D* dst, OP* op, int ldop, const f
 }
 
 // out = sum over the terms (M x N, multiples of 16) with the epilogue on row pieces of 4: epi4(i, j, x) gets
-// x[0 .. 3] = out(i, j .. j + 3). bf16: a warp's tile through its scratch; lane l takes rows (l & 7) (+ 8) and
-// columns 4 (l >> 3), so that a warp's 16-byte accesses cover 8 whole 64-byte row segments (coalesced global,
-// and conflict-free on the scratch (stride kScrLd) and on f32 tiles of stride = 4 mod 32 floats).
+// x[0 .. 3] = out(i, j .. j + 3). bf16: mm_walk's tiles, the pieces straight from the accumulator (tc::for_quads);
+// ViaScratch: through the warp's scratch instead, lane l on rows (l & 7) (+ 8) and columns 4 (l >> 3), so that a
+// warp's 16-byte accesses cover 8 whole 64-byte row segments (for kernels short of registers).
 // float: a piece per thread. No __syncthreads inside.
 template <class OP, bool Pair = false, bool ViaScratch = false, class Epi4, class... Terms>
 __device__ __forceinline__ void mm_vec4(int M, int N, float* scr, Epi4&& epi4, const Terms&... terms) {
   if constexpr (std::is_same_v<OP, bf16>) {
-    const tc::Lanes w = tc::lanes();
-    const int tn = N / 16, ntiles = (M / 16) * tn;
-    float* s = scr + w.warp * kScrTile;
-    auto epi_tile = [&](const tc::FragC& acc, int i0, int j0) {
-      if constexpr (ViaScratch) {  // the accumulator's registers are free before the epilogue (fewer live at once)
-        tc::through_scratch(s, acc, [&] {
-          for (int q = w.lane; q < 64; q += w.nlanes) {
-            const int r = (q & 7) + ((q >> 5) << 3), c = ((q >> 3) & 3) << 2;
-            const uint4 v = ld16(s + r * kScrLd + c);
-            const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
-            epi4(i0 + r, j0 + c, x);
+    mm_walk<OP, Pair>(
+        M, N, scr,
+        [&](const tc::Lanes& w, int i0, int j0, float* s, const tc::FragC& acc) {
+          if constexpr (ViaScratch) {  // the accumulator's registers are free before the epilogue (fewer live at once)
+            tc::through_scratch(s, acc, [&] {
+              for (int q = w.lane; q < 64; q += w.nlanes) {
+                const int r = (q & 7) + ((q >> 5) << 3), c = ((q >> 3) & 3) << 2;
+                const uint4 v = ld16(s + r * kScrLd + c);
+                const float x[4] = {u2f(v.x), u2f(v.y), u2f(v.z), u2f(v.w)};
+                epi4(i0 + r, j0 + c, x);
+              }
+            });
+          } else {
+            tc::for_quads(acc, s, [&](int r, int c, const float (&x)[4]) { epi4(i0 + r, j0 + c, x); });
           }
-        });
-      } else {
-        tc::for_quads(acc, s, [&](int r, int c, const float (&x)[4]) { epi4(i0 + r, j0 + c, x); });
-      }
-    };
-    if (Pair && pair_tiles(tn, ntiles, w)) {
-      for (int tile = 2 * w.warp; tile < ntiles; tile += 2 * w.nwarps) {
-        int i0, j0;
-        tile_origin(tile, tn, i0, j0);
-        tc::FragC acc0, acc1;
-        tc::fill(acc0, 0.f);
-        tc::fill(acc1, 0.f);
-        (mma_term2(acc0, acc1, terms, i0, j0), ...);
-        epi_tile(acc0, i0, j0);
-        epi_tile(acc1, i0, j0 + 16);
-      }
-      return;
-    }
-    for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
-      int i0, j0;
-      tile_origin(tile, tn, i0, j0);
-      tc::FragC acc;
-      tc::fill(acc, 0.f);
-      (mma_term(acc, terms, i0, j0), ...);
-      epi_tile(acc, i0, j0);
-    }
+        },
+        [](int, int, float) {}, terms...);  // elem: the float path below
   } else {
     (void)scr;
     for_pieces_block(M, N / 4, [&](int i, int q) {

@@ -227,26 +227,6 @@ __device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], unsigned row) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(row));
 }
-template <bool Trans>
-__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* row) {
-  ldsm_x4<Trans>(r, smem_u32(row));
-}
-template <class L>
-__device__ __forceinline__ void load_a(FragA<L>& f, const bf16* a, int lda) {
-  const int l = lane_id();
-  if constexpr (std::is_same_v<L, wm::row_major>)  // matrices (rows 0-7 | 8-15) x (cols 0-7 | 8-15), row-major order
-    ldsm_x4<false>(f.r, a + (l & 15) * lda + ((l >> 4) << 3));
-  else  // stored rows are k: transposed loads, k blocks in the slow position
-    ldsm_x4<true>(f.r, a + ((l & 7) + ((l >> 4) << 3)) * lda + (((l >> 3) & 1) << 3));
-}
-template <class L>
-__device__ __forceinline__ void load_b(FragB<L>& f, const bf16* b, int ldb) {
-  const int l = lane_id();
-  if constexpr (std::is_same_v<L, wm::row_major>)  // stored rows are k: transposed loads
-    ldsm_x4<true>(f.r, b + ((l & 7) + (((l >> 3) & 1) << 3)) * ldb + ((l >> 4) << 3));
-  else  // stored rows are j
-    ldsm_x4<false>(f.r, b + ((l & 7) + ((l >> 4) << 3)) * ldb + (((l >> 3) & 1) << 3));
-}
 // Operand walks along k: the lane's ldmatrix row address (32-bit shared) of a 16 x 16 operand tile and the byte step
 // to the next k tile, computed once per product instead of 64-bit pointer arithmetic per step.
 // A: row-major steps 16 columns, col-major (stored rows are k) 16 rows; B: row-major (stored rows are k) 16 rows,
@@ -256,10 +236,10 @@ struct AWalk {
   unsigned addr, step;
   __device__ __forceinline__ AWalk(const bf16* a, int lda) {
     const int l = lane_id();
-    if constexpr (std::is_same_v<L, wm::row_major>) {
+    if constexpr (std::is_same_v<L, wm::row_major>) {  // matrices (rows 0-7 | 8-15) x (cols 0-7 | 8-15)
       addr = smem_u32(a + (l & 15) * lda + ((l >> 4) << 3));
       step = 32;
-    } else {
+    } else {  // stored rows are k: transposed loads, k blocks in the slow position
       addr = smem_u32(a + ((l & 7) + ((l >> 4) << 3)) * lda + (((l >> 3) & 1) << 3));
       step = 32u * unsigned(lda);
     }
@@ -272,10 +252,10 @@ struct BWalk {
   unsigned addr, step;
   __device__ __forceinline__ BWalk(const bf16* b, int ldb) {
     const int l = lane_id();
-    if constexpr (std::is_same_v<L, wm::row_major>) {
+    if constexpr (std::is_same_v<L, wm::row_major>) {  // stored rows are k: transposed loads
       addr = smem_u32(b + ((l & 7) + (((l >> 3) & 1) << 3)) * ldb + ((l >> 4) << 3));
       step = 32u * unsigned(ldb);
-    } else {
+    } else {  // stored rows are j
       addr = smem_u32(b + ((l & 7) + ((l >> 4) << 3)) * ldb + (((l >> 3) & 1) << 3));
       step = 32;
     }
@@ -283,6 +263,15 @@ struct BWalk {
   __device__ __forceinline__ void load(FragB<L>& f) const { ldsm_x4<std::is_same_v<L, wm::row_major>>(f.r, addr); }
   __device__ __forceinline__ void next() { addr += step; }
 };
+// One operand tile (the first step of a walk).
+template <class L>
+__device__ __forceinline__ void load_a(FragA<L>& f, const bf16* a, int lda) {
+  AWalk<L>(a, lda).load(f);
+}
+template <class L>
+__device__ __forceinline__ void load_b(FragB<L>& f, const bf16* b, int ldb) {
+  BWalk<L>(b, ldb).load(f);
+}
 
 __device__ __forceinline__ void mma_16816(float* c, const unsigned (&a)[4], unsigned b0, unsigned b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -326,6 +315,17 @@ __device__ __forceinline__ void load_acc(FragC& acc, const float* p, int ld) {
                    : "r"(smem_u32(p + (g + 8 * r) * ld + 8 * h + 2 * t))
                    : "memory");
 }
+// Half h of the accumulator as the lane's row piece of 4 (row g for an even t, g + 8 for an odd one; columns
+// 8 h + 2 (t & ~1) ..): x[0 .. 1] hold row g, x[2 .. 3] row g + 8; the quad partner gives the other column pair.
+__device__ __forceinline__ void quad_piece(const FragC& acc, int h, bool odd, float (&q)[4]) {
+  const float* x = acc.x + 4 * h;
+  const float r0 = __shfl_xor_sync(0xffffffffu, odd ? x[0] : x[2], 1);
+  const float r1 = __shfl_xor_sync(0xffffffffu, odd ? x[1] : x[3], 1);
+  q[0] = odd ? r0 : x[0];
+  q[1] = odd ? r1 : x[1];
+  q[2] = odd ? x[2] : r0;
+  q[3] = odd ? x[3] : r1;
+}
 // f(r, c, x) on the lane's two row pieces of 4 (x[0 .. 3] = acc(r, c .. c + 3)) straight from the registers: lanes
 // t and t ^ 1 of a quad swap a column pair by shuffles, so that the even lane holds row g and the odd one row g + 8
 // (no scratch tile, no __syncwarp). sc is unused here (the emulation goes through it).
@@ -336,10 +336,8 @@ __device__ __forceinline__ void for_quads(const FragC& acc, float* sc, F&& f) {
   const bool odd = (t & 1) != 0;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const float* x = acc.x + 4 * h;  // x[0 .. 1]: row g, columns 8 h + 2 t ..; x[2 .. 3]: row g + 8
-    const float r0 = __shfl_xor_sync(0xffffffffu, odd ? x[0] : x[2], 1);
-    const float r1 = __shfl_xor_sync(0xffffffffu, odd ? x[1] : x[3], 1);
-    const float q[4] = {odd ? r0 : x[0], odd ? r1 : x[1], odd ? x[2] : r0, odd ? x[3] : r1};
+    float q[4];
+    quad_piece(acc, h, odd, q);
     f(odd ? g + 8 : g, 8 * h + 2 * (t & ~1), q);
   }
 }
@@ -355,10 +353,8 @@ __device__ __forceinline__ void for_quads_rows(const FragC& acc, float* sc, F&& 
   float part = 0.f;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const float* x = acc.x + 4 * h;
-    const float r0 = __shfl_xor_sync(0xffffffffu, odd ? x[0] : x[2], 1);
-    const float r1 = __shfl_xor_sync(0xffffffffu, odd ? x[1] : x[3], 1);
-    float q[4] = {odd ? r0 : x[0], odd ? r1 : x[1], odd ? x[2] : r0, odd ? x[3] : r1};
+    float q[4];
+    quad_piece(acc, h, odd, q);
     part += f(r, 8 * h + 2 * (t & ~1), q);
   }
   part += __shfl_xor_sync(0xffffffffu, part, 2);
