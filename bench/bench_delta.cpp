@@ -74,15 +74,13 @@ mixers::DeltaResult call(const std::string& impl, const Tensor& q, const Tensor&
   return mixers::delta_rule(q, k, v, beta, g, Tensor(), options(D));
 }
 
-// rwkv7, the generalized rule: impl "kernel": generalized_delta_cuda (with the decay bound the rwkv7 mixer
-// promises); "ops": generalized_delta_rule() without that bound (the chunked op composition).
+// rwkv7, the generalized rule: impl "kernel": generalized_delta_rule() with the decay bound the rwkv7 mixer promises
+// (the chunked kernel; the recurrent one under SEQMIX_GDR_CHUNKED=0); "ops": without that bound (the chunked op
+// composition).
 mixers::DeltaResult call_generalized(const std::string& impl, const Tensor& q, const Tensor& k, const Tensor& v,
                                      const Tensor& lw, const Tensor& a, const Tensor& b, int64_t D) {
   mixers::DeltaOptions o = options(D);
-  if (impl == "kernel") {
-    o.min_log_decay = -std::exp(-0.5) * (1.0 + 1e-6);
-    return mixers::generalized_delta_cuda(q, k, v, lw, a, b, Tensor(), o);
-  }
+  if (impl == "kernel") o.min_log_decay = -std::exp(-0.5) * (1.0 + 1e-6);
   return mixers::generalized_delta_rule(q, k, v, lw, a, b, Tensor(), o);
 }
 

@@ -105,6 +105,8 @@ if has delta; then
     timeout 60 compute-sanitizer --tool synccheck ./build-gpu/tests/test_gpu \
       --gtest_filter='Bf16/DeltaRuleGpuVsCpu.*/7' 2>&1 | tail -3
     echo "== bench"; timeout 300 ./build-gpu/seqmix_bench delta 2>&1
+    echo "== bench, rwkv7 on the recurrent kernel (SEQMIX_GDR_CHUNKED=0)"
+    SEQMIX_GDR_CHUNKED=0 timeout 120 ./build-gpu/seqmix_bench delta --kinds rwkv7 --no-check --no-long --no-ops 2>&1 | grep -vE '^\{'
     [ -z "${NO_PEER:-}${NO_DELTA_PEER:-}" ] && { echo "== torch peer"; timeout 150 python3 bench/torch_delta.py 2>&1 | grep -v '^{'; }
   } > "$OUT/delta.log" 2>&1
   note "delta: $(grep -E 'PASSED|FAILED|hazards|SYNCCHECK|ERROR SUMMARY' "$OUT/delta.log" | head -5 | tr '\n' ' ')"
@@ -124,8 +126,8 @@ if has prof; then
       timeout 150 ncu --metrics "$metrics" -k 'regex:prep|_state|_out|_wy' --print-summary per-kernel \
         ./build-gpu/seqmix_bench delta --kinds plain --no-check --no-long --no-ops --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
       if [ -z "${NO_PROF_GDR:-}" ]; then
-        echo "== ncu delta rwkv7 (the generalized rule's recurrent kernels)"
-        timeout 150 ncu --metrics "$metrics" -k 'regex:gdr_' --print-summary per-kernel \
+        echo "== ncu delta rwkv7 (the generalized rule's chunked kernels)"
+        timeout 150 ncu --metrics "$metrics" -k 'regex:gen_|_state' --print-summary per-kernel \
           ./build-gpu/seqmix_bench delta --kinds rwkv7 --no-check --no-long --no-ops --iters 10 --warmup 0 2>&1 | grep -vE '^\{|^==PROF==|^$'
       fi
     fi

@@ -93,8 +93,23 @@ void expect_grads_close(const Leaves& d, const Leaves& r, double tol) {
   expect_grad_close(d.s0, r.s0, tol, "d initial state");
 }
 
-void check_against_cpu(const GdrCase& c) {
-  SCOPED_TRACE(::testing::PrintToString(c));
+// The two CUDA kernels: the fused recurrent one (generalized_delta_cuda) and the chunked tensor-core form
+// (generalized_delta_chunked_cuda), each called directly.
+enum class Kernel { Recurrent, Chunked };
+const char* kernel_name(Kernel k) { return k == Kernel::Chunked ? "chunked" : "recurrent"; }
+bool kernel_supported(Kernel k, const Tensor& q, const Tensor& kk, const Tensor& v, const Tensor& lw, const Tensor& a,
+                      const Tensor& b, const Tensor& s0, const DeltaOptions& opt) {
+  return k == Kernel::Chunked ? mixers::generalized_delta_chunked_supported(q, kk, v, lw, a, b, s0, opt)
+                              : mixers::generalized_delta_cuda_supported(q, kk, v, lw, a, b, s0, opt);
+}
+DeltaResult run_kernel(Kernel k, const Tensor& q, const Tensor& kk, const Tensor& v, const Tensor& lw, const Tensor& a,
+                       const Tensor& b, const Tensor& s0, const DeltaOptions& opt) {
+  return k == Kernel::Chunked ? mixers::generalized_delta_chunked_cuda(q, kk, v, lw, a, b, s0, opt)
+                              : generalized_delta_cuda(q, kk, v, lw, a, b, s0, opt);
+}
+
+void check_against_cpu(const GdrCase& c, Kernel kern) {
+  SCOPED_TRACE(::testing::PrintToString(c) + " " + kernel_name(kern));
   const DType dt = c.dtype;
   const int64_t B = c.B, T = c.T, H = c.H, Dk = c.Dk, Dv = c.Dv;
   Inputs x = make_inputs(B, T, H, Dk, Dv, dt, 41);
@@ -108,12 +123,14 @@ void check_against_cpu(const GdrCase& c) {
   autograd::backward({ref.o, ref.final_state}, {dout, dfin});
 
   Leaves d = leaves_of(x, s0, true, dt);
-  ASSERT_TRUE(mixers::generalized_delta_cuda_supported(d.q, d.k, d.v, d.lw, d.a, d.b, d.s0, opt));
-  DeltaResult got = generalized_delta_cuda(d.q, d.k, d.v, d.lw, d.a, d.b, d.s0, opt);
+  ASSERT_TRUE(kernel_supported(kern, d.q, d.k, d.v, d.lw, d.a, d.b, d.s0, opt));
+  DeltaResult got = run_kernel(kern, d.q, d.k, d.v, d.lw, d.a, d.b, d.s0, opt);
   ASSERT_NO_FATAL_FAILURE(assert_mixer_result(got, dt, {B, T, H, Dv}));
   autograd::backward({got.o, got.final_state}, {to_gpu(dout, dt), to_gpu(dfin, DType::F32)});
 
-  const double tol = tolerance(dt);
+  // f32 inputs: the chunked kernel's products take f32 operands only where their shared memory fits (Dk, Dv <= 64),
+  // else bf16 operands, with bf16's tolerance
+  const double tol = kern == Kernel::Chunked && std::max(Dk, Dv) > 64 ? tolerance(DType::BF16) : tolerance(dt);
   EXPECT_LT(floored_rel_err(got.o, ref.o), tol) << "o";
   EXPECT_LT(floored_rel_err(got.final_state, ref.final_state), tol) << "final state";
   expect_grads_close(d, r, tol);
@@ -125,7 +142,8 @@ class GeneralizedDeltaGpuVsCpu : public ::testing::TestWithParam<GdrCase> {};
 
 TEST_P(GeneralizedDeltaGpuVsCpu, OutputStateAndGradientsMatch) {
   SKIP_WITHOUT_CUDA();
-  check_against_cpu(GetParam());
+  check_against_cpu(GetParam(), Kernel::Recurrent);
+  check_against_cpu(GetParam(), Kernel::Chunked);
 }
 
 INSTANTIATE_TEST_SUITE_P(Bf16, GeneralizedDeltaGpuVsCpu,
@@ -157,18 +175,29 @@ TEST(GeneralizedDeltaGpu, DispatchFromGeneralizedDeltaRule) {
   unbounded.min_log_decay = -1e300;
   DeltaResult fused = generalized_delta_rule(d.q, d.k, d.v, d.lw, d.a, d.b, Tensor(), bounded);
   ASSERT_TRUE(fused.o.grad_fn() != nullptr);
-  EXPECT_EQ(fused.o.grad_fn()->name(), "generalized_delta_cuda");
+  EXPECT_EQ(fused.o.grad_fn()->name(), "generalized_delta_chunked_cuda");
   DeltaResult comp = generalized_delta_rule(d.q, d.k, d.v, d.lw, d.a, d.b, Tensor(), unbounded);
   ASSERT_TRUE(comp.o.grad_fn() != nullptr);
+  EXPECT_NE(comp.o.grad_fn()->name(), "generalized_delta_chunked_cuda");
   EXPECT_NE(comp.o.grad_fn()->name(), "generalized_delta_cuda");
+  DeltaResult rec;
+  {
+    ScopedEnv env("SEQMIX_GDR_CHUNKED", "0");
+    EXPECT_FALSE(mixers::generalized_delta_chunked_enabled());
+    rec = generalized_delta_rule(d.q, d.k, d.v, d.lw, d.a, d.b, Tensor(), bounded);
+    EXPECT_EQ(rec.o.grad_fn()->name(), "generalized_delta_cuda");
+  }
   {
     ScopedEnv env("SEQMIX_GDR_CUDA", "0");
     EXPECT_FALSE(mixers::generalized_delta_cuda_enabled());
     DeltaResult off = generalized_delta_rule(d.q, d.k, d.v, d.lw, d.a, d.b, Tensor(), bounded);
     EXPECT_NE(off.o.grad_fn()->name(), "generalized_delta_cuda");
+    EXPECT_NE(off.o.grad_fn()->name(), "generalized_delta_chunked_cuda");
   }
   EXPECT_LT(floored_rel_err(fused.o, comp.o), 2e-2);
-  EXPECT_LT(floored_rel_err(fused.final_state, comp.final_state), 1e-3);
+  EXPECT_LT(floored_rel_err(fused.final_state, comp.final_state), 2e-3);
+  EXPECT_LT(floored_rel_err(rec.o, comp.o), 2e-2);
+  EXPECT_LT(floored_rel_err(rec.final_state, comp.final_state), 1e-3);
 }
 
 // The rwkv7 mixer (token shift, LoRA decays, the kernel, GroupNorm, channel mix) on the GPU against the CPU,
@@ -206,9 +235,11 @@ TEST(GeneralizedDeltaGpu, LongSequenceExtremeDecaysStayFinite) {
   if (!seqmix::cuda_available()) GTEST_SKIP() << "no CUDA device";
   const int64_t T = 65536, H = 2, D = 64;
   Inputs x = make_inputs(1, T, H, D, D, kBF, 7, /*spread=*/30.0);
+  for (Kernel kern : {Kernel::Recurrent, Kernel::Chunked}) {
+  SCOPED_TRACE(kernel_name(kern));
   Leaves d = leaves_of(x, Tensor(), true, kBF);
   const DeltaOptions opt = bounded_options(D);
-  DeltaResult r = generalized_delta_cuda(d.q, d.k, d.v, d.lw, d.a, d.b, Tensor(), opt);
+  DeltaResult r = run_kernel(kern, d.q, d.k, d.v, d.lw, d.a, d.b, Tensor(), opt);
   Generator gen(8);
   Tensor dout = randn({1, T, H, D}, gen, DType::F32).to(kBF).to(Device::cuda());
   Tensor dfin = randn({1, H, D, D}, gen, DType::F32).to(Device::cuda());
@@ -225,4 +256,5 @@ TEST(GeneralizedDeltaGpu, LongSequenceExtremeDecaysStayFinite) {
   EXPECT_LT(floored_rel_err(r.o, comp.o), 2e-2) << "o";
   EXPECT_LT(floored_rel_err(r.final_state, comp.final_state), 2e-2) << "final state";
   expect_grads_close(d, c, 2e-2);
+  }
 }

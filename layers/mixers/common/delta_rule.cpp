@@ -321,11 +321,15 @@ DeltaResult generalized_delta_rule(const Tensor& q, const Tensor& k, const Tenso
     SEQMIX_CHECK(t->shape() == q.shape(), "generalized_delta_rule: lw, a, b must be [B, T, H, Dk] like q, got ",
                  shape_str(t->shape()));
 #ifdef SEQMIX_WITH_CUDA
-  // The fused recurrent CUDA kernel (generalized_delta_cuda.cu) when the caller bounds the decays (rwkv7);
-  // SEQMIX_GDR_CUDA=0 forces this op composition.
-  if (T > 0 && q.is_cuda() && generalized_delta_cuda_enabled() &&
-      generalized_delta_cuda_supported(q, k, v, lw, a, b, initial_state, opt))
-    return generalized_delta_cuda(q, k, v, lw, a, b, initial_state, opt);
+  // The CUDA kernels when the caller bounds the decays (rwkv7): the chunked tensor-core form
+  // (generalized_delta_chunked.cu; SEQMIX_GDR_CHUNKED=0 skips it), else the fused recurrent kernel
+  // (generalized_delta_cuda.cu); SEQMIX_GDR_CUDA=0 forces this op composition.
+  if (T > 0 && q.is_cuda() && generalized_delta_cuda_enabled()) {
+    if (generalized_delta_chunked_enabled() && generalized_delta_chunked_supported(q, k, v, lw, a, b, initial_state, opt))
+      return generalized_delta_chunked_cuda(q, k, v, lw, a, b, initial_state, opt);
+    if (generalized_delta_cuda_supported(q, k, v, lw, a, b, initial_state, opt))
+      return generalized_delta_cuda(q, k, v, lw, a, b, initial_state, opt);
+  }
 #endif
   Tensor S = initial_or_zeros(initial_state, B, H, Dk, Dv, dt, dev);
   if (T == 0) return make_result(zeros({B, 0, H, Dv}, v.dtype(), dev), S, opt);

@@ -75,6 +75,24 @@ struct Ptrs {
   float *dbeta, *dg, *ds0;      // [B, T, H], [B, T, H], [B, H, Dk, Dv]
 };
 
+// The chunked generalized delta rule (rwkv7's time mix; dplr_cuda.cuh) reuses the two sequential kernels with these
+// extra pointers. Base fields there: Kd holds Bd = diag(e^{G_C - G}) B (the key of the state's U' write), Qg holds
+// Qe = diag(e^G) Q, W = -T Ae; gC is unused (per-key decays in gCk).
+template <class IN, class OP>
+struct DplrPtrs : Ptrs<IN, OP> {
+  const IN *a, *b;                // [B, T, H, Dk] (b: the b of the rule, not beta)
+  const float* lw;                // [B, T, H, Dk] log decays
+  OP *Kv, *Ae, *Bi, *Ki;          // hp [.., Dk]: Kv = diag(e^{G_C - G}) K (the V write's key), Ae = diag(e^{G_{t-1}}) A,
+                                  // Bi = diag(e^{-G}) B, Ki = diag(e^{-G}) K
+  float* gCk;                     // [B, H, N, Dk]: G_C per key (the chunk's log decay)
+  OP* dX;                         // hp [.., Dv]: T^T dU'
+  OP* dL;                         // [B, H, N, 4, C, C]: dP_b, dP_k, dL_ab, dL_ak
+  float *dQe, *dAe, *dBt, *dKt;   // hp [.., Dk]: gradients of Qe, Ae, Bi (with Bd's), Ki (with Kv's)
+  float* dGC;                     // [B, H, N, Dk]: dL/dG_C from the state leaving the chunk
+  IN *da, *db;                    // [B, T, H, Dk]
+  float* dlw;                     // [B, T, H, Dk]
+};
+
 struct Bump {
   size_t o = 0;
   __host__ __device__ size_t take(size_t bytes) {
@@ -116,7 +134,7 @@ struct LayPrep {  // fwd_prep
 template <class OP>
 struct LaySeq {  // fwd_state and bwd_state: one f32 state tile [Dk, DVT], three C x Dk operands, two C x DVT,
                 // the step's f32 U / dU columns [C, DVT]
-  size_t S, Sop, M1, M2, M3, X1, X2, Uf, scr, total;
+  size_t S, Sop, M1, M2, M3, X1, X2, Uf, scr, dec, total;  // dec: the generalized rule's Dk per-key decays
   __host__ __device__ explicit LaySeq(const Geo& g) {
     const Ld l(g);
     Bump m;
@@ -129,6 +147,7 @@ struct LaySeq {  // fwd_state and bwd_state: one f32 state tile [Dk, DVT], three
     X2 = m.take(size_t(g.C) * l.vt * sizeof(OP));
     Uf = m.take(size_t(g.C) * l.vf * 4);
     scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
+    dec = m.take(size_t(g.Dk) * 4);
     total = m.o;
   }
 };
@@ -1156,8 +1175,10 @@ __device__ __forceinline__ void scale_rows4(OP* X, int ld, int rows, int cols, F
 // aligned tiles). bf16: each tile's accumulator is loaded from S, scaled, continued by the products and stored back
 // (a warp owns its tiles: no scratch pass, no element loop); U > 0: the k steps unrolled U times (U = 0: fully).
 // float: an element per thread. No __syncthreads inside.
-template <class OP, int U = 0, class... Terms>
-__device__ __forceinline__ void state_update(float* S, int lds, int M, int N, float decay, const Terms&... terms) {
+// decay: a float (every row), or a pointer to M per-row factors (the generalized rule's per-key decays).
+template <class OP, int U = 0, class Dec, class... Terms>
+__device__ __forceinline__ void state_update(float* S, int lds, int M, int N, Dec decay, const Terms&... terms) {
+  constexpr bool kRows = std::is_pointer_v<Dec>;
   if constexpr (std::is_same_v<OP, bf16>) {
     const tc::Lanes w = tc::lanes();
     const int tn = N / 16, ntiles = (M / 16) * tn;
@@ -1167,7 +1188,8 @@ __device__ __forceinline__ void state_update(float* S, int lds, int M, int N, fl
       float* st = S + i0 * lds + j0;
       tc::FragC acc;
       tc::load_acc(acc, st, lds);
-      tc::scale(acc, decay);
+      if constexpr (kRows) tc::scale_rows(acc, decay + i0);
+      else tc::scale(acc, decay);
       (mma_term<U>(acc, terms, i0, j0), ...);
       tc::store_acc(st, acc, lds);
     }
@@ -1177,7 +1199,10 @@ __device__ __forceinline__ void state_update(float* S, int lds, int M, int N, fl
       const int i = e / N, j = e % N;
       float v = 0.f;
       ((v += dot_term(terms, i, j)), ...);
-      S[i * lds + j] = decay * S[i * lds + j] + v;
+      float d;
+      if constexpr (kRows) d = decay[i];
+      else d = decay;
+      S[i * lds + j] = d * S[i * lds + j] + v;
     }
   }
 }
@@ -1415,6 +1440,20 @@ __device__ __forceinline__ void tri_to_op(OP* T, int ldt, const float* A, int ld
   }
 }
 
+// The generalized rule's extra operands of fwd_state's chunk n (DplrPtrs): Kv into M3, V's DVT columns into X2,
+// the per-key decays e^{G_C} into dec. Plain loads after the barrier (not prefetched).
+template <class IN, class OP>
+__device__ __forceinline__ void gen_state_operands(unsigned char* smem, const LaySeq<OP>& lay, const Ld& ld, const Geo& g,
+                                                   const DplrPtrs<IN, OP>& p, int b, int h, int n, int j0) {
+  const int64_t row0 = hp_row(g, b, h, n, 0);
+  copy_rows_plain(reinterpret_cast<OP*>(smem + lay.M3), ld.k, p.Kv + row0 * g.Dk, g.C, g.Dk, -1);
+  const Chunk c{b, h, n, n * g.C, g.T - n * g.C < g.C ? g.T - n * g.C : g.C};
+  load_cols(reinterpret_cast<OP*>(smem + lay.X2), ld.vt, p.v, g, c, g.Dv, j0, g.DVT, 1.f);
+  float* dec = reinterpret_cast<float*>(smem + lay.dec);
+  const float* gck = p.gCk + (int64_t(b * g.H + h) * g.N + n) * g.Dk;
+  for (int j = dr_tid(); j < g.Dk; j += int(blockDim.x)) dec[j] = dr_exp(gck[j]);
+}
+
 // ===================================== forward =====================================
 
 // (1) per chunk: A, T = (I + A)^{-1} (saved), W = T diag(b e^G) K, U = T diag(b) V, Kd = diag(e^(G_C - G)) K, gC.
@@ -1475,8 +1514,10 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_prep(Geo g, Ptrs<IN, OP> p) {
 
 // (2) sequential over chunks per (batch, head, DVT columns): S_n kept in f32; U' = U - W S_n;
 // S_{n+1} = e^{G_C} S_n + Kd^T U'. Stores every S_n and the final state.
-template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) {
+// Generalized rule (P = DplrPtrs): S_{n+1} = diag(e^{G_C}) S_n + Bd^T U' + Kv^T V, V's DVT columns loaded per chunk.
+template <class IN, class OP, class P = Ptrs<IN, OP>>
+__global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, P p) {
+  constexpr bool kGen = !std::is_same_v<P, Ptrs<IN, OP>>;
   TC_SMEM(smem);
   const LaySeq<OP> lay(g);
   const Ld ld(g);
@@ -1497,13 +1538,15 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
   pk.load(p.Kd + hp_row(g, b, h, 0, 0) * Dk, C, Dk);
   pu.load(p.U + hp_row(g, b, h, 0, 0) * Dv + j0, C, DVT, Dv);
   for (int n = 0; n < g.N; ++n) {
-    const float eC = dr_exp(p.gC[bh * g.N + n]);
+    float eC = 1.f;
+    if constexpr (!kGen) eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
     state_cols_out<true>(p.states + state_off(g, b, h, n), Sop, ld.vt, S, ld.vf, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
     pw.store(Wt, ld.k, p.W + row0 * Dk, C, Dk);
     pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
     pu.store(Uf, ld.vf, p.U + row0 * Dv + j0, C, DVT, Dv);
+    if constexpr (kGen) gen_state_operands(smem, lay, ld, g, p, b, h, n, j0);
     __syncthreads();
     if (n + 1 < g.N) {
       pw.load(p.W + (row0 + C) * Dk, C, Dk);
@@ -1520,7 +1563,13 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, Ptrs<IN, OP> p) 
                 },
                 term<false, false>(Wt, ld.k, Sop, ld.vt, Dk));
     __syncthreads();
-    state_update<OP>(S, ld.vf, Dk, DVT, eC, term<true, false>(Kd, ld.k, Up, ld.vt, C));
+    if constexpr (kGen)
+      state_update<OP>(S, ld.vf, Dk, DVT, reinterpret_cast<const float*>(smem + lay.dec),
+                       term<true, false>(Kd, ld.k, Up, ld.vt, C),
+                       term<true, false>(reinterpret_cast<const OP*>(smem + lay.M3), ld.k,
+                                         reinterpret_cast<const OP*>(smem + lay.X2), ld.vt, C));
+    else
+      state_update<OP>(S, ld.vf, Dk, DVT, eC, term<true, false>(Kd, ld.k, Up, ld.vt, C));
   }
   __syncthreads();
   state_cols_out<true>(p.final_s + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, S, ld.vf, g, j0);
@@ -1647,8 +1696,10 @@ __global__ void __launch_bounds__(kThreads, 4) bwd_prep(Geo g, Ptrs<IN, OP> p) {
 // (2) sequential over chunks backwards per (batch, head, DVT columns), from dS_N = d final state:
 // dU' = P^T dO + Kd dS_{n+1};  dS_n = e^{G_C} dS_{n+1} + Qg^T dO - W^T dU'. Stores dS_{n+1} per chunk and
 // d initial state.
-template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) {
+// Generalized rule (P = DplrPtrs): the same with Kd = Bd, Qg = Qe and the per-key decays diag(e^{G_C}).
+template <class IN, class OP, class P = Ptrs<IN, OP>>
+__global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, P p) {
+  constexpr bool kGen = !std::is_same_v<P, Ptrs<IN, OP>>;
   TC_SMEM(smem);
   const LaySeq<OP> lay(g);
   const Ld ld(g);
@@ -1677,9 +1728,13 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
   const auto chunk = [&](int n) { return Chunk{b, h, n, n * C, g.T - n * C < C ? g.T - n * C : C}; };
   ColPrefetch<IN, kPrefetchRO> po;  // and chunk n - 1's dO columns (was a load exposed after the first barrier)
   po.load(p.dout, g, chunk(g.N - 1), Dv, j0, DVT);
+  float* dec = reinterpret_cast<float*>(smem + lay.dec);
   for (int n = g.N - 1; n >= 0; --n) {
-    const float eC = dr_exp(p.gC[bh * g.N + n]);
+    float eC = 1.f;
+    if constexpr (!kGen) eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
+    if constexpr (kGen)
+      for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) dec[j] = dr_exp(p.gCk[(bh * g.N + n) * Dk + j]);
     state_cols_out<true>(p.dH + state_off(g, b, h, n), dSop, ld.vt, dS, ld.vf, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
     pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);
@@ -1708,8 +1763,12 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, Ptrs<IN, OP> p) 
                 term<false, false>(Kd, ld.k, dSop, ld.vt, Dk));
     __syncthreads();
     // k steps unrolled twice: four prefetches in flight leave no registers for all eight operand pairs at once
-    state_update<OP, 2>(dS, ld.vf, Dk, DVT, eC, term<true, false>(Qg, ld.k, dO, ld.vt, C),
-                     term<true, false>(Wt, ld.k, ndU, ld.vt, C));
+    if constexpr (kGen)
+      state_update<OP, 2>(dS, ld.vf, Dk, DVT, static_cast<const float*>(dec), term<true, false>(Qg, ld.k, dO, ld.vt, C),
+                          term<true, false>(Wt, ld.k, ndU, ld.vt, C));
+    else
+      state_update<OP, 2>(dS, ld.vf, Dk, DVT, eC, term<true, false>(Qg, ld.k, dO, ld.vt, C),
+                          term<true, false>(Wt, ld.k, ndU, ld.vt, C));
   }
   __syncthreads();
   state_cols_out<true>(p.ds0 + bh * Dk * Dv, static_cast<OP*>(nullptr), 0, dS, ld.vf, g, j0);

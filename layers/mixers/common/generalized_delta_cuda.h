@@ -29,4 +29,15 @@ bool generalized_delta_cuda_supported(const Tensor& q, const Tensor& k, const Te
 DeltaResult generalized_delta_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw, const Tensor& a,
                                    const Tensor& b, const Tensor& initial_state, const DeltaOptions& opt);
 
+// The chunked tensor-core form (generalized_delta_chunked.cu: WY with per-key decays, C = 64, on the delta rule's
+// tiles): the training path. Needs the same decay bound; Dk, Dv multiples of 16 up to 128. generalized_delta_rule()
+// takes it first unless SEQMIX_GDR_CHUNKED=0 (read on every call), then the recurrent kernel above.
+bool generalized_delta_chunked_enabled();
+bool generalized_delta_chunked_supported(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw,
+                                         const Tensor& a, const Tensor& b, const Tensor& initial_state,
+                                         const DeltaOptions& opt);
+DeltaResult generalized_delta_chunked_cuda(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw,
+                                           const Tensor& a, const Tensor& b, const Tensor& initial_state,
+                                           const DeltaOptions& opt);
+
 }  // namespace seqmix::mixers

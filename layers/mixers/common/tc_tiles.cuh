@@ -292,6 +292,16 @@ __device__ __forceinline__ void scale(FragC& acc, float m) {
 #pragma unroll
   for (int e = 0; e < 8; ++e) acc.x[e] *= m;
 }
+// Row r of the tile times m[r] (m: the tile's 16 row factors; lane l holds rows l / 4 and l / 4 + 8).
+__device__ __forceinline__ void scale_rows(FragC& acc, const float* m) {
+  const int g = lane_id() >> 2;
+  const float m0 = m[g], m1 = m[g + 8];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    acc.x[4 * h] *= m0, acc.x[4 * h + 1] *= m0;
+    acc.x[4 * h + 2] *= m1, acc.x[4 * h + 3] *= m1;
+  }
+}
 // The accumulator to / from an f32 tile in shared memory (row stride ld: even; 8-byte aligned), a float2 per
 // row piece (the "memory" clobber orders them against the plain loads and stores around them).
 __device__ __forceinline__ void store_acc(float* p, const FragC& acc, int ld) {
@@ -395,6 +405,11 @@ inline void scale(FragC& acc, float m) {
   if (!emu_lane0()) return;
   for (auto& r : acc.x)
     for (float& e : r) e *= m;
+}
+inline void scale_rows(FragC& acc, const float* m) {
+  if (!emu_lane0()) return;
+  for (int r = 0; r < 16; ++r)
+    for (float& e : acc.x[r]) e *= m[r];
 }
 inline void store_acc(float* p, const FragC& acc, int ld) { wm::store_matrix_sync(p, acc, unsigned(ld), wm::mem_row_major); }
 inline void load_acc(FragC& acc, const float* p, int ld) {

@@ -1,0 +1,554 @@
+// Kernel bodies and launch sequences of the chunked generalized delta rule (rwkv7's time mix; the algorithm and the
+// gradients are in generalized_delta_chunked.cu's header comment). Built on the delta rule's tiles, walks and
+// loads (delta_rule_cuda.cuh), whose two sequential kernels it reuses (fwd_state / bwd_state with DplrPtrs).
+// Included by generalized_delta_chunked.cu and, with DELTA_EMULATE defined, by the CPU emulation
+// scripts/dplr_emulate.cc.
+//
+// Shapes: C = 64; G is the inclusive cumulative log decay inside a chunk, per key (f32, row stride Dk + 4). The
+// decay bound lw >= -0.61 keeps every e^{+-G} inside [e^-39.1, e^39.1], so the pairwise decays e^{G_t - G_s} are
+// formed as products of an e^{+G} and an e^{-G} side (no sub-chunks), in f32 or bf16 (both have f32's exponent range).
+#pragma once
+#include "layers/mixers/common/delta_rule_cuda.cuh"
+
+namespace seqmix::mixers::delta_cuda {
+
+// ---- shared-memory layouts (bytes) ----
+__host__ __device__ inline size_t gen_cumlog_bytes(const Geo& g) { return size_t(g.C) * (g.Dk + 4) * 4; }
+
+template <class OP>
+struct LayGenPrep {  // G, then A (f32; then M = T L_ak), T, L_ak in its space; Ae, Bi (then V), Ki
+  size_t G, Ae, Bi, Ki, A, T, L, scr, total;
+  __host__ __device__ explicit LayGenPrep(const Geo& g) {
+    const Ld l(g);
+    Bump m;
+    const size_t kb = size_t(g.C) * l.k * sizeof(OP), vb = size_t(g.C) * l.v * sizeof(OP);
+    const size_t af = size_t(g.C) * l.cf * 4, mb = size_t(g.C) * l.c * sizeof(OP);
+    Bump a;  // A, T, L_ak: formed once G is dead (two CTAs per SM at Dk = Dv = 128)
+    A = a.take(af > mb ? af : mb);
+    T = a.take(mb);
+    L = a.take(mb);
+    G = m.take(gen_cumlog_bytes(g) > a.o ? gen_cumlog_bytes(g) : a.o);
+    Ae = m.take(kb);
+    Bi = m.take(kb > vb ? kb : vb);
+    Ki = m.take(kb);
+    scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
+    total = m.o;
+  }
+};
+template <class OP>
+struct LayGenOut {  // fwd_out: G, Qe, Bi, Ki, P_b, P_k, S_n, U', V
+  size_t G, Qe, Bi, Ki, Pb, Pk, Sn, Up, V, scr, total;
+  __host__ __device__ explicit LayGenOut(const Geo& g) {
+    const Ld l(g);
+    Bump m;
+    const size_t kb = size_t(g.C) * l.k * sizeof(OP), vb = size_t(g.C) * l.v * sizeof(OP), cb = size_t(g.C) * l.c * sizeof(OP);
+    G = m.take(gen_cumlog_bytes(g));
+    Qe = m.take(kb);
+    Bi = m.take(kb);
+    Ki = m.take(kb);
+    Pb = m.take(cb);
+    Pk = m.take(cb);
+    Sn = m.take(size_t(g.Dk) * l.v * sizeof(OP));
+    Up = m.take(vb);
+    V = m.take(vb);
+    scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
+    total = m.o;
+  }
+};
+template <class OP>
+struct LayGenBwdPrep {  // Qe, Bi, P_b, dO
+  size_t Qe, Bi, Pb, dO, scr, total;
+  __host__ __device__ explicit LayGenBwdPrep(const Geo& g) {
+    const Ld l(g);
+    Bump m;
+    Qe = m.take(size_t(g.C) * l.k * sizeof(OP));
+    Bi = m.take(size_t(g.C) * l.k * sizeof(OP));
+    Pb = m.take(size_t(g.C) * l.c * sizeof(OP));
+    dO = m.take(size_t(g.C) * l.v * sizeof(OP));
+    scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
+    total = m.o;
+  }
+};
+template <class OP>
+struct LayGenVal {  // bwd_val: T, dU', dX, Qe then dO, Ae then U', Ki, V, dS', P_k, L_ak, e^{G_C}
+  size_t T, dU, dX, QO, AU, Ki, V, dS, Pk, Lak, gam, gacc, prod, scr, total;
+  __host__ __device__ explicit LayGenVal(const Geo& g) {
+    const Ld l(g);
+    Bump m;
+    const size_t kb = size_t(g.C) * l.k * sizeof(OP), vb = size_t(g.C) * l.v * sizeof(OP), cb = size_t(g.C) * l.c * sizeof(OP);
+    T = m.take(cb);
+    dU = m.take(vb);
+    dX = m.take(vb);
+    QO = m.take(kb > vb ? kb : vb);
+    AU = m.take(kb > vb ? kb : vb);
+    Ki = m.take(kb);
+    V = m.take(vb);
+    dS = m.take(size_t(g.Dk) * l.v * sizeof(OP));
+    Pk = m.take(cb);
+    Lak = m.take(cb);
+    gam = m.take(size_t(g.Dk) * 4);
+    gacc = m.take(size_t(g.Dk) * 4);
+    prod = m.take(size_t(g.C) * (g.Dk + 4) * 4);
+    scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
+    total = m.o;
+  }
+};
+template <class OP>
+struct LayGenKey {  // bwd_key: dP_b, dP_k, dL_ab, dL_ak, Qe, Ae, Bi, Ki, S_n, dO, dX
+  size_t dL, Qe, Ae, Bi, Ki, Sn, dO, dX, scr, total;
+  __host__ __device__ explicit LayGenKey(const Geo& g) {
+    const Ld l(g);
+    Bump m;
+    const size_t kb = size_t(g.C) * l.k * sizeof(OP), vb = size_t(g.C) * l.v * sizeof(OP);
+    dL = m.take(4 * size_t(g.C) * l.c * sizeof(OP));
+    Qe = m.take(kb);
+    Ae = m.take(kb);
+    Bi = m.take(kb);
+    Ki = m.take(kb);
+    Sn = m.take(size_t(g.Dk) * l.v * sizeof(OP));
+    dO = m.take(vb);
+    dX = m.take(vb);
+    scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
+    total = m.o;
+  }
+};
+
+// ---- helpers ----
+// G[t][j] = sum_{s <= t} lw_s[j] inside chunk c (tokens past the end count 0: they leave the state alone): the
+// chunk's lw rows into G (16-byte loads, every thread), then a thread per key sums down its column in shared memory.
+// Every kernel forms G the same way (the same sums in the same order). Has a __syncthreads inside (call it from every
+// thread); the caller's next barrier publishes the sums.
+__device__ __forceinline__ void load_cumlog(float* G, const float* lw, const Geo& g, const Chunk& c) {
+  const int ldg = g.Dk + 4;
+  const float* x0 = lw + tok(g, c.b, c.t0, c.h) * g.Dk;
+  const int64_t rs = int64_t(g.H) * g.Dk;
+  const bool vec = reinterpret_cast<uintptr_t>(lw) % 16 == 0;
+  for_pieces_block(g.C, g.Dk / 4, [&](int t, int q) {
+    float v[4];
+    ld4f_or_zero(x0 + (t < c.L ? t * rs + q * 4 : 0), t < c.L, vec, v);
+    float* d = G + t * ldg + q * 4;
+    d[0] = v[0], d[1] = v[1], d[2] = v[2], d[3] = v[3];
+  });
+  __syncthreads();
+  for (int j = dr_tid(); j < g.Dk; j += int(blockDim.x)) {
+    float s = 0.f;
+    for (int t = 0; t < g.C; ++t) {
+      s += G[t * ldg + j];
+      G[t * ldg + j] = s;
+    }
+  }
+}
+// 4 consecutive key elements of token row t (zeros past the chunk's end).
+template <class IN>
+__device__ __forceinline__ void key4(const IN* x, const Geo& g, const Chunk& c, int t, int j, float (&v)[4]) {
+  const bool vec = reinterpret_cast<uintptr_t>(x) % (4 * sizeof(IN)) == 0;
+  ld4f_or_zero(t < c.L ? x + tok(g, c.b, c.t0 + t, c.h) * g.Dk + j : x, t < c.L, vec, v);
+}
+// A C x C product into dst (OP, row stride ldd) with the causal mask: s <= t (Incl) or s < t.
+template <bool Incl, class OP, class... Terms>
+__device__ __forceinline__ void mm_masked(OP* dst, int ldd, const Geo& g, float* scr, const Terms&... terms) {
+  mm_vec4_or<OP>(
+      g.C, g.C, scr,
+      [&](int t, int s, const float (&x)[4]) {
+        float y[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) y[e] = (Incl ? s + e <= t : s + e < t) ? x[e] : 0.f;
+        st4op(dst + t * ldd + s, y);
+      },
+      [&](int t, int s, float x) { dst[t * ldd + s] = fromf<OP>((Incl ? s <= t : s < t) ? x : 0.f); }, terms...);
+}
+__device__ __forceinline__ int64_t key_row(const Geo& g, int b, int h, int n) { return (int64_t(b * g.H + h) * g.N + n) * g.Dk; }
+
+// ===================================== forward =====================================
+
+// (1) per chunk: G; Ae, Bi, Ki (to global for fwd_out and the backward), Bd (in Kd), Kv, G_C; A = -L_ab (f32),
+// L_ak; T = (I - L_ab)^{-1} (saved); W = -T Ae; U = (T L_ak) V (f32).
+template <class IN, class OP>
+__global__ void __launch_bounds__(kThreads, 2) gen_fwd_prep(Geo g, DplrPtrs<IN, OP> p) {
+  TC_SMEM(smem);
+  const LayGenPrep<OP> lay(g);
+  const Ld ld(g);
+  float* G = reinterpret_cast<float*>(smem + lay.G);
+  OP* Ae = reinterpret_cast<OP*>(smem + lay.Ae);
+  OP* Bi = reinterpret_cast<OP*>(smem + lay.Bi);
+  OP* Ki = reinterpret_cast<OP*>(smem + lay.Ki);
+  float* A = reinterpret_cast<float*>(smem + lay.A);
+  OP* T = reinterpret_cast<OP*>(smem + lay.T);
+  OP* L = reinterpret_cast<OP*>(smem + lay.L);
+  float* scr = reinterpret_cast<float*>(smem + lay.scr);
+  OP* V = Bi;                                     // once A and L_ak are formed
+  OP* M = reinterpret_cast<OP*>(smem + lay.A);    // once T is formed
+  const Chunk c = chunk_of(g);
+  const int C = g.C, Dk = g.Dk, Dv = g.Dv, ldg = Dk + 4;
+  const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
+  load_cumlog(G, p.lw, g, c);
+  __syncthreads();
+  for_pieces_block(C, Dk / 4, [&](int t, int q) {
+    const int j = q * 4;
+    float av[4], bv[4], kv[4], ae[4], bi[4], ki[4], bd[4], kd[4];
+    key4(p.a, g, c, t, j, av);
+    key4(p.b, g, c, t, j, bv);
+    key4(p.k, g, c, t, j, kv);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float gt = G[t * ldg + j + e], gp = t > 0 ? G[(t - 1) * ldg + j + e] : 0.f, gc = G[(C - 1) * ldg + j + e];
+      const float ea = dr_exp(gp), ei = dr_exp(-gt), ed = dr_exp(gc - gt);
+      ae[e] = av[e] * ea, bi[e] = bv[e] * ei, ki[e] = kv[e] * ei, bd[e] = bv[e] * ed, kd[e] = kv[e] * ed;
+    }
+    st4op(Ae + t * ld.k + j, ae);
+    st4op(Bi + t * ld.k + j, bi);
+    st4op(Ki + t * ld.k + j, ki);
+    const int64_t o = (row0 + t) * Dk + j;
+    if (p.Ae) st4op(p.Ae + o, ae);
+    st4op(p.Bi + o, bi);
+    st4op(p.Ki + o, ki);
+    st4op(p.Kd + o, bd);
+    st4op(p.Kv + o, kd);
+  });
+  for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) p.gCk[key_row(g, c.b, c.h, c.n) + j] = G[(C - 1) * ldg + j];
+  __syncthreads();
+  mm<OP>(C, C, scr, [&](int t, int s, float x) { A[t * ld.cf + s] = s < t ? -x : 0.f; },
+         term<false, true>(Ae, ld.k, Bi, ld.k, Dk));
+  mm_masked<false>(L, ld.c, g, scr, term<false, true>(Ae, ld.k, Ki, ld.k, Dk));
+  __syncthreads();
+  load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
+  unit_lower_inverse(A, ld.cf, C, scr);
+  tri_to_op(T, ld.c, A, ld.cf, C, p.Tm ? p.Tm + row0 * C : nullptr);
+  __syncthreads();
+  mm_vec4_or<OP>(
+      C, C, scr, [&](int t, int s, const float (&x)[4]) { st4op(M + t * ld.c + s, x); },
+      [&](int t, int s, float x) { M[t * ld.c + s] = fromf<OP>(x); }, term<false, false>(T, ld.c, L, ld.c, C));
+  mm_vec4<OP>(C, Dk, scr,
+              [&](int t, int j, const float (&x)[4]) {
+                const float y[4] = {-x[0], -x[1], -x[2], -x[3]};
+                st4op(p.W + (row0 + t) * Dk + j, y);
+              },
+              term<false, false>(T, ld.c, Ae, ld.k, C));
+  __syncthreads();
+  mm_vec4<OP>(C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.U + (row0 + t) * Dv + j, x); },
+              term<false, false>(M, ld.c, V, ld.v, C));
+}
+
+// (3) per chunk: O = scale (Qe S_n + P_b U' + P_k V), P_b = (Qe Bi^T) lower-inclusive, P_k = (Qe Ki^T) the same;
+// Qe to global (p.Qg, when a backward will run).
+template <class IN, class OP>
+__global__ void __launch_bounds__(kThreads) gen_fwd_out(Geo g, DplrPtrs<IN, OP> p) {
+  TC_SMEM(smem);
+  const LayGenOut<OP> lay(g);
+  const Ld ld(g);
+  float* G = reinterpret_cast<float*>(smem + lay.G);
+  OP* Qe = reinterpret_cast<OP*>(smem + lay.Qe);
+  OP* Bi = reinterpret_cast<OP*>(smem + lay.Bi);
+  OP* Ki = reinterpret_cast<OP*>(smem + lay.Ki);
+  OP* Pb = reinterpret_cast<OP*>(smem + lay.Pb);
+  OP* Pk = reinterpret_cast<OP*>(smem + lay.Pk);
+  OP* Sn = reinterpret_cast<OP*>(smem + lay.Sn);
+  OP* Up = reinterpret_cast<OP*>(smem + lay.Up);
+  OP* V = reinterpret_cast<OP*>(smem + lay.V);
+  float* scr = reinterpret_cast<float*>(smem + lay.scr);
+  const Chunk c = chunk_of(g);
+  const int C = g.C, Dk = g.Dk, Dv = g.Dv, ldg = Dk + 4;
+  const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
+  copy_rows_async(Sn, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dk, Dv);
+  copy_rows_async(Up, ld.v, p.Un + row0 * Dv, C, Dv);
+  copy_rows_async(Bi, ld.k, p.Bi + row0 * Dk, C, Dk);
+  copy_rows_async(Ki, ld.k, p.Ki + row0 * Dk, C, Dk);
+  tc::cp_commit();
+  load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
+  load_cumlog(G, p.lw, g, c);
+  __syncthreads();
+  for_pieces_block(C, Dk / 4, [&](int t, int q) {
+    const int j = q * 4;
+    float x[4];
+    key4(p.q, g, c, t, j, x);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) x[e] *= dr_exp(G[t * ldg + j + e]);
+    st4op(Qe + t * ld.k + j, x);
+    if (p.Qg) st4op(p.Qg + (row0 + t) * Dk + j, x);
+  });
+  tc::cp_wait_all();
+  __syncthreads();
+  mm_masked<true>(Pb, ld.c, g, scr, term<false, true>(Qe, ld.k, Bi, ld.k, Dk));
+  mm_masked<true>(Pk, ld.c, g, scr, term<false, true>(Qe, ld.k, Ki, ld.k, Dk));
+  __syncthreads();
+  const bool ovec = reinterpret_cast<uintptr_t>(p.o) % (4 * sizeof(IN)) == 0;
+  mm_vec4<OP>(C, Dv, scr,
+              [&](int t, int j, const float (&x)[4]) {
+                if (t >= c.L) return;
+                IN* o = p.o + tok(g, c.b, c.t0 + t, c.h) * Dv + j;
+                const float y[4] = {g.scale * x[0], g.scale * x[1], g.scale * x[2], g.scale * x[3]};
+                if (ovec) st4op(o, y);
+                else
+                  for (int e = 0; e < 4; ++e) o[e] = fromf<IN>(y[e]);
+              },
+              term<false, false>(Qe, ld.k, Sn, ld.v, Dk), term<false, false>(Pb, ld.c, Up, ld.v, C),
+              term<false, false>(Pk, ld.c, V, ld.v, C));
+}
+
+// ===================================== backward =====================================
+
+// (1) per chunk: dU = P_b^T (scale dO) (the intra-chunk part of dU'), f32.
+template <class IN, class OP>
+__global__ void __launch_bounds__(kThreads) gen_bwd_prep(Geo g, DplrPtrs<IN, OP> p) {
+  TC_SMEM(smem);
+  const LayGenBwdPrep<OP> lay(g);
+  const Ld ld(g);
+  OP* Qe = reinterpret_cast<OP*>(smem + lay.Qe);
+  OP* Bi = reinterpret_cast<OP*>(smem + lay.Bi);
+  OP* Pb = reinterpret_cast<OP*>(smem + lay.Pb);
+  OP* dO = reinterpret_cast<OP*>(smem + lay.dO);
+  float* scr = reinterpret_cast<float*>(smem + lay.scr);
+  const Chunk c = chunk_of(g);
+  const int C = g.C, Dk = g.Dk, Dv = g.Dv;
+  const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
+  copy_rows_async(Qe, ld.k, p.Qg + row0 * Dk, C, Dk);
+  copy_rows_async(Bi, ld.k, p.Bi + row0 * Dk, C, Dk);
+  tc::cp_commit();
+  load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
+  tc::cp_wait_all();
+  __syncthreads();
+  mm_masked<true>(Pb, ld.c, g, scr, term<false, true>(Qe, ld.k, Bi, ld.k, Dk));
+  __syncthreads();
+  mm_vec4<OP>(C, Dv, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.dU + (row0 + t) * Dv + j, x); },
+              term<true, false>(Pb, ld.c, dO, ld.v, C));
+}
+
+// (3) per chunk, the value side: dX = T^T dU'; dS'g = diag(e^{G_C}) dS' (rounded to OP, in place);
+// dv = P_k^T dO + Ki dS'g + L_ak^T dX (complete); dP_b = dO U'^T, dP_k = dO V^T (lower-inclusive),
+// dL_ab = dX U'^T, dL_ak = dX V^T (strictly lower) to global; dBg = U' dS'g^T and dKg = V dS'g^T (the S_{n+1}
+// parts of dBi, dKi) start dBt, dKt; dG_C = <dS'g, S_n> + sum_t (dBg.Bi + dKg.Ki)_t per key (= <dS', S_{n+1}>,
+// formed from the rounded values the products use, so that at the chunk's last token it cancels the -b.db - k.dk
+// parts of the same products in bwd_finish to rounding, as it does exactly: dlw = 0 at T = 1 without S_0).
+template <class IN, class OP>
+__global__ void __launch_bounds__(kThreads) gen_bwd_val(Geo g, DplrPtrs<IN, OP> p) {
+  TC_SMEM(smem);
+  const LayGenVal<OP> lay(g);
+  const Ld ld(g);
+  OP* T = reinterpret_cast<OP*>(smem + lay.T);
+  OP* dU = reinterpret_cast<OP*>(smem + lay.dU);
+  OP* dX = reinterpret_cast<OP*>(smem + lay.dX);
+  OP* QO = reinterpret_cast<OP*>(smem + lay.QO);  // Qe, then dO
+  OP* AU = reinterpret_cast<OP*>(smem + lay.AU);  // Ae, then U'
+  OP* Ki = reinterpret_cast<OP*>(smem + lay.Ki);
+  OP* V = reinterpret_cast<OP*>(smem + lay.V);
+  OP* dS = reinterpret_cast<OP*>(smem + lay.dS);
+  OP* Pk = reinterpret_cast<OP*>(smem + lay.Pk);
+  OP* Lak = reinterpret_cast<OP*>(smem + lay.Lak);
+  float* gam = reinterpret_cast<float*>(smem + lay.gam);
+  float* gacc = reinterpret_cast<float*>(smem + lay.gacc);
+  float* prod = reinterpret_cast<float*>(smem + lay.prod);  // [C][Dk + 4]: dBg (.) Bi + dKg (.) Ki
+  float* scr = reinterpret_cast<float*>(smem + lay.scr);
+  const Chunk c = chunk_of(g);
+  const int C = g.C, Dk = g.Dk, Dv = g.Dv;
+  const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0), bh = int64_t(c.b * g.H + c.h);
+  copy_rows_async(T, ld.c, p.Tm + row0 * C, C, C);
+  copy_rows_async(dU, ld.v, p.dUn + row0 * Dv, C, Dv);
+  copy_rows_async(QO, ld.k, p.Qg + row0 * Dk, C, Dk);
+  copy_rows_async(AU, ld.k, p.Ae + row0 * Dk, C, Dk);
+  copy_rows_async(Ki, ld.k, p.Ki + row0 * Dk, C, Dk);
+  copy_rows_async(dS, ld.v, p.dH + state_off(g, c.b, c.h, c.n), Dk, Dv);
+  tc::cp_commit();
+  load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
+  for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) gam[j] = dr_exp(p.gCk[key_row(g, c.b, c.h, c.n) + j]);
+  tc::cp_wait_all();
+  __syncthreads();
+  mm_vec4<OP>(C, Dv, scr,
+              [&](int t, int j, const float (&x)[4]) {
+                st4op(dX + t * ld.v + j, x);
+                st4op(p.dX + (row0 + t) * Dv + j, x);
+              },
+              term<true, false>(T, ld.c, dU, ld.v, C));
+  mm_masked<true>(Pk, ld.c, g, scr, term<false, true>(QO, ld.k, Ki, ld.k, Dk));
+  mm_masked<false>(Lak, ld.c, g, scr, term<false, true>(AU, ld.k, Ki, ld.k, Dk));
+  {  // a warp per key row of dS': the decay, then the dot with S_n
+    const tc::Lanes w = tc::lanes();
+    const OP* sn = p.states + state_off(g, c.b, c.h, c.n);
+    for (int i = w.warp; i < Dk; i += w.nwarps) {
+      float s = 0.f;
+      for (int j = w.lane; j < Dv; j += w.nlanes) {
+        const OP d = fromf<OP>(tof(dS[i * ld.v + j]) * gam[i]);
+        dS[i * ld.v + j] = d;
+        s += tof(d) * tof(sn[i * Dv + j]);
+      }
+      s = warp_sum(s, w);
+      if (w.lane == 0) gacc[i] = s;
+    }
+  }
+  __syncthreads();
+  load_rows(QO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
+  copy_rows_async(AU, ld.v, p.Un + row0 * Dv, C, Dv);
+  tc::cp_wait_all();
+  __syncthreads();
+  const bool dvec = reinterpret_cast<uintptr_t>(p.dv) % (4 * sizeof(IN)) == 0;
+  mm_vec4<OP>(C, Dv, scr,
+              [&](int t, int j, const float (&x)[4]) {
+                if (t >= c.L) return;
+                IN* d = p.dv + tok(g, c.b, c.t0 + t, c.h) * Dv + j;
+                if (dvec) st4op(d, x);
+                else
+                  for (int e = 0; e < 4; ++e) d[e] = fromf<IN>(x[e]);
+              },
+              term<true, false>(Pk, ld.c, QO, ld.v, C), term<false, false>(Ki, ld.k, dS, ld.v, Dk),
+              term<true, false>(Lak, ld.c, dX, ld.v, C));
+  OP* dL = p.dL + (bh * g.N + c.n) * 4 * C * C;
+  mm_masked<true>(dL, C, g, scr, term<false, true>(QO, ld.v, AU, ld.v, Dv));
+  mm_masked<true>(dL + C * C, C, g, scr, term<false, true>(QO, ld.v, V, ld.v, Dv));
+  mm_masked<false>(dL + 2 * C * C, C, g, scr, term<false, true>(dX, ld.v, AU, ld.v, Dv));
+  mm_masked<false>(dL + 3 * C * C, C, g, scr, term<false, true>(dX, ld.v, V, ld.v, Dv));
+  // dG_C's sums over t: the elementwise products into `prod` (a piece per lane), then a thread per key sums its column
+  const int ldp = Dk + 4;
+  mm_vec4<OP>(C, Dk, scr,
+              [&](int t, int j, const float (&x)[4]) {
+                float bi[4];
+                ld4f(p.Bi + (row0 + t) * Dk + j, bi);
+                float* d = prod + t * ldp + j;
+                d[0] = x[0] * bi[0], d[1] = x[1] * bi[1], d[2] = x[2] * bi[2], d[3] = x[3] * bi[3];
+                st4op(p.dBt + (row0 + t) * Dk + j, x);
+              },
+              term<false, true>(AU, ld.v, dS, ld.v, Dv));
+  __syncthreads();
+  mm_vec4<OP>(C, Dk, scr,
+              [&](int t, int j, const float (&x)[4]) {
+                float ki[4];
+                ld4f(Ki + t * ld.k + j, ki);
+                float* d = prod + t * ldp + j;
+                d[0] += x[0] * ki[0], d[1] += x[1] * ki[1], d[2] += x[2] * ki[2], d[3] += x[3] * ki[3];
+                st4op(p.dKt + (row0 + t) * Dk + j, x);
+              },
+              term<false, true>(V, ld.v, dS, ld.v, Dv));
+  __syncthreads();
+  for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) {
+    float s = gacc[j];
+    for (int t = 0; t < C; ++t) s += prod[t * ldp + j];
+    p.dGC[key_row(g, c.b, c.h, c.n) + j] = s;
+  }
+}
+
+// (4) per chunk, the key side: dQe = dO S_n^T + dP_b Bi + dP_k Ki, dAe = dX S_n^T + dL_ab Bi + dL_ak Ki (f32 to
+// global); dBt += dP_b^T Qe + dL_ab^T Ae, dKt += dP_k^T Qe + dL_ak^T Ae.
+template <class IN, class OP>
+__global__ void __launch_bounds__(kThreads) gen_bwd_key(Geo g, DplrPtrs<IN, OP> p) {
+  TC_SMEM(smem);
+  const LayGenKey<OP> lay(g);
+  const Ld ld(g);
+  OP* dL = reinterpret_cast<OP*>(smem + lay.dL);
+  OP* Qe = reinterpret_cast<OP*>(smem + lay.Qe);
+  OP* Ae = reinterpret_cast<OP*>(smem + lay.Ae);
+  OP* Bi = reinterpret_cast<OP*>(smem + lay.Bi);
+  OP* Ki = reinterpret_cast<OP*>(smem + lay.Ki);
+  OP* Sn = reinterpret_cast<OP*>(smem + lay.Sn);
+  OP* dO = reinterpret_cast<OP*>(smem + lay.dO);
+  OP* dX = reinterpret_cast<OP*>(smem + lay.dX);
+  float* scr = reinterpret_cast<float*>(smem + lay.scr);
+  const Chunk c = chunk_of(g);
+  const int C = g.C, Dk = g.Dk, Dv = g.Dv;
+  const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0), bh = int64_t(c.b * g.H + c.h);
+  const OP* dLg = p.dL + (bh * g.N + c.n) * 4 * C * C;
+  for (int m = 0; m < 4; ++m) copy_rows_async(dL + m * C * ld.c, ld.c, dLg + m * C * C, C, C);
+  copy_rows_async(Qe, ld.k, p.Qg + row0 * Dk, C, Dk);
+  copy_rows_async(Ae, ld.k, p.Ae + row0 * Dk, C, Dk);
+  copy_rows_async(Bi, ld.k, p.Bi + row0 * Dk, C, Dk);
+  copy_rows_async(Ki, ld.k, p.Ki + row0 * Dk, C, Dk);
+  copy_rows_async(Sn, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dk, Dv);
+  copy_rows_async(dX, ld.v, p.dX + row0 * Dv, C, Dv);
+  tc::cp_commit();
+  load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
+  tc::cp_wait_all();
+  __syncthreads();
+  const OP *dPb = dL, *dPk = dL + C * ld.c, *dLab = dL + 2 * C * ld.c, *dLak = dL + 3 * C * ld.c;
+  mm_vec4<OP>(C, Dk, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.dQe + (row0 + t) * Dk + j, x); },
+              term<false, true>(dO, ld.v, Sn, ld.v, Dv), term<false, false>(dPb, ld.c, Bi, ld.k, C),
+              term<false, false>(dPk, ld.c, Ki, ld.k, C));
+  mm_vec4<OP>(C, Dk, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.dAe + (row0 + t) * Dk + j, x); },
+              term<false, true>(dX, ld.v, Sn, ld.v, Dv), term<false, false>(dLab, ld.c, Bi, ld.k, C),
+              term<false, false>(dLak, ld.c, Ki, ld.k, C));
+  auto add_to = [&](float* dst) {
+    return [=](int t, int j, const float (&x)[4]) {
+      float* d = dst + (row0 + t) * Dk + j;
+      float o[4];
+      ld4f(d, o);
+      const float y[4] = {o[0] + x[0], o[1] + x[1], o[2] + x[2], o[3] + x[3]};
+      st4op(d, y);
+    };
+  };
+  mm_vec4<OP>(C, Dk, scr, add_to(p.dBt), term<true, false>(dPb, ld.c, Qe, ld.k, C), term<true, false>(dLab, ld.c, Ae, ld.k, C));
+  mm_vec4<OP>(C, Dk, scr, add_to(p.dKt), term<true, false>(dPk, ld.c, Qe, ld.k, C), term<true, false>(dLak, ld.c, Ae, ld.k, C));
+}
+
+// (5) per chunk, a thread per key, tokens backwards: dq = e^{G_t} dQe, da = e^{G_{t-1}} dAe, db = e^{-G_t} dBt,
+// dk = e^{-G_t} dKt; dG_t = Qe.dQe - Bi.dBt - Ki.dKt + Ae_{t+1}.dAe_{t+1} (+ dG_C at the chunk's end; the scaled
+// operands as the products saw them, rounded to OP); dlw_t = sum_{t' >= t} dG_t'.
+template <class IN, class OP>
+__global__ void __launch_bounds__(kThreads) gen_bwd_finish(Geo g, DplrPtrs<IN, OP> p) {
+  TC_SMEM(smem);
+  float* G = reinterpret_cast<float*>(smem);
+  const Chunk c = chunk_of(g);
+  const int Dk = g.Dk, ldg = Dk + 4;
+  const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
+  load_cumlog(G, p.lw, g, c);
+  __syncthreads();
+  constexpr int kU = 4;  // tokens whose loads are issued together
+  for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) {
+    float acc = p.dGC[key_row(g, c.b, c.h, c.n) + j], carry = 0.f;
+    for (int t0 = c.L - 1; t0 >= 0; t0 -= kU) {
+      float dQ[kU], dA[kU], dB[kU], dK[kU], qe[kU], ae[kU], bi[kU], ki[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t r = (row0 + (t0 - u >= 0 ? t0 - u : 0)) * Dk + j;
+        dQ[u] = p.dQe[r], dA[u] = p.dAe[r], dB[u] = p.dBt[r], dK[u] = p.dKt[r];
+        qe[u] = tof(p.Qg[r]), ae[u] = tof(p.Ae[r]), bi[u] = tof(p.Bi[r]), ki[u] = tof(p.Ki[r]);
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int t = t0 - u;
+        if (t < 0) break;
+        const float gt = G[t * ldg + j], gp = t > 0 ? G[(t - 1) * ldg + j] : 0.f, ei = dr_exp(-gt);
+        acc += carry + dQ[u] * qe[u] - dB[u] * bi[u] - dK[u] * ki[u];
+        carry = dA[u] * ae[u];
+        const int64_t x = tok(g, c.b, c.t0 + t, c.h) * Dk + j;
+        p.dq[x] = fromf<IN>(dQ[u] * dr_exp(gt));
+        p.da[x] = fromf<IN>(dA[u] * dr_exp(gp));
+        p.db[x] = fromf<IN>(dB[u] * ei);
+        p.dk[x] = fromf<IN>(dK[u] * ei);
+        p.dlw[x] = acc;
+      }
+    }
+  }
+}
+
+// ===================================== launch sequences =====================================
+
+template <class OP>
+inline size_t gen_max_smem(const Geo& g) {
+  const size_t s[] = {LayGenPrep<OP>(g).total, LaySeq<OP>(g).total,    LayGenOut<OP>(g).total, LayGenBwdPrep<OP>(g).total,
+                      LayGenVal<OP>(g).total,  LayGenKey<OP>(g).total, gen_cumlog_bytes(g)};
+  size_t m = 0;
+  for (size_t x : s) m = x > m ? x : m;
+  return m;
+}
+
+// Forward: p.q, k, v, a, b, lw, s0 (or null) in; W, Kd (Bd), Kv, Ae (or null: no backward), Bi, Ki, Tm (or null), U,
+// Un, states, gCk, Qg (Qe; or null), final_s, o out.
+template <class IN, class OP>
+void gen_forward(const Geo& g, const DplrPtrs<IN, OP>& p, cudaStream_t st) {
+  const dim3 chunks(unsigned(g.N), unsigned(g.H), unsigned(g.B));
+  const dim3 cols(unsigned(g.Dv / g.DVT), unsigned(g.H), unsigned(g.B));
+  DR_LAUNCH("generalized_delta fwd_prep", (gen_fwd_prep<IN, OP>), chunks, LayGenPrep<OP>(g).total, st, g, p);
+  DR_LAUNCH("generalized_delta fwd_state", (fwd_state<IN, OP, DplrPtrs<IN, OP>>), cols, LaySeq<OP>(g).total, st, g, p);
+  DR_LAUNCH("generalized_delta fwd_out", (gen_fwd_out<IN, OP>), chunks, LayGenOut<OP>(g).total, st, g, p);
+}
+
+// Backward: the forward's buffers plus dout, dfinal (or null) in; dU, dUn, dH, dX, dL, dQe, dAe, dBt, dKt, dGC as
+// scratch; dq, dk, dv, da, db, dlw, ds0 out.
+template <class IN, class OP>
+void gen_backward(const Geo& g, const DplrPtrs<IN, OP>& p, cudaStream_t st) {
+  const dim3 chunks(unsigned(g.N), unsigned(g.H), unsigned(g.B));
+  const dim3 cols(unsigned(g.Dv / g.DVT), unsigned(g.H), unsigned(g.B));
+  DR_LAUNCH("generalized_delta bwd_prep", (gen_bwd_prep<IN, OP>), chunks, LayGenBwdPrep<OP>(g).total, st, g, p);
+  DR_LAUNCH("generalized_delta bwd_state", (bwd_state<IN, OP, DplrPtrs<IN, OP>>), cols, LaySeq<OP>(g).total, st, g, p);
+  DR_LAUNCH("generalized_delta bwd_val", (gen_bwd_val<IN, OP>), chunks, LayGenVal<OP>(g).total, st, g, p);
+  DR_LAUNCH("generalized_delta bwd_key", (gen_bwd_key<IN, OP>), chunks, LayGenKey<OP>(g).total, st, g, p);
+  DR_LAUNCH("generalized_delta bwd_finish", (gen_bwd_finish<IN, OP>), chunks, gen_cumlog_bytes(g), st, g, p);
+}
+
+}  // namespace seqmix::mixers::delta_cuda
