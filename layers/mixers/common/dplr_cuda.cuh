@@ -122,13 +122,15 @@ __device__ __forceinline__ void load_cumlog(float* G, const float* lw, const Geo
   const int ldg = g.Dk + 4;
   const float* x0 = lw + tok(g, c.b, c.t0, c.h) * g.Dk;
   const int64_t rs = int64_t(g.H) * g.Dk;
-  const bool vec = reinterpret_cast<uintptr_t>(lw) % 16 == 0;
-  for_pieces_block(g.C, g.Dk / 4, [&](int t, int q) {
-    float v[4];
-    ld4f_or_zero(x0 + (t < c.L ? t * rs + q * 4 : 0), t < c.L, vec, v);
-    float* d = G + t * ldg + q * 4;
-    d[0] = v[0], d[1] = v[1], d[2] = v[2], d[3] = v[3];
-  });
+  if (reinterpret_cast<uintptr_t>(lw) % 16 == 0) {  // 16-byte loads, kLdBatch per thread in flight at once
+    batched_pieces(
+        g.C, g.Dk / 4, [&](int t, int q) { return t < c.L ? ld16(x0 + t * rs + q * 4) : uint4{0u, 0u, 0u, 0u}; },
+        [&](int t, int q, const uint4& v) { st16(G + t * ldg + q * 4, v); });
+  } else {
+    for_pieces_block(g.C, g.Dk / 4, [&](int t, int q) {
+      for (int e = 0; e < 4; ++e) G[t * ldg + q * 4 + e] = t < c.L ? x0[t * rs + q * 4 + e] : 0.f;
+    });
+  }
   __syncthreads();
   for (int j = dr_tid(); j < g.Dk; j += int(blockDim.x)) {
     float s = 0.f;
@@ -143,6 +145,31 @@ template <class IN>
 __device__ __forceinline__ void key4(const IN* x, const Geo& g, const Chunk& c, int t, int j, float (&v)[4]) {
   const bool vec = reinterpret_cast<uintptr_t>(x) % (4 * sizeof(IN)) == 0;
   ld4f_or_zero(t < c.L ? x + tok(g, c.b, c.t0 + t, c.h) * g.Dk + j : x, t < c.L, vec, v);
+}
+// The chunk's C x Dk key rows of NA inputs in pieces of 4 elements: f(t, j, v) with v[a][0 .. 3] = xs[a][t][j ..]
+// (zeros past the end); the loads of R pieces per thread are issued before their work (one global round trip per
+// batch: the compiler keeps loads behind the stores of the work before them).
+template <int R, int NA, class IN, class F>
+__device__ __forceinline__ void key_pieces(const IN* const (&xs)[NA], const Geo& g, const Chunk& c, F&& f) {
+  const int nthr = int(blockDim.x), tid = dr_tid(), vc = g.Dk / 4, total = g.C * vc;
+  for (int e0 = tid; e0 < total; e0 += R * nthr) {
+    float v[R][NA][4];
+#pragma unroll
+    for (int u = 0; u < R; ++u) {
+      int t, q;
+      divmod(e0 + u * nthr < total ? e0 + u * nthr : 0, vc, t, q);
+#pragma unroll
+      for (int a = 0; a < NA; ++a) key4(xs[a], g, c, t, q * 4, v[u][a]);
+    }
+#pragma unroll
+    for (int u = 0; u < R; ++u) {
+      const int e = e0 + u * nthr;
+      if (e >= total) break;
+      int t, q;
+      divmod(e, vc, t, q);
+      f(t, q * 4, v[u]);
+    }
+  }
 }
 // A C x C product into dst (OP, row stride ldd) with the causal mask: s <= t (Incl) or s < t.
 template <bool Incl, class OP, class... Terms>
@@ -183,12 +210,12 @@ __global__ void __launch_bounds__(kThreads, 2) gen_fwd_prep(Geo g, DplrPtrs<IN, 
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
   load_cumlog(G, p.lw, g, c);
   __syncthreads();
-  for_pieces_block(C, Dk / 4, [&](int t, int q) {
-    const int j = q * 4;
-    float av[4], bv[4], kv[4], ae[4], bi[4], ki[4], bd[4], kd[4];
-    key4(p.a, g, c, t, j, av);
-    key4(p.b, g, c, t, j, bv);
-    key4(p.k, g, c, t, j, kv);
+  const IN* const abk[3] = {p.a, p.b, p.k};
+  key_pieces<4>(abk, g, c, [&](int t, int j, const float (&x)[3][4]) {
+    const float(&av)[4] = x[0];
+    const float(&bv)[4] = x[1];
+    const float(&kv)[4] = x[2];
+    float ae[4], bi[4], ki[4], bd[4], kd[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const float gt = G[t * ldg + j + e], gp = t > 0 ? G[(t - 1) * ldg + j + e] : 0.f, gc = G[(C - 1) * ldg + j + e];
@@ -257,12 +284,11 @@ __global__ void __launch_bounds__(kThreads) gen_fwd_out(Geo g, DplrPtrs<IN, OP> 
   load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
   load_cumlog(G, p.lw, g, c);
   __syncthreads();
-  for_pieces_block(C, Dk / 4, [&](int t, int q) {
-    const int j = q * 4;
+  const IN* const qs[1] = {p.q};
+  key_pieces<4>(qs, g, c, [&](int t, int j, const float (&v)[1][4]) {
     float x[4];
-    key4(p.q, g, c, t, j, x);
 #pragma unroll
-    for (int e = 0; e < 4; ++e) x[e] *= dr_exp(G[t * ldg + j + e]);
+    for (int e = 0; e < 4; ++e) x[e] = v[0][e] * dr_exp(G[t * ldg + j + e]);
     st4op(Qe + t * ld.k + j, x);
     if (p.Qg) st4op(p.Qg + (row0 + t) * Dk + j, x);
   });
@@ -349,7 +375,10 @@ __global__ void __launch_bounds__(kThreads) gen_bwd_val(Geo g, DplrPtrs<IN, OP> 
   copy_rows_async(dS, ld.v, p.dH + state_off(g, c.b, c.h, c.n), Dk, Dv);
   tc::cp_commit();
   load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
-  for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) gam[j] = dr_exp(p.gCk[key_row(g, c.b, c.h, c.n) + j]);
+  for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) {
+    gam[j] = dr_exp(p.gCk[key_row(g, c.b, c.h, c.n) + j]);
+    gacc[j] = 0.f;
+  }
   tc::cp_wait_all();
   __syncthreads();
   mm_vec4<OP>(C, Dv, scr,
@@ -360,19 +389,23 @@ __global__ void __launch_bounds__(kThreads) gen_bwd_val(Geo g, DplrPtrs<IN, OP> 
               term<true, false>(T, ld.c, dU, ld.v, C));
   mm_masked<true>(Pk, ld.c, g, scr, term<false, true>(QO, ld.k, Ki, ld.k, Dk));
   mm_masked<false>(Lak, ld.c, g, scr, term<false, true>(AU, ld.k, Ki, ld.k, Dk));
-  {  // a warp per key row of dS': the decay, then the dot with S_n
-    const tc::Lanes w = tc::lanes();
+  {  // dS' -> dS'g in place, and <dS'g, S_n> per key: 16-byte pieces of S_n, 8 per thread in flight at once, the row
+     // sums by shared-memory atomics (their order varies: not bitwise deterministic)
+    constexpr int per = 16 / int(sizeof(OP));
     const OP* sn = p.states + state_off(g, c.b, c.h, c.n);
-    for (int i = w.warp; i < Dk; i += w.nwarps) {
-      float s = 0.f;
-      for (int j = w.lane; j < Dv; j += w.nlanes) {
-        const OP d = fromf<OP>(tof(dS[i * ld.v + j]) * gam[i]);
-        dS[i * ld.v + j] = d;
-        s += tof(d) * tof(sn[i * Dv + j]);
-      }
-      s = warp_sum(s, w);
-      if (w.lane == 0) gacc[i] = s;
-    }
+    batched_pieces<8>(
+        Dk, Dv / per, [&](int i, int q) { return ld16(sn + int64_t(i) * Dv + q * per); },
+        [&](int i, int q, const uint4& v) {
+          OP* d = dS + i * ld.v + q * per;
+          float dot = 0.f;
+#pragma unroll
+          for (int e = 0; e < per; ++e) {
+            const OP x = fromf<OP>(tof(d[e]) * gam[i]);
+            d[e] = x;
+            dot += tof(x) * elem16<OP>(v, e);
+          }
+          dr_atomic_add(gacc + i, dot);
+        });
   }
   __syncthreads();
   load_rows(QO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
