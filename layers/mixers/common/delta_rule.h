@@ -9,8 +9,9 @@
 // Three forms that agree: the token-by-token reference (the oracle), the chunked form (WY / UT
 // representation, below) and the one-token step for generation. All are compositions of ops from
 // core/ops.h, so they are differentiable and run on any device whose backend has those ops. On CUDA tensors
-// delta_rule() dispatches to a fused chunked kernel (delta_rule_cuda.h) and generalized_delta_rule() to a
-// fused recurrent kernel when the caller bounds the decays (generalized_delta_cuda.h); otherwise, and with
+// delta_rule() dispatches to a fused chunked kernel (delta_rule_cuda.h) and generalized_delta_rule(), when the caller
+// bounds the decays, to a chunked tensor-core kernel (or, for head dims it does not take, a fused recurrent one;
+// generalized_delta_cuda.h); otherwise, and with
 // SEQMIX_DELTA_CUDA=0 / SEQMIX_GDR_CUDA=0, the op composition runs on the GPU. Computation is in f32 (f64
 // when the inputs are f64); the output comes back in v's dtype.
 //

@@ -24,7 +24,9 @@
 // per slice), summing the slices inside it (+2.5 ms), other thread layouts (SEQMIX_GDR_FWD / SEQMIX_GDR_BWD).
 //
 // This is a recurrent kernel, not the chunked WY form of delta_rule_cuda.cu: the per-token work is
-// O(Dk Dv) FMAs on CUDA cores, with no tensor cores.
+// O(Dk Dv) FMAs on CUDA cores, with no tensor cores. generalized_delta_rule() now takes the chunked tensor-core form
+// (generalized_delta_chunked.cu) first; this kernel runs where that one does not apply (head dims not multiples of 16
+// or above 128) and under SEQMIX_GDR_CHUNKED=0.
 #include "layers/mixers/common/generalized_delta_cuda.h"
 
 #include <cstdio>
