@@ -96,6 +96,7 @@
 #include "core/cuda/runtime.h"
 #include "core/ops.h"
 #include "layers/mixers/common/delta_rule_cuda.cuh"
+#include "layers/mixers/common/delta_cuda_host.h"
 #include "layers/mixers/common/kernel_grads.h"
 
 namespace seqmix::mixers {
@@ -105,31 +106,8 @@ namespace {
 using delta_cuda::Geo;
 using delta_cuda::Ptrs;
 
-size_t smem_limit() { return size_t(::seqmix::cuda::max_shared_memory_optin()) - 1024; }  // margin for static shared memory
-
-// IN = the element type of q, k, v; OP = the operand type (bf16 unless f32 operands fit and the input is f32).
-template <class F>
-void dispatch(DType in, bool op_f32, F&& f) {
-  if (in == DType::BF16) f.template operator()<__nv_bfloat16, __nv_bfloat16>();
-  else if (in == DType::F16) f.template operator()<__half, __nv_bfloat16>();
-  else if (op_f32) f.template operator()<float, float>();
-  else f.template operator()<float, __nv_bfloat16>();
-}
-
 Geo make_geo(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const DeltaOptions& opt, bool gated) {
-  Geo g{};
-  g.B = int(B);
-  g.T = int(T);
-  g.H = int(H);
-  g.Dk = int(Dk);
-  g.Dv = int(Dv);
-  g.C = 64;
-  g.N = int((T + 63) / 64);
-  g.DVT = Dv % 32 == 0 ? 32 : 16;
-  g.scale = float(opt.scale);
-  g.eps = float(opt.norm_eps);
-  g.gated = gated;
-  return g;
+  return delta_geo<Geo>(B, T, H, Dk, Dv, opt.scale, opt.norm_eps, gated);
 }
 
 // The shared memory bwd_wy took with f32 operands before its buffers were shared (K, dU', max(S_n, W + U), X, Y,
@@ -148,7 +126,7 @@ size_t legacy_wy_f32_bytes(const Geo& g) {
 }
 
 bool op_f32_fits(const Geo& g) {
-  return delta_cuda::max_smem<float>(g) <= smem_limit() && legacy_wy_f32_bytes(g) <= smem_limit();
+  return delta_cuda::max_smem<float>(g) <= delta_smem_limit() && legacy_wy_f32_bytes(g) <= delta_smem_limit();
 }
 
 struct Saved {
@@ -194,7 +172,7 @@ autograd::Tensors DeltaFunction::backward(const autograd::Tensors& grads) {
     if (geo.gated) dg = Tensor::empty({B, T, H}, DType::F32, dev);
     ds0 = Tensor::empty({B, H, Dk, Dv}, DType::F32, dev);
     cudaStream_t st = ::seqmix::cuda::current_stream();
-    dispatch(v.dtype(), op_f32, [&]<class IN, class OP>() {
+    delta_dispatch(v.dtype(), op_f32, [&]<class IN, class OP>() {
       Ptrs<IN, OP> p{};
       p.q = data_or_null<const IN>(q);
       p.k = data_or_null<const IN>(k);
@@ -261,7 +239,7 @@ bool delta_rule_cuda_supported(const Tensor& q, const Tensor& k, const Tensor& v
   if (opt.chunk != 64 || !opt.normalize_qk) return false;
   if (B > 65535 || H > 65535 || T > (int64_t(1) << 30)) return false;
   const Geo geo = make_geo(B, std::max<int64_t>(T, 1), H, Dk, Dv, opt, g.defined());
-  return delta_cuda::max_smem<__nv_bfloat16>(geo) <= smem_limit();
+  return delta_cuda::max_smem<__nv_bfloat16>(geo) <= delta_smem_limit();
 }
 
 DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& beta_in,
@@ -308,7 +286,7 @@ DeltaResult delta_rule_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor
       sv.states = Tensor::empty({B, H, int64_t(geo.N), Dk, Dv}, opdt, dev);
       sv.gC = Tensor::empty({B, H, int64_t(geo.N)}, DType::F32, dev);
       cudaStream_t st = ::seqmix::cuda::current_stream();
-      dispatch(dt, op_f32, [&]<class IN, class OP>() {
+      delta_dispatch(dt, op_f32, [&]<class IN, class OP>() {
         Ptrs<IN, OP> p{};
         p.q = data_or_null<const IN>(sv.q);
         p.k = data_or_null<const IN>(sv.k);

@@ -729,15 +729,11 @@ __device__ __forceinline__ float elem16(const uint4& v, int i) {
 struct Chunk {
   int b, h, n, t0, L;  // batch, head, chunk, first token, valid tokens (<= C)
 };
-__device__ __forceinline__ Chunk chunk_of(const Geo& g) {
-  Chunk c;
-  c.n = int(blockIdx.x);
-  c.h = int(blockIdx.y);
-  c.b = int(blockIdx.z);
-  c.t0 = c.n * g.C;
-  c.L = g.T - c.t0 < g.C ? g.T - c.t0 : g.C;
-  return c;
+__device__ __forceinline__ Chunk chunk_at(const Geo& g, int b, int h, int n) {
+  return Chunk{b, h, n, n * g.C, g.T - n * g.C < g.C ? g.T - n * g.C : g.C};
 }
+// The chunk of a per-chunk kernel's CTA (grid (N, H, B)).
+__device__ __forceinline__ Chunk chunk_of(const Geo& g) { return chunk_at(g, int(blockIdx.z), int(blockIdx.y), int(blockIdx.x)); }
 __device__ __forceinline__ int64_t tok(const Geo& g, int b, int t, int h) { return (int64_t(b) * g.T + t) * g.H + h; }
 __device__ __forceinline__ int64_t hp_row(const Geo& g, int b, int h, int n, int t) {
   return (int64_t(b * g.H + h) * g.N + n) * g.C + t;
@@ -745,6 +741,8 @@ __device__ __forceinline__ int64_t hp_row(const Geo& g, int b, int h, int n, int
 __device__ __forceinline__ int64_t state_off(const Geo& g, int b, int h, int n) {
   return (int64_t(b * g.H + h) * g.N + n) * g.Dk * g.Dv;
 }
+// Row n of a per-chunk, per-key buffer [B, H, N, Dk] (the generalized rule's G_C and dG_C).
+__device__ __forceinline__ int64_t key_row(const Geo& g, int b, int h, int n) { return (int64_t(b * g.H + h) * g.N + n) * g.Dk; }
 
 // x / sqrt(|x|^2 + eps) per row into dst (OP, stride ld); rows >= L are zeros; r[row] = 1 / sqrt(|x|^2 + eps).
 // A warp per row (coalesced loads, the sum of squares through warp_sum). Each warp loads kNormRows rows (kNormElems
@@ -1440,6 +1438,11 @@ __device__ __forceinline__ void tri_to_op(OP* T, int ldt, const float* A, int ld
   }
 }
 
+// dec[j] = e^{G_C[j]} of chunk n (gCk: [B, H, N, Dk] log decays), for every key j.
+__device__ __forceinline__ void key_decays(float* dec, const float* gCk, const Geo& g, int b, int h, int n) {
+  const float* x = gCk + key_row(g, b, h, n);
+  for (int j = dr_tid(); j < g.Dk; j += int(blockDim.x)) dec[j] = dr_exp(x[j]);
+}
 // The generalized rule's extra operands of fwd_state's chunk n (DplrPtrs): Kv into M3, V's DVT columns into X2,
 // the per-key decays e^{G_C} into dec. Plain loads after the barrier (not prefetched).
 template <class IN, class OP>
@@ -1447,11 +1450,8 @@ __device__ __forceinline__ void gen_state_operands(unsigned char* smem, const La
                                                    const DplrPtrs<IN, OP>& p, int b, int h, int n, int j0) {
   const int64_t row0 = hp_row(g, b, h, n, 0);
   copy_rows_plain(reinterpret_cast<OP*>(smem + lay.M3), ld.k, p.Kv + row0 * g.Dk, g.C, g.Dk, -1);
-  const Chunk c{b, h, n, n * g.C, g.T - n * g.C < g.C ? g.T - n * g.C : g.C};
-  load_cols(reinterpret_cast<OP*>(smem + lay.X2), ld.vt, p.v, g, c, g.Dv, j0, g.DVT, 1.f);
-  float* dec = reinterpret_cast<float*>(smem + lay.dec);
-  const float* gck = p.gCk + (int64_t(b * g.H + h) * g.N + n) * g.Dk;
-  for (int j = dr_tid(); j < g.Dk; j += int(blockDim.x)) dec[j] = dr_exp(gck[j]);
+  load_cols(reinterpret_cast<OP*>(smem + lay.X2), ld.vt, p.v, g, chunk_at(g, b, h, n), g.Dv, j0, g.DVT, 1.f);
+  key_decays(reinterpret_cast<float*>(smem + lay.dec), p.gCk, g, b, h, n);
 }
 
 // ===================================== forward =====================================
@@ -1725,7 +1725,7 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, P p) {
     pq.load(p.Qg + last * Dk, C, Dk);
     pw.load(p.W + last * Dk, C, Dk);
   }
-  const auto chunk = [&](int n) { return Chunk{b, h, n, n * C, g.T - n * C < C ? g.T - n * C : C}; };
+  const auto chunk = [&](int n) { return chunk_at(g, b, h, n); };
   ColPrefetch<IN, kPrefetchRO> po;  // and chunk n - 1's dO columns (was a load exposed after the first barrier)
   po.load(p.dout, g, chunk(g.N - 1), Dv, j0, DVT);
   float* dec = reinterpret_cast<float*>(smem + lay.dec);
@@ -1734,7 +1734,7 @@ __global__ void __launch_bounds__(kThreads, 2) bwd_state(Geo g, P p) {
     if constexpr (!kGen) eC = dr_exp(p.gC[bh * g.N + n]);
     __syncthreads();
     if constexpr (kGen)
-      for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) dec[j] = dr_exp(p.gCk[(bh * g.N + n) * Dk + j]);
+      key_decays(dec, p.gCk, g, b, h, n);
     state_cols_out<true>(p.dH + state_off(g, b, h, n), dSop, ld.vt, dS, ld.vf, g, j0);
     const int64_t row0 = hp_row(g, b, h, n, 0);
     pk.store(Kd, ld.k, p.Kd + row0 * Dk, C, Dk);

@@ -184,7 +184,6 @@ __device__ __forceinline__ void mm_masked(OP* dst, int ldd, const Geo& g, float*
       },
       [&](int t, int s, float x) { dst[t * ldd + s] = fromf<OP>((Incl ? s <= t : s < t) ? x : 0.f); }, terms...);
 }
-__device__ __forceinline__ int64_t key_row(const Geo& g, int b, int h, int n) { return (int64_t(b * g.H + h) * g.N + n) * g.Dk; }
 
 // ===================================== forward =====================================
 
@@ -375,10 +374,8 @@ __global__ void __launch_bounds__(kThreads) gen_bwd_val(Geo g, DplrPtrs<IN, OP> 
   copy_rows_async(dS, ld.v, p.dH + state_off(g, c.b, c.h, c.n), Dk, Dv);
   tc::cp_commit();
   load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
-  for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) {
-    gam[j] = dr_exp(p.gCk[key_row(g, c.b, c.h, c.n) + j]);
-    gacc[j] = 0.f;
-  }
+  key_decays(gam, p.gCk, g, c.b, c.h, c.n);
+  for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) gacc[j] = 0.f;
   tc::cp_wait_all();
   __syncthreads();
   mm_vec4<OP>(C, Dv, scr,

@@ -56,6 +56,7 @@
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/runtime.h"
 #include "core/ops.h"
+#include "layers/mixers/common/delta_cuda_host.h"
 #include "layers/mixers/common/dplr_cuda.cuh"
 #include "layers/mixers/common/generalized_delta_cuda.h"
 #include "layers/mixers/common/kernel_grads.h"
@@ -67,34 +68,11 @@ namespace {
 using delta_cuda::DplrPtrs;
 using delta_cuda::Geo;
 
-size_t smem_limit() { return size_t(::seqmix::cuda::max_shared_memory_optin()) - 1024; }
-
-// IN = the element type of q, k, v, a, b; OP = the operand type (bf16 unless f32 operands fit and the input is f32).
-template <class F>
-void dispatch(DType in, bool op_f32, F&& f) {
-  if (in == DType::BF16) f.template operator()<__nv_bfloat16, __nv_bfloat16>();
-  else if (in == DType::F16) f.template operator()<__half, __nv_bfloat16>();
-  else if (op_f32) f.template operator()<float, float>();
-  else f.template operator()<float, __nv_bfloat16>();
-}
-
 Geo make_geo(int64_t B, int64_t T, int64_t H, int64_t Dk, int64_t Dv, const DeltaOptions& opt) {
-  Geo g{};
-  g.B = int(B);
-  g.T = int(T);
-  g.H = int(H);
-  g.Dk = int(Dk);
-  g.Dv = int(Dv);
-  g.C = 64;
-  g.N = int((T + 63) / 64);
-  g.DVT = Dv % 32 == 0 ? 32 : 16;
-  g.scale = float(opt.scale);
-  g.eps = 0.f;
-  g.gated = false;
-  return g;
+  return delta_geo<Geo>(B, T, H, Dk, Dv, opt.scale, 0.0, false);
 }
 
-bool op_f32_fits(const Geo& g) { return delta_cuda::gen_max_smem<float>(g) <= smem_limit(); }
+bool op_f32_fits(const Geo& g) { return delta_cuda::gen_max_smem<float>(g) <= delta_smem_limit(); }
 
 // The forward's buffers the backward reads (operand dtype unless noted).
 struct Saved {
@@ -106,13 +84,7 @@ struct Saved {
 template <class IN, class OP>
 DplrPtrs<IN, OP> saved_ptrs(const Saved& s) {
   DplrPtrs<IN, OP> p{};
-  p.q = data_or_null<const IN>(s.q);
-  p.k = data_or_null<const IN>(s.k);
-  p.v = data_or_null<const IN>(s.v);
-  p.a = data_or_null<const IN>(s.a);
-  p.b = data_or_null<const IN>(s.b);
-  p.lw = data_or_null<const float>(s.lw);
-  p.s0 = data_or_null<const float>(s.s0);
+  set_gdr_inputs<IN>(p, s.q, s.k, s.v, s.lw, s.a, s.b, s.s0);
   p.W = data_or_null<OP>(s.W);
   p.Kd = data_or_null<OP>(s.Bd);
   p.Kv = data_or_null<OP>(s.Kv);
@@ -168,7 +140,7 @@ autograd::Tensors GenChunkedFunction::backward(const autograd::Tensors& grads) {
     dlw = Tensor::empty(sv.lw.shape(), DType::F32, dev);
     ds0 = Tensor::empty({B, H, Dk, Dv}, DType::F32, dev);
     cudaStream_t st = ::seqmix::cuda::current_stream();
-    dispatch(sv.v.dtype(), op_f32, [&]<class IN, class OP>() {
+    delta_dispatch(sv.v.dtype(), op_f32, [&]<class IN, class OP>() {
       DplrPtrs<IN, OP> p = saved_ptrs<IN, OP>(sv);
       p.dout = data_or_null<const IN>(dout);
       p.dfinal = data_or_null<const float>(dfinal);
@@ -209,23 +181,12 @@ bool generalized_delta_chunked_enabled() {
 
 bool generalized_delta_chunked_supported(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw,
                                          const Tensor& a, const Tensor& b, const Tensor& s0, const DeltaOptions& opt) {
-  for (const Tensor* t : {&q, &k, &v, &lw, &a, &b})
-    if (!t->defined() || !t->is_cuda()) return false;
-  if (s0.defined() && !s0.is_cuda()) return false;
-  for (const Tensor* t : {&q, &k, &v, &a, &b})
-    if (t->dtype() != DType::BF16 && t->dtype() != DType::F16 && t->dtype() != DType::F32) return false;
-  if (lw.dtype() == DType::F64) return false;
-  if (q.dim() != 4 || v.dim() != 4) return false;
-  for (const Tensor* t : {&k, &lw, &a, &b})
-    if (t->shape() != q.shape()) return false;
+  if (!gdr_inputs_ok(q, k, v, lw, a, b, s0, opt, kGdrMinLogDecay)) return false;
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3), Dv = v.size(3);
-  if (v.size(0) != B || v.size(1) != T || v.size(2) != H) return false;
-  if (s0.defined() && s0.shape() != (Shape{B, H, Dk, Dv})) return false;
   if (Dk % 16 != 0 || Dv % 16 != 0 || Dk < 16 || Dv < 16 || Dk > 128 || Dv > 128) return false;
-  if (!(opt.min_log_decay >= kGdrMinLogDecay)) return false;
   if (B > 65535 || H > 65535 || T > (int64_t(1) << 30)) return false;
   const Geo geo = make_geo(B, std::max<int64_t>(T, 1), H, Dk, Dv, opt);
-  return delta_cuda::gen_max_smem<__nv_bfloat16>(geo) <= smem_limit();
+  return delta_cuda::gen_max_smem<__nv_bfloat16>(geo) <= delta_smem_limit();
 }
 
 DeltaResult generalized_delta_chunked_cuda(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, const Tensor& lw_in,
@@ -284,7 +245,7 @@ DeltaResult generalized_delta_chunked_cuda(const Tensor& q_in, const Tensor& k_i
       sv.gCk = Tensor::empty({B, H, N, Dk}, DType::F32, dev);
       sv.final_s = res.final_state.detach();  // (not the output itself: no reference cycle through its grad_fn)
       cudaStream_t st = ::seqmix::cuda::current_stream();
-      dispatch(dt, op_f32, [&]<class IN, class OP>() {
+      delta_dispatch(dt, op_f32, [&]<class IN, class OP>() {
         DplrPtrs<IN, OP> p = saved_ptrs<IN, OP>(sv);
         p.U = data_or_null<float>(U);
         p.o = data_or_null<IN>(res.o);

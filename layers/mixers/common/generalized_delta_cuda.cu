@@ -38,6 +38,7 @@
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/runtime.h"
 #include "core/ops.h"
+#include "layers/mixers/common/delta_cuda_host.h"
 #include "layers/mixers/common/generalized_delta_cuda.cuh"
 #include "layers/mixers/common/kernel_grads.h"
 
@@ -60,13 +61,7 @@ template <class IN>
 Ptrs<IN> input_ptrs(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw, const Tensor& a, const Tensor& b,
                     const Tensor& s0) {
   Ptrs<IN> p{};
-  p.q = data_or_null<const IN>(q);
-  p.k = data_or_null<const IN>(k);
-  p.v = data_or_null<const IN>(v);
-  p.a = data_or_null<const IN>(a);
-  p.b = data_or_null<const IN>(b);
-  p.lw = data_or_null<const float>(lw);
-  p.s0 = data_or_null<const float>(s0);
+  set_gdr_inputs<IN>(p, q, k, v, lw, a, b, s0);
   return p;
 }
 
@@ -165,21 +160,10 @@ bool generalized_delta_cuda_enabled() {
 
 bool generalized_delta_cuda_supported(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& lw,
                                       const Tensor& a, const Tensor& b, const Tensor& s0, const DeltaOptions& opt) {
-  for (const Tensor* t : {&q, &k, &v, &lw, &a, &b})
-    if (!t->defined() || !t->is_cuda()) return false;
-  if (s0.defined() && !s0.is_cuda()) return false;
-  for (const Tensor* t : {&q, &k, &v, &a, &b})
-    if (t->dtype() != DType::BF16 && t->dtype() != DType::F16 && t->dtype() != DType::F32) return false;
-  if (lw.dtype() == DType::F64) return false;
-  if (q.dim() != 4 || v.dim() != 4) return false;
-  for (const Tensor* t : {&k, &lw, &a, &b})
-    if (t->shape() != q.shape()) return false;
+  if (!gdr_inputs_ok(q, k, v, lw, a, b, s0, opt, kGdrMinLogDecay)) return false;
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dk = q.size(3), Dv = v.size(3);
-  if (v.size(0) != B || v.size(1) != T || v.size(2) != H) return false;
-  if (s0.defined() && s0.shape() != (Shape{B, H, Dk, Dv})) return false;
   if (Dk != 32 && Dk != 64 && Dk != 128) return false;
   if (Dv % gdr_cuda::kVs != 0 || Dv < gdr_cuda::kVs || Dv > 4096) return false;
-  if (!(opt.min_log_decay >= kGdrMinLogDecay)) return false;
   if (B > 65535 || H > 65535 || T > (int64_t(1) << 30) || B * T * H * std::max(Dk, Dv) > (int64_t(1) << 40)) return false;
   return gdr_cuda::max_smem<float>(int(Dk)) <= size_t(::seqmix::cuda::max_shared_memory_optin());
 }
