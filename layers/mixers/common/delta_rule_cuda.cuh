@@ -44,6 +44,9 @@ using tc::tof;
 namespace wm = nvcuda::wmma;
 
 constexpr int kThreads = 256;
+// The generalized rule's kernels that hold one CTA per SM (fwd_out, bwd_val, bwd_key; dplr_cuda.cuh) run this many
+// threads: twice the warps to hide the operand loads' and the mma chains' latencies.
+constexpr int kWideThreads = 512;
 
 struct Geo {
   int B, T, H, Dk, Dv, C, N;
@@ -87,7 +90,7 @@ struct DplrPtrs : Ptrs<IN, OP> {
   float* gCk;                     // [B, H, N, Dk]: G_C per key (the chunk's log decay)
   OP* dX;                         // hp [.., Dv]: T^T dU'
   OP* dL;                         // [B, H, N, 4, C, C]: dP_b, dP_k, dL_ab, dL_ak
-  float *dQe, *dAe, *dBt, *dKt;   // hp [.., Dk]: gradients of Qe, Ae, Bi (with Bd's), Ki (with Kv's)
+  float *dBt, *dKt;               // hp [.., Dk]: bwd_val's parts of the gradients of Bi (Bd's), Ki (Kv's)
   float* dGC;                     // [B, H, N, Dk]: dL/dG_C from the state leaving the chunk
   IN *da, *db;                    // [B, T, H, Dk]
   float* dlw;                     // [B, T, H, Dk]
@@ -255,7 +258,7 @@ __device__ __forceinline__ void dr_atomic_add(float* p, float v) {
 // converged code). GPU: butterfly shuffles. Emulation: through a per-warp exchange row between __syncwarp()s
 // (one thread per block: v itself).
 #ifdef DELTA_EMULATE
-inline float emu_xch[kThreads / 32][32];
+inline float emu_xch[kWideThreads / 32][32];
 #endif
 __device__ __forceinline__ float warp_sum(float v, const tc::Lanes& w) {
 #ifdef DELTA_EMULATE
@@ -2124,19 +2127,21 @@ __global__ void __launch_bounds__(kThreads) bwd_out(Geo g, Ptrs<IN, OP> p) {
 
 // ===================================== launch sequences =====================================
 
+// DR_LAUNCH_T: a kernel of `threads` threads per CTA; DR_LAUNCH: kThreads.
 #ifdef DELTA_EMULATE
-#define DR_LAUNCH(name, kern, grid, smem, st, ...) \
-  ::seqmix::mixers::delta_cuda::emu_launch(grid, kThreads, smem, [&] { kern(__VA_ARGS__); })
+#define DR_LAUNCH_T(name, kern, grid, threads, smem, st, ...) \
+  ::seqmix::mixers::delta_cuda::emu_launch(grid, threads, smem, [&] { kern(__VA_ARGS__); })
 #else
-#define DR_LAUNCH(name, kern, grid, smem, st, ...)                                                                \
+#define DR_LAUNCH_T(name, kern, grid, threads, smem, st, ...)                                                     \
   do {                                                                                                             \
     auto* dr_k_ = kern;                                                                                            \
     if ((smem) > 48 * 1024)                                                                                        \
       SEQMIX_CUDA_CHECK(cudaFuncSetAttribute(dr_k_, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));     \
-    dr_k_<<<grid, kThreads, smem, st>>>(__VA_ARGS__);                                                              \
+    dr_k_<<<grid, threads, smem, st>>>(__VA_ARGS__);                                                               \
     SEQMIX_CUDA_CHECK_LAUNCH(name);                                                                                \
   } while (0)
 #endif
+#define DR_LAUNCH(name, kern, grid, smem, st, ...) DR_LAUNCH_T(name, kern, grid, kThreads, smem, st, __VA_ARGS__)
 
 template <class OP>
 inline size_t max_smem(const Geo& g) {

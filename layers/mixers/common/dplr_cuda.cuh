@@ -14,6 +14,16 @@ namespace seqmix::mixers::delta_cuda {
 
 // ---- shared-memory layouts (bytes) ----
 __host__ __device__ inline size_t gen_cumlog_bytes(const Geo& g) { return size_t(g.C) * (g.Dk + 4) * 4; }
+// The per-warp f32 scratch tiles of the kWideThreads kernels (fwd_out, bwd_val, bwd_key): on the GPU every epilogue of
+// theirs runs from the registers (tc::for_quads), so only the emulation's epilogues go through them and take the space.
+__host__ __device__ inline size_t emu_scratch(Bump& m) {
+#ifdef DELTA_EMULATE
+  return m.take(size_t(kWideThreads / 32) * kScrTile * 4);
+#else
+  (void)m;
+  return 0;
+#endif
+}
 
 template <class OP>
 struct LayGenPrep {  // G, then A (f32; then M = T L_ak), T, L_ak in its space; Ae, Bi (then V), Ki
@@ -51,7 +61,7 @@ struct LayGenOut {  // fwd_out: G, Qe, Bi, Ki, P_b, P_k, S_n, U', V
     Sn = m.take(size_t(g.Dk) * l.v * sizeof(OP));
     Up = m.take(vb);
     V = m.take(vb);
-    scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
+    scr = emu_scratch(m);
     total = m.o;
   }
 };
@@ -89,13 +99,13 @@ struct LayGenVal {  // bwd_val: T, dU', dX, Qe then dO, Ae then U', Ki, V, dS', 
     gam = m.take(size_t(g.Dk) * 4);
     gacc = m.take(size_t(g.Dk) * 4);
     prod = m.take(size_t(g.C) * (g.Dk + 4) * 4);
-    scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
+    scr = emu_scratch(m);
     total = m.o;
   }
 };
 template <class OP>
-struct LayGenKey {  // bwd_key: dP_b, dP_k, dL_ab, dL_ak, Qe, Ae, Bi, Ki, S_n, dO, dX
-  size_t dL, Qe, Ae, Bi, Ki, Sn, dO, dX, scr, total;
+struct LayGenKey {  // bwd_key: dP_b, dP_k, dL_ab, dL_ak, Qe, Ae, Bi, Ki, S_n, dO then dX, G, dG (f32)
+  size_t dL, Qe, Ae, Bi, Ki, Sn, dOX, G, dG, scr, total;
   __host__ __device__ explicit LayGenKey(const Geo& g) {
     const Ld l(g);
     Bump m;
@@ -106,9 +116,10 @@ struct LayGenKey {  // bwd_key: dP_b, dP_k, dL_ab, dL_ak, Qe, Ae, Bi, Ki, S_n, d
     Bi = m.take(kb);
     Ki = m.take(kb);
     Sn = m.take(size_t(g.Dk) * l.v * sizeof(OP));
-    dO = m.take(vb);
-    dX = m.take(vb);
-    scr = m.take(size_t(kThreads / 32) * kScrTile * 4);
+    dOX = m.take(vb);
+    G = m.take(gen_cumlog_bytes(g));
+    dG = m.take(gen_cumlog_bytes(g));
+    scr = emu_scratch(m);  // (the 10 KB that are not taken on the GPU let it fit at Dk = Dv = 128)
     total = m.o;
   }
 };
@@ -170,6 +181,15 @@ __device__ __forceinline__ void key_pieces(const IN* const (&xs)[NA], const Geo&
       f(t, q * 4, v[u]);
     }
   }
+}
+// y[0 .. 3] rounded to IN into token row t, keys j .. j + 3 of x ([B, T, H, Dk]; nothing past the chunk's end).
+template <class IN>
+__device__ __forceinline__ void st_key4(IN* x, const Geo& g, const Chunk& c, int t, int j, const float (&y)[4]) {
+  if (t >= c.L) return;
+  IN* d = x + tok(g, c.b, c.t0 + t, c.h) * g.Dk + j;
+  if (reinterpret_cast<uintptr_t>(d) % (4 * sizeof(IN)) == 0) st4op(d, y);
+  else
+    for (int e = 0; e < 4; ++e) d[e] = fromf<IN>(y[e]);
 }
 // A C x C product into dst (OP, row stride ldd) with the causal mask: s <= t (Incl) or s < t.
 template <bool Incl, class OP, class... Terms>
@@ -258,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, 2) gen_fwd_prep(Geo g, DplrPtrs<IN, 
 // (3) per chunk: O = scale (Qe S_n + P_b U' + P_k V), P_b = (Qe Bi^T) lower-inclusive, P_k = (Qe Ki^T) the same;
 // Qe to global (p.Qg, when a backward will run).
 template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads) gen_fwd_out(Geo g, DplrPtrs<IN, OP> p) {
+__global__ void __launch_bounds__(kWideThreads) gen_fwd_out(Geo g, DplrPtrs<IN, OP> p) {
   TC_SMEM(smem);
   const LayGenOut<OP> lay(g);
   const Ld ld(g);
@@ -345,7 +365,7 @@ __global__ void __launch_bounds__(kThreads) gen_bwd_prep(Geo g, DplrPtrs<IN, OP>
 // formed from the rounded values the products use, so that at the chunk's last token it cancels the -b.db - k.dk
 // parts of the same products in bwd_finish to rounding, as it does exactly: dlw = 0 at T = 1 without S_0).
 template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads) gen_bwd_val(Geo g, DplrPtrs<IN, OP> p) {
+__global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, OP> p) {
   TC_SMEM(smem);
   const LayGenVal<OP> lay(g);
   const Ld ld(g);
@@ -454,10 +474,15 @@ __global__ void __launch_bounds__(kThreads) gen_bwd_val(Geo g, DplrPtrs<IN, OP> 
   }
 }
 
-// (4) per chunk, the key side: dQe = dO S_n^T + dP_b Bi + dP_k Ki, dAe = dX S_n^T + dL_ab Bi + dL_ak Ki (f32 to
-// global); dBt += dP_b^T Qe + dL_ab^T Ae, dKt += dP_k^T Qe + dL_ak^T Ae.
+// (4) per chunk, the key side, and the per-key gradients complete:
+//     dQe = dO S_n^T + dP_b Bi + dP_k Ki -> dq = e^{G_t} dQe,     dKt += dP_k^T Qe + dL_ak^T Ae -> dk = e^{-G_t} dKt,
+//     dBt += dP_b^T Qe + dL_ab^T Ae -> db = e^{-G_t} dBt,         dAe = dX S_n^T + dL_ab Bi + dL_ak Ki -> da = e^{G_{t-1}} dAe;
+// dG_t = Qe.dQe - Bi.dBt - Ki.dKt + Ae_{t+1}.dAe_{t+1} (the operands as the products saw them, rounded to OP) in
+// shared memory (the first three by the thread that owns (t, j) in every C x Dk walk, so without barriers between
+// them; the last after one, shifted a row), then a thread per key: dlw_t = dG_C + sum_{t' >= t} dG_t'.
+// dX takes dO's place once dQe is done, its copy in flight behind the dBt / dKt products.
 template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads) gen_bwd_key(Geo g, DplrPtrs<IN, OP> p) {
+__global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, OP> p) {
   TC_SMEM(smem);
   const LayGenKey<OP> lay(g);
   const Ld ld(g);
@@ -467,11 +492,12 @@ __global__ void __launch_bounds__(kThreads) gen_bwd_key(Geo g, DplrPtrs<IN, OP> 
   OP* Bi = reinterpret_cast<OP*>(smem + lay.Bi);
   OP* Ki = reinterpret_cast<OP*>(smem + lay.Ki);
   OP* Sn = reinterpret_cast<OP*>(smem + lay.Sn);
-  OP* dO = reinterpret_cast<OP*>(smem + lay.dO);
-  OP* dX = reinterpret_cast<OP*>(smem + lay.dX);
+  OP* dOX = reinterpret_cast<OP*>(smem + lay.dOX);  // dO, then dX
+  float* G = reinterpret_cast<float*>(smem + lay.G);
+  float* dG = reinterpret_cast<float*>(smem + lay.dG);
   float* scr = reinterpret_cast<float*>(smem + lay.scr);
   const Chunk c = chunk_of(g);
-  const int C = g.C, Dk = g.Dk, Dv = g.Dv;
+  const int C = g.C, Dk = g.Dk, Dv = g.Dv, ldg = Dk + 4;
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0), bh = int64_t(c.b * g.H + c.h);
   const OP* dLg = p.dL + (bh * g.N + c.n) * 4 * C * C;
   for (int m = 0; m < 4; ++m) copy_rows_async(dL + m * C * ld.c, ld.c, dLg + m * C * C, C, C);
@@ -480,68 +506,68 @@ __global__ void __launch_bounds__(kThreads) gen_bwd_key(Geo g, DplrPtrs<IN, OP> 
   copy_rows_async(Bi, ld.k, p.Bi + row0 * Dk, C, Dk);
   copy_rows_async(Ki, ld.k, p.Ki + row0 * Dk, C, Dk);
   copy_rows_async(Sn, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dk, Dv);
-  copy_rows_async(dX, ld.v, p.dX + row0 * Dv, C, Dv);
   tc::cp_commit();
-  load_rows(dO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
+  load_rows(dOX, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
+  load_cumlog(G, p.lw, g, c);
   tc::cp_wait_all();
   __syncthreads();
   const OP *dPb = dL, *dPk = dL + C * ld.c, *dLab = dL + 2 * C * ld.c, *dLak = dL + 3 * C * ld.c;
-  mm_vec4<OP>(C, Dk, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.dQe + (row0 + t) * Dk + j, x); },
-              term<false, true>(dO, ld.v, Sn, ld.v, Dv), term<false, false>(dPb, ld.c, Bi, ld.k, C),
+  mm_vec4<OP>(C, Dk, scr,
+              [&](int t, int j, const float (&x)[4]) {
+                float qe[4], y[4], s[4];
+                ld4f(Qe + t * ld.k + j, qe);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) y[e] = x[e] * dr_exp(G[t * ldg + j + e]), s[e] = qe[e] * x[e];
+                st16(dG + t * ldg + j, uint4{f2u(s[0]), f2u(s[1]), f2u(s[2]), f2u(s[3])});
+                st_key4(p.dq, g, c, t, j, y);
+              },
+              term<false, true>(dOX, ld.v, Sn, ld.v, Dv), term<false, false>(dPb, ld.c, Bi, ld.k, C),
               term<false, false>(dPk, ld.c, Ki, ld.k, C));
-  mm_vec4<OP>(C, Dk, scr, [&](int t, int j, const float (&x)[4]) { st4op(p.dAe + (row0 + t) * Dk + j, x); },
-              term<false, true>(dX, ld.v, Sn, ld.v, Dv), term<false, false>(dLab, ld.c, Bi, ld.k, C),
-              term<false, false>(dLak, ld.c, Ki, ld.k, C));
-  auto add_to = [&](float* dst) {
+  __syncthreads();
+  copy_rows_async(dOX, ld.v, p.dX + row0 * Dv, C, Dv);
+  tc::cp_commit();
+  // dBt / dKt: bwd_val's parts plus these, then db / dk and their dG terms (same walk, same owner of (t, j))
+  auto finish_key = [&](const float* part, const OP* xi, IN* out) {
     return [=](int t, int j, const float (&x)[4]) {
-      float* d = dst + (row0 + t) * Dk + j;
-      float o[4];
-      ld4f(d, o);
-      const float y[4] = {o[0] + x[0], o[1] + x[1], o[2] + x[2], o[3] + x[3]};
-      st4op(d, y);
+      const int64_t o = (row0 + t) * Dk + j;
+      float d[4], xs[4], y[4];
+      ld4f(part + o, d);
+      ld4f(xi + t * ld.k + j, xs);
+      float* gd = dG + t * ldg + j;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        d[e] += x[e];
+        y[e] = d[e] * dr_exp(-G[t * ldg + j + e]);
+        gd[e] -= xs[e] * d[e];
+      }
+      st_key4(out, g, c, t, j, y);
     };
   };
-  mm_vec4<OP>(C, Dk, scr, add_to(p.dBt), term<true, false>(dPb, ld.c, Qe, ld.k, C), term<true, false>(dLab, ld.c, Ae, ld.k, C));
-  mm_vec4<OP>(C, Dk, scr, add_to(p.dKt), term<true, false>(dPk, ld.c, Qe, ld.k, C), term<true, false>(dLak, ld.c, Ae, ld.k, C));
-}
-
-// (5) per chunk, a thread per key, tokens backwards: dq = e^{G_t} dQe, da = e^{G_{t-1}} dAe, db = e^{-G_t} dBt,
-// dk = e^{-G_t} dKt; dG_t = Qe.dQe - Bi.dBt - Ki.dKt + Ae_{t+1}.dAe_{t+1} (+ dG_C at the chunk's end; the scaled
-// operands as the products saw them, rounded to OP); dlw_t = sum_{t' >= t} dG_t'.
-template <class IN, class OP>
-__global__ void __launch_bounds__(kThreads) gen_bwd_finish(Geo g, DplrPtrs<IN, OP> p) {
-  TC_SMEM(smem);
-  float* G = reinterpret_cast<float*>(smem);
-  const Chunk c = chunk_of(g);
-  const int Dk = g.Dk, ldg = Dk + 4;
-  const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
-  load_cumlog(G, p.lw, g, c);
+  mm_vec4<OP>(C, Dk, scr, finish_key(p.dBt, Bi, p.db), term<true, false>(dPb, ld.c, Qe, ld.k, C),
+              term<true, false>(dLab, ld.c, Ae, ld.k, C));
+  mm_vec4<OP>(C, Dk, scr, finish_key(p.dKt, Ki, p.dk), term<true, false>(dPk, ld.c, Qe, ld.k, C),
+              term<true, false>(dLak, ld.c, Ae, ld.k, C));
+  tc::cp_wait_all();
   __syncthreads();
-  constexpr int kU = 4;  // tokens whose loads are issued together
+  mm_vec4<OP>(C, Dk, scr,
+              [&](int t, int j, const float (&x)[4]) {
+                float ae[4], y[4];
+                ld4f(Ae + t * ld.k + j, ae);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  y[e] = t > 0 ? x[e] * dr_exp(G[(t - 1) * ldg + j + e]) : x[e];
+                  if (t > 0) dG[(t - 1) * ldg + j + e] += ae[e] * x[e];  // a_t.da_t is G_{t-1}'s
+                }
+                st_key4(p.da, g, c, t, j, y);
+              },
+              term<false, true>(dOX, ld.v, Sn, ld.v, Dv), term<false, false>(dLab, ld.c, Bi, ld.k, C),
+              term<false, false>(dLak, ld.c, Ki, ld.k, C));
+  __syncthreads();
   for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) {
-    float acc = p.dGC[key_row(g, c.b, c.h, c.n) + j], carry = 0.f;
-    for (int t0 = c.L - 1; t0 >= 0; t0 -= kU) {
-      float dQ[kU], dA[kU], dB[kU], dK[kU], qe[kU], ae[kU], bi[kU], ki[kU];
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int64_t r = (row0 + (t0 - u >= 0 ? t0 - u : 0)) * Dk + j;
-        dQ[u] = p.dQe[r], dA[u] = p.dAe[r], dB[u] = p.dBt[r], dK[u] = p.dKt[r];
-        qe[u] = tof(p.Qg[r]), ae[u] = tof(p.Ae[r]), bi[u] = tof(p.Bi[r]), ki[u] = tof(p.Ki[r]);
-      }
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const int t = t0 - u;
-        if (t < 0) break;
-        const float gt = G[t * ldg + j], gp = t > 0 ? G[(t - 1) * ldg + j] : 0.f, ei = dr_exp(-gt);
-        acc += carry + dQ[u] * qe[u] - dB[u] * bi[u] - dK[u] * ki[u];
-        carry = dA[u] * ae[u];
-        const int64_t x = tok(g, c.b, c.t0 + t, c.h) * Dk + j;
-        p.dq[x] = fromf<IN>(dQ[u] * dr_exp(gt));
-        p.da[x] = fromf<IN>(dA[u] * dr_exp(gp));
-        p.db[x] = fromf<IN>(dB[u] * ei);
-        p.dk[x] = fromf<IN>(dK[u] * ei);
-        p.dlw[x] = acc;
-      }
+    float s = p.dGC[key_row(g, c.b, c.h, c.n) + j];
+    for (int t = c.L - 1; t >= 0; --t) {
+      s += dG[t * ldg + j];
+      p.dlw[tok(g, c.b, c.t0 + t, c.h) * Dk + j] = s;
     }
   }
 }
@@ -551,7 +577,7 @@ __global__ void __launch_bounds__(kThreads) gen_bwd_finish(Geo g, DplrPtrs<IN, O
 template <class OP>
 inline size_t gen_max_smem(const Geo& g) {
   const size_t s[] = {LayGenPrep<OP>(g).total, LaySeq<OP>(g).total,    LayGenOut<OP>(g).total, LayGenBwdPrep<OP>(g).total,
-                      LayGenVal<OP>(g).total,  LayGenKey<OP>(g).total, gen_cumlog_bytes(g)};
+                      LayGenVal<OP>(g).total,  LayGenKey<OP>(g).total};
   size_t m = 0;
   for (size_t x : s) m = x > m ? x : m;
   return m;
@@ -565,10 +591,10 @@ void gen_forward(const Geo& g, const DplrPtrs<IN, OP>& p, cudaStream_t st) {
   const dim3 cols(unsigned(g.Dv / g.DVT), unsigned(g.H), unsigned(g.B));
   DR_LAUNCH("generalized_delta fwd_prep", (gen_fwd_prep<IN, OP>), chunks, LayGenPrep<OP>(g).total, st, g, p);
   DR_LAUNCH("generalized_delta fwd_state", (fwd_state<IN, OP, DplrPtrs<IN, OP>>), cols, LaySeq<OP>(g).total, st, g, p);
-  DR_LAUNCH("generalized_delta fwd_out", (gen_fwd_out<IN, OP>), chunks, LayGenOut<OP>(g).total, st, g, p);
+  DR_LAUNCH_T("generalized_delta fwd_out", (gen_fwd_out<IN, OP>), chunks, kWideThreads, LayGenOut<OP>(g).total, st, g, p);
 }
 
-// Backward: the forward's buffers plus dout, dfinal (or null) in; dU, dUn, dH, dX, dL, dQe, dAe, dBt, dKt, dGC as
+// Backward: the forward's buffers plus dout, dfinal (or null) in; dU, dUn, dH, dX, dL, dBt, dKt, dGC as
 // scratch; dq, dk, dv, da, db, dlw, ds0 out.
 template <class IN, class OP>
 void gen_backward(const Geo& g, const DplrPtrs<IN, OP>& p, cudaStream_t st) {
@@ -576,9 +602,8 @@ void gen_backward(const Geo& g, const DplrPtrs<IN, OP>& p, cudaStream_t st) {
   const dim3 cols(unsigned(g.Dv / g.DVT), unsigned(g.H), unsigned(g.B));
   DR_LAUNCH("generalized_delta bwd_prep", (gen_bwd_prep<IN, OP>), chunks, LayGenBwdPrep<OP>(g).total, st, g, p);
   DR_LAUNCH("generalized_delta bwd_state", (bwd_state<IN, OP, DplrPtrs<IN, OP>>), cols, LaySeq<OP>(g).total, st, g, p);
-  DR_LAUNCH("generalized_delta bwd_val", (gen_bwd_val<IN, OP>), chunks, LayGenVal<OP>(g).total, st, g, p);
-  DR_LAUNCH("generalized_delta bwd_key", (gen_bwd_key<IN, OP>), chunks, LayGenKey<OP>(g).total, st, g, p);
-  DR_LAUNCH("generalized_delta bwd_finish", (gen_bwd_finish<IN, OP>), chunks, gen_cumlog_bytes(g), st, g, p);
+  DR_LAUNCH_T("generalized_delta bwd_val", (gen_bwd_val<IN, OP>), chunks, kWideThreads, LayGenVal<OP>(g).total, st, g, p);
+  DR_LAUNCH_T("generalized_delta bwd_key", (gen_bwd_key<IN, OP>), chunks, kWideThreads, LayGenKey<OP>(g).total, st, g, p);
 }
 
 }  // namespace seqmix::mixers::delta_cuda

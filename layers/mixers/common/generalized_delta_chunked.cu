@@ -27,24 +27,25 @@
 //     dG_t = q.dq - b.db - k.dk + a_{t+1}.da_{t+1} + [t = C-1] <dS', S_{n+1}>,   dlw_t = sum_{t' >= t} dG_t'
 // (G_C enters only through S_{n+1} = diag(e^{G_C}) (..), hence the last term). Kernels: fwd_prep, fwd_state,
 // fwd_out; bwd_prep, bwd_state, bwd_val (dX, dv, the four C x C gradients, the S_{n+1} parts of dBi / dKi),
-// bwd_key (dQe, dAe, the rest of dBi / dKi), bwd_finish (a thread per key: the decays, dG, its reverse sum).
+// bwd_key (dQe, dAe, the rest of dBi / dKi, then dq, da, db, dk, dG in shared memory and its reverse sum, dlw).
 // Memory: W, Bd, Kv, Ae, Bi, Ki, Qe, U' (T x D, operand type), T per chunk, S_n per chunk (operand type); the
-// backward adds dU' / dX (operand type), dU (f32), dS_{n+1} per chunk, the four C x C gradients and four f32 T x Dk
-// gradient buffers.
-// 256 threads per CTA. Dynamic shared memory (bytes, C = 64; scripts/dplr_emulate.sh --smem):
+// backward adds dU' / dX (operand type), dU (f32), dS_{n+1} per chunk, the four C x C gradients and two f32 T x Dk
+// gradient buffers (bwd_val's parts of dBi, dKi).
+// 256 threads per CTA; fwd_out, bwd_val and bwd_key (one CTA per SM at Dk = Dv = 128) 512. Dynamic shared memory
+// (bytes, C = 64; scripts/dplr_emulate.sh --smem prints the emulation's, which adds 20,480 to the three 512-thread
+// kernels for the scratch tiles that only its epilogues use):
 //                       grid            Dk=Dv=64 bf16   Dk=Dv=128 bf16   Dk=Dv=64 f32 operands
 //     fwd_prep          (N, H, B)            72,960          97,536           120,832
 //     fwd_state         (Dv/32, H, B)        71,936         111,104           114,944
-//     fwd_out           (N, H, B)           101,376         184,320           175,104
+//     fwd_out           (N, H, B)            91,136         174,080           164,864
 //     bwd_prep          (N, H, B)            47,104          71,680            83,968
 //     bwd_state         (Dv/32, H, B)        71,936         111,104           114,944
-//     bwd_val           (N, H, B)           120,320         211,968           212,480
-//     bwd_key           (N, H, B)           111,616         186,368           212,992
-//     bwd_finish        (N, H, B)            17,408          33,792            17,408
+//     bwd_val           (N, H, B)           110,080         201,728           202,240
+//     bwd_key           (N, H, B)           126,976         226,304           219,136
 // f32 inputs take f32 operands where every kernel fits (head dims up to 64), else bf16 operands.
 // Status: verified by CPU emulation (scripts/dplr_emulate.sh: every kernel body on the host against
 // generalized_delta_rule_reference in f64, odd lengths, initial states, Dk != Dv, decays at the bound and near 1; f32
-// operands <= 8e-5 relative, bf16 <= 1.3e-2; ThreadSanitizer at 256 threads per block) and on the lent H100
+// operands <= 8e-5 relative, bf16 <= 1.3e-2; ThreadSanitizer at the real block sizes) and on the lent H100
 // (tests/gpu/test_generalized_delta_gpu.cpp, racecheck). B=4 T=4096 H=16 D=128 bf16 fwd+bwd: 5.80 ms against the
 // recurrent kernel's 10.47 (docs/PERF.md, session 10).
 #include <algorithm>
@@ -127,8 +128,6 @@ autograd::Tensors GenChunkedFunction::backward(const autograd::Tensors& grads) {
     Tensor dH = Tensor::empty({B, H, N, Dk, Dv}, opdt, dev);
     Tensor dX = Tensor::empty({B, H, Tp, Dv}, opdt, dev);
     Tensor dL = Tensor::empty({B, H, N, 4, C, C}, opdt, dev);
-    Tensor dQe = Tensor::empty({B, H, Tp, Dk}, DType::F32, dev);
-    Tensor dAe = Tensor::empty({B, H, Tp, Dk}, DType::F32, dev);
     Tensor dBt = Tensor::empty({B, H, Tp, Dk}, DType::F32, dev);
     Tensor dKt = Tensor::empty({B, H, Tp, Dk}, DType::F32, dev);
     Tensor dGC = Tensor::empty({B, H, N, Dk}, DType::F32, dev);
@@ -149,8 +148,6 @@ autograd::Tensors GenChunkedFunction::backward(const autograd::Tensors& grads) {
       p.dH = data_or_null<OP>(dH);
       p.dX = data_or_null<OP>(dX);
       p.dL = data_or_null<OP>(dL);
-      p.dQe = data_or_null<float>(dQe);
-      p.dAe = data_or_null<float>(dAe);
       p.dBt = data_or_null<float>(dBt);
       p.dKt = data_or_null<float>(dKt);
       p.dGC = data_or_null<float>(dGC);
