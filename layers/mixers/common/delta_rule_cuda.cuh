@@ -1446,14 +1446,44 @@ __device__ __forceinline__ void key_decays(float* dec, const float* gCk, const G
   const float* x = gCk + key_row(g, b, h, n);
   for (int j = dr_tid(); j < g.Dk; j += int(blockDim.x)) dec[j] = dr_exp(x[j]);
 }
-// The generalized rule's extra operands of fwd_state's chunk n (DplrPtrs): Kv into M3, V's DVT columns into X2,
-// the per-key decays e^{G_C} into dec. Plain loads after the barrier (not prefetched).
+// load_cols(dst, .., mul = 1) by cp.async where the input is already the operand type and 16-byte aligned (no
+// conversion on the way), the rows past the chunk's end zeroed by plain stores; false (nothing issued) otherwise.
+template <class OP, class IN>
+__device__ __forceinline__ bool cols_async_ok(const IN* x, int D, int col0, int ncol) {
+  constexpr int per = 16 / int(sizeof(IN));
+  return std::is_same_v<IN, OP> && reinterpret_cast<uintptr_t>(x) % 16 == 0 && (int64_t(D) * int(sizeof(IN))) % 16 == 0 &&
+         col0 % per == 0 && ncol % per == 0;
+}
+template <class OP, class IN>
+__device__ __forceinline__ bool load_cols_async(OP* dst, int ld, const IN* x, const Geo& g, const Chunk& c, int D, int col0,
+                                                int ncol) {
+  if constexpr (!std::is_same_v<IN, OP>) {
+    return false;
+  } else {
+    constexpr int per = 16 / int(sizeof(IN));
+    if (!cols_async_ok<OP>(x, D, col0, ncol)) return false;
+    const IN* x0 = x + tok(g, c.b, c.t0, c.h) * D + col0;
+    const int64_t rs = int64_t(g.H) * D;
+    for_pieces_block(g.C, ncol / per, [&](int t, int q) {
+      if (t < c.L) tc::cp16(dst + t * ld + q * per, x0 + t * rs + q * per);
+      else st16(dst + t * ld + q * per, uint4{0u, 0u, 0u, 0u});
+    });
+    return true;
+  }
+}
+// The generalized rule's extra operands of fwd_state's chunk n (DplrPtrs): Kv into M3, V's DVT columns into X2 (both
+// by cp.async where they can, in flight during the U' product; the caller waits before the state update), the
+// per-key decays e^{G_C} into dec.
 template <class IN, class OP>
 __device__ __forceinline__ void gen_state_operands(unsigned char* smem, const LaySeq<OP>& lay, const Ld& ld, const Geo& g,
                                                    const DplrPtrs<IN, OP>& p, int b, int h, int n, int j0) {
   const int64_t row0 = hp_row(g, b, h, n, 0);
-  copy_rows_plain(reinterpret_cast<OP*>(smem + lay.M3), ld.k, p.Kv + row0 * g.Dk, g.C, g.Dk, -1);
-  load_cols(reinterpret_cast<OP*>(smem + lay.X2), ld.vt, p.v, g, chunk_at(g, b, h, n), g.Dv, j0, g.DVT, 1.f);
+  OP* X2 = reinterpret_cast<OP*>(smem + lay.X2);
+  const Chunk c = chunk_at(g, b, h, n);
+  copy_rows_async(reinterpret_cast<OP*>(smem + lay.M3), ld.k, p.Kv + row0 * g.Dk, g.C, g.Dk);
+  const bool async_v = load_cols_async(X2, ld.vt, p.v, g, c, g.Dv, j0, g.DVT);
+  tc::cp_commit();
+  if (!async_v) load_cols(X2, ld.vt, p.v, g, c, g.Dv, j0, g.DVT, 1.f);
   key_decays(reinterpret_cast<float*>(smem + lay.dec), p.gCk, g, b, h, n);
 }
 
@@ -1565,6 +1595,7 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_state(Geo g, P p) {
                   st4op(Up + t * ld.vt + j, up);
                 },
                 term<false, false>(Wt, ld.k, Sop, ld.vt, Dk));
+    if constexpr (kGen) tc::cp_wait_all();
     __syncthreads();
     if constexpr (kGen)
       state_update<OP>(S, ld.vf, Dk, DVT, reinterpret_cast<const float*>(smem + lay.dec),

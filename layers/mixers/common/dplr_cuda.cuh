@@ -80,7 +80,7 @@ struct LayGenBwdPrep {  // Qe, Bi, P_b, dO
   }
 };
 template <class OP>
-struct LayGenVal {  // bwd_val: T, dU', dX, Qe then dO, Ae then U', Ki, V, dS', P_k, L_ak, e^{G_C}
+struct LayGenVal {  // bwd_val: T, dU', dX, Qe then dO, Ae then U', Ki, V, dS', P_k and L_ak then Bi, e^{G_C}
   size_t T, dU, dX, QO, AU, Ki, V, dS, Pk, Lak, gam, gacc, prod, scr, total;
   __host__ __device__ explicit LayGenVal(const Geo& g) {
     const Ld l(g);
@@ -94,8 +94,8 @@ struct LayGenVal {  // bwd_val: T, dU', dX, Qe then dO, Ae then U', Ki, V, dS', 
     Ki = m.take(kb);
     V = m.take(vb);
     dS = m.take(size_t(g.Dk) * l.v * sizeof(OP));
-    Pk = m.take(cb);
-    Lak = m.take(cb);
+    Pk = m.take(2 * cb > kb ? 2 * cb : kb);
+    Lak = Pk + cb;
     gam = m.take(size_t(g.Dk) * 4);
     gacc = m.take(size_t(g.Dk) * 4);
     prod = m.take(size_t(g.C) * (g.Dk + 4) * 4);
@@ -191,18 +191,22 @@ __device__ __forceinline__ void st_key4(IN* x, const Geo& g, const Chunk& c, int
   else
     for (int e = 0; e < 4; ++e) d[e] = fromf<IN>(y[e]);
 }
-// A C x C product into dst (OP, row stride ldd) with the causal mask: s <= t (Incl) or s < t.
+// mul times a C x C product into dst (OP, row stride ldd) with the causal mask: s <= t (Incl) or s < t.
 template <bool Incl, class OP, class... Terms>
-__device__ __forceinline__ void mm_masked(OP* dst, int ldd, const Geo& g, float* scr, const Terms&... terms) {
+__device__ __forceinline__ void mm_masked_mul(OP* dst, int ldd, const Geo& g, float* scr, float mul, const Terms&... terms) {
   mm_vec4_or<OP>(
       g.C, g.C, scr,
       [&](int t, int s, const float (&x)[4]) {
         float y[4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) y[e] = (Incl ? s + e <= t : s + e < t) ? x[e] : 0.f;
+        for (int e = 0; e < 4; ++e) y[e] = (Incl ? s + e <= t : s + e < t) ? mul * x[e] : 0.f;
         st4op(dst + t * ldd + s, y);
       },
-      [&](int t, int s, float x) { dst[t * ldd + s] = fromf<OP>((Incl ? s <= t : s < t) ? x : 0.f); }, terms...);
+      [&](int t, int s, float x) { dst[t * ldd + s] = fromf<OP>((Incl ? s <= t : s < t) ? mul * x : 0.f); }, terms...);
+}
+template <bool Incl, class OP, class... Terms>
+__device__ __forceinline__ void mm_masked(OP* dst, int ldd, const Geo& g, float* scr, const Terms&... terms) {
+  mm_masked_mul<Incl>(dst, ldd, g, scr, 1.f, terms...);
 }
 
 // ===================================== forward =====================================
@@ -363,7 +367,9 @@ __global__ void __launch_bounds__(kThreads) gen_bwd_prep(Geo g, DplrPtrs<IN, OP>
 // dL_ab = dX U'^T, dL_ak = dX V^T (strictly lower) to global; dBg = U' dS'g^T and dKg = V dS'g^T (the S_{n+1}
 // parts of dBi, dKi) start dBt, dKt; dG_C = <dS'g, S_n> + sum_t (dBg.Bi + dKg.Ki)_t per key (= <dS', S_{n+1}>,
 // formed from the rounded values the products use, so that at the chunk's last token it cancels the -b.db - k.dk
-// parts of the same products in bwd_finish to rounding, as it does exactly: dlw = 0 at T = 1 without S_0).
+// parts of the same products in bwd_key to rounding, as it does exactly: dlw = 0 at T = 1 without S_0).
+// The later operands are copied while earlier products run: dO (as given, when it is the operand type: the scale
+// then goes into P_k and dP_b, dP_k) and U' during the dS'g pass, Bi during the dL products.
 template <class IN, class OP>
 __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, OP> p) {
   TC_SMEM(smem);
@@ -379,6 +385,7 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, 
   OP* dS = reinterpret_cast<OP*>(smem + lay.dS);
   OP* Pk = reinterpret_cast<OP*>(smem + lay.Pk);
   OP* Lak = reinterpret_cast<OP*>(smem + lay.Lak);
+  OP* Bi = Pk;  // once dv is done
   float* gam = reinterpret_cast<float*>(smem + lay.gam);
   float* gacc = reinterpret_cast<float*>(smem + lay.gacc);
   float* prod = reinterpret_cast<float*>(smem + lay.prod);  // [C][Dk + 4]: dBg (.) Bi + dKg (.) Ki
@@ -386,6 +393,8 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, 
   const Chunk c = chunk_of(g);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv;
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0), bh = int64_t(c.b * g.H + c.h);
+  const bool raw_dO = cols_async_ok<OP>(p.dout, Dv, 0, Dv);
+  const float so = raw_dO ? g.scale : 1.f;  // the output scale still to apply to the products with dO
   copy_rows_async(T, ld.c, p.Tm + row0 * C, C, C);
   copy_rows_async(dU, ld.v, p.dUn + row0 * Dv, C, Dv);
   copy_rows_async(QO, ld.k, p.Qg + row0 * Dk, C, Dk);
@@ -404,8 +413,13 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, 
                 st4op(p.dX + (row0 + t) * Dv + j, x);
               },
               term<true, false>(T, ld.c, dU, ld.v, C));
-  mm_masked<true>(Pk, ld.c, g, scr, term<false, true>(QO, ld.k, Ki, ld.k, Dk));
+  mm_masked_mul<true>(Pk, ld.c, g, scr, so, term<false, true>(QO, ld.k, Ki, ld.k, Dk));
   mm_masked<false>(Lak, ld.c, g, scr, term<false, true>(AU, ld.k, Ki, ld.k, Dk));
+  __syncthreads();
+  copy_rows_async(AU, ld.v, p.Un + row0 * Dv, C, Dv);
+  if (raw_dO) load_cols_async(QO, ld.v, p.dout, g, c, Dv, 0, Dv);
+  tc::cp_commit();
+  if (!raw_dO) load_rows(QO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   {  // dS' -> dS'g in place, and <dS'g, S_n> per key: 16-byte pieces of S_n, 8 per thread in flight at once, the row
      // sums by shared-memory atomics (their order varies: not bitwise deterministic)
     constexpr int per = 16 / int(sizeof(OP));
@@ -424,9 +438,6 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, 
           dr_atomic_add(gacc + i, dot);
         });
   }
-  __syncthreads();
-  load_rows(QO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
-  copy_rows_async(AU, ld.v, p.Un + row0 * Dv, C, Dv);
   tc::cp_wait_all();
   __syncthreads();
   const bool dvec = reinterpret_cast<uintptr_t>(p.dv) % (4 * sizeof(IN)) == 0;
@@ -440,23 +451,27 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, 
               },
               term<true, false>(Pk, ld.c, QO, ld.v, C), term<false, false>(Ki, ld.k, dS, ld.v, Dk),
               term<true, false>(Lak, ld.c, dX, ld.v, C));
+  __syncthreads();
+  copy_rows_async(Bi, ld.k, p.Bi + row0 * Dk, C, Dk);
+  tc::cp_commit();
   OP* dL = p.dL + (bh * g.N + c.n) * 4 * C * C;
-  mm_masked<true>(dL, C, g, scr, term<false, true>(QO, ld.v, AU, ld.v, Dv));
-  mm_masked<true>(dL + C * C, C, g, scr, term<false, true>(QO, ld.v, V, ld.v, Dv));
+  mm_masked_mul<true>(dL, C, g, scr, so, term<false, true>(QO, ld.v, AU, ld.v, Dv));
+  mm_masked_mul<true>(dL + C * C, C, g, scr, so, term<false, true>(QO, ld.v, V, ld.v, Dv));
   mm_masked<false>(dL + 2 * C * C, C, g, scr, term<false, true>(dX, ld.v, AU, ld.v, Dv));
   mm_masked<false>(dL + 3 * C * C, C, g, scr, term<false, true>(dX, ld.v, V, ld.v, Dv));
+  tc::cp_wait_all();
+  __syncthreads();
   // dG_C's sums over t: the elementwise products into `prod` (a piece per lane), then a thread per key sums its column
   const int ldp = Dk + 4;
   mm_vec4<OP>(C, Dk, scr,
               [&](int t, int j, const float (&x)[4]) {
                 float bi[4];
-                ld4f(p.Bi + (row0 + t) * Dk + j, bi);
+                ld4f(Bi + t * ld.k + j, bi);
                 float* d = prod + t * ldp + j;
                 d[0] = x[0] * bi[0], d[1] = x[1] * bi[1], d[2] = x[2] * bi[2], d[3] = x[3] * bi[3];
                 st4op(p.dBt + (row0 + t) * Dk + j, x);
               },
               term<false, true>(AU, ld.v, dS, ld.v, Dv));
-  __syncthreads();
   mm_vec4<OP>(C, Dk, scr,
               [&](int t, int j, const float (&x)[4]) {
                 float ki[4];
