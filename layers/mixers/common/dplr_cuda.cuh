@@ -125,24 +125,28 @@ struct LayGenKey {  // bwd_key: dP_b, dP_k, dL_ab, dL_ak, Qe, Ae, Bi, Ki, S_n, d
 };
 
 // ---- helpers ----
-// G[t][j] = sum_{s <= t} lw_s[j] inside chunk c (tokens past the end count 0: they leave the state alone): the
-// chunk's lw rows into G (16-byte loads, every thread), then a thread per key sums down its column in shared memory.
-// Every kernel forms G the same way (the same sums in the same order). Has a __syncthreads inside (call it from every
-// thread); the caller's next barrier publishes the sums.
-__device__ __forceinline__ void load_cumlog(float* G, const float* lw, const Geo& g, const Chunk& c) {
+// G[t][j] = sum_{s <= t} lw_s[j] inside chunk c (tokens past the end count 0: they leave the state alone), in two
+// steps so that the lw rows travel with the kernel's other copies: issue_cumlog puts the chunk's lw rows into G (by
+// cp.async when lw is 16-byte aligned: complete after the caller's tc::cp_commit / cp_wait_all; else plain loads, done
+// on return) and, after a barrier, scan_cumlog sums down each key's column (a thread per key; the caller's next barrier
+// publishes the sums). Every kernel forms G the same way (the same sums in the same order).
+__device__ __forceinline__ void issue_cumlog(float* G, const float* lw, const Geo& g, const Chunk& c) {
   const int ldg = g.Dk + 4;
   const float* x0 = lw + tok(g, c.b, c.t0, c.h) * g.Dk;
   const int64_t rs = int64_t(g.H) * g.Dk;
-  if (reinterpret_cast<uintptr_t>(lw) % 16 == 0) {  // 16-byte loads, kLdBatch per thread in flight at once
-    batched_pieces(
-        g.C, g.Dk / 4, [&](int t, int q) { return t < c.L ? ld16(x0 + t * rs + q * 4) : uint4{0u, 0u, 0u, 0u}; },
-        [&](int t, int q, const uint4& v) { st16(G + t * ldg + q * 4, v); });
+  if (reinterpret_cast<uintptr_t>(lw) % 16 == 0) {
+    for_pieces_block(g.C, g.Dk / 4, [&](int t, int q) {
+      if (t < c.L) tc::cp16(G + t * ldg + q * 4, x0 + t * rs + q * 4);
+      else st16(G + t * ldg + q * 4, uint4{0u, 0u, 0u, 0u});
+    });
   } else {
     for_pieces_block(g.C, g.Dk / 4, [&](int t, int q) {
       for (int e = 0; e < 4; ++e) G[t * ldg + q * 4 + e] = t < c.L ? x0[t * rs + q * 4 + e] : 0.f;
     });
   }
-  __syncthreads();
+}
+__device__ __forceinline__ void scan_cumlog(float* G, const Geo& g) {
+  const int ldg = g.Dk + 4;
   for (int j = dr_tid(); j < g.Dk; j += int(blockDim.x)) {
     float s = 0.f;
     for (int t = 0; t < g.C; ++t) {
@@ -150,6 +154,16 @@ __device__ __forceinline__ void load_cumlog(float* G, const float* lw, const Geo
       G[t * ldg + j] = s;
     }
   }
+}
+// The chunk's C x Dk rows of NA key inputs copied as they are into the shared tiles dst[a] (row stride ld; rows past the
+// end zeroed) by cp.async, where every input is the operand type and 16-byte aligned (complete after the caller's
+// cp_commit / cp_wait_all and barrier); false (nothing issued) otherwise.
+template <class OP, class IN, int NA>
+__device__ __forceinline__ bool stage_keys(OP* const (&dst)[NA], int ld, const IN* const (&xs)[NA], const Geo& g, const Chunk& c) {
+  for (int a = 0; a < NA; ++a)
+    if (!cols_async_ok<OP>(xs[a], g.Dk, 0, g.Dk)) return false;
+  for (int a = 0; a < NA; ++a) load_cols_async(dst[a], ld, xs[a], g, c, g.Dk, 0, g.Dk);
+  return true;
 }
 // 4 consecutive key elements of token row t (zeros past the chunk's end).
 template <class IN>
@@ -182,6 +196,22 @@ __device__ __forceinline__ void key_pieces(const IN* const (&xs)[NA], const Geo&
     }
   }
 }
+// key_pieces over the tiles staged by stage_keys when `staged` (f may overwrite its piece there in place), else over
+// the inputs in global memory.
+template <int R, int NA, class OP, class IN, class F>
+__device__ __forceinline__ void key_pieces_staged(bool staged, OP* const (&st)[NA], int ld, const IN* const (&xs)[NA],
+                                                  const Geo& g, const Chunk& c, F&& f) {
+  if (!staged) {
+    key_pieces<R>(xs, g, c, f);
+    return;
+  }
+  for_pieces_block(g.C, g.Dk / 4, [&](int t, int q) {
+    float v[NA][4];
+#pragma unroll
+    for (int a = 0; a < NA; ++a) ld4f(st[a] + t * ld + q * 4, v[a]);
+    f(t, q * 4, v);
+  });
+}
 // y[0 .. 3] rounded to IN into token row t, keys j .. j + 3 of x ([B, T, H, Dk]; nothing past the chunk's end).
 template <class IN>
 __device__ __forceinline__ void st_key4(IN* x, const Geo& g, const Chunk& c, int t, int j, const float (&y)[4]) {
@@ -209,6 +239,48 @@ __device__ __forceinline__ void mm_masked(OP* dst, int ldd, const Geo& g, float*
   mm_masked_mul<Incl>(dst, ldd, g, scr, 1.f, terms...);
 }
 
+// mm_vec4 whose epilogue also gets pv = part(i, j .. j + 3) of an f32 M x N tile in global memory (row stride ldp):
+// epi(i, j, x, pv). On the GPU with bf16 operands each lane issues the loads of its two pieces of a tile (tc::for_quads'
+// pieces: row g or g + 8, columns 8 h + 2 (t & ~1)) before the tile's products, so that they are in flight during the
+// mma chain instead of stalling the epilogue; elsewhere the epilogue loads them.
+template <class OP, class Epi, class... Terms>
+__device__ __forceinline__ void mm_vec4_part(int M, int N, float* scr, const float* part, int ldp, Epi&& epi,
+                                             const Terms&... terms) {
+#ifndef DELTA_EMULATE
+  if constexpr (std::is_same_v<OP, bf16>) {
+    const tc::Lanes w = tc::lanes();
+    const int tn = N / 16, ntiles = (M / 16) * tn, tq = w.lane & 3, c0 = 2 * (tq & ~1);
+    const bool odd = (tq & 1) != 0;
+    const int r = odd ? (w.lane >> 2) + 8 : w.lane >> 2;
+    for (int tile = w.warp; tile < ntiles; tile += w.nwarps) {
+      int i0, j0;
+      tile_origin(tile, tn, i0, j0);
+      float pv[2][4];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) ld4f(part + int64_t(i0 + r) * ldp + j0 + 8 * h + c0, pv[h]);
+      tc::FragC acc;
+      tc::fill(acc, 0.f);
+      (mma_term(acc, terms, i0, j0), ...);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float q[4];
+        tc::quad_piece(acc, h, odd, q);
+        epi(i0 + r, j0 + 8 * h + c0, q, pv[h]);
+      }
+    }
+    return;
+  }
+#endif
+  mm_vec4<OP>(
+      M, N, scr,
+      [&](int i, int j, const float (&x)[4]) {
+        float pv[4];
+        ld4f(part + int64_t(i) * ldp + j, pv);
+        epi(i, j, x, pv);
+      },
+      terms...);
+}
+
 // ===================================== forward =====================================
 
 // (1) per chunk: G; Ae, Bi, Ki (to global for fwd_out and the backward), Bd (in Kd), Kv, G_C; A = -L_ab (f32),
@@ -231,10 +303,16 @@ __global__ void __launch_bounds__(kThreads, 2) gen_fwd_prep(Geo g, DplrPtrs<IN, 
   const Chunk c = chunk_of(g);
   const int C = g.C, Dk = g.Dk, Dv = g.Dv, ldg = Dk + 4;
   const int64_t row0 = hp_row(g, c.b, c.h, c.n, 0);
-  load_cumlog(G, p.lw, g, c);
-  __syncthreads();
   const IN* const abk[3] = {p.a, p.b, p.k};
-  key_pieces<4>(abk, g, c, [&](int t, int j, const float (&x)[3][4]) {
+  OP* const abk_s[3] = {Ae, Bi, Ki};  // a, b, k as given, then (in place) Ae, Bi, Ki
+  issue_cumlog(G, p.lw, g, c);
+  const bool staged = stage_keys(abk_s, ld.k, abk, g, c);
+  tc::cp_commit();
+  tc::cp_wait_all();
+  __syncthreads();
+  scan_cumlog(G, g);
+  __syncthreads();
+  key_pieces_staged<4>(staged, abk_s, ld.k, abk, g, c, [&](int t, int j, const float (&x)[3][4]) {
     const float(&av)[4] = x[0];
     const float(&bv)[4] = x[1];
     const float(&kv)[4] = x[2];
@@ -303,19 +381,24 @@ __global__ void __launch_bounds__(kWideThreads) gen_fwd_out(Geo g, DplrPtrs<IN, 
   copy_rows_async(Up, ld.v, p.Un + row0 * Dv, C, Dv);
   copy_rows_async(Bi, ld.k, p.Bi + row0 * Dk, C, Dk);
   copy_rows_async(Ki, ld.k, p.Ki + row0 * Dk, C, Dk);
-  tc::cp_commit();
-  load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
-  load_cumlog(G, p.lw, g, c);
-  __syncthreads();
+  issue_cumlog(G, p.lw, g, c);
   const IN* const qs[1] = {p.q};
-  key_pieces<4>(qs, g, c, [&](int t, int j, const float (&v)[1][4]) {
+  OP* const qs_s[1] = {Qe};  // q as given, then (in place) Qe
+  const bool staged = stage_keys(qs_s, ld.k, qs, g, c);
+  const bool v_async = load_cols_async(V, ld.v, p.v, g, c, Dv, 0, Dv);
+  tc::cp_commit();
+  if (!v_async) load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
+  tc::cp_wait_all();
+  __syncthreads();
+  scan_cumlog(G, g);
+  __syncthreads();
+  key_pieces_staged<4>(staged, qs_s, ld.k, qs, g, c, [&](int t, int j, const float (&v)[1][4]) {
     float x[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) x[e] = v[0][e] * dr_exp(G[t * ldg + j + e]);
     st4op(Qe + t * ld.k + j, x);
     if (p.Qg) st4op(p.Qg + (row0 + t) * Dk + j, x);
   });
-  tc::cp_wait_all();
   __syncthreads();
   mm_masked<true>(Pb, ld.c, g, scr, term<false, true>(Qe, ld.k, Bi, ld.k, Dk));
   mm_masked<true>(Pk, ld.c, g, scr, term<false, true>(Qe, ld.k, Ki, ld.k, Dk));
@@ -404,7 +487,6 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, 
   tc::cp_commit();
   load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
   key_decays(gam, p.gCk, g, c.b, c.h, c.n);
-  for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) gacc[j] = 0.f;
   tc::cp_wait_all();
   __syncthreads();
   mm_vec4<OP>(C, Dv, scr,
@@ -420,23 +502,40 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, 
   if (raw_dO) load_cols_async(QO, ld.v, p.dout, g, c, Dv, 0, Dv);
   tc::cp_commit();
   if (!raw_dO) load_rows(QO, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
-  {  // dS' -> dS'g in place, and <dS'g, S_n> per key: 16-byte pieces of S_n, 8 per thread in flight at once, the row
-     // sums by shared-memory atomics (their order varies: not bitwise deterministic)
-    constexpr int per = 16 / int(sizeof(OP));
+  {  // dS' -> dS'g in place, and gacc[i] = <dS'g, S_n> for key row i: a warp per row, 4 elements per lane (Dv <= 128: one
+     // piece each), the row sum by shuffles (deterministic); the S_n loads of kRows rows per warp issued together
+    constexpr int kRows = 8;
+    const tc::Lanes w = tc::lanes();
     const OP* sn = p.states + state_off(g, c.b, c.h, c.n);
-    batched_pieces<8>(
-        Dk, Dv / per, [&](int i, int q) { return ld16(sn + int64_t(i) * Dv + q * per); },
-        [&](int i, int q, const uint4& v) {
-          OP* d = dS + i * ld.v + q * per;
-          float dot = 0.f;
+    for (int i0 = w.warp; i0 < Dk; i0 += kRows * w.nwarps) {
+      float dot[kRows];
 #pragma unroll
-          for (int e = 0; e < per; ++e) {
-            const OP x = fromf<OP>(tof(d[e]) * gam[i]);
-            d[e] = x;
-            dot += tof(x) * elem16<OP>(v, e);
+      for (int r = 0; r < kRows; ++r) dot[r] = 0.f;
+      for (int j = 4 * w.lane; j < Dv; j += 4 * w.nlanes) {
+        float sv[kRows][4];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+          if (i0 + r * w.nwarps < Dk) ld4f(sn + int64_t(i0 + r * w.nwarps) * Dv + j, sv[r]);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          const int i = i0 + r * w.nwarps;
+          if (i >= Dk) break;
+          float d[4];
+          ld4f(dS + i * ld.v + j, d);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            d[e] = tof(fromf<OP>(d[e] * gam[i]));
+            dot[r] += d[e] * sv[r][e];
           }
-          dr_atomic_add(gacc + i, dot);
-        });
+          st4op(dS + i * ld.v + j, d);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const float sum = warp_sum(dot[r], w);
+        if (w.lane == 0 && i0 + r * w.nwarps < Dk) gacc[i0 + r * w.nwarps] = sum;
+      }
+    }
   }
   tc::cp_wait_all();
   __syncthreads();
@@ -521,10 +620,12 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, 
   copy_rows_async(Bi, ld.k, p.Bi + row0 * Dk, C, Dk);
   copy_rows_async(Ki, ld.k, p.Ki + row0 * Dk, C, Dk);
   copy_rows_async(Sn, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dk, Dv);
+  issue_cumlog(G, p.lw, g, c);
   tc::cp_commit();
   load_rows(dOX, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
-  load_cumlog(G, p.lw, g, c);
   tc::cp_wait_all();
+  __syncthreads();
+  scan_cumlog(G, g);
   __syncthreads();
   const OP *dPb = dL, *dPk = dL + C * ld.c, *dLab = dL + 2 * C * ld.c, *dLak = dL + 3 * C * ld.c;
   mm_vec4<OP>(C, Dk, scr,
@@ -542,11 +643,9 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, 
   copy_rows_async(dOX, ld.v, p.dX + row0 * Dv, C, Dv);
   tc::cp_commit();
   // dBt / dKt: bwd_val's parts plus these, then db / dk and their dG terms (same walk, same owner of (t, j))
-  auto finish_key = [&](const float* part, const OP* xi, IN* out) {
-    return [=](int t, int j, const float (&x)[4]) {
-      const int64_t o = (row0 + t) * Dk + j;
-      float d[4], xs[4], y[4];
-      ld4f(part + o, d);
+  auto finish_key = [&](const OP* xi, IN* out) {
+    return [=](int t, int j, const float (&x)[4], const float (&part)[4]) {
+      float d[4] = {part[0], part[1], part[2], part[3]}, xs[4], y[4];
       ld4f(xi + t * ld.k + j, xs);
       float* gd = dG + t * ldg + j;
 #pragma unroll
@@ -558,10 +657,10 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, 
       st_key4(out, g, c, t, j, y);
     };
   };
-  mm_vec4<OP>(C, Dk, scr, finish_key(p.dBt, Bi, p.db), term<true, false>(dPb, ld.c, Qe, ld.k, C),
-              term<true, false>(dLab, ld.c, Ae, ld.k, C));
-  mm_vec4<OP>(C, Dk, scr, finish_key(p.dKt, Ki, p.dk), term<true, false>(dPk, ld.c, Qe, ld.k, C),
-              term<true, false>(dLak, ld.c, Ae, ld.k, C));
+  mm_vec4_part<OP>(C, Dk, scr, p.dBt + row0 * Dk, Dk, finish_key(Bi, p.db), term<true, false>(dPb, ld.c, Qe, ld.k, C),
+                   term<true, false>(dLab, ld.c, Ae, ld.k, C));
+  mm_vec4_part<OP>(C, Dk, scr, p.dKt + row0 * Dk, Dk, finish_key(Ki, p.dk), term<true, false>(dPk, ld.c, Qe, ld.k, C),
+                   term<true, false>(dLak, ld.c, Ae, ld.k, C));
   tc::cp_wait_all();
   __syncthreads();
   mm_vec4<OP>(C, Dk, scr,
