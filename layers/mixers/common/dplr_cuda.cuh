@@ -145,14 +145,25 @@ __device__ __forceinline__ void issue_cumlog(float* G, const float* lw, const Ge
     });
   }
 }
-__device__ __forceinline__ void scan_cumlog(float* G, const Geo& g) {
+// scan_cumlog also writes G_C to gC[j] when gC is not null. A column goes 16 rows at a time through registers: 16 loads
+// in flight at once instead of a chain of 64 load - add - store steps (C is a multiple of 16).
+__device__ __forceinline__ void scan_cumlog(float* G, const Geo& g, float* gC = nullptr) {
   const int ldg = g.Dk + 4;
   for (int j = dr_tid(); j < g.Dk; j += int(blockDim.x)) {
     float s = 0.f;
-    for (int t = 0; t < g.C; ++t) {
-      s += G[t * ldg + j];
-      G[t * ldg + j] = s;
+    for (int t0 = 0; t0 < g.C; t0 += 16) {
+      float v[16];
+#pragma unroll
+      for (int u = 0; u < 16; ++u) v[u] = G[(t0 + u) * ldg + j];
+#pragma unroll
+      for (int u = 0; u < 16; ++u) {
+        s += v[u];
+        v[u] = s;
+      }
+#pragma unroll
+      for (int u = 0; u < 16; ++u) G[(t0 + u) * ldg + j] = v[u];
     }
+    if (gC) gC[j] = s;
   }
 }
 // The chunk's C x Dk rows of NA key inputs copied as they are into the shared tiles dst[a] (row stride ld; rows past the
@@ -310,7 +321,7 @@ __global__ void __launch_bounds__(kThreads, 2) gen_fwd_prep(Geo g, DplrPtrs<IN, 
   tc::cp_commit();
   tc::cp_wait_all();
   __syncthreads();
-  scan_cumlog(G, g);
+  scan_cumlog(G, g, p.gCk + key_row(g, c.b, c.h, c.n));
   __syncthreads();
   key_pieces_staged<4>(staged, abk_s, ld.k, abk, g, c, [&](int t, int j, const float (&x)[3][4]) {
     const float(&av)[4] = x[0];
@@ -333,7 +344,6 @@ __global__ void __launch_bounds__(kThreads, 2) gen_fwd_prep(Geo g, DplrPtrs<IN, 
     st4op(p.Kd + o, bd);
     st4op(p.Kv + o, kd);
   });
-  for (int j = dr_tid(); j < Dk; j += int(blockDim.x)) p.gCk[key_row(g, c.b, c.h, c.n) + j] = G[(C - 1) * ldg + j];
   __syncthreads();
   mm<OP>(C, C, scr, [&](int t, int s, float x) { A[t * ld.cf + s] = s < t ? -x : 0.f; },
          term<false, true>(Ae, ld.k, Bi, ld.k, Dk));
@@ -484,8 +494,9 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, 
   copy_rows_async(AU, ld.k, p.Ae + row0 * Dk, C, Dk);
   copy_rows_async(Ki, ld.k, p.Ki + row0 * Dk, C, Dk);
   copy_rows_async(dS, ld.v, p.dH + state_off(g, c.b, c.h, c.n), Dk, Dv);
+  const bool v_async = load_cols_async(V, ld.v, p.v, g, c, Dv, 0, Dv);
   tc::cp_commit();
-  load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
+  if (!v_async) load_rows(V, ld.v, p.v, g, c, Dv, 0, Dv, 1.f);
   key_decays(gam, p.gCk, g, c.b, c.h, c.n);
   tc::cp_wait_all();
   __syncthreads();
@@ -621,11 +632,13 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, 
   copy_rows_async(Ki, ld.k, p.Ki + row0 * Dk, C, Dk);
   copy_rows_async(Sn, ld.v, p.states + state_off(g, c.b, c.h, c.n), Dk, Dv);
   issue_cumlog(G, p.lw, g, c);
+  const bool raw_dO = load_cols_async(dOX, ld.v, p.dout, g, c, Dv, 0, Dv);  // then scaled in place
   tc::cp_commit();
-  load_rows(dOX, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
+  if (!raw_dO) load_rows(dOX, ld.v, p.dout, g, c, Dv, 0, Dv, g.scale);
   tc::cp_wait_all();
   __syncthreads();
   scan_cumlog(G, g);
+  if (raw_dO) tc::scale_tile(dOX, ld.v, C, Dv, [&](int, int) { return g.scale; });
   __syncthreads();
   const OP *dPb = dL, *dPk = dL + C * ld.c, *dLab = dL + 2 * C * ld.c, *dLak = dL + 3 * C * ld.c;
   mm_vec4<OP>(C, Dk, scr,
