@@ -605,8 +605,9 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, 
 //     dQe = dO S_n^T + dP_b Bi + dP_k Ki -> dq = e^{G_t} dQe,     dKt += dP_k^T Qe + dL_ak^T Ae -> dk = e^{-G_t} dKt,
 //     dBt += dP_b^T Qe + dL_ab^T Ae -> db = e^{-G_t} dBt,         dAe = dX S_n^T + dL_ab Bi + dL_ak Ki -> da = e^{G_{t-1}} dAe;
 // dG_t = Qe.dQe - Bi.dBt - Ki.dKt + Ae_{t+1}.dAe_{t+1} (the operands as the products saw them, rounded to OP) in
-// shared memory (the first three by the thread that owns (t, j) in every C x Dk walk, so without barriers between
-// them; the last after one, shifted a row), then a thread per key: dlw_t = dG_C + sum_{t' >= t} dG_t'.
+// shared memory: Qe.dQe, then after a barrier Bi.dBt and Ki.dKt (one walk shape, so the same thread owns (t, j) in both
+// and needs no barrier between them), then after another the a-terms, shifted a row (each row written by one thread);
+// then a thread per key: dlw_t = dG_C + sum_{t' >= t} dG_t'.
 // dX takes dO's place once dQe is done, its copy in flight behind the dBt / dKt products.
 template <class IN, class OP>
 __global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, OP> p) {
