@@ -177,8 +177,9 @@ int main(int argc, char** argv) {
     Ds = {{16, 16}};
   }
   if (mode == "--d128") Ds = {{128, 128}};
-  if (mode == "--threads-cases") {  // few, small: 256 std::threads per block under ThreadSanitizer
+  if (mode == "--threads-cases") {  // few, small: the real block sizes (256 / 512 std::threads) under ThreadSanitizer
     for (int prec : {0, 1}) cases.push_back({1, 130, 1, 32, 32, true, prec});
+    cases.push_back({1, 65, 1, 128, 128, true, 1});  // D = 128: the 512-thread kernels take their tiles in pairs
     Ts.clear();
   }
   std::vector<int> precs = {0, 1};
