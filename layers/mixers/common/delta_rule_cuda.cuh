@@ -1208,6 +1208,13 @@ __device__ __forceinline__ void state_update(float* S, int lds, int M, int N, De
   }
 }
 
+// Whether columns col0 .. col0 + ncol of an [.., D] input x split into 16-byte aligned pieces on every row.
+template <class IN>
+__device__ __forceinline__ bool cols16_ok(const IN* x, int D, int col0, int ncol) {
+  constexpr int per = 16 / int(sizeof(IN));
+  return reinterpret_cast<uintptr_t>(x) % 16 == 0 && (int64_t(D) * int(sizeof(IN))) % 16 == 0 && col0 % per == 0 &&
+         ncol % per == 0;
+}
 // C rows x ncol columns (from col0) of an [.., D] input times mul into dst (OP, stride ld), rows >= L zeros: a
 // 16-byte piece per thread and walk step, consecutive threads along a row (element loads where x or the columns are
 // not 16-byte aligned).
@@ -1215,7 +1222,7 @@ template <class IN, class OP>
 __device__ __forceinline__ void load_cols(OP* dst, int ld, const IN* x, const Geo& g, const Chunk& c, int D, int col0, int ncol,
                                           float mul) {
   constexpr int per = 16 / int(sizeof(IN));
-  if (reinterpret_cast<uintptr_t>(x) % 16 != 0 || (int64_t(D) * int(sizeof(IN))) % 16 != 0 || col0 % per != 0 || ncol % per != 0) {
+  if (!cols16_ok(x, D, col0, ncol)) {
     load_rows_elems(dst, ld, x, g, c, D, col0, ncol, mul);
     return;
   }
@@ -1241,8 +1248,7 @@ struct ColPrefetch {
   static constexpr int per = 16 / int(sizeof(IN));
   uint4 v[R];
   __device__ __forceinline__ static bool fits(const IN* x, const Geo& g, int D, int col0, int ncol) {
-    return reinterpret_cast<uintptr_t>(x) % 16 == 0 && (int64_t(D) * int(sizeof(IN))) % 16 == 0 && col0 % per == 0 &&
-           ncol % per == 0 && g.C * (ncol / per) <= R * int(blockDim.x);
+    return cols16_ok(x, D, col0, ncol) && g.C * (ncol / per) <= R * int(blockDim.x);
   }
   __device__ __forceinline__ void load(const IN* x, const Geo& g, const Chunk& c, int D, int col0, int ncol) {
     if (!fits(x, g, D, col0, ncol)) return;
@@ -1450,26 +1456,20 @@ __device__ __forceinline__ void key_decays(float* dec, const float* gCk, const G
 // conversion on the way), the rows past the chunk's end zeroed by plain stores; false (nothing issued) otherwise.
 template <class OP, class IN>
 __device__ __forceinline__ bool cols_async_ok(const IN* x, int D, int col0, int ncol) {
-  constexpr int per = 16 / int(sizeof(IN));
-  return std::is_same_v<IN, OP> && reinterpret_cast<uintptr_t>(x) % 16 == 0 && (int64_t(D) * int(sizeof(IN))) % 16 == 0 &&
-         col0 % per == 0 && ncol % per == 0;
+  return std::is_same_v<IN, OP> && cols16_ok(x, D, col0, ncol);
 }
 template <class OP, class IN>
 __device__ __forceinline__ bool load_cols_async(OP* dst, int ld, const IN* x, const Geo& g, const Chunk& c, int D, int col0,
                                                 int ncol) {
-  if constexpr (!std::is_same_v<IN, OP>) {
-    return false;
-  } else {
-    constexpr int per = 16 / int(sizeof(IN));
-    if (!cols_async_ok<OP>(x, D, col0, ncol)) return false;
-    const IN* x0 = x + tok(g, c.b, c.t0, c.h) * D + col0;
-    const int64_t rs = int64_t(g.H) * D;
-    for_pieces_block(g.C, ncol / per, [&](int t, int q) {
-      if (t < c.L) tc::cp16(dst + t * ld + q * per, x0 + t * rs + q * per);
-      else st16(dst + t * ld + q * per, uint4{0u, 0u, 0u, 0u});
-    });
-    return true;
-  }
+  if (!cols_async_ok<OP>(x, D, col0, ncol)) return false;
+  constexpr int per = 16 / int(sizeof(IN));
+  const IN* x0 = x + tok(g, c.b, c.t0, c.h) * D + col0;
+  const int64_t rs = int64_t(g.H) * D;
+  for_pieces_block(g.C, ncol / per, [&](int t, int q) {
+    if (t < c.L) tc::cp16(dst + t * ld + q * per, x0 + t * rs + q * per);
+    else st16(dst + t * ld + q * per, uint4{0u, 0u, 0u, 0u});
+  });
+  return true;
 }
 // The generalized rule's extra operands of fwd_state's chunk n (DplrPtrs): Kv into M3, V's DVT columns into X2 (both
 // by cp.async where they can, in flight during the U' product; the caller waits before the state update), the

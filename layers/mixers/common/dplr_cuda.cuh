@@ -225,15 +225,22 @@ __device__ __forceinline__ void key_pieces_staged(bool staged, OP* const (&st)[N
     f(t, q * 4, v);
   });
 }
-// y[0 .. 3] rounded to IN into token row t, keys j .. j + 3 of x ([B, T, H, Dk]; nothing past the chunk's end).
+// An output [B, T, H, D] of IN (D a multiple of 4): put(g, c, t, j, y) writes y[0 .. 3] rounded to IN into token row t,
+// columns j .. j + 3 (j a multiple of 4; nothing past the chunk's end), in one store where x is aligned for it.
 template <class IN>
-__device__ __forceinline__ void st_key4(IN* x, const Geo& g, const Chunk& c, int t, int j, const float (&y)[4]) {
-  if (t >= c.L) return;
-  IN* d = x + tok(g, c.b, c.t0 + t, c.h) * g.Dk + j;
-  if (reinterpret_cast<uintptr_t>(d) % (4 * sizeof(IN)) == 0) st4op(d, y);
-  else
-    for (int e = 0; e < 4; ++e) d[e] = fromf<IN>(y[e]);
-}
+struct TokOut {
+  IN* x;
+  int D;
+  bool vec;
+  __device__ __forceinline__ TokOut(IN* x_, int D_) : x(x_), D(D_), vec(reinterpret_cast<uintptr_t>(x_) % (4 * sizeof(IN)) == 0) {}
+  __device__ __forceinline__ void put(const Geo& g, const Chunk& c, int t, int j, const float (&y)[4]) const {
+    if (t >= c.L) return;
+    IN* d = x + tok(g, c.b, c.t0 + t, c.h) * D + j;
+    if (vec) st4op(d, y);
+    else
+      for (int e = 0; e < 4; ++e) d[e] = fromf<IN>(y[e]);
+  }
+};
 // mul times a C x C product into dst (OP, row stride ldd) with the causal mask: s <= t (Incl) or s < t.
 template <bool Incl, class OP, class... Terms>
 __device__ __forceinline__ void mm_masked_mul(OP* dst, int ldd, const Geo& g, float* scr, float mul, const Terms&... terms) {
@@ -415,15 +422,11 @@ __global__ void __launch_bounds__(kWideThreads) gen_fwd_out(Geo g, DplrPtrs<IN, 
   mm_masked<true>(Pb, ld.c, g, scr, term<false, true>(Qe, ld.k, Bi, ld.k, Dk));
   mm_masked<true>(Pk, ld.c, g, scr, term<false, true>(Qe, ld.k, Ki, ld.k, Dk));
   __syncthreads();
-  const bool ovec = reinterpret_cast<uintptr_t>(p.o) % (4 * sizeof(IN)) == 0;
+  const TokOut<IN> o(p.o, Dv);
   mm_vec4<OP, true>(C, Dv, scr,
               [&](int t, int j, const float (&x)[4]) {
-                if (t >= c.L) return;
-                IN* o = p.o + tok(g, c.b, c.t0 + t, c.h) * Dv + j;
                 const float y[4] = {g.scale * x[0], g.scale * x[1], g.scale * x[2], g.scale * x[3]};
-                if (ovec) st4op(o, y);
-                else
-                  for (int e = 0; e < 4; ++e) o[e] = fromf<IN>(y[e]);
+                o.put(g, c, t, j, y);
               },
               term<false, false>(Qe, ld.k, Sn, ld.v, Dk), term<false, false>(Pb, ld.c, Up, ld.v, C),
               term<false, false>(Pk, ld.c, V, ld.v, C));
@@ -552,15 +555,8 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_val(Geo g, DplrPtrs<IN, 
   }
   tc::cp_wait_all();
   __syncthreads();
-  const bool dvec = reinterpret_cast<uintptr_t>(p.dv) % (4 * sizeof(IN)) == 0;
-  mm_vec4<OP, true>(C, Dv, scr,
-              [&](int t, int j, const float (&x)[4]) {
-                if (t >= c.L) return;
-                IN* d = p.dv + tok(g, c.b, c.t0 + t, c.h) * Dv + j;
-                if (dvec) st4op(d, x);
-                else
-                  for (int e = 0; e < 4; ++e) d[e] = fromf<IN>(x[e]);
-              },
+  const TokOut<IN> dv(p.dv, Dv);
+  mm_vec4<OP, true>(C, Dv, scr, [&](int t, int j, const float (&x)[4]) { dv.put(g, c, t, j, x); },
               term<true, false>(Pk, ld.c, QO, ld.v, C), term<false, false>(Ki, ld.k, dS, ld.v, Dk),
               term<true, false>(Lak, ld.c, dX, ld.v, C));
   __syncthreads();
@@ -644,6 +640,7 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, 
   if (raw_dO) tc::scale_tile(dOX, ld.v, C, Dv, [&](int, int) { return g.scale; });
   __syncthreads();
   const OP *dPb = dL, *dPk = dL + C * ld.c, *dLab = dL + 2 * C * ld.c, *dLak = dL + 3 * C * ld.c;
+  const TokOut<IN> dq(p.dq, Dk), da(p.da, Dk), db(p.db, Dk), dk(p.dk, Dk);
   mm_vec4<OP, true>(C, Dk, scr,
               [&](int t, int j, const float (&x)[4]) {
                 float qe[4], y[4], s[4];
@@ -651,7 +648,7 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, 
 #pragma unroll
                 for (int e = 0; e < 4; ++e) y[e] = x[e] * dr_exp(G[t * ldg + j + e]), s[e] = qe[e] * x[e];
                 st16(dG + t * ldg + j, uint4{f2u(s[0]), f2u(s[1]), f2u(s[2]), f2u(s[3])});
-                st_key4(p.dq, g, c, t, j, y);
+                dq.put(g, c, t, j, y);
               },
               term<false, true>(dOX, ld.v, Sn, ld.v, Dv), term<false, false>(dPb, ld.c, Bi, ld.k, C),
               term<false, false>(dPk, ld.c, Ki, ld.k, C));
@@ -659,7 +656,7 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, 
   copy_rows_async(dOX, ld.v, p.dX + row0 * Dv, C, Dv);
   tc::cp_commit();
   // dBt / dKt: bwd_val's parts plus these, then db / dk and their dG terms (same walk, same owner of (t, j))
-  auto finish_key = [&](const OP* xi, IN* out) {
+  auto finish_key = [&](const OP* xi, const TokOut<IN>& out) {
     return [=](int t, int j, const float (&x)[4], const float (&part)[4]) {
       float d[4] = {part[0], part[1], part[2], part[3]}, xs[4], y[4];
       ld4f(xi + t * ld.k + j, xs);
@@ -670,12 +667,12 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, 
         y[e] = d[e] * dr_exp(-G[t * ldg + j + e]);
         gd[e] -= xs[e] * d[e];
       }
-      st_key4(out, g, c, t, j, y);
+      out.put(g, c, t, j, y);
     };
   };
-  mm_vec4_part<OP>(C, Dk, scr, p.dBt + row0 * Dk, Dk, finish_key(Bi, p.db), term<true, false>(dPb, ld.c, Qe, ld.k, C),
+  mm_vec4_part<OP>(C, Dk, scr, p.dBt + row0 * Dk, Dk, finish_key(Bi, db), term<true, false>(dPb, ld.c, Qe, ld.k, C),
                    term<true, false>(dLab, ld.c, Ae, ld.k, C));
-  mm_vec4_part<OP>(C, Dk, scr, p.dKt + row0 * Dk, Dk, finish_key(Ki, p.dk), term<true, false>(dPk, ld.c, Qe, ld.k, C),
+  mm_vec4_part<OP>(C, Dk, scr, p.dKt + row0 * Dk, Dk, finish_key(Ki, dk), term<true, false>(dPk, ld.c, Qe, ld.k, C),
                    term<true, false>(dLak, ld.c, Ae, ld.k, C));
   tc::cp_wait_all();
   __syncthreads();
@@ -688,7 +685,7 @@ __global__ void __launch_bounds__(kWideThreads) gen_bwd_key(Geo g, DplrPtrs<IN, 
                   y[e] = t > 0 ? x[e] * dr_exp(G[(t - 1) * ldg + j + e]) : x[e];
                   if (t > 0) dG[(t - 1) * ldg + j + e] += ae[e] * x[e];  // a_t.da_t is G_{t-1}'s
                 }
-                st_key4(p.da, g, c, t, j, y);
+                da.put(g, c, t, j, y);
               },
               term<false, true>(dOX, ld.v, Sn, ld.v, Dv), term<false, false>(dLab, ld.c, Bi, ld.k, C),
               term<false, false>(dLak, ld.c, Ki, ld.k, C));
